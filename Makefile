@@ -1,0 +1,31 @@
+# peftqa: `make run` reproduces the pipeline, `make test` runs the tests. Both create or reuse .venv and
+# install what is missing first, so they work on a fresh clone.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+# Offline default: the copy of PubMedQA beside this repo, when there is one (else fetch downloads by URL).
+SHARED_JSON := $(abspath $(wildcard ../shared/data/pubmedqa/ori_pqal.json))
+ifneq ($(SHARED_JSON),)
+export PUBMEDQA_JSON ?= $(SHARED_JSON)
+endif
+
+.PHONY: install run test bench ui clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+run: install  ## the main job: every stage of dvc.yaml that is out of date
+	dvc repro
+
+test: install  ## unit tests plus one end-to-end dvc repro on a small slice
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+
+clean:  ## remove outputs (not the venv, not the MLflow store)
+	rm -rf data/raw data/processed models reports/eval reports/stats reports/figures

@@ -1,0 +1,137 @@
+"""Shared plumbing for every stage: the error type, atomic writes, hashing, the repo root and the CLI wrapper."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pandas as pd
+
+log = logging.getLogger("peftqa")
+
+
+class PeftqaError(Exception):
+    """A problem the user can fix. Printed as one paragraph, without a traceback unless --debug is given."""
+
+
+# -----------------------------------------------------------------------------
+# atomic writes: write to a temporary name in the same folder, fsync, then rename into place
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on failure removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, obj: object) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_csv_atomic(path: str | Path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _json_default(obj: object) -> object:
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# -----------------------------------------------------------------------------
+# files and paths
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def project_root() -> Path:
+    """The repository root, absolute. DVC sets DVC_ROOT for stage commands; `dvc exp run --temp/--queue`
+    runs them in <root>/.dvc/tmp/exps/..., and shared state (mlflow.db) belongs to <root>, not the copy."""
+    root = Path(os.environ.get("DVC_ROOT") or _find_up(Path.cwd(), "dvc.yaml") or Path.cwd()).resolve()
+    parts = root.parts
+    for i in range(len(parts) - 3):
+        if parts[i + 1 : i + 4] == (".dvc", "tmp", "exps"):
+            return Path(*parts[: i + 1])
+    return root
+
+
+def _find_up(start: Path, name: str) -> Path | None:
+    for folder in [start, *start.parents]:
+        if (folder / name).exists():
+            return folder
+    return None
+
+
+# -----------------------------------------------------------------------------
+# the command-line wrapper every stage's __main__ goes through
+
+
+def run_cli(main: Callable[[list[str]], None]) -> None:
+    """Run `main(args)`; a PeftqaError becomes one paragraph on stderr and exit 1 (traceback with --debug)."""
+    args = sys.argv[1:]
+    debug = "--debug" in args or os.environ.get("PEFTQA_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        main(args)
+    except PeftqaError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+def replace_dir_atomic(build: Callable[[Path], None], dest: str | Path) -> None:
+    """Call build(tmp_dir) to fill a temporary folder beside `dest`, then swap it into place.
+    A crash mid-build leaves the previous `dest` as it was."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    old = dest.with_name(f".{dest.name}.old")
+    try:
+        build(tmp)
+        if dest.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def folder_bytes(folder: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())

@@ -1,0 +1,234 @@
+"""Stage train@<method>: fine-tune one PEFT method on train, pick the best epoch on val, save it, log it to MLflow.
+
+Inputs:  data/processed/{train,val}.csv; params: model, train, peft.<method>, mlflow, prepare.labels.
+Outputs: models/<method>/adapter/           save_pretrained output (+ head for the encoder family, peftqa.json)
+         models/<method>/history.csv        one row per epoch (epoch 0 only, for a zero-shot base)
+         models/<method>/train_summary.json params, sizes, best epoch, timing, MLflow run id
+         models/<method>/resolved_config.json  the whole resolved config, as logged to MLflow
+Usage:   python -m stages.train <method> [--debug]
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from stages import tracking
+from stages.common import PeftqaError, folder_bytes, replace_dir_atomic, write_csv_atomic, write_json_atomic
+from stages.families import Backbone, load_backbone
+from stages.metrics import classification_metrics
+from stages.params import METHODS, Params, TrainParams, flatten, load_params
+from stages.scoring import autocast, balanced_class_weights, iterate_batches, labels_from_log_probs, score_frame, use_bf16
+
+log = logging.getLogger("peftqa.train")
+
+DATA_DIR = Path("data/processed")
+MODELS_DIR = Path("models")
+
+
+# -----------------------------------------------------------------------------
+# helpers
+
+
+def set_seed(seed: int) -> None:
+    """Seed every RNG the loop touches; with deterministic algorithms a CPU run is bit-reproducible."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def history_columns(labels: tuple[str, ...]) -> list[str]:
+    return ["epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1",
+            *[f"val_f1_{label}" for label in labels], "seconds"]
+
+
+def validate(backbone: Backbone, val: pd.DataFrame, batch_size: int, class_weights: torch.Tensor | None,
+             bf16: bool) -> dict[str, float]:
+    """Val loss and metrics: the numbers early stopping and the MLflow curves use."""
+    loss, log_probs = score_frame(backbone, val, batch_size, class_weights, bf16=bf16)
+    metrics = classification_metrics(val["label"].tolist(), labels_from_log_probs(log_probs, backbone.labels),
+                                     backbone.labels)
+    out = {"val_loss": loss, "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"]}
+    out.update({f"val_f1_{label}": metrics[f"f1_{label}"] for label in backbone.labels})
+    return out
+
+
+def train_one_epoch(backbone: Backbone, train: pd.DataFrame, optimizer: torch.optim.Optimizer, scheduler,
+                    cfg: TrainParams, class_weights: torch.Tensor | None, epoch: int, bf16: bool) -> float:
+    """One pass over a seeded shuffle of train; returns the mean (weighted) training loss per item."""
+    backbone.model.train()
+    order = np.random.default_rng(cfg.seed + epoch).permutation(len(train))
+    parameters = backbone.trainable_parameters()
+    total, seen, micro_step = 0.0, 0, 0
+    bar = tqdm(iterate_batches(train, cfg.batch_size, order), total=-(-len(train) // cfg.batch_size),
+               desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True, file=sys.stderr)
+    for questions, contexts, labels in bar:
+        batch = backbone.encode(questions, contexts, labels)
+        with autocast(backbone.device, bf16):
+            loss = backbone.loss(batch, class_weights)
+        (loss / cfg.grad_accum_steps).backward()
+        micro_step += 1
+        if micro_step % cfg.grad_accum_steps == 0 or seen + len(questions) == len(train):
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        total += float(loss) * len(questions)
+        seen += len(questions)
+        bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    return total / max(seen, 1)
+
+
+def fit(backbone: Backbone, train: pd.DataFrame, val: pd.DataFrame, cfg: TrainParams, lr: float, bf16: bool,
+        log_epoch) -> tuple[list[dict], int]:
+    """AdamW + linear warmup/decay, early stopping on val macro-F1, best epoch restored. Returns (history, best)."""
+    weights = balanced_class_weights(train["label"].tolist(), backbone.labels).to(backbone.device) \
+        if cfg.class_weighting == "balanced" else None
+    parameters = backbone.trainable_parameters()
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = -(-len(train) // (cfg.batch_size * cfg.grad_accum_steps))
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+
+    history, best_epoch, best_f1, best_state, stale = [], 0, -1.0, None, 0
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        train_loss = train_one_epoch(backbone, train, optimizer, scheduler, cfg, weights, epoch, bf16)
+        row = {"epoch": epoch, "train_loss": train_loss,
+               **validate(backbone, val, cfg.batch_size, weights, bf16), "seconds": time.perf_counter() - start}
+        history.append(row)
+        log_epoch(row)
+        log.info("epoch %d: train_loss %.4f val_loss %.4f val_macro_f1 %.4f (%.0f s)", epoch, train_loss,
+                 row["val_loss"], row["val_macro_f1"], row["seconds"])
+        if row["val_macro_f1"] > best_f1:  # ties keep the earlier epoch
+            best_epoch, best_f1, stale = epoch, row["val_macro_f1"], 0
+            best_state = [p.detach().clone() for p in parameters]
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                log.info("early stop: no val macro-F1 gain for %d epochs; best epoch %d", stale, best_epoch)
+                break
+    with torch.no_grad():  # restore the best epoch before saving
+        for p, saved in zip(parameters, best_state):
+            p.copy_(saved)
+    return history, best_epoch
+
+
+def describe(method: str, family: str) -> str:
+    if method == "base":
+        return ("linear probe: the classification head alone, trained on the frozen encoder" if family == "encoder"
+                else "zero-shot: the base model as it is, nothing trained")
+    if method == "full_finetune":
+        return "full fine-tune: every weight trained (upper-bound reference, not an adapter)"
+    return f"{method}: base weights frozen, only the adapter (and, for the encoder, the head) trained"
+
+
+def resolved_config(params: Params, method: str, family: str) -> dict[str, object]:
+    """Everything that determines this run, flat: logged once to MLflow and copied to resolved_config.json."""
+    config = {"method": method, "family": family, "prepare.labels": ",".join(params.prepare.labels),
+              "prepare.protocol": params.prepare.protocol, "prepare.seed": params.prepare.seed}
+    config.update(flatten(params.model, "model."))
+    config.update(flatten(params.train, "train."))
+    config.update(flatten(getattr(params.peft, method), f"peft.{method}."))
+    return config
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(args: list[str]) -> None:
+    if len(args) != 1 or args[0] not in METHODS:
+        raise PeftqaError(f"usage: python -m stages.train <method>, with <method> one of {list(METHODS)}; got {args}")
+    method = args[0]
+    params = load_params()
+    cfg, labels = params.train, params.prepare.labels
+    set_seed(cfg.seed)
+    train = pd.read_csv(DATA_DIR / "train.csv", dtype={"pmid": str})
+    val = pd.read_csv(DATA_DIR / "val.csv", dtype={"pmid": str})
+    if cfg.limit_train:
+        train = train.iloc[: cfg.limit_train]
+
+    backbone = load_backbone(params.model, method, params.peft, labels, seed=cfg.seed, device=cfg.device,
+                             gradient_checkpointing=cfg.gradient_checkpointing)
+    bf16 = use_bf16(params.model.dtype, backbone.device)
+    trainable, total = backbone.count_parameters()
+    log.info("%s on %s (%s, %s): %d trainable of %d params", method, params.model.name_or_path, backbone.family,
+             backbone.device, trainable, total)
+
+    # MLflow: one run per stage, named after the method
+    client = tracking.make_client()
+    experiment_id = tracking.get_or_create_experiment(client, params.mlflow.experiment)
+    run = client.create_run(experiment_id, run_name=method,
+                            tags=tracking.run_tags(f"train@{method}", params.model.name_or_path, backbone.family, method))
+    run_id = run.info.run_id
+    config = resolved_config(params, method, backbone.family)
+    peft_config = getattr(backbone.model, "peft_config", {}).get("default")
+    if peft_config is not None:
+        config.update(flatten(json.loads(json.dumps(peft_config.to_dict(), default=str)), "peft_config."))
+    tracking.log_params(client, run_id, config)
+
+    def log_epoch(row: dict) -> None:
+        tracking.log_metrics(client, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"],
+                             timestamp_ms=int(time.time() * 1000))
+
+    start = time.perf_counter()
+    try:
+        if trainable == 0:  # zero-shot base: one validation pass, recorded as epoch 0
+            row = {"epoch": 0, "train_loss": float("nan"),
+                   **validate(backbone, val, cfg.batch_size, None, bf16), "seconds": 0.0}
+            row["seconds"] = time.perf_counter() - start
+            history, best_epoch = [row], 0
+            log_epoch(row)
+        else:
+            lr = getattr(params.peft, method).lr
+            history, best_epoch = fit(backbone, train, val, cfg, lr, bf16, log_epoch)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    train_seconds = time.perf_counter() - start
+
+    out_dir = MODELS_DIR / method
+    replace_dir_atomic(backbone.save, out_dir / "adapter")
+    history_frame = pd.DataFrame(history, columns=history_columns(labels))
+    write_csv_atomic(out_dir / "history.csv", history_frame)
+    best = history_frame.loc[history_frame["epoch"] == best_epoch].iloc[0]
+    epochs_run = int((history_frame["epoch"] > 0).sum())
+    summary = {
+        "method": method, "family": backbone.family, "model": params.model.name_or_path,
+        "trainable_params": trainable, "total_params": total, "adapter_bytes": folder_bytes(out_dir / "adapter"),
+        "best_epoch": best_epoch, "best_val_macro_f1": float(best["val_macro_f1"]), "epochs_run": epochs_run,
+        "train_seconds": round(train_seconds, 3),
+        "examples_per_s": round(len(train) * epochs_run / train_seconds, 3) if epochs_run else 0.0,
+        "mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id, "note": describe(method, backbone.family),
+    }
+    write_json_atomic(out_dir / "train_summary.json", summary)
+    write_json_atomic(out_dir / "resolved_config.json", config)
+
+    tracking.log_metrics(client, run_id, {"best_epoch": best_epoch, "best_val_macro_f1": summary["best_val_macro_f1"],
+                                          "trainable_params": trainable, "adapter_bytes": summary["adapter_bytes"],
+                                          "train_seconds": train_seconds}, step=best_epoch,
+                         timestamp_ms=int(time.time() * 1000))
+    tracking.log_folder(client, run_id, out_dir / "adapter", "adapter")
+    for name in ("history.csv", "train_summary.json", "resolved_config.json"):
+        client.log_artifact(run_id, str(out_dir / name))
+    client.set_terminated(run_id, status="FINISHED")
+    log.info("saved %s; best epoch %d, val macro-F1 %.4f; MLflow run %s in %s", out_dir, best_epoch,
+             summary["best_val_macro_f1"], run_id, tracking.redact(tracking.tracking_uri()))
+
+
+if __name__ == "__main__":
+    from stages.common import run_cli
+
+    run_cli(main)
