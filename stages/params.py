@@ -96,6 +96,7 @@ class TrainParams:
     seed: int = 42
     limit_train: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every_epoch: bool = True
 
     def __post_init__(self):
         _require(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")

@@ -49,6 +49,9 @@ def parse_json(text: bytes, source: str) -> object:
     except json.JSONDecodeError as err:
         raise PeftqaError(f"{source}: malformed or truncated JSON at line {err.lineno}, column {err.colno} ({err.msg}); "
                           "re-download the file or point PUBMEDQA_JSON at an intact copy, then `dvc repro`") from None
+    except (ValueError, RecursionError) as err:  # e.g. an integer over 4300 digits, or arrays nested too deep
+        raise PeftqaError(f"{source}: unreadable JSON ({err}); re-download the file or point PUBMEDQA_JSON at an "
+                          "intact copy, then `dvc repro`") from None
 
 
 def validate_records(data: object, source: str) -> list[Item]:
@@ -185,15 +188,26 @@ def split_stats(splits: dict[str, list[Item]], labels: tuple[str, ...]) -> pd.Da
     return pd.DataFrame(rows)
 
 
+def read_input(path: Path) -> bytes:
+    """The bytes of an input file; a missing one says which stage makes it, instead of a traceback."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise PeftqaError(f"{path}: not found; the fetch stage writes it: run `dvc repro prepare` (it runs fetch "
+                          "first) or `python -m stages.fetch`, with PUBMEDQA_JSON set when offline") from None
+    except OSError as err:
+        raise PeftqaError(f"{path}: cannot be read ({err})") from None
+
+
 def main(args: list[str]) -> None:
     params = load_params().prepare
-    raw = validate_records(parse_json(RAW_JSON.read_bytes(), str(RAW_JSON)), str(RAW_JSON))
+    raw = validate_records(parse_json(read_input(RAW_JSON), str(RAW_JSON)), str(RAW_JSON))
     if params.limit:
         raw = raw[: params.limit]
     items, dropped = clean_items(raw, params.labels, str(RAW_JSON))
     log.info("read %d records; dropped %s; kept %d", len(raw), dropped, len(items))
     if params.protocol == "official":
-        truth = validate_ground_truth(parse_json(GROUND_TRUTH_JSON.read_bytes(), str(GROUND_TRUTH_JSON)), str(GROUND_TRUTH_JSON))
+        truth = validate_ground_truth(parse_json(read_input(GROUND_TRUTH_JSON), str(GROUND_TRUTH_JSON)), str(GROUND_TRUTH_JSON))
         splits = split_official(items, truth, params, str(RAW_JSON), str(GROUND_TRUTH_JSON))
     else:
         splits = split_random(items, params, str(RAW_JSON))

@@ -10,12 +10,13 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from stages.common import project_root
+from stages.common import PeftqaError, project_root
 
 MAX_PARAM_CHARS = 6000  # MLflow 3's limit on a param value
 
@@ -50,6 +51,31 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def connect(experiment: str) -> tuple[MlflowClient, str]:
+    """Client and experiment id, checked before any training starts: a store that is down, locked or read-only
+    must fail now, in one sentence, not after a GPU hour has been spent."""
+    uri = tracking_uri()
+    try:
+        client = make_client()
+        experiment_id = get_or_create_experiment(client, experiment)
+    except Exception as err:  # sqlalchemy, HTTP and MLflow errors alike: the store is not usable
+        raise PeftqaError(f"the MLflow store {redact(uri)} is not usable ({type(err).__name__}: {str(err)[:300]}). "
+                          "Fix it before training: check that the folder of mlflow.db is writable and no other "
+                          "process holds a lock on it, or that the tracking server is up, or set MLFLOW_TRACKING_URI "
+                          "to a store that works.") from None
+    location = client.get_experiment(experiment_id).artifact_location
+    if location.startswith("file:"):
+        folder = Path(urlparse(location).path)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # reported just below
+        if not os.access(folder, os.W_OK):
+            raise PeftqaError(f"the MLflow artifact folder {folder} is not writable, so adapters could not be logged; "
+                              "fix its permissions (or delete mlflow.db and mlruns/ to start a fresh store)")
+    return client, experiment_id
 
 
 def git_commit() -> str:

@@ -9,7 +9,6 @@ Usage:   python -m stages.train <method> [--debug]
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import random
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from stages import tracking
-from stages.common import PeftqaError, folder_bytes, replace_dir_atomic, write_csv_atomic, write_json_atomic
+from stages.common import PeftqaError, atomic_path, folder_bytes, replace_dir_atomic, write_csv_atomic, write_json_atomic
 from stages.families import Backbone, load_backbone
 from stages.metrics import classification_metrics
 from stages.params import METHODS, Params, TrainParams, flatten, load_params
@@ -91,9 +90,30 @@ def train_one_epoch(backbone: Backbone, train: pd.DataFrame, optimizer: torch.op
     return total / max(seen, 1)
 
 
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Everything needed to continue bit-identically after a kill: weights, optimizer, scheduler, RNG, history."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, config: dict) -> dict | None:
+    """The saved state, if it was made by the same resolved config; a stale checkpoint is ignored."""
+    if not path.exists():
+        return None
+    state = torch.load(path, weights_only=False)
+    if state.get("config") != config:
+        log.warning("ignoring %s: it was saved by a different config", path)
+        return None
+    log.info("resuming from %s after epoch %d", path, state["history"][-1]["epoch"])
+    return state
+
+
 def fit(backbone: Backbone, train: pd.DataFrame, val: pd.DataFrame, cfg: TrainParams, lr: float, bf16: bool,
-        log_epoch) -> tuple[list[dict], int]:
-    """AdamW + linear warmup/decay, early stopping on val macro-F1, best epoch restored. Returns (history, best)."""
+        log_epoch, checkpoint: Path | None = None, resume: dict | None = None, stamp: dict | None = None
+        ) -> tuple[list[dict], int]:
+    """AdamW + linear warmup/decay, early stopping on val macro-F1, best epoch restored. Returns (history, best).
+    With `checkpoint`, the state after each epoch is saved there, with `stamp` (config, MLflow run id) beside it;
+    `resume` is such a state to continue from."""
     weights = balanced_class_weights(train["label"].tolist(), backbone.labels).to(backbone.device) \
         if cfg.class_weighting == "balanced" else None
     parameters = backbone.trainable_parameters()
@@ -103,7 +123,16 @@ def fit(backbone: Backbone, train: pd.DataFrame, val: pd.DataFrame, cfg: TrainPa
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
     history, best_epoch, best_f1, best_state, stale = [], 0, -1.0, None, 0
-    for epoch in range(1, cfg.epochs + 1):
+    if resume is not None:
+        with torch.no_grad():
+            for p, saved in zip(parameters, resume["parameters"]):
+                p.copy_(saved)
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["torch_rng"])
+        history, best_epoch, best_f1 = resume["history"], resume["best_epoch"], resume["best_f1"]
+        best_state, stale = resume["best_state"], resume["stale"]
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
         start = time.perf_counter()
         train_loss = train_one_epoch(backbone, train, optimizer, scheduler, cfg, weights, epoch, bf16)
         row = {"epoch": epoch, "train_loss": train_loss,
@@ -120,6 +149,12 @@ def fit(backbone: Backbone, train: pd.DataFrame, val: pd.DataFrame, cfg: TrainPa
             if stale >= cfg.patience:
                 log.info("early stop: no val macro-F1 gain for %d epochs; best epoch %d", stale, best_epoch)
                 break
+        if checkpoint is not None and epoch < cfg.epochs:
+            save_checkpoint(checkpoint, {
+                **(stamp or {}), "parameters": [p.detach().clone() for p in parameters],
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "history": history, "best_epoch": best_epoch, "best_f1": best_f1,
+                "best_state": best_state, "stale": stale})
     with torch.no_grad():  # restore the best epoch before saving
         for p, saved in zip(parameters, best_state):
             p.copy_(saved)
@@ -160,6 +195,7 @@ def main(args: list[str]) -> None:
     if cfg.limit_train:
         train = train.iloc[: cfg.limit_train]
 
+    client, experiment_id = tracking.connect(params.mlflow.experiment)  # fail fast if the store is unusable
     backbone = load_backbone(params.model, method, params.peft, labels, seed=cfg.seed, device=cfg.device,
                              gradient_checkpointing=cfg.gradient_checkpointing)
     bf16 = use_bf16(params.model.dtype, backbone.device)
@@ -167,17 +203,23 @@ def main(args: list[str]) -> None:
     log.info("%s on %s (%s, %s): %d trainable of %d params", method, params.model.name_or_path, backbone.family,
              backbone.device, trainable, total)
 
-    # MLflow: one run per stage, named after the method
-    client = tracking.make_client()
-    experiment_id = tracking.get_or_create_experiment(client, params.mlflow.experiment)
-    run = client.create_run(experiment_id, run_name=method,
-                            tags=tracking.run_tags(f"train@{method}", params.model.name_or_path, backbone.family, method))
-    run_id = run.info.run_id
     config = resolved_config(params, method, backbone.family)
     peft_config = getattr(backbone.model, "peft_config", {}).get("default")
     if peft_config is not None:
         config.update(flatten(json.loads(json.dumps(peft_config.to_dict(), default=str)), "peft_config."))
-    tracking.log_params(client, run_id, config)
+    out_dir = MODELS_DIR / method
+    checkpoint = out_dir / "checkpoint.pt" if cfg.checkpoint_every_epoch else None
+    resume = load_checkpoint(checkpoint, config) if checkpoint else None
+
+    # MLflow: one run per stage, named after the method; a resumed run continues the same MLflow run
+    if resume is not None:
+        run_id = resume["run_id"]
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run = client.create_run(experiment_id, run_name=method, tags=tracking.run_tags(
+            f"train@{method}", params.model.name_or_path, backbone.family, method))
+        run_id = run.info.run_id
+        tracking.log_params(client, run_id, config)
 
     def log_epoch(row: dict) -> None:
         tracking.log_metrics(client, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"],
@@ -193,13 +235,13 @@ def main(args: list[str]) -> None:
             log_epoch(row)
         else:
             lr = getattr(params.peft, method).lr
-            history, best_epoch = fit(backbone, train, val, cfg, lr, bf16, log_epoch)
+            history, best_epoch = fit(backbone, train, val, cfg, lr, bf16, log_epoch, checkpoint, resume,
+                                      stamp={"config": config, "run_id": run_id})
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
-    train_seconds = time.perf_counter() - start
+    train_seconds = time.perf_counter() - start + (sum(r["seconds"] for r in resume["history"]) if resume else 0.0)
 
-    out_dir = MODELS_DIR / method
     replace_dir_atomic(backbone.save, out_dir / "adapter")
     history_frame = pd.DataFrame(history, columns=history_columns(labels))
     write_csv_atomic(out_dir / "history.csv", history_frame)
@@ -224,6 +266,8 @@ def main(args: list[str]) -> None:
     for name in ("history.csv", "train_summary.json", "resolved_config.json"):
         client.log_artifact(run_id, str(out_dir / name))
     client.set_terminated(run_id, status="FINISHED")
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # the adapter is saved: the run is complete
     log.info("saved %s; best epoch %d, val macro-F1 %.4f; MLflow run %s in %s", out_dir, best_epoch,
              summary["best_val_macro_f1"], run_id, tracking.redact(tracking.tracking_uri()))
 

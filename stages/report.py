@@ -1,0 +1,609 @@
+"""Stage report: the figures and the markdown report of the test-split results, with the numbers guarded.
+
+Inputs (docs FORMATS.md), for every method m in params.methods:
+  data/processed/split_stats.csv, data/processed/test.csv,
+  models/<m>/history.csv, models/<m>/train_summary.json,
+  reports/eval/<m>/metrics_test.json, reports/eval/<m>/cm_test.csv, reports/eval/<m>/preds_test.csv,
+  reports/stats/stats_eval_test.csv.
+Outputs: reports/figures/*.png (names in FIGURE_CAPTIONS, plus cm_<m>_test.png), reports/report.md, and under
+  prepare.protocol: official, reports/submission/<m>.json (PMID -> predicted label; unmapped predictions are left out,
+  never guessed, and counted in report.md).
+Guards: preds whose PMIDs differ from test.csv, metrics of another n, or a stats file missing a comparison stop the
+stage (stale inputs: run `dvc repro`); the performance table is parsed back from the written report and must equal
+metrics_test.json as printed, or report.md is not written.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display; must come before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from stages.common import PeftqaError, atomic_path, run_cli, write_json_atomic  # noqa: E402
+from stages.metrics import UNMAPPED  # noqa: E402
+from stages.params import METHODS, Params, load_params  # noqa: E402
+
+log = logging.getLogger("peftqa.report")
+
+PROCESSED_DIR = Path("data/processed")
+MODELS_DIR = Path("models")
+EVAL_DIR = Path("reports/eval")
+STATS_PATH = Path("reports/stats/stats_eval_test.csv")
+REPORT_DIR = Path("reports")
+FIGURES_DIR = REPORT_DIR / "figures"
+SUBMISSION_DIR = REPORT_DIR / "submission"
+
+DPI = 120  # sharp in a browser, small in git
+COLLAPSE_SHARE = 0.95  # a method giving one label to more than this share of test items has collapsed to it
+# one colour per method, fixed by registry order so a method keeps its colour whatever params.methods lists
+METHOD_COLORS = dict(zip(METHODS, matplotlib.colormaps["tab10"].colors))
+SERIES_STYLES = ({"alpha": 1.0}, {"alpha": 0.5, "hatch": "//"}, {"alpha": 0.3, "hatch": ".."})  # bars of one method
+FIGURE_CAPTIONS = {  # the fixed figures; one confusion matrix per method comes on top (confusion_figure_name)
+    "performance_bar_test.png": "Test accuracy and macro-F1 per method",
+    "latency_bar_test.png": "Per-example test latency, mean and p95",
+    "param_footprint_bar.png": "Trainable parameters per method (log scale)",
+    "eval_macro_f1_per_epoch.png": "Validation macro-F1 per epoch (star: the kept epoch)",
+    "loss_train_vs_eval.png": "Train (solid) and validation (dashed) loss per epoch",
+    "efficiency_panel.png": "Test macro-F1 against trainable parameters and train time",
+}
+TEST_NAMES = {"mcnemar_exact": "McNemar exact", "paired_bootstrap": "Paired bootstrap"}
+METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1"}
+REQUIRED_STATS = (("paired_bootstrap", "macro_f1"), ("mcnemar_exact", "accuracy"))  # per tuned method vs baseline
+
+T = TypeVar("T")
+
+
+# -----------------------------------------------------------------------------
+# inputs: read once at the edge, then checked for staleness before any number is shown
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything the report reads, per method where it is per method; the helpers below never open files."""
+    split_stats: pd.DataFrame
+    test_pmids: frozenset[str]
+    history: dict[str, pd.DataFrame]
+    summary: dict[str, dict]
+    metrics: dict[str, dict]
+    confusion: dict[str, pd.DataFrame]
+    preds: dict[str, pd.DataFrame]
+    stats: pd.DataFrame
+
+    @property
+    def n_test(self) -> int:
+        return len(self.test_pmids)
+
+
+def read_input(path: Path, reader: Callable[[Path], T]) -> T:
+    """Read one upstream output; a missing one means an upstream stage has not run, so say which file."""
+    try:
+        return reader(path)
+    except FileNotFoundError:
+        raise PeftqaError(f"report: {path} is missing; run `dvc repro` to produce it") from None
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """CSV with PMIDs kept as strings (they are identifiers, and the submission keys)."""
+    return pd.read_csv(path, dtype={"pmid": str})
+
+
+def read_inputs(methods: Sequence[str]) -> ReportInputs:
+    def per_method(folder: Path, name: str, reader: Callable[[Path], T]) -> dict[str, T]:
+        return {m: read_input(folder / m / name, reader) for m in methods}
+
+    test = read_input(PROCESSED_DIR / "test.csv", read_csv)
+    return ReportInputs(
+        split_stats=read_input(PROCESSED_DIR / "split_stats.csv", pd.read_csv),
+        test_pmids=frozenset(test["pmid"]),
+        history=per_method(MODELS_DIR, "history.csv", pd.read_csv),
+        summary=per_method(MODELS_DIR, "train_summary.json", read_json),
+        metrics=per_method(EVAL_DIR, "metrics_test.json", read_json),
+        confusion=per_method(EVAL_DIR, "cm_test.csv", pd.read_csv),
+        preds=per_method(EVAL_DIR, "preds_test.csv", read_csv),
+        stats=read_input(STATS_PATH, pd.read_csv),
+    )
+
+
+def check_inputs_fresh(inputs: ReportInputs, methods: Sequence[str], baseline: str) -> None:
+    """Refuse to report numbers computed on another test set or by another model: those are stale DVC outputs."""
+    for method in methods:
+        pmids = inputs.preds[method]["pmid"]
+        missing, extra = inputs.test_pmids - set(pmids), set(pmids) - inputs.test_pmids
+        if missing or extra or len(pmids) != inputs.n_test:
+            raise PeftqaError(
+                f"report: method '{method}' is stale: reports/eval/{method}/preds_test.csv has {len(pmids)} rows, "
+                f"{len(missing)} PMIDs of data/processed/test.csv missing and {len(extra)} not in it "
+                f"(e.g. {sorted(missing | extra)[:3]}). Run `dvc repro` to re-evaluate it.")
+        if inputs.metrics[method]["n"] != inputs.n_test:
+            raise PeftqaError(f"report: method '{method}' is stale: metrics_test.json has n={inputs.metrics[method]['n']}"
+                              f" but test.csv has {inputs.n_test} items. Run `dvc repro`.")
+    models = {m: (inputs.summary[m]["model"], inputs.summary[m]["family"]) for m in methods}
+    if len(set(models.values())) > 1:
+        raise PeftqaError(f"report: the methods were trained on different models {models}; some are stale. "
+                          "Run `dvc repro`.")
+    for method in (m for m in methods if m != baseline):
+        for test, metric in REQUIRED_STATS:
+            if stats_row(inputs.stats, method, baseline, test, metric)["n"] != inputs.n_test:
+                raise PeftqaError(f"report: {STATS_PATH} compares '{method}' on another test size than "
+                                  f"test.csv ({inputs.n_test}); it is stale. Run `dvc repro`.")
+
+
+def stats_row(stats: pd.DataFrame, method: str, reference: str, test: str, metric: str) -> pd.Series:
+    """The one stats row for a comparison; its absence means the stats stage ran on another methods list."""
+    rows = stats[(stats["method"] == method) & (stats["reference"] == reference)
+                 & (stats["test"] == test) & (stats["metric"] == metric)]
+    if len(rows) != 1:
+        raise PeftqaError(f"report: {STATS_PATH} has {len(rows)} rows for {method} vs {reference} ({test}, {metric}), "
+                          "expected 1; it is stale. Run `dvc repro`.")
+    return rows.iloc[0]
+
+
+# -----------------------------------------------------------------------------
+# number formatting: one place decides how a number is printed, so the guard can check it
+
+
+def format_number(value: float, digits: int, significant: bool = False) -> str:
+    """`digits` decimals, or `digits` significant digits without scientific notation (0.000769, 22.7, 1230)."""
+    if math.isnan(value):
+        return "n/a"
+    if not significant:
+        return f"{value:.{digits}f}"
+    rounded = float(f"{value:.{digits}g}")
+    if rounded == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(rounded))))
+    return f"{rounded:.{decimals}f}"
+
+
+def round_as_printed(value: float, digits: int, significant: bool = False) -> float:
+    """The value format_number prints, computed another way (round()), so the guard is not the formatter twice."""
+    if not significant or value == 0:
+        return round(value, digits)
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+
+
+def format_p(p: float) -> str:
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def format_count(n: float) -> str:
+    """22_700_000 -> '22.7M', 1536 -> '1.54K': short enough to sit on a bar."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return f"{n:.0f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def line(cells: Sequence[object]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *(line(row) for row in rows)])
+
+
+def read_markdown_table(markdown: str, header: Sequence[str]) -> list[dict[str, str]]:
+    """The rows under the line that is exactly `header`, as {column: cell text}."""
+    lines = markdown.splitlines()
+    header_line = "| " + " | ".join(header) + " |"
+    if header_line not in lines:
+        raise PeftqaError(f"report: no table with header {header_line!r} in the written report")
+    rows = []
+    for line in lines[lines.index(header_line) + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (cell.strip() for cell in line.strip().strip("|").split(" | ")))))
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# the performance table and its guard
+
+
+@dataclass(frozen=True)
+class Column:
+    """A performance-table column: the metrics_test.json keys it shows (joined by ' / ') and their rounding."""
+    header: str
+    keys: tuple[str, ...]
+    digits: int = 3
+    significant: bool = False  # digits counts significant digits, not decimals
+
+    def cell(self, metrics: dict) -> str:
+        return " / ".join(format_number(float(metrics[k]), self.digits, self.significant) for k in self.keys)
+
+
+def performance_columns(labels: Sequence[str]) -> list[Column]:
+    """The reference study's columns; per-label F1 in alphabetical order (No before Yes, as the reference)."""
+    return [
+        Column("Macro-F1", ("macro_f1",)),
+        Column("Accuracy", ("accuracy",)),
+        *(Column(f"F1 ({label.capitalize()})", (f"f1_{label}",)) for label in sorted(labels)),
+        Column("Latency mean / p95 (s)", ("latency_mean_s", "latency_p95_s"), digits=4),
+        Column("Trainable Params (M)", ("trainable_params_m",), significant=True),
+    ]
+
+
+def performance_table(metrics: dict[str, dict], columns: Sequence[Column]) -> str:
+    rows = [[method, *(c.cell(values) for c in columns)] for method, values in metrics.items()]
+    return markdown_table(["Method", *(c.header for c in columns)], rows)
+
+
+def check_performance_table(markdown: str, metrics: dict[str, dict], columns: Sequence[Column]) -> None:
+    """Parse the performance table back from the written report and compare every cell with metrics_test.json.
+    The report is what people quote: a formatting or row-order bug must stop the stage, not ship a wrong number."""
+    rows = read_markdown_table(markdown, ["Method", *(c.header for c in columns)])
+    if [row["Method"] for row in rows] != list(metrics):
+        raise PeftqaError(f"report: the performance table lists {[r['Method'] for r in rows]}, expected {list(metrics)}")
+    for row in rows:
+        for column in columns:
+            printed = row[column.header].split(" / ")
+            for text, key in zip(printed, column.keys):
+                value = float(metrics[row["Method"]][key])
+                expected = round_as_printed(value, column.digits, column.significant)
+                same = (text == "n/a") if math.isnan(value) else text != "n/a" and math.isclose(float(text), expected)
+                if not same or len(printed) != len(column.keys):
+                    raise PeftqaError(f"report: report.md says {column.header} = {row[column.header]} for "
+                                      f"{row['Method']}, but metrics_test.json has {key} = {value}; not written.")
+
+
+# -----------------------------------------------------------------------------
+# the other tables
+
+
+def split_table(split_stats: pd.DataFrame) -> str:
+    header = [column.replace("_pct", " %") for column in split_stats.columns]  # yes_pct -> "yes %"
+    return markdown_table(header, split_stats.astype(str).to_numpy().tolist())
+
+
+def significance_table(stats: pd.DataFrame, baseline: str, confidence: float) -> str:
+    """Every comparison of the stats stage; 'Tuned Method' is the method alone when its reference is the baseline."""
+    rows = []
+    for row in stats.itertuples(index=False):
+        ci = "—" if pd.isna(row.ci_low) else f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
+        rows.append([
+            row.method if row.reference == baseline else f"{row.method} vs {row.reference}",
+            TEST_NAMES.get(row.test, row.test),
+            METRIC_NAMES.get(row.metric, row.metric),
+            f"{row.effect:+.3f}",
+            ci,
+            f"p={format_p(row.p_value)} (Holm {format_p(row.p_holm)})",
+            f"b={int(row.b)}, c={int(row.c)}",
+        ])
+    header = ["Tuned Method", "Test", "Metric", "Effect", f"{confidence:.0%} CI", "p-value", "Notes"]
+    return markdown_table(header, rows)
+
+
+def training_table(summary: dict[str, dict]) -> str:
+    header = ["Method", "Best epoch", "Epochs run", "Best val macro-F1", "Train time (s)", "Examples/s", "Note"]
+    rows = [[method, s["best_epoch"], s["epochs_run"], f"{s['best_val_macro_f1']:.3f}", f"{s['train_seconds']:.1f}",
+             f"{s['examples_per_s']:.1f}", s.get("note", "")] for method, s in summary.items()]
+    return markdown_table(header, rows)
+
+
+def provenance_table(summary: dict[str, dict]) -> str:
+    rows = [[method, f"`{s['mlflow_run_id']}`", s["mlflow_experiment_id"]] for method, s in summary.items()]
+    return markdown_table(["Method", "MLflow run id", "MLflow experiment id"], rows)
+
+
+# -----------------------------------------------------------------------------
+# generated prose: what the numbers allow us to say, and nothing more
+
+
+def dominant_prediction(preds: pd.DataFrame) -> tuple[str, float]:
+    """The most frequent prediction (unmapped counts as its own value) and its share of the items."""
+    shares = preds["pred"].fillna(UNMAPPED).value_counts(normalize=True)
+    return str(shares.index[0]), float(shares.iloc[0])
+
+
+def collapse_sentence(method: str, preds: pd.DataFrame) -> str:
+    """A warning when a method answers (nearly) always the same: its accuracy then only mirrors the class balance."""
+    label, share = dominant_prediction(preds)
+    if share <= COLLAPSE_SHARE:
+        return ""
+    return (f" Caution: {method} predicts '{label}' for {share:.0%} of the test items (majority-class collapse), so "
+            "its accuracy mostly reflects the class balance, not the questions.")
+
+
+def describe_method(method: str, baseline: str, metrics: dict[str, dict], stats: pd.DataFrame,
+                    confidence: float) -> str:
+    """One paragraph on `method` vs the baseline: 'better'/'worse' only when the bootstrap CI of Δmacro-F1 excludes 0."""
+    boot = stats_row(stats, method, baseline, "paired_bootstrap", "macro_f1")
+    mcnemar = stats_row(stats, method, baseline, "mcnemar_exact", "accuracy")
+    ci = f"{confidence:.0%} bootstrap CI [{boot.ci_low:+.3f}, {boot.ci_high:+.3f}]"
+    text = (f"**{method}** vs **{baseline}**: test macro-F1 {metrics[method]['macro_f1']:.3f} vs "
+            f"{metrics[baseline]['macro_f1']:.3f} (Δ {boot.effect:+.3f}, {ci}). ")
+    if boot.ci_low > 0 or boot.ci_high < 0:
+        verdict = "better" if boot.ci_low > 0 else "worse"
+        text += (f"{method} is {verdict} than {baseline} on macro-F1: the CI excludes 0 (bootstrap "
+                 f"p={format_p(boot.p_value)}, Holm {format_p(boot.p_holm)}).")
+        if boot.p_holm >= 1 - confidence:
+            text += (f" After Holm correction across all comparisons p is {format_p(boot.p_holm)}, above "
+                     f"{1 - confidence:.2f}: treat this as suggestive.")
+    else:
+        text += (f"The difference is not distinguishable from noise at this test size (n={int(boot.n)}): "
+                 "the CI contains 0.")
+    text += (f" On accuracy (Δ {mcnemar.effect:+.3f}), {method} fixes b={int(mcnemar.b)} items {baseline} got wrong "
+             f"and regresses on c={int(mcnemar.c)} (exact McNemar p={format_p(mcnemar.p_value)}, "
+             f"Holm {format_p(mcnemar.p_holm)}).")
+    return text
+
+
+def describe_baseline(baseline: str, metrics: dict, preds: pd.DataFrame) -> str:
+    return (f"**{baseline}** (the baseline): test macro-F1 {metrics['macro_f1']:.3f}, accuracy "
+            f"{metrics['accuracy']:.3f}." + collapse_sentence(baseline, preds))
+
+
+# -----------------------------------------------------------------------------
+# figures: one helper per kind of drawing, shared by the figures that use it
+
+
+def clip_for_log(values: np.ndarray) -> tuple[np.ndarray, float]:
+    """Values a log axis can show: zeros (a zero-shot method trains nothing) are lifted to a floor below the rest."""
+    positive = values[values > 0]
+    floor = positive.min() / 10 if positive.size else 1.0
+    return np.where(values > 0, values, floor), float(floor)
+
+
+def draw_grouped_bars(ax: Axes, table: pd.DataFrame, value_format: Callable[[float], str],
+                      log_scale: bool = False) -> None:
+    """One cluster per method (row) in the method's colour, one bar per series (column) told apart by hatching;
+    every bar carries its value. On a log axis a zero sits at the floor and is still labelled with its true value."""
+    values = table.to_numpy(dtype=float)  # (methods, series)
+    heights, floor = clip_for_log(values) if log_scale else (values, 0.0)
+    n_series = values.shape[1]
+    width = 0.8 / n_series
+    x = np.arange(len(table))
+    colors = [METHOD_COLORS[m] for m in table.index]
+    for j, style in zip(range(n_series), SERIES_STYLES):
+        bars = ax.bar(x + (j - (n_series - 1) / 2) * width, heights[:, j], width, color=colors, edgecolor="black",
+                      linewidth=0.5, **style)
+        ax.bar_label(bars, labels=[value_format(v) for v in values[:, j]], padding=2, fontsize=8)
+    ax.set_xticks(x, table.index)
+    if log_scale:
+        ax.set_yscale("log")
+        ax.set_ylim(floor, np.nanmax(heights) * 10)  # headroom for the labels, a decade up
+    else:
+        ax.set_ylim(0, np.nanmax(heights) * 1.18)
+    if n_series > 1:
+        handles = [Patch(facecolor="lightgrey", edgecolor="black", label=s, **st)
+                   for s, st in zip(table.columns, SERIES_STYLES)]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+
+
+def new_bar_figure(n_methods: int) -> tuple[Figure, Axes]:
+    """A figure wide enough that method names and bar labels never overlap."""
+    return plt.subplots(figsize=(1.5 * n_methods + 2.5, 4.2), layout="constrained")
+
+
+def plot_performance(metrics: dict[str, dict], n_test: int) -> Figure:
+    table = pd.DataFrame({"accuracy": [m["accuracy"] for m in metrics.values()],
+                          "macro-F1": [m["macro_f1"] for m in metrics.values()]}, index=list(metrics))
+    fig, ax = new_bar_figure(len(table))
+    draw_grouped_bars(ax, table, lambda v: f"{v:.3f}")
+    ax.set(title=f"Test accuracy and macro-F1 (n={n_test})", xlabel="method", ylabel="score")
+    return fig
+
+
+def plot_latency(metrics: dict[str, dict]) -> Figure:
+    table = pd.DataFrame({"mean": [m["latency_mean_s"] * 1e3 for m in metrics.values()],
+                          "p95": [m["latency_p95_s"] * 1e3 for m in metrics.values()]}, index=list(metrics))
+    fig, ax = new_bar_figure(len(table))
+    draw_grouped_bars(ax, table, lambda v: f"{v:.3g}")
+    ax.set(title="Per-example test latency", xlabel="method", ylabel="latency (ms)")
+    return fig
+
+
+def plot_param_footprint(summary: dict[str, dict]) -> Figure:
+    """Trainable parameters on a log axis, with each method's note (e.g. base: a head on the frozen encoder)."""
+    table = pd.DataFrame({"trainable": [s["trainable_params"] for s in summary.values()]}, index=list(summary))
+    fig, ax = new_bar_figure(len(table))
+    draw_grouped_bars(ax, table, format_count, log_scale=True)
+    ax.set(title="Trainable parameters per method", xlabel="method", ylabel="trainable parameters (log scale)")
+    notes = [textwrap.fill(f"{m}: {s['note']}", 100) for m, s in summary.items() if s.get("note")]
+    if notes:
+        fig.text(0.01, -0.02, "\n".join(notes), fontsize=8, va="top")
+    return fig
+
+
+def draw_method_lines(ax: Axes, history: dict[str, pd.DataFrame], column: str, linestyle: str = "-") -> None:
+    """One line per method over epochs, in the method's colour; epochs without a value (zero-shot) are skipped."""
+    for method, frame in history.items():
+        points = frame[["epoch", column]].dropna()
+        ax.plot(points["epoch"], points[column], linestyle=linestyle, marker="o", color=METHOD_COLORS[method])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def method_handles(methods: Sequence[str]) -> list[Line2D]:
+    return [Line2D([], [], color=METHOD_COLORS[m], marker="o", label=m) for m in methods]
+
+
+def plot_val_macro_f1(history: dict[str, pd.DataFrame], summary: dict[str, dict]) -> Figure:
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    draw_method_lines(ax, history, "val_macro_f1")
+    for method, s in summary.items():
+        ax.plot(s["best_epoch"], s["best_val_macro_f1"], marker="*", markersize=16, color=METHOD_COLORS[method],
+                markeredgecolor="black")
+    ax.legend(handles=method_handles(list(history)), loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    ax.set(title="Validation macro-F1 per epoch (star: kept epoch)", xlabel="epoch", ylabel="val macro-F1")
+    return fig
+
+
+def plot_losses(history: dict[str, pd.DataFrame]) -> Figure:
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    draw_method_lines(ax, history, "train_loss", "-")
+    draw_method_lines(ax, history, "val_loss", "--")
+    styles = [Line2D([], [], color="black", linestyle=ls, label=name) for ls, name in (("-", "train"), ("--", "val"))]
+    ax.legend(handles=method_handles(list(history)) + styles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    ax.set(title="Train (solid) and validation (dashed) loss", xlabel="epoch", ylabel="loss")
+    return fig
+
+
+def plot_confusion(confusion: pd.DataFrame, labels: Sequence[str], method: str) -> Figure:
+    """Counts with gold on y and predicted on x; the 'unmapped' column only when some generation mapped to no label."""
+    matrix = (confusion.pivot(index="gold", columns="pred", values="count")
+              .reindex(index=list(labels), columns=[*labels, UNMAPPED], fill_value=0).fillna(0).astype(int))
+    if matrix[UNMAPPED].sum() == 0:
+        matrix = matrix.drop(columns=UNMAPPED)
+    counts = matrix.to_numpy()  # (gold labels, predicted labels [+ unmapped])
+    fig, ax = plt.subplots(figsize=(1.3 * counts.shape[1] + 2, 1.1 * counts.shape[0] + 1.6), layout="constrained")
+    cmap = LinearSegmentedColormap.from_list(method, ["white", METHOD_COLORS[method]])
+    ax.imshow(counts, cmap=cmap, vmin=0, vmax=max(counts.max(), 1))
+    for (i, j), count in np.ndenumerate(counts):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=13,
+                color="white" if count > counts.max() * 0.6 else "black")
+    ax.set_xticks(range(counts.shape[1]), matrix.columns)
+    ax.set_yticks(range(counts.shape[0]), matrix.index)
+    ax.set(title=f"{method}: test confusion (n={counts.sum()})", xlabel="predicted", ylabel="gold")
+    return fig
+
+
+def draw_labelled_points(ax: Axes, x: Sequence[float], y: Sequence[float], methods: Sequence[str]) -> None:
+    for xi, yi, method in zip(x, y, methods):
+        ax.scatter(xi, yi, s=60, color=METHOD_COLORS[method], edgecolor="black", zorder=3)
+        ax.annotate(method, (xi, yi), xytext=(6, 6), textcoords="offset points", fontsize=9)
+    ax.margins(x=0.2, y=0.2)
+    ax.grid(alpha=0.3)
+
+
+def plot_efficiency(metrics: dict[str, dict], summary: dict[str, dict]) -> Figure:
+    methods = list(metrics)
+    f1 = [metrics[m]["macro_f1"] for m in methods]
+    params, _ = clip_for_log(np.array([summary[m]["trainable_params"] for m in methods], dtype=float))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True, layout="constrained")
+    draw_labelled_points(left, params, f1, methods)
+    left.set_xscale("log")
+    left.set(title="against trainable parameters", xlabel="trainable parameters (log scale)", ylabel="test macro-F1")
+    draw_labelled_points(right, [summary[m]["train_seconds"] for m in methods], f1, methods)
+    right.set(title="against train time", xlabel="train time (s)")
+    fig.suptitle("Test macro-F1 against training cost")
+    return fig
+
+
+def confusion_figure_name(method: str) -> str:
+    return f"cm_{method}_test.png"
+
+
+def build_figures(inputs: ReportInputs, labels: Sequence[str]) -> dict[str, Figure]:
+    figures = {
+        "performance_bar_test.png": plot_performance(inputs.metrics, inputs.n_test),
+        "latency_bar_test.png": plot_latency(inputs.metrics),
+        "param_footprint_bar.png": plot_param_footprint(inputs.summary),
+        "eval_macro_f1_per_epoch.png": plot_val_macro_f1(inputs.history, inputs.summary),
+        "loss_train_vs_eval.png": plot_losses(inputs.history),
+        "efficiency_panel.png": plot_efficiency(inputs.metrics, inputs.summary),
+    }
+    for method, confusion in inputs.confusion.items():
+        figures[confusion_figure_name(method)] = plot_confusion(confusion, labels, method)
+    return figures
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Render to a temporary name, then rename: a half-written PNG never sits at `path`."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------
+# the report
+
+
+def build_submission(preds: pd.DataFrame) -> tuple[dict[str, str], int]:
+    """PMID -> predicted label (official format); unmapped predictions are left out, never guessed, and counted."""
+    mapped = preds.dropna(subset=["pred"])
+    return dict(zip(mapped["pmid"], mapped["pred"])), len(preds) - len(mapped)
+
+
+def unmapped_note(metrics: dict[str, dict]) -> str:
+    counts = {m: int(v.get("unmapped", 0)) for m, v in metrics.items() if v.get("unmapped", 0)}
+    if not counts:
+        return "Every prediction mapped to a label."
+    return ("Unmapped predictions (a generation that matches no label; counted as wrong): "
+            + ", ".join(f"{m} {n}" for m, n in counts.items()) + ".")
+
+
+def submission_section(left_out: dict[str, int]) -> str:
+    lines = [f"- `submission/{m}.json`: {n} unmapped prediction(s) left out" for m, n in left_out.items()]
+    return ("## Official submission\n\nPMID -> predicted label over the official test split. Unmapped predictions "
+            "are left out rather than mapped to a label, so a file with any left out is incomplete:\n\n"
+            + "\n".join(lines))
+
+
+def protocol_section(params: Params, n_test: int, summary: dict[str, dict]) -> str:
+    p, s = params.prepare, params.stats
+    return (f"## Protocol and provenance\n\nThese tables come from `prepare.protocol: {p.protocol}` "
+            f"(split seed {p.seed}), n = {n_test} test items, labels {', '.join(p.labels)}, training seed "
+            f"{params.train.seed}. Significance: exact McNemar and a paired bootstrap ({s.n_bootstrap} resamples, "
+            f"seed {s.seed}, {s.confidence:.0%} percentile CI), Holm-adjusted within each test and metric. "
+            "Regenerate everything with `dvc repro`.\n\n" + provenance_table(summary))
+
+
+def build_report(inputs: ReportInputs, params: Params, columns: Sequence[Column],
+                 left_out: dict[str, int] | None) -> str:
+    baseline, confidence = params.stats.baseline, params.stats.confidence
+    first = next(iter(inputs.summary.values()))
+    tuned = [m for m in params.methods if m != baseline]
+    findings = [describe_baseline(baseline, inputs.metrics[baseline], inputs.preds[baseline])]
+    findings += [describe_method(m, baseline, inputs.metrics, inputs.stats, confidence)
+                 + collapse_sentence(m, inputs.preds[m]) for m in tuned]
+    captions = {**FIGURE_CAPTIONS, **{confusion_figure_name(m): f"Test confusion matrix: {m}" for m in params.methods}}
+    sections = [
+        f"# PEFT on PubMedQA: {first['model']}",
+        f"Model `{first['model']}` ({first['family']} family), protocol `{params.prepare.protocol}`, "
+        f"n = {inputs.n_test} test items; methods {', '.join(params.methods)} against the baseline `{baseline}`.",
+        "## Data splits\n\n" + split_table(inputs.split_stats),
+        "## Test performance\n\n" + performance_table(inputs.metrics, columns) + "\n\n" + unmapped_note(inputs.metrics),
+        "## Significance\n\nEach tuned method against the baseline, then tuned methods pairwise. b = items the "
+        "reference got wrong and the method right (fixes), c = the reverse (regressions).\n\n"
+        + significance_table(inputs.stats, baseline, confidence),
+        "## Findings\n\n" + "\n\n".join(findings),
+        "## Training\n\n" + training_table(inputs.summary),
+        "## Figures\n\n" + "\n\n".join(f"![{c}](figures/{name})" for name, c in captions.items()),
+        protocol_section(params, inputs.n_test, inputs.summary),
+    ]
+    if left_out is not None:
+        sections.append(submission_section(left_out))
+    return "\n\n".join(sections) + "\n"
+
+
+def main(args: list[str]) -> None:
+    params = load_params()
+    inputs = read_inputs(params.methods)
+    check_inputs_fresh(inputs, params.methods, params.stats.baseline)
+    for name, figure in build_figures(inputs, params.prepare.labels).items():
+        save_figure(figure, FIGURES_DIR / name)
+    left_out = None
+    if params.prepare.protocol == "official":
+        left_out = {}
+        for method in params.methods:
+            submission, left_out[method] = build_submission(inputs.preds[method])
+            write_json_atomic(SUBMISSION_DIR / f"{method}.json", submission)
+    columns = performance_columns(params.prepare.labels)
+    markdown = build_report(inputs, params, columns, left_out)
+    with atomic_path(REPORT_DIR / "report.md") as tmp:
+        tmp.write_text(markdown, encoding="utf-8")
+        check_performance_table(tmp.read_text(encoding="utf-8"), inputs.metrics, columns)
+    log.info("wrote %s and %d figures", REPORT_DIR / "report.md", len(FIGURE_CAPTIONS) + len(params.methods))
+
+
+if __name__ == "__main__":
+    run_cli(main)
