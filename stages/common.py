@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -15,6 +16,8 @@ from typing import Callable, Iterator
 import pandas as pd
 
 log = logging.getLogger("peftqa")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask (os.umask can only be read by setting it)
 
 
 class PeftqaError(Exception):
@@ -37,6 +40,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give it the usual mode
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -106,6 +110,8 @@ def run_cli(main: Callable[[list[str]], None]) -> None:
     debug = "--debug" in args or os.environ.get("PEFTQA_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # peft 0.21 reads a property transformers 5 deprecated: one warning per model load, nothing the user can act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         main(args)
     except PeftqaError as err:

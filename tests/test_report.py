@@ -1,0 +1,315 @@
+"""Stage report on a tiny, consistent set of upstream files: figures exist, tables equal their sources, prose is honest.
+
+The inputs are written in the FORMATS.md formats, with metrics computed by stages.metrics so they agree with the preds;
+the stats CSV is written by hand (the stats stage is not imported).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from stages import report
+from stages.common import PeftqaError
+from stages.metrics import classification_metrics, confusion_frame, latency_summary
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ("yes", "no")
+METHODS = ("base", "prompt_tuning", "lora")
+GOLD = ["yes"] * 12 + ["no"] * 8
+PREDS = {
+    "base": ["yes"] * 20,  # majority-class collapse
+    "prompt_tuning": ["yes"] * 10 + ["no", None] + ["no"] * 3 + ["yes"] * 5,  # one unmapped generation
+    "lora": ["yes"] * 11 + ["no"] * 8 + ["yes"],
+}
+# 95% CI of Δmacro-F1 vs base: lora's excludes 0, prompt_tuning's contains it
+CIS = {"prompt_tuning": (-0.10, 0.30), "lora": (0.15, 0.55)}
+FIGURES = ["performance_bar_test.png", "latency_bar_test.png", "param_footprint_bar.png",
+           "eval_macro_f1_per_epoch.png", "loss_train_vs_eval.png", "efficiency_panel.png",
+           *(f"cm_{m}_test.png" for m in METHODS)]
+
+
+# -----------------------------------------------------------------------------
+# fake upstream outputs
+
+
+def write_params(root: Path, protocol: str) -> None:
+    text = (REPO / "params.yaml").read_text(encoding="utf-8")
+    text = re.sub(r"^methods: .*$", f"methods: [{', '.join(METHODS)}]", text, flags=re.M)
+    text = re.sub(r"^  protocol: \w+", f"  protocol: {protocol}", text, flags=re.M)
+    (root / "params.yaml").write_text(text, encoding="utf-8")
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj), encoding="utf-8")
+
+
+def write_method(root: Path, method: str, pmids: list[str], index: int) -> dict:
+    """history, train summary, preds, confusion and metrics of one method; returns its metrics."""
+    trainable = 770 if method == "base" else 10_000 * (index + 1) ** 2
+    val_macro_f1 = [0.40 + 0.10 * index, 0.45 + 0.12 * index, 0.44 + 0.16 * index]
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.70, 0.60 - 0.05 * index, 0.55 - 0.10 * index],
+                            "val_loss": [0.69, 0.64 - 0.03 * index, 0.62 - 0.05 * index], "val_accuracy": [0.6] * 3,
+                            "val_macro_f1": val_macro_f1, "val_f1_yes": [0.7] * 3, "val_f1_no": [0.3] * 3,
+                            "seconds": [10.0, 10.5, 9.8]})
+    write_csv(root / f"models/{method}/history.csv", history)
+    write_json(root / f"models/{method}/train_summary.json", {
+        "method": method, "family": "encoder", "model": "tiny-encoder", "trainable_params": trainable,
+        "total_params": 22_700_000, "adapter_bytes": 4 * trainable, "best_val_macro_f1": max(val_macro_f1),
+        "best_epoch": 1 + val_macro_f1.index(max(val_macro_f1)),
+        "epochs_run": 3, "train_seconds": 30.3 * (index + 1), "examples_per_s": 70.0, "mlflow_run_id": f"run{index}abc",
+        "mlflow_experiment_id": "1", "note": "" if index else "linear probe: head on the frozen encoder"})
+    pred = PREDS[method]
+    latencies = [0.010 + 0.001 * i + 0.002 * index for i in range(len(pmids))]
+    write_csv(root / f"reports/eval/{method}/preds_test.csv", pd.DataFrame(
+        {"pmid": pmids, "gold": GOLD, "pred": pred, "p_yes": [0.5] * len(pmids), "latency_s": latencies}))
+    write_csv(root / f"reports/eval/{method}/cm_test.csv", confusion_frame(GOLD, pred, LABELS))
+    metrics = {**classification_metrics(GOLD, pred, LABELS), **latency_summary(latencies), "examples_per_s": 70.0,
+               "trainable_params_m": trainable / 1e6, "adapter_mb": 4 * trainable / 1e6}
+    write_json(root / f"reports/eval/{method}/metrics_test.json", metrics)
+    return metrics
+
+
+def stats_rows(method: str, reference: str, metrics: dict[str, dict], ci: tuple[float, float]) -> list[dict]:
+    """The three rows the stats stage writes per comparison, with McNemar b/c counted from the preds."""
+    right = {m: [p == g for p, g in zip(PREDS[m], GOLD)] for m in (method, reference)}
+    b = sum(r and not o for r, o in zip(right[method], right[reference]))
+    c = sum(o and not r for r, o in zip(right[method], right[reference]))
+    delta = {k: metrics[method][k] - metrics[reference][k] for k in ("accuracy", "macro_f1")}
+    common = {"method": method, "reference": reference, "n": len(GOLD), "b": b, "c": c}
+    return [
+        {**common, "test": "mcnemar_exact", "metric": "accuracy", "effect": delta["accuracy"], "ci_low": None,
+         "ci_high": None, "p_value": 0.0213, "p_holm": 0.0426},
+        {**common, "test": "paired_bootstrap", "metric": "accuracy", "effect": delta["accuracy"],
+         "ci_low": ci[0] - 0.01, "ci_high": ci[1] + 0.01, "p_value": 0.0312, "p_holm": 0.0624},
+        {**common, "test": "paired_bootstrap", "metric": "macro_f1", "effect": delta["macro_f1"],
+         "ci_low": ci[0], "ci_high": ci[1], "p_value": 0.00004 if ci[0] > 0 else 0.31, "p_holm": 0.0001},
+    ]
+
+
+def write_inputs(root: Path, protocol: str = "official") -> dict[str, dict]:
+    """Every input of the report stage under `root`; returns the metrics per method."""
+    write_params(root, protocol)
+    pmids = [str(10_000_001 + i) for i in range(len(GOLD))]
+    write_csv(root / "data/processed/test.csv", pd.DataFrame(
+        {"pmid": pmids, "question": "q?", "context": "c.", "label": GOLD}))
+    write_csv(root / "data/processed/split_stats.csv", pd.DataFrame(
+        {"split": ["train", "val", "test"], "n": [160, 20, 20], "yes": [96, 12, 12], "no": [64, 8, 8],
+         "yes_pct": [60.0, 60.0, 60.0], "no_pct": [40.0, 40.0, 40.0]}))
+    metrics = {m: write_method(root, m, pmids, i) for i, m in enumerate(METHODS)}
+    rows = [*stats_rows("prompt_tuning", "base", metrics, CIS["prompt_tuning"]),
+            *stats_rows("lora", "base", metrics, CIS["lora"]),
+            *stats_rows("lora", "prompt_tuning", metrics, (-0.05, 0.2))]
+    write_csv(root / "reports/stats/stats_eval_test.csv", pd.DataFrame(rows))
+    return metrics
+
+
+def run_report(root: Path) -> None:
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        report.main([])
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
+    """One full run of the stage under the official protocol (it covers every output, submissions included)."""
+    root = tmp_path_factory.mktemp("report")
+    metrics = write_inputs(root)
+    run_report(root)
+    return root, metrics
+
+
+def parse_tables(markdown: str) -> dict[str, list[dict[str, str]]]:
+    """Every markdown table, keyed by its header line's second cell, as a list of {column: cell} rows."""
+    tables, block = {}, []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+            continue
+        if block:
+            header, _separator, *rows = block
+            tables[header[1]] = [dict(zip(header, row, strict=True)) for row in rows]
+            block = []
+    return tables
+
+
+def paragraph(markdown: str, start: str) -> str:
+    return next(p for p in markdown.split("\n\n") if p.startswith(start))
+
+
+# -----------------------------------------------------------------------------
+# outputs
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_every_figure_is_a_png(ran: tuple[Path, dict], name: str) -> None:
+    path = ran[0] / "reports/figures" / name
+    assert path.stat().st_size > 0
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_performance_table_equals_metrics_json(ran: tuple[Path, dict]) -> None:
+    root, metrics = ran
+    rows = parse_tables((root / "reports/report.md").read_text())["Macro-F1"]
+    assert [row["Method"] for row in rows] == list(METHODS)
+    for row in rows:
+        m = metrics[row["Method"]]
+        assert float(row["Macro-F1"]) == round(m["macro_f1"], 3)
+        assert float(row["Accuracy"]) == round(m["accuracy"], 3)
+        assert float(row["F1 (No)"]) == round(m["f1_no"], 3)
+        assert float(row["F1 (Yes)"]) == round(m["f1_yes"], 3)
+        mean, p95 = map(float, row["Latency mean / p95 (s)"].split(" / "))
+        assert (mean, p95) == (round(m["latency_mean_s"], 4), round(m["latency_p95_s"], 4))
+        assert float(row["Trainable Params (M)"]) == pytest.approx(m["trainable_params_m"], rel=5e-3)
+
+
+def test_significance_table_equals_stats_csv(ran: tuple[Path, dict]) -> None:
+    root, _ = ran
+    rows = parse_tables((root / "reports/report.md").read_text())["Test"]
+    stats = pd.read_csv(root / "reports/stats/stats_eval_test.csv")
+    assert len(rows) == len(stats)
+    for row, source in zip(rows, stats.itertuples()):
+        assert row["Tuned Method"] == (source.method if source.reference == "base"
+                                       else f"{source.method} vs {source.reference}")
+        assert float(row["Effect"]) == round(source.effect, 3)
+        if pd.isna(source.ci_low):
+            assert row["95% CI"] == "—"
+        else:
+            assert [float(v) for v in row["95% CI"].strip("[]").split(",")] == [round(source.ci_low, 3),
+                                                                                round(source.ci_high, 3)]
+        p, holm = re.fullmatch(r"p=?(\S+) \(Holm (\S+)\)", row["p-value"]).groups()
+        for printed, value in ((p, source.p_value), (holm, source.p_holm)):
+            assert printed == "<0.0001" if value < 1e-4 else float(printed) == round(value, 4)
+        assert row["Notes"] == f"b={source.b}, c={source.c}"
+
+
+def test_paragraphs_follow_the_confidence_intervals(ran: tuple[Path, dict]) -> None:
+    markdown = (ran[0] / "reports/report.md").read_text()
+    lora = paragraph(markdown, "**lora** vs")  # CI excludes 0
+    assert "lora is better than base" in lora and "not distinguishable" not in lora
+    tuned = paragraph(markdown, "**prompt_tuning** vs")  # CI contains 0
+    assert "not distinguishable from noise" in tuned
+    assert "better" not in tuned and "worse" not in tuned
+
+
+def test_collapsed_baseline_is_called_out(ran: tuple[Path, dict]) -> None:
+    markdown = (ran[0] / "reports/report.md").read_text()
+    assert "majority-class collapse" in paragraph(markdown, "**base** (the baseline)")
+    assert "collapse" not in paragraph(markdown, "**lora** vs")
+
+
+def test_report_states_protocol_and_mlflow_runs(ran: tuple[Path, dict]) -> None:
+    markdown = (ran[0] / "reports/report.md").read_text()
+    assert "`prepare.protocol: official`" in markdown and "n = 20 test items" in markdown
+    assert [row["MLflow run id"] for row in parse_tables(markdown)["MLflow run id"]] == ["`run0abc`", "`run1abc`",
+                                                                                        "`run2abc`"]
+    for name in FIGURES:
+        assert f"(figures/{name})" in markdown
+
+
+def test_official_protocol_writes_submissions_without_unmapped(ran: tuple[Path, dict]) -> None:
+    root, _ = ran
+    test = pd.read_csv(root / "data/processed/test.csv", dtype={"pmid": str})
+    lora = json.loads((root / "reports/submission/lora.json").read_text())
+    assert lora == dict(zip(test["pmid"], PREDS["lora"]))
+    tuned = json.loads((root / "reports/submission/prompt_tuning.json").read_text())
+    assert len(tuned) == len(test) - 1 and set(tuned.values()) <= set(LABELS)
+    markdown = (root / "reports/report.md").read_text()
+    assert "`submission/prompt_tuning.json`: 1 unmapped prediction(s) left out" in markdown
+
+
+# -----------------------------------------------------------------------------
+# error paths and pure helpers
+
+
+def edit_csv(path: Path, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+    edit(pd.read_csv(path, dtype={"pmid": str})).to_csv(path, index=False)
+
+
+def replace_first_pmid(preds: pd.DataFrame) -> pd.DataFrame:
+    return preds.assign(pmid=["99999999", *preds["pmid"][1:]])
+
+
+STALE_INPUTS = {  # failure mode -> (file, edit, expected message)
+    "preds of another split": ("reports/eval/lora/preds_test.csv", replace_first_pmid, r"'lora' is stale.*dvc repro"),
+    "stats without a method": ("reports/stats/stats_eval_test.csv", lambda f: f[f["method"] != "lora"],
+                               r"0 rows for lora vs base.*dvc repro"),
+    "an upstream output missing": ("models/lora/history.csv", None, r"history.csv is missing; run `dvc repro`"),
+}
+
+
+@pytest.mark.parametrize("failure", list(STALE_INPUTS))
+def test_stale_or_missing_inputs_raise(tmp_path: Path, failure: str) -> None:
+    relative, edit, message = STALE_INPUTS[failure]
+    write_inputs(tmp_path)
+    if edit is None:
+        (tmp_path / relative).unlink()
+    else:
+        edit_csv(tmp_path / relative, edit)
+    with pytest.raises(PeftqaError, match=message):
+        run_report(tmp_path)
+    assert not (tmp_path / "reports/report.md").exists()
+
+
+def test_guard_rejects_a_table_that_differs_from_the_json() -> None:
+    metrics = {"base": {"macro_f1": 0.4444, "accuracy": 0.6, "f1_yes": 0.75, "f1_no": 0.0, "latency_mean_s": 0.01,
+                        "latency_p95_s": 0.02, "trainable_params_m": 0.00077}}
+    columns = report.performance_columns(LABELS)
+    markdown = report.performance_table(metrics, columns)
+    report.check_performance_table(markdown, metrics, columns)  # as written: passes
+    with pytest.raises(PeftqaError, match="Macro-F1 = 0.445"):
+        report.check_performance_table(markdown.replace("0.444", "0.445"), metrics, columns)
+
+
+@pytest.mark.parametrize(("ci", "verdict"), [((-0.1, 0.2), "not distinguishable"), ((0.05, 0.2), "is better than"),
+                                             ((-0.3, -0.02), "is worse than")])
+def test_describe_method_verdict_follows_ci(ci: tuple[float, float], verdict: str) -> None:
+    metrics = {"base": {"macro_f1": 0.4, "accuracy": 0.6}, "lora": {"macro_f1": 0.5, "accuracy": 0.7}}
+    stats = pd.DataFrame(stats_rows("lora", "base", {m: {**v} for m, v in metrics.items()}, ci))
+    text = report.describe_method("lora", "base", metrics, stats, confidence=0.95)
+    assert verdict in text
+    assert sum(word in text for word in ("better", "worse", "not distinguishable")) == 1
+
+
+@pytest.mark.parametrize(("value", "digits", "significant", "printed"), [
+    (0.71234, 3, False, "0.712"), (0.000769, 3, True, "0.000769"), (22.71, 3, True, "22.7"),
+    (2848.3, 3, True, "2850"), (0.0009996, 3, True, "0.00100"), (float("nan"), 4, False, "n/a")])
+def test_format_number(value: float, digits: int, significant: bool, printed: str) -> None:
+    assert report.format_number(value, digits, significant) == printed
+
+
+def test_figures_accept_a_zero_shot_baseline() -> None:
+    """seq2seq/causal base trains nothing: 0 params on a log axis, one epoch-0 row without a train loss."""
+    summary = {"base": {"trainable_params": 0, "train_seconds": 0.0, "best_epoch": 0, "best_val_macro_f1": 0.4,
+                        "note": "zero-shot: no training"},
+               "lora": {"trainable_params": 294_912, "train_seconds": 120.0, "best_epoch": 2, "best_val_macro_f1": 0.6,
+                        "note": ""}}
+    history = {"base": pd.DataFrame({"epoch": [0], "train_loss": [float("nan")], "val_loss": [0.7],
+                                     "val_macro_f1": [0.4]}),
+               "lora": pd.DataFrame({"epoch": [1, 2], "train_loss": [0.6, 0.5], "val_loss": [0.65, 0.6],
+                                     "val_macro_f1": [0.55, 0.6]})}
+    metrics = {"base": {"macro_f1": 0.4}, "lora": {"macro_f1": 0.6}}
+    figures = [report.plot_param_footprint(summary), report.plot_losses(history),
+               report.plot_val_macro_f1(history, summary), report.plot_efficiency(metrics, summary)]
+    labels = [text.get_text() for text in figures[0].axes[0].texts]
+    assert labels == ["0", "295K"]
+    for figure in figures:
+        figure.savefig(io.BytesIO(), format="png")
+        report.plt.close(figure)
