@@ -61,7 +61,7 @@ def connect(experiment: str) -> tuple[MlflowClient, str]:
         client = make_client()
         experiment_id = get_or_create_experiment(client, experiment)
     except Exception as err:  # sqlalchemy, HTTP and MLflow errors alike: the store is not usable
-        raise PeftqaError(f"the MLflow store {redact(uri)} is not usable ({type(err).__name__}: {str(err)[:300]}). "
+        raise PeftqaError(f"the MLflow store {redact(uri)} is not usable ({type(err).__name__}: {redact(str(err))[:300]}). "
                           "Fix it before training: check that the folder of mlflow.db is writable and no other "
                           "process holds a lock on it, or that the tracking server is up, or set MLFLOW_TRACKING_URI "
                           "to a store that works.") from None

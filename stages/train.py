@@ -84,7 +84,7 @@ def train_one_epoch(backbone: Backbone, train: pd.DataFrame, optimizer: torch.op
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        total += float(loss) * len(questions)
+        total += float(loss.detach()) * len(questions)
         seen += len(questions)
         bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
     return total / max(seen, 1)
@@ -132,13 +132,13 @@ def fit(backbone: Backbone, train: pd.DataFrame, val: pd.DataFrame, cfg: TrainPa
         torch.set_rng_state(resume["torch_rng"])
         history, best_epoch, best_f1 = resume["history"], resume["best_epoch"], resume["best_f1"]
         best_state, stale = resume["best_state"], resume["stale"]
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
+    first = len(history) + 1 if stale < cfg.patience else cfg.epochs + 1  # a resumed run may have stopped already
+    for epoch in range(first, cfg.epochs + 1):
         start = time.perf_counter()
         train_loss = train_one_epoch(backbone, train, optimizer, scheduler, cfg, weights, epoch, bf16)
         row = {"epoch": epoch, "train_loss": train_loss,
                **validate(backbone, val, cfg.batch_size, weights, bf16), "seconds": time.perf_counter() - start}
         history.append(row)
-        log_epoch(row)
         log.info("epoch %d: train_loss %.4f val_loss %.4f val_macro_f1 %.4f (%.0f s)", epoch, train_loss,
                  row["val_loss"], row["val_macro_f1"], row["seconds"])
         if row["val_macro_f1"] > best_f1:  # ties keep the earlier epoch
@@ -146,19 +146,26 @@ def fit(backbone: Backbone, train: pd.DataFrame, val: pd.DataFrame, cfg: TrainPa
             best_state = [p.detach().clone() for p in parameters]
         else:
             stale += 1
-            if stale >= cfg.patience:
-                log.info("early stop: no val macro-F1 gain for %d epochs; best epoch %d", stale, best_epoch)
-                break
-        if checkpoint is not None and epoch < cfg.epochs:
+        if checkpoint is not None:  # saved before the epoch is logged, so a resumed run logs each epoch once
             save_checkpoint(checkpoint, {
                 **(stamp or {}), "parameters": [p.detach().clone() for p in parameters],
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "history": history, "best_epoch": best_epoch, "best_f1": best_f1,
                 "best_state": best_state, "stale": stale})
+        log_epoch(row)
+        if stale >= cfg.patience:
+            log.info("early stop: no val macro-F1 gain for %d epochs; best epoch %d", stale, best_epoch)
+            break
     with torch.no_grad():  # restore the best epoch before saving
         for p, saved in zip(parameters, best_state):
             p.copy_(saved)
     return history, best_epoch
+
+
+def log_metrics_row(client, run_id: str, row: dict) -> None:
+    """One history row into MLflow, at step=epoch, so MLflow and history.csv hold the same numbers."""
+    tracking.log_metrics(client, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"],
+                         timestamp_ms=int(time.time() * 1000))
 
 
 def describe(method: str, family: str) -> str:
@@ -215,6 +222,10 @@ def main(args: list[str]) -> None:
     if resume is not None:
         run_id = resume["run_id"]
         client.update_run(run_id, status="RUNNING")
+        logged = {m.step for m in client.get_metric_history(run_id, "val_macro_f1")}
+        for row in resume["history"]:  # epochs checkpointed but killed before they reached MLflow
+            if row["epoch"] not in logged:
+                log_metrics_row(client, run_id, row)
     else:
         run = client.create_run(experiment_id, run_name=method, tags=tracking.run_tags(
             f"train@{method}", params.model.name_or_path, backbone.family, method))
@@ -222,8 +233,7 @@ def main(args: list[str]) -> None:
         tracking.log_params(client, run_id, config)
 
     def log_epoch(row: dict) -> None:
-        tracking.log_metrics(client, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"],
-                             timestamp_ms=int(time.time() * 1000))
+        log_metrics_row(client, run_id, row)
 
     start = time.perf_counter()
     try:

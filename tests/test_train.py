@@ -1,0 +1,204 @@
+"""The train stage on tiny random models: MLflow logging (real sqlite store), early stopping and best-epoch
+restore, zero-shot base, kill-and-resume, determinism."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from stages import train as train_stage
+from tiny_models import ITEMS, make_tiny_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def tiny_split(n: int, offset: int) -> pd.DataFrame:
+    """n PubMedQA-shaped rows cycling through ITEMS, with distinct PMIDs."""
+    rows = [{**ITEMS[i % len(ITEMS)], "pmid": str(offset + i)} for i in range(n)]
+    return pd.DataFrame(rows, columns=["pmid", "question", "context", "label"])
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {family: make_tiny_model(family, root / family) for family in ("encoder", "seq2seq")}
+
+
+@pytest.fixture
+def stage_dir(tmp_path, monkeypatch, write_params, tiny_models):
+    """A working dir shaped like the repo: params.yaml, data/processed/{train,val}.csv, an MLflow store in tmp."""
+
+    def make(family: str = "encoder", n_train: int = 16, **overrides) -> Path:
+        (tmp_path / "data/processed").mkdir(parents=True, exist_ok=True)
+        tiny_split(n_train, 1000).to_csv(tmp_path / "data/processed/train.csv", index=False)
+        tiny_split(8, 5000).to_csv(tmp_path / "data/processed/val.csv", index=False)
+        write_params(tmp_path, {"model.name_or_path": str(tiny_models[family]), "model.max_length": 64,
+                                "train.epochs": 2, "train.batch_size": 4, "train.device": "cpu",
+                                "mlflow.experiment": "tests", **overrides})
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return tmp_path
+
+    return make
+
+
+def mlflow_client(root: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def only_run(client: MlflowClient, name: str):
+    experiment = client.get_experiment_by_name("tests")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{name}'")
+    assert len(runs) == 1, f"expected one run named {name}, found {len(runs)}"
+    return runs[0]
+
+
+def test_training_run_is_logged_to_mlflow_with_params_metrics_and_artifacts(stage_dir):
+    root = stage_dir(**{"train.patience": 5})
+    train_stage.main(["lora"])
+
+    history = pd.read_csv(root / "models/lora/history.csv")
+    summary = json.loads((root / "models/lora/train_summary.json").read_text())
+    assert list(history["epoch"]) == [1, 2]
+    assert {"adapter_config.json", "adapter_model.safetensors", "head.safetensors", "peftqa.json"} <= {
+        p.name for p in (root / "models/lora/adapter").iterdir()}
+    assert summary["epochs_run"] == 2 and summary["trainable_params"] > 0 and summary["adapter_bytes"] > 0
+
+    client = mlflow_client(root)
+    run = only_run(client, "lora")
+    assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
+    assert run.data.params["peft.lora.r"] == "8" and run.data.params["peft_config.r"] == "8"
+    assert run.data.params["train.epochs"] == "2" and run.data.params["family"] == "encoder"
+    assert run.data.tags["stage"] == "train@lora" and run.data.tags["method"] == "lora"
+    for column in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_f1_yes", "val_f1_no", "seconds"):
+        logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, column))
+        assert [step for step, _ in logged] == list(history["epoch"]), column  # one value per epoch
+        assert [value for _, value in logged] == pytest.approx(list(history[column])), column  # the same numbers
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"adapter", "history.csv", "train_summary.json", "resolved_config.json"} <= artifacts
+    assert "adapter/adapter_model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    assert str(root) not in json.dumps({k: v for k, v in run.data.params.items() if k != "model.name_or_path"})
+
+
+def test_early_stopping_restores_the_best_epoch(stage_dir, monkeypatch):
+    """Val macro-F1 scripted as 0.5, 0.7, 0.6, 0.6: patience 2 stops after epoch 4 and restores epoch 2."""
+    stage_dir(**{"train.epochs": 6, "train.patience": 2})
+    scripted = iter([0.5, 0.7, 0.6, 0.6, 0.9, 0.9])
+    real_validate = train_stage.validate
+    snapshots = {}
+
+    def scripted_validate(backbone, *args, **kwargs):
+        metrics = real_validate(backbone, *args, **kwargs)
+        epoch = len(snapshots) + 1
+        snapshots[epoch] = [p.detach().clone() for p in backbone.trainable_parameters()]
+        return {**metrics, "val_macro_f1": next(scripted)}
+
+    monkeypatch.setattr(train_stage, "validate", scripted_validate)
+    train_stage.main(["lora"])
+    summary = json.loads(Path("models/lora/train_summary.json").read_text())
+    history = pd.read_csv("models/lora/history.csv")
+    assert list(history["epoch"]) == [1, 2, 3, 4]
+    assert summary["best_epoch"] == 2 and summary["epochs_run"] == 4 and summary["best_val_macro_f1"] == 0.7
+    assert not torch.equal(snapshots[2][0], snapshots[4][0])  # training moved on after epoch 2 ...
+    head = load_file("models/lora/adapter/head.safetensors")
+    head_values = sorted(head.values(), key=lambda t: t.numel())
+    best_values = [t for t in snapshots[2] if t.shape in {v.shape for v in head_values}]
+    assert any(torch.equal(h, b) for h in head_values for b in best_values)  # ... and the saved head is epoch 2's
+
+
+def test_zero_shot_base_trains_nothing_and_records_epoch_zero(stage_dir):
+    root = stage_dir("seq2seq")
+    train_stage.main(["base"])
+    history = pd.read_csv(root / "models/base/history.csv")
+    summary = json.loads((root / "models/base/train_summary.json").read_text())
+    assert list(history["epoch"]) == [0] and pd.isna(history["train_loss"][0])
+    assert summary["trainable_params"] == 0 and summary["epochs_run"] == 0 and "zero-shot" in summary["note"]
+    assert not (root / "models/base/adapter/adapter_model.safetensors").exists()
+
+
+def test_unknown_method_is_a_usage_error(stage_dir):
+    stage_dir()
+    with pytest.raises(train_stage.PeftqaError, match="usage"):
+        train_stage.main(["lorra"])
+
+
+@pytest.mark.parametrize("store", ["sqlite-under-a-file", "server-down"])
+def test_unusable_mlflow_store_fails_before_training(stage_dir, monkeypatch, tmp_path, store):
+    """A store that cannot be opened is reported before any model is loaded or trained."""
+    stage_dir()
+    if store == "sqlite-under-a-file":  # the db's folder is a file: sqlite cannot create the store
+        (tmp_path / "not_a_folder").write_text("")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'not_a_folder' / 'mlflow.db'}")
+    else:  # a tracking server that is down (nothing listens on port 9)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:secret@127.0.0.1:9")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    loaded = []
+    monkeypatch.setattr(train_stage, "load_backbone", lambda *a, **k: loaded.append(1))
+    with pytest.raises(train_stage.PeftqaError, match="MLflow store") as error:
+        train_stage.main(["lora"])
+    assert not loaded
+    assert "secret" not in str(error.value)  # the password is redacted
+
+
+# -----------------------------------------------------------------------------
+# kill and resume, determinism (subprocesses: the real command DVC runs)
+
+
+def run_stage(root: Path, method: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_ROOT": str(root), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "stages.train", method], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_killed_training_resumes_to_the_same_result(stage_dir, tmp_path):
+    """SIGKILL after the first checkpoint; the re-run resumes, continues the same MLflow run, and ends with
+    bytes identical to an uninterrupted run (CPU is deterministic)."""
+    root = stage_dir(n_train=160, **{"train.epochs": 3, "train.patience": 5})
+    env = {**os.environ, "DVC_ROOT": str(root), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    process = subprocess.Popen([sys.executable, "-m", "stages.train", "lora"], cwd=root, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = root / "models/lora/checkpoint.pt"
+    deadline = time.time() + 240
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists(), "training ended before its first checkpoint could be interrupted"
+    assert not (root / "models/lora/train_summary.json").exists()
+
+    resumed = run_stage(root, "lora")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and not checkpoint.exists()
+    resumed_bytes = (root / "models/lora/adapter/adapter_model.safetensors").read_bytes()
+    resumed_history = pd.read_csv(root / "models/lora/history.csv")
+
+    client = mlflow_client(root)
+    run = only_run(client, "lora")  # no duplicate run
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_macro_f1")]
+    assert sorted(steps) == [1, 2, 3]  # every epoch once, the missing ones appended
+
+    # the same params, uninterrupted, in a fresh directory
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for name in ("params.yaml", "data"):
+        subprocess.run(["cp", "-r", str(root / name), str(fresh / name)], check=True)
+    clean = run_stage(fresh, "lora")
+    assert clean.returncode == 0, clean.stderr
+    assert (fresh / "models/lora/adapter/adapter_model.safetensors").read_bytes() == resumed_bytes
+    clean_history = pd.read_csv(fresh / "models/lora/history.csv")
+    columns = [c for c in clean_history.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(clean_history[columns], resumed_history[columns])
