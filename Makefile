@@ -27,5 +27,15 @@ run: install  ## the main job: every stage of dvc.yaml that is out of date
 test: install  ## unit tests plus one end-to-end dvc repro on a small slice
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
+bench: install  ## print training throughput and inference speed of the params.yaml profile (not a test)
+	HF_HUB_OFFLINE=1 $(PY) -m stages.bench
+
+# the UI's port: `make ui UI_PORT=5001` when 5000 is taken
+UI_PORT ?= 5000
+ui: install  ## the MLflow UI over this project's store (mlflow.db, artifacts in mlruns/); Ctrl-C stops it
+	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)/#/experiments (store sqlite:///$(abspath mlflow.db))"
+	mlflow server --backend-store-uri sqlite:///$(abspath mlflow.db) --default-artifact-root $(abspath mlruns) \
+		--host 127.0.0.1 --port $(UI_PORT)
+
 clean:  ## remove outputs (not the venv, not the MLflow store)
 	rm -rf data/raw data/processed models reports/eval reports/stats reports/figures

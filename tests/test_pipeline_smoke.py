@@ -1,0 +1,103 @@
+"""End to end: `dvc repro` of the whole pipeline on a small slice, in a throwaway git + DVC copy of the repo.
+
+Real components throughout: the embedded MiniLM, real PEFT adapters, a real sqlite MLflow store, real DVC.
+Uses $PUBMEDQA_JSON when set (CI sets it); otherwise a small synthetic file in PubMedQA's shape.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+SMOKE_PARAMS = {"prepare.limit": 80, "train.epochs": 1, "train.batch_size": 8, "model.max_length": 64,
+                "stats.n_bootstrap": 200, "evaluate.latency_items": 4}
+METHODS = ["base", "prompt_tuning", "prefix_tuning", "lora"]
+
+
+def synthetic_pubmedqa(folder: Path) -> Path:
+    """80 PQA-L-shaped records (yes/no/maybe) and a ground-truth file beside them."""
+    records, truth = {}, {}
+    for i in range(80):
+        label = ("yes", "no", "yes", "maybe", "no")[i % 5]
+        records[str(20000 + i)] = {"QUESTION": f"Does treatment {i} improve outcome {i % 7} in patients?",
+                                   "CONTEXTS": [f"Study {i} enrolled {50 + i} patients.", f"The outcome was {label}."],
+                                   "final_decision": label, "LONG_ANSWER": "", "YEAR": "2001"}
+        if i % 2:
+            truth[str(20000 + i)] = label
+    raw, gt = folder / "ori_pqal.json", folder / "test_ground_truth.json"
+    raw.write_text(json.dumps(records))
+    gt.write_text(json.dumps(truth))
+    return raw
+
+
+def set_params(path: Path, overrides: dict) -> None:
+    from stages.params import _Loader
+    data = yaml.load(path.read_text(), Loader=_Loader)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def dvc(root: Path, env: dict, *args: str) -> str:
+    result = subprocess.run(["dvc", *args], cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+def test_dvc_repro_runs_the_whole_pipeline_on_a_small_slice(repo_copy, pipeline_env, tmp_path):
+    env = dict(pipeline_env)
+    overrides = dict(SMOKE_PARAMS)
+    if not env.get("PUBMEDQA_JSON"):
+        raw = synthetic_pubmedqa(tmp_path)
+        env["PUBMEDQA_JSON"] = str(raw)
+        overrides["fetch.sha256"] = hashlib.sha256(raw.read_bytes()).hexdigest()
+        overrides["fetch.ground_truth_sha256"] = hashlib.sha256((tmp_path / "test_ground_truth.json").read_bytes()).hexdigest()
+    env.pop("MLFLOW_TRACKING_URI", None)
+    set_params(repo_copy / "params.yaml", overrides)
+
+    dvc(repo_copy, env, "repro")
+
+    for method in METHODS:
+        for split in ("val", "test"):
+            preds = pd.read_csv(repo_copy / f"reports/eval/{method}/preds_{split}.csv", dtype={"pmid": str})
+            gold = pd.read_csv(repo_copy / f"data/processed/{split}.csv", dtype={"pmid": str})
+            assert list(preds["pmid"]) == list(gold["pmid"])
+            assert preds["p_yes"].between(0, 1).all()
+            metrics = json.loads((repo_copy / f"reports/eval/{method}/metrics_{split}.json").read_text())
+            assert 0 <= metrics["macro_f1"] <= 1 and metrics["examples_per_s"] > 0
+        assert (repo_copy / f"models/{method}/adapter/peftqa.json").exists()
+    stats = pd.read_csv(repo_copy / "reports/stats/stats_eval_test.csv")
+    assert len(stats) == 3 * 6  # 3 tuned-vs-base + 3 tuned pairs, 3 rows each
+    figures = sorted((repo_copy / "reports/figures").glob("*.png"))
+    assert len(figures) == 6 + len(METHODS)
+    for figure in figures:
+        assert figure.stat().st_size > 0
+        Image.open(figure).verify()
+    report = (repo_copy / "reports/report.md").read_text()
+    assert "## Significance" in report and all(f"| {m} |" in report for m in METHODS)
+
+    # MLflow: one finished run per method in the project's store, with train and eval metrics
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo_copy / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("peftqa").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(METHODS)
+    assert all(r.info.status == "FINISHED" and "test_macro_f1" in r.data.metrics for r in runs)
+
+    # DVC: nothing to do a second time; metrics and plots are declared
+    second = dvc(repo_copy, env, "repro")
+    assert "Running stage" not in second and "up to date" in second
+    assert "up to date" in dvc(repo_copy, env, "status")
+    metrics_show = dvc(repo_copy, env, "metrics", "show")
+    assert all(f"reports/eval/{m}/metrics_test.json" in metrics_show for m in METHODS)
+    assert "reports/stats/stats_summary.json" in metrics_show

@@ -1,0 +1,88 @@
+"""Reliability promises: outputs are replaced atomically (even under SIGKILL), and CPU runs are deterministic."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from stages import evaluate as evaluate_stage
+from stages import train as train_stage
+from tiny_models import ITEMS, make_tiny_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+WRITER = """
+import sys
+import pandas as pd
+from stages.common import write_csv_atomic
+frame = pd.DataFrame({"pmid": range(3_000_000), "text": ["x" * 20] * 3_000_000})
+write_csv_atomic(sys.argv[1], frame)
+"""
+
+
+def test_sigkill_mid_write_leaves_the_previous_output_intact(tmp_path):
+    target = tmp_path / "preds_test.csv"
+    previous = pd.DataFrame({"pmid": ["1", "2"], "pred": ["yes", "no"]})
+    previous.to_csv(target, index=False)
+    before = target.read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        partial = list(tmp_path.glob(".preds_test.csv.*.tmp"))
+        if partial and partial[0].stat().st_size > 1_000_000:  # well into the write
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the writer finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert target.read_bytes() == before  # the earlier output is untouched ...
+    pd.testing.assert_frame_equal(pd.read_csv(target, dtype={"pmid": str}), previous)  # ... and loadable
+
+
+# -----------------------------------------------------------------------------
+# determinism: the same params on CPU give identical adapters, predictions and metrics
+
+
+def run_train_and_evaluate(root: Path, model: Path, write_params, monkeypatch) -> Path:
+    (root / "data/processed").mkdir(parents=True)
+    for split, (n, offset) in {"train": (12, 1000), "val": (8, 5000), "test": (8, 9000)}.items():
+        rows = [{**ITEMS[i % len(ITEMS)], "pmid": str(offset + i)} for i in range(n)]
+        pd.DataFrame(rows).to_csv(root / f"data/processed/{split}.csv", index=False)
+    write_params(root, {"model.name_or_path": str(model), "model.max_length": 64, "train.epochs": 2,
+                        "train.batch_size": 4, "train.device": "cpu", "mlflow.experiment": "determinism"})
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train_stage.main(["prompt_tuning"])
+    evaluate_stage.main(["prompt_tuning"])
+    return root
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_two_cpu_runs_give_identical_adapters_predictions_and_metrics(tmp_path, write_params, monkeypatch):
+    model = make_tiny_model("encoder", tmp_path / "model")
+    first = run_train_and_evaluate(tmp_path / "a", model, write_params, monkeypatch)
+    second = run_train_and_evaluate(tmp_path / "b", model, write_params, monkeypatch)
+    adapter = "models/prompt_tuning/adapter"
+    for name in ("adapter_model.safetensors", "head.safetensors"):
+        assert (first / adapter / name).read_bytes() == (second / adapter / name).read_bytes(), name
+    timing = ("latency", "seconds", "examples_per_s")
+    for split in ("val", "test"):
+        columns = ["pmid", "gold", "pred", "p_yes"]
+        a = pd.read_csv(first / f"reports/eval/prompt_tuning/preds_{split}.csv")[columns]
+        b = pd.read_csv(second / f"reports/eval/prompt_tuning/preds_{split}.csv")[columns]
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+        metrics = [json.loads((root / f"reports/eval/prompt_tuning/metrics_{split}.json").read_text())
+                   for root in (first, second)]
+        assert {k: v for k, v in metrics[0].items() if not k.startswith(timing)} == \
+               {k: v for k, v in metrics[1].items() if not k.startswith(timing)}
+    history = [pd.read_csv(root / "models/prompt_tuning/history.csv").drop(columns="seconds") for root in (first, second)]
+    pd.testing.assert_frame_equal(*history, check_exact=True)
