@@ -6,9 +6,8 @@ the file, the key and the value, so a bad `dvc exp run -S ...` stops before any 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 

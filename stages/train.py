@@ -162,6 +162,12 @@ def fit(backbone: Backbone, train: pd.DataFrame, val: pd.DataFrame, cfg: TrainPa
     return history, best_epoch
 
 
+def _jsonable(value: object) -> object:
+    """peft keeps target modules as a set: sort it, so the config (and the checkpoint check) is the same in every
+    process (a set's order follows the per-process hash seed)."""
+    return sorted(map(str, value)) if isinstance(value, (set, frozenset)) else str(value)
+
+
 def log_metrics_row(client, run_id: str, row: dict) -> None:
     """One history row into MLflow, at step=epoch, so MLflow and history.csv hold the same numbers."""
     tracking.log_metrics(client, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"],
@@ -213,7 +219,7 @@ def main(args: list[str]) -> None:
     config = resolved_config(params, method, backbone.family)
     peft_config = getattr(backbone.model, "peft_config", {}).get("default")
     if peft_config is not None:
-        config.update(flatten(json.loads(json.dumps(peft_config.to_dict(), default=str)), "peft_config."))
+        config.update(flatten(json.loads(json.dumps(peft_config.to_dict(), default=_jsonable)), "peft_config."))
     out_dir = MODELS_DIR / method
     checkpoint = out_dir / "checkpoint.pt" if cfg.checkpoint_every_epoch else None
     resume = load_checkpoint(checkpoint, config) if checkpoint else None

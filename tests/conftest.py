@@ -77,3 +77,11 @@ def repo_copy(tmp_path, pipeline_env) -> Path:
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "pipeline copy"]):
         subprocess.run(git + args, cwd=root, env=pipeline_env, check=True, capture_output=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_paths(tmp_path_factory) -> dict[str, Path]:
+    """A tiny random encoder (BERT) and seq2seq (T5) model, saved once per test session."""
+    from tiny_models import make_tiny_model
+    root = tmp_path_factory.mktemp("tiny_model_paths")
+    return {family: make_tiny_model(family, root / family) for family in ("encoder", "seq2seq")}

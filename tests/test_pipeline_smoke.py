@@ -5,49 +5,19 @@ Uses $PUBMEDQA_JSON when set (CI sets it); otherwise a small synthetic file in P
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pandas as pd
-import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
+
+from tiny_models import write_synthetic_pubmedqa
 
 SMOKE_PARAMS = {"prepare.limit": 80, "train.epochs": 1, "train.batch_size": 8, "model.max_length": 64,
                 "stats.n_bootstrap": 200, "evaluate.latency_items": 4}
 METHODS = ["base", "prompt_tuning", "prefix_tuning", "lora"]
-
-
-def synthetic_pubmedqa(folder: Path) -> Path:
-    """80 PQA-L-shaped records (yes/no/maybe) and a ground-truth file beside them."""
-    records, truth = {}, {}
-    for i in range(80):
-        label = ("yes", "no", "yes", "maybe", "no")[i % 5]
-        records[str(20000 + i)] = {"QUESTION": f"Does treatment {i} improve outcome {i % 7} in patients?",
-                                   "CONTEXTS": [f"Study {i} enrolled {50 + i} patients.", f"The outcome was {label}."],
-                                   "final_decision": label, "LONG_ANSWER": "", "YEAR": "2001"}
-        if i % 2:
-            truth[str(20000 + i)] = label
-    raw, gt = folder / "ori_pqal.json", folder / "test_ground_truth.json"
-    raw.write_text(json.dumps(records))
-    gt.write_text(json.dumps(truth))
-    return raw
-
-
-def set_params(path: Path, overrides: dict) -> None:
-    from stages.params import _Loader
-    data = yaml.load(path.read_text(), Loader=_Loader)
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = data
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def dvc(root: Path, env: dict, *args: str) -> str:
@@ -56,16 +26,15 @@ def dvc(root: Path, env: dict, *args: str) -> str:
     return result.stdout + result.stderr
 
 
-def test_dvc_repro_runs_the_whole_pipeline_on_a_small_slice(repo_copy, pipeline_env, tmp_path):
+def test_dvc_repro_runs_the_whole_pipeline_on_a_small_slice(repo_copy, pipeline_env, write_params, tmp_path):
     env = dict(pipeline_env)
     overrides = dict(SMOKE_PARAMS)
     if not env.get("PUBMEDQA_JSON"):
-        raw = synthetic_pubmedqa(tmp_path)
-        env["PUBMEDQA_JSON"] = str(raw)
-        overrides["fetch.sha256"] = hashlib.sha256(raw.read_bytes()).hexdigest()
-        overrides["fetch.ground_truth_sha256"] = hashlib.sha256((tmp_path / "test_ground_truth.json").read_bytes()).hexdigest()
+        synthetic = write_synthetic_pubmedqa(tmp_path)
+        env.update(synthetic["env"])
+        overrides.update(synthetic["params"])
     env.pop("MLFLOW_TRACKING_URI", None)
-    set_params(repo_copy / "params.yaml", overrides)
+    write_params(repo_copy, overrides)
 
     dvc(repo_copy, env, "repro")
 

@@ -14,7 +14,7 @@ import pytest
 
 from stages import evaluate as evaluate_stage
 from stages import train as train_stage
-from tiny_models import ITEMS, make_tiny_model
+from tiny_models import tiny_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,8 +54,7 @@ def test_sigkill_mid_write_leaves_the_previous_output_intact(tmp_path):
 def run_train_and_evaluate(root: Path, model: Path, write_params, monkeypatch) -> Path:
     (root / "data/processed").mkdir(parents=True)
     for split, (n, offset) in {"train": (12, 1000), "val": (8, 5000), "test": (8, 9000)}.items():
-        rows = [{**ITEMS[i % len(ITEMS)], "pmid": str(offset + i)} for i in range(n)]
-        pd.DataFrame(rows).to_csv(root / f"data/processed/{split}.csv", index=False)
+        tiny_frame(n, offset).to_csv(root / f"data/processed/{split}.csv", index=False)
     write_params(root, {"model.name_or_path": str(model), "model.max_length": 64, "train.epochs": 2,
                         "train.batch_size": 4, "train.device": "cpu", "mlflow.experiment": "determinism"})
     monkeypatch.chdir(root)
@@ -67,8 +66,9 @@ def run_train_and_evaluate(root: Path, model: Path, write_params, monkeypatch) -
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_two_cpu_runs_give_identical_adapters_predictions_and_metrics(tmp_path, write_params, monkeypatch):
-    model = make_tiny_model("encoder", tmp_path / "model")
+def test_two_cpu_runs_give_identical_adapters_predictions_and_metrics(tmp_path, write_params, monkeypatch,
+                                                                      tiny_model_paths):
+    model = tiny_model_paths["encoder"]
     first = run_train_and_evaluate(tmp_path / "a", model, write_params, monkeypatch)
     second = run_train_and_evaluate(tmp_path / "b", model, write_params, monkeypatch)
     adapter = "models/prompt_tuning/adapter"

@@ -17,32 +17,20 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from stages import train as train_stage
-from tiny_models import ITEMS, make_tiny_model
+from tiny_models import tiny_frame
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
-def tiny_split(n: int, offset: int) -> pd.DataFrame:
-    """n PubMedQA-shaped rows cycling through ITEMS, with distinct PMIDs."""
-    rows = [{**ITEMS[i % len(ITEMS)], "pmid": str(offset + i)} for i in range(n)]
-    return pd.DataFrame(rows, columns=["pmid", "question", "context", "label"])
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("models")
-    return {family: make_tiny_model(family, root / family) for family in ("encoder", "seq2seq")}
-
-
 @pytest.fixture
-def stage_dir(tmp_path, monkeypatch, write_params, tiny_models):
+def stage_dir(tmp_path, monkeypatch, write_params, tiny_model_paths):
     """A working dir shaped like the repo: params.yaml, data/processed/{train,val}.csv, an MLflow store in tmp."""
 
     def make(family: str = "encoder", n_train: int = 16, **overrides) -> Path:
         (tmp_path / "data/processed").mkdir(parents=True, exist_ok=True)
-        tiny_split(n_train, 1000).to_csv(tmp_path / "data/processed/train.csv", index=False)
-        tiny_split(8, 5000).to_csv(tmp_path / "data/processed/val.csv", index=False)
-        write_params(tmp_path, {"model.name_or_path": str(tiny_models[family]), "model.max_length": 64,
+        tiny_frame(n_train, 1000).to_csv(tmp_path / "data/processed/train.csv", index=False)
+        tiny_frame(8, 5000).to_csv(tmp_path / "data/processed/val.csv", index=False)
+        write_params(tmp_path, {"model.name_or_path": str(tiny_model_paths[family]), "model.max_length": 64,
                                 "train.epochs": 2, "train.batch_size": 4, "train.device": "cpu",
                                 "mlflow.experiment": "tests", **overrides})
         monkeypatch.chdir(tmp_path)
@@ -181,7 +169,7 @@ def test_killed_training_resumes_to_the_same_result(stage_dir, tmp_path):
 
     resumed = run_stage(root, "lora")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from" in resumed.stderr and not checkpoint.exists()
+    assert "resuming from" in resumed.stderr and not checkpoint.exists(), resumed.stderr[:3000]
     resumed_bytes = (root / "models/lora/adapter/adapter_model.safetensors").read_bytes()
     resumed_history = pd.read_csv(root / "models/lora/history.csv")
 

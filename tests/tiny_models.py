@@ -6,8 +6,11 @@ through the real code path (AutoConfig / AutoModel / AutoTokenizer) in well unde
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
+import pandas as pd
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
@@ -102,3 +105,24 @@ def make_tiny_model(family: str, folder: Path, kind: str | None = None) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_frame(n: int, offset: int) -> pd.DataFrame:
+    """n rows of a processed split (pmid, question, context, label) cycling through ITEMS, with distinct PMIDs."""
+    rows = [{**ITEMS[i % len(ITEMS)], "pmid": str(offset + i)} for i in range(n)]
+    return pd.DataFrame(rows, columns=["pmid", "question", "context", "label"])
+
+
+def write_synthetic_pubmedqa(folder: Path, n: int = 80) -> dict[str, object]:
+    """n PQA-L-shaped raw records (yes/no/maybe) and a ground-truth file in `folder`, for pipeline runs without
+    the real data. Returns the env vars and params overrides that make `fetch` read and verify them."""
+    records = {str(20000 + i): {"QUESTION": f"Does treatment {i} improve outcome {i % 7} in patients?",
+                                "CONTEXTS": [f"Study {i} enrolled {50 + i} patients.", f"Outcome {i % 3} changed."],
+                                "final_decision": ("yes", "no", "yes", "maybe", "no")[i % 5], "LONG_ANSWER": "",
+                                "YEAR": "2001"} for i in range(n)}
+    raw, truth = Path(folder) / "ori_pqal.json", Path(folder) / "test_ground_truth.json"
+    raw.write_text(json.dumps(records))
+    truth.write_text(json.dumps({pmid: r["final_decision"] for pmid, r in list(records.items())[1::2]}))
+    return {"env": {"PUBMEDQA_JSON": str(raw), "PUBMEDQA_GROUND_TRUTH_JSON": str(truth)},
+            "params": {"fetch.sha256": hashlib.sha256(raw.read_bytes()).hexdigest(),
+                       "fetch.ground_truth_sha256": hashlib.sha256(truth.read_bytes()).hexdigest()}}

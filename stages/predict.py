@@ -1,0 +1,190 @@
+"""`peftqa predict`: label new PubMedQA-style questions with a trained adapter, scored exactly as evaluate scores.
+
+Inputs:  JSON lines {"question": str, "context": str or [str], optional "pmid"} from --input or stdin;
+         models/<method>/adapter/ (the train stage's output); params: model, prepare.labels, train.seed,
+         train.device, evaluate.batch_size.
+Outputs: JSON lines {"pmid"?, "label", "p_yes", "latency_s"} on stdout, one per input item, in input order.
+         label is "abstain" when --abstain-below P is given and the top label's probability is below P.
+Usage:   peftqa predict --method lora [--models-dir models] [--input items.jsonl] [--abstain-below 0.7]
+                        [--params params.yaml] [--batch-size 32]
+         python -m stages.predict predict ...    (the same, without installing the console script)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence, TextIO
+
+import numpy as np
+import pandas as pd
+
+from stages.common import PeftqaError, run_cli
+from stages.evaluate import predict_batched, predictions_frame
+from stages.families import Backbone, load_backbone
+from stages.params import METHODS, load_params
+from stages.scoring import use_bf16
+
+ABSTAIN = "abstain"  # the label written when the model is not confident enough (--abstain-below)
+INPUT_FIELDS = ("question", "context")  # required in every input line; "pmid" is optional
+
+# -----------------------------------------------------------------------------
+# pure helpers
+
+
+def parse_items(lines: Iterable[str], source: str = "<stdin>") -> pd.DataFrame:
+    """JSON lines -> a frame (pmid, question, context), one row per non-blank line. A context given as a list of
+    paragraphs is joined with spaces, as prepare joins PubMedQA's CONTEXTS. A bad line raises a PeftqaError that
+    names the line number (1-based) and the field."""
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{source} line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PeftqaError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise PeftqaError(f"{where}: expected a JSON object with fields {list(INPUT_FIELDS)}, "
+                              f"got {type(record).__name__}")
+        for field in INPUT_FIELDS:
+            if field not in record:
+                raise PeftqaError(f"{where}: field '{field}' is missing; every line needs {list(INPUT_FIELDS)}")
+        context = record["context"]
+        if isinstance(context, list) and all(isinstance(paragraph, str) for paragraph in context):
+            context = " ".join(context)
+        for field, value in (("question", record["question"]), ("context", context)):
+            if not isinstance(value, str) or not value.strip():
+                raise PeftqaError(f"{where}: field '{field}' must be a non-empty string, got {value!r:.60}")
+        pmid = record.get("pmid")
+        if pmid is not None and (isinstance(pmid, bool) or not isinstance(pmid, (str, int))):
+            raise PeftqaError(f"{where}: field 'pmid' must be a string or an integer, got {pmid!r:.60}")
+        rows.append({"pmid": None if pmid is None else str(pmid), "question": record["question"], "context": context})
+    return pd.DataFrame(rows, columns=["pmid", "question", "context"])
+
+
+def apply_abstention(preds: Sequence[str | None], log_probs: np.ndarray, abstain_below: float) -> list[str | None]:
+    """Replace a prediction by ABSTAIN where its top label probability, max over exp(log_probs) (N, n_labels),
+    is below `abstain_below`."""
+    p_max = np.exp(log_probs).max(axis=1)
+    return [ABSTAIN if p < abstain_below else pred for pred, p in zip(preds, p_max, strict=True)]
+
+
+def abstention_curve(gold: Sequence[str], p_max: Sequence[float], correct: Sequence[bool],
+                     thresholds: Sequence[float]) -> pd.DataFrame:
+    """Selective prediction: for each threshold t, the model answers the items with p_max >= t and abstains on the
+    rest. coverage is the share answered; accuracy is the share of answered items that are correct (NaN when none
+    is answered). gold only fixes the item count (one entry per item, as in preds_<split>.csv)."""
+    p_max, correct = np.asarray(p_max, dtype=float), np.asarray(correct, dtype=bool)
+    if not len(gold) == len(p_max) == len(correct):
+        raise ValueError(f"gold, p_max and correct differ in length ({len(gold)}, {len(p_max)}, {len(correct)})")
+    rows = []
+    for threshold in thresholds:
+        answered = p_max >= threshold
+        coverage = float(answered.mean()) if len(p_max) else float("nan")
+        accuracy = float(correct[answered].mean()) if answered.any() else float("nan")
+        rows.append({"threshold": float(threshold), "coverage": coverage, "accuracy": accuracy})
+    return pd.DataFrame(rows, columns=["threshold", "coverage", "accuracy"])
+
+
+def output_records(predictions: pd.DataFrame) -> list[dict[str, object]]:
+    """Rows of (pmid, pred, p_yes, latency_s) -> output dicts; no pmid key where the input had none, NaN -> null."""
+    records = []
+    for row in predictions.itertuples(index=False):
+        record: dict[str, object] = {} if row.pmid is None else {"pmid": row.pmid}
+        p_yes = float(row.p_yes)
+        record.update(label=row.pred, p_yes=None if math.isnan(p_yes) else p_yes, latency_s=float(row.latency_s))
+        records.append(record)
+    return records
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="peftqa", description="peftqa command-line tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser("predict", help="label JSON lines of {question, context} with a trained adapter")
+    predict.add_argument("--method", required=True, choices=METHODS, help="which trained method (models/<method>/)")
+    predict.add_argument("--models-dir", type=Path, default=Path("models"), help="the train stage's output folder")
+    predict.add_argument("--input", default="-", help="a JSON-lines file; - (the default) reads stdin")
+    predict.add_argument("--abstain-below", type=float, default=None, metavar="P",
+                         help="write label 'abstain' when the top label's probability is below P (0 < P <= 1)")
+    predict.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params the adapter was trained with")
+    predict.add_argument("--batch-size", type=int, default=None, help="items scored together (default: evaluate.batch_size)")
+    args = parser.parse_args(argv)
+    if args.abstain_below is not None and not 0 < args.abstain_below <= 1:
+        raise PeftqaError(f"--abstain-below {args.abstain_below} is invalid: a probability in (0, 1] is needed")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise PeftqaError(f"--batch-size {args.batch_size} is invalid: must be >= 1")
+    return args
+
+
+# -----------------------------------------------------------------------------
+# scoring: evaluate's own functions, batch by batch, so predict and evaluate cannot drift apart
+
+
+def predict_frame(backbone: Backbone, items: pd.DataFrame, batch_size: int, scoring: str, bf16: bool,
+                  abstain_below: float | None = None) -> pd.DataFrame:
+    """(pmid, pred, p_yes, latency_s) per item. latency_s is the item's share of its batch's wall time
+    (tokenisation included); with batch_size 1 it is the per-request latency."""
+    # evaluate's scoring passes gold labels to encode (for the loss it skips here): any valid label will do
+    frame = items.assign(label=backbone.labels[0])
+    preds, log_probs, latencies = [], [], []
+    for start in range(0, len(frame), batch_size):
+        chunk = frame.iloc[start : start + batch_size]
+        chunk_preds, chunk_log_probs, seconds = predict_batched(backbone, chunk, batch_size, scoring, bf16)
+        preds.extend(chunk_preds)
+        if chunk_log_probs is not None:
+            log_probs.append(chunk_log_probs)
+        latencies.extend([seconds / len(chunk)] * len(chunk))
+    log_probs = np.concatenate(log_probs) if log_probs else None
+    if abstain_below is not None:
+        if log_probs is None and len(frame):
+            raise PeftqaError("--abstain-below needs label probabilities, but model.scoring is 'generate'; "
+                              "use model.scoring: verbalizer")
+        preds = apply_abstention(preds, log_probs, abstain_below) if len(frame) else preds
+    out = predictions_frame(frame, preds, log_probs, backbone.labels, latencies)
+    out["pmid"] = items["pmid"].values  # keep None where the input gave no pmid
+    return out[["pmid", "pred", "p_yes", "latency_s"]]
+
+
+def write_json_lines(records: list[dict[str, object]], stream: TextIO) -> None:
+    for record in records:
+        stream.write(json.dumps(record) + "\n")
+    stream.flush()
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`peftqa predict ...`. Called without argv (the console script), it reads sys.argv and turns a PeftqaError
+    into a one-line message and exit status 1; called with argv (tests), errors propagate."""
+    if argv is None:
+        run_cli(main)
+        return
+    args = parse_args(argv)
+    params = load_params(args.params)
+    adapter_dir = args.models_dir / args.method / "adapter"
+    if not adapter_dir.is_dir():
+        raise PeftqaError(f"{adapter_dir} not found: train the method first (`dvc repro train@{args.method}`) "
+                          "or point --models-dir at the folder that holds <method>/adapter")
+    if args.input == "-":
+        items = parse_items(sys.stdin, "<stdin>")
+    else:
+        try:
+            with open(args.input, encoding="utf-8") as f:
+                items = parse_items(f, args.input)
+        except OSError as err:
+            raise PeftqaError(f"--input {args.input}: cannot read it ({err.strerror})") from None
+
+    backbone = load_backbone(params.model, args.method, params.peft, params.prepare.labels, seed=params.train.seed,
+                             device=params.train.device, adapter_dir=adapter_dir)
+    predictions = predict_frame(backbone, items, args.batch_size or params.evaluate.batch_size, params.model.scoring,
+                                use_bf16(params.model.dtype, backbone.device), args.abstain_below)
+    write_json_lines(output_records(predictions), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""`peftqa predict` on tiny random models trained by the real train stage: the CLI's labels and p_yes are the
+evaluate stage's, abstention, the abstention curve, and one error-path test per kind of bad input line."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages import evaluate as evaluate_stage
+from stages import predict
+from stages import train as train_stage
+from stages.common import PeftqaError
+from tiny_models import tiny_frame
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def json_lines(frame: pd.DataFrame, with_pmid: bool = True) -> str:
+    columns = ["pmid", "question", "context"] if with_pmid else ["question", "context"]
+    return "".join(json.dumps(row) + "\n" for row in frame[columns].to_dict(orient="records"))
+
+
+@pytest.fixture
+def trained(tmp_path, monkeypatch, write_params, tiny_model_paths):
+    """Factory: a repo-shaped tmp dir where the real train and evaluate stages have run for `method` (1 epoch,
+    8 items, tiny model, MLflow in tmp). Returns the dir; predictions are in reports/eval/<method>/."""
+
+    def make(method: str, family: str = "encoder") -> Path:
+        data = tmp_path / "data/processed"
+        data.mkdir(parents=True, exist_ok=True)
+        for split, offset in (("train", 1000), ("val", 5000), ("test", 9000)):
+            tiny_frame(8, offset).to_csv(data / f"{split}.csv", index=False)
+        write_params(tmp_path, {"model.name_or_path": str(tiny_model_paths[family]), "model.max_length": 64,
+                                "train.epochs": 1, "train.batch_size": 4, "train.device": "cpu",
+                                "evaluate.batch_size": 3, "evaluate.latency_items": 2, "mlflow.experiment": "tests"})
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        train_stage.main([method])
+        evaluate_stage.main([method])
+        return tmp_path
+
+    return make
+
+
+def run_predict(capsys, monkeypatch, root: Path, method: str, text: str, *extra: str) -> list[dict]:
+    """main(["predict", ...]) on `text` as stdin; the JSON lines it writes, parsed."""
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(text))
+    predict.main(["predict", "--method", method, "--models-dir", str(root / "models"),
+                  "--params", str(root / "params.yaml"), *extra])
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+# -----------------------------------------------------------------------------
+# the CLI gives what evaluate gives
+
+
+@pytest.mark.parametrize("method, family", [("base", "encoder"), ("lora", "encoder"), ("prompt_tuning", "encoder"),
+                                            ("prefix_tuning", "encoder"), ("lora", "seq2seq")])
+def test_predict_gives_the_labels_and_p_yes_of_the_evaluate_stage(trained, capsys, monkeypatch, method, family):
+    root = trained(method, family)
+    test = pd.read_csv(root / "data/processed/test.csv", dtype={"pmid": str})
+    expected = pd.read_csv(root / f"reports/eval/{method}/preds_test.csv", dtype={"pmid": str})
+
+    out = run_predict(capsys, monkeypatch, root, method, json_lines(test))
+
+    assert [row["pmid"] for row in out] == list(expected["pmid"])
+    assert [row["label"] for row in out] == list(expected["pred"])
+    assert [row["p_yes"] for row in out] == pytest.approx(list(expected["p_yes"]), abs=1e-6)
+    assert all(0 <= row["p_yes"] <= 1 and row["latency_s"] > 0 for row in out)
+
+
+def test_predict_reads_a_file_and_leaves_out_pmid_when_the_input_has_none(trained, capsys, monkeypatch):
+    root = trained("lora")
+    test = pd.read_csv(root / "data/processed/test.csv", dtype={"pmid": str})
+    items = root / "items.jsonl"
+    items.write_text(json_lines(test, with_pmid=False) + "\n")  # a trailing blank line is skipped
+
+    out = run_predict(capsys, monkeypatch, root, "lora", "", "--input", str(items), "--batch-size", "1")
+
+    assert len(out) == len(test) and all(set(row) == {"label", "p_yes", "latency_s"} for row in out)
+
+
+def test_abstain_below_replaces_exactly_the_unconfident_labels(trained, capsys, monkeypatch):
+    root = trained("lora")
+    text = json_lines(pd.read_csv(root / "data/processed/test.csv", dtype={"pmid": str}))
+    plain = run_predict(capsys, monkeypatch, root, "lora", text)
+    p_max = np.array([max(row["p_yes"], 1 - row["p_yes"]) for row in plain])  # two labels: yes, no
+    threshold = float(np.median(p_max))
+
+    out = run_predict(capsys, monkeypatch, root, "lora", text, "--abstain-below", str(threshold))
+
+    expected = ["abstain" if p < threshold else row["label"] for row, p in zip(plain, p_max)]
+    assert [row["label"] for row in out] == expected
+    assert "abstain" in expected and set(expected) != {"abstain"}
+    assert [row["p_yes"] for row in out] == [row["p_yes"] for row in plain]  # p_yes is reported either way
+    everything = run_predict(capsys, monkeypatch, root, "lora", text, "--abstain-below", "1.0")
+    assert {row["label"] for row in everything} == {"abstain"}
+
+
+# -----------------------------------------------------------------------------
+# pure helpers
+
+
+def test_abstention_curve_trades_coverage_for_accuracy():
+    gold = ["yes", "no", "yes", "no"]
+    p_max = [0.95, 0.9, 0.7, 0.55]
+    correct = [True, True, False, False]
+    curve = predict.abstention_curve(gold, p_max, correct, [0.5, 0.8, 0.92, 0.99])
+    assert list(curve.columns) == ["threshold", "coverage", "accuracy"]
+    assert list(curve["coverage"]) == [1.0, 0.5, 0.25, 0.0]
+    assert list(curve["accuracy"][:3]) == [0.5, 1.0, 1.0] and np.isnan(curve["accuracy"][3])
+
+
+def test_abstention_curve_refuses_columns_of_different_lengths():
+    with pytest.raises(ValueError, match="differ in length"):
+        predict.abstention_curve(["yes"], [0.9, 0.8], [True, False], [0.5])
+
+
+def test_parse_items_joins_a_list_context_and_keeps_integer_pmids_as_strings():
+    frame = predict.parse_items(['{"pmid": 7, "question": "Q?", "context": ["A.", "B."]}'])
+    assert frame.to_dict(orient="records") == [{"pmid": "7", "question": "Q?", "context": "A. B."}]
+
+
+GOOD = '{"question": "Does it work?", "context": "It did."}'
+
+
+@pytest.mark.parametrize("bad_line, message", [
+    ('{"question": "Does it work?", "context": ', r"items.jsonl line 2: not valid JSON"),
+    ('["Does it work?", "It did."]', r"line 2: expected a JSON object"),
+    ('{"context": "It did."}', r"line 2: field 'question' is missing"),
+    ('{"question": "Does it work?"}', r"line 2: field 'context' is missing"),
+    ('{"question": "", "context": "It did."}', r"line 2: field 'question' must be a non-empty string"),
+    ('{"question": "Does it work?", "context": 12}', r"line 2: field 'context' must be a non-empty string"),
+    ('{"pmid": [1], "question": "Does it work?", "context": "It did."}', r"line 2: field 'pmid' must be"),
+])
+def test_a_bad_input_line_is_an_error_naming_its_line_and_field(bad_line, message):
+    with pytest.raises(PeftqaError, match=message):
+        predict.parse_items([GOOD, bad_line, GOOD], "items.jsonl")
+
+
+def test_the_console_script_reports_a_bad_line_in_one_line_and_exits_1(tmp_path, write_params):
+    """`python -m stages.predict predict` (what the `peftqa` script runs): no traceback, exit status 1. The input
+    is checked before any model is loaded, so this needs no trained adapter, only the folder."""
+    (tmp_path / "models/lora/adapter").mkdir(parents=True)
+    params = write_params(tmp_path)
+    items = tmp_path / "items.jsonl"
+    items.write_text(GOOD + "\n" + GOOD + "\n" + '{"question": "Q?"}\n')
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-m", "stages.predict", "predict", "--method", "lora", "--input",
+                             str(items), "--models-dir", str(tmp_path / "models"), "--params", str(params)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"error: {items} line 3: field 'context' is missing; every line needs ['question', 'context']"]
+
+
+def test_a_missing_adapter_is_an_error_that_says_to_train_first(tmp_path, write_params):
+    params = write_params(tmp_path)
+    with pytest.raises(PeftqaError, match=r"models/lora/adapter not found: train the method first"):
+        predict.main(["predict", "--method", "lora", "--models-dir", str(tmp_path / "models"), "--params", str(params)])
+
+
+# -----------------------------------------------------------------------------
+# the model registry: the registered pyfunc predicts what evaluate predicted
+
+
+@pytest.mark.filterwarnings("ignore:.*input example was not provided")  # one would make MLflow load the model at save
+def test_the_registered_pyfunc_predicts_what_evaluate_predicted(trained, monkeypatch):
+    import mlflow.pyfunc
+
+    from stages import registry
+
+    root = trained("lora")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    registry.main(["lora"])
+    test = pd.read_csv(root / "data/processed/test.csv", dtype={"pmid": str})
+    expected = pd.read_csv(root / "reports/eval/lora/preds_test.csv", dtype={"pmid": str})
+
+    model = mlflow.pyfunc.load_model("models:/peftqa-lora/1")
+    out = model.predict(test[["question", "context"]])
+
+    assert list(out["label"]) == list(expected["pred"])
+    assert list(out["p_yes"]) == pytest.approx(list(expected["p_yes"]), abs=1e-6)
+
+
+def test_pick_best_runs_takes_the_highest_val_macro_f1_of_finished_training_runs():
+    from types import SimpleNamespace as Fake
+
+    from stages.registry import pick_best_runs
+
+    def run(name, method, f1, status="FINISHED", start=0, stage=None):
+        return Fake(name=name, info=Fake(status=status, start_time=start),
+                    data=Fake(tags={"method": method, "stage": stage or f"train@{method}"},
+                              metrics={"best_val_macro_f1": f1}))
+
+    runs = [run("a", "lora", 0.6), run("b", "lora", 0.7), run("c", "lora", 0.9, status="FAILED"),
+            run("d", "lora", 0.95, stage="evaluate@lora"), run("e", "base", 0.5), run("f", "base", 0.5, start=1),
+            run("g", "ia3", 0.99)]
+    best = pick_best_runs(runs, ["base", "lora"])
+    assert {method: r.name for method, r in best.items()} == {"lora": "b", "base": "f"}
