@@ -24,7 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from stages import tracking
 from stages.common import PeftqaError, atomic_path, folder_bytes, replace_dir_atomic, write_csv_atomic, write_json_atomic
-from stages.families import Backbone, load_backbone
+from stages.families import Backbone, load_backbone, resolve_model_path
 from stages.metrics import classification_metrics
 from stages.params import METHODS, Params, TrainParams, flatten, load_params
 from stages.scoring import autocast, balanced_class_weights, iterate_batches, labels_from_log_probs, score_frame, use_bf16
@@ -219,7 +219,9 @@ def main(args: list[str]) -> None:
     config = resolved_config(params, method, backbone.family)
     peft_config = getattr(backbone.model, "peft_config", {}).get("default")
     if peft_config is not None:
-        config.update(flatten(json.loads(json.dumps(peft_config.to_dict(), default=_jsonable)), "peft_config."))
+        resolved = resolve_model_path(params.model.name_or_path)  # a machine path: log the portable name instead
+        config.update({key: params.model.name_or_path if value == resolved else value for key, value in flatten(
+            json.loads(json.dumps(peft_config.to_dict(), default=_jsonable)), "peft_config.").items()})
     out_dir = MODELS_DIR / method
     checkpoint = out_dir / "checkpoint.pt" if cfg.checkpoint_every_epoch else None
     resume = load_checkpoint(checkpoint, config) if checkpoint else None

@@ -77,6 +77,7 @@ def test_training_run_is_logged_to_mlflow_with_params_metrics_and_artifacts(stag
     assert {"adapter", "history.csv", "train_summary.json", "resolved_config.json"} <= artifacts
     assert "adapter/adapter_model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
     assert str(root) not in json.dumps({k: v for k, v in run.data.params.items() if k != "model.name_or_path"})
+    assert run.data.params["peft_config.base_model_name_or_path"] == run.data.params["model.name_or_path"]
 
 
 def test_early_stopping_restores_the_best_epoch(stage_dir, monkeypatch):
