@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 from stages import tracking
@@ -86,9 +87,9 @@ def split_metrics(preds: pd.DataFrame, labels: tuple[str, ...], seconds: float, 
     return metrics
 
 
-def log_to_training_run(summary: dict, metrics_by_split: dict[str, dict], figures: dict[str, Figure]) -> None:
+def log_to_training_run(client: MlflowClient, summary: dict, metrics_by_split: dict[str, dict],
+                        figures: dict[str, Figure]) -> None:
     """Val/test metrics and the confusion-matrix figures go into the same MLflow run as the training."""
-    client = tracking.make_client()
     run_id = summary["mlflow_run_id"]
     flat = {f"{split}_{key}": value for split, metrics in metrics_by_split.items() for key, value in metrics.items()}
     tracking.log_metrics(client, run_id, flat, step=summary["best_epoch"], timestamp_ms=int(time.time() * 1000))
@@ -106,6 +107,8 @@ def main(args: list[str]) -> None:
     if not summary_path.exists():
         raise PeftqaError(f"{summary_path} not found: train the method first (`dvc repro train@{method}`)")
     summary = json.loads(summary_path.read_text())
+    client, _ = tracking.connect(params.mlflow.experiment)  # an unusable store fails now, not after the scoring
+    tracking.check_run(client, summary["mlflow_run_id"], str(summary_path))
     backbone = load_backbone(params.model, method, params.peft, labels, seed=params.train.seed,
                              device=params.train.device, adapter_dir=MODELS_DIR / method / "adapter")
     bf16 = use_bf16(params.model.dtype, backbone.device)
@@ -130,7 +133,7 @@ def main(args: list[str]) -> None:
         figures[f"cm_{split}.png"] = plot_confusion(cm, labels, method, split)
         log.info("%s %s: accuracy %.4f macro-F1 %.4f, %.1f items/s batched, latency mean %.4f s", method, split,
                  metrics["accuracy"], metrics["macro_f1"], metrics["examples_per_s"], metrics["latency_mean_s"])
-    log_to_training_run(summary, metrics_by_split, figures)
+    log_to_training_run(client, summary, metrics_by_split, figures)
 
 
 if __name__ == "__main__":

@@ -243,8 +243,15 @@ class EncoderBackbone(Backbone):
 
     def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> Batch:
         """Tokenised (question, context) pairs; truncation cuts only the context, never the question."""
-        encoded = self.tokenizer(list(questions), list(contexts), truncation="only_second", max_length=self.max_length,
-                                 padding=True, return_tensors="pt")
+        try:
+            encoded = self.tokenizer(list(questions), list(contexts), truncation="only_second",
+                                     max_length=self.max_length, padding=True, return_tensors="pt")
+        except Exception as err:  # tokenizers: a bare `Exception: Truncation error` when a question fills max_length
+            if "truncation" not in str(err).lower():
+                raise
+            longest = max(len(self.tokenizer(q)["input_ids"]) for q in questions)
+            raise PeftqaError(f"model.max_length = {self.max_length} is too short: a question alone takes {longest} "
+                              "tokens and questions are never truncated. Raise model.max_length.") from None
         batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
         prompt_learning = isinstance(self.model, PeftModel) and self.model.active_peft_config.is_prompt_learning
         if "token_type_ids" in encoded and not prompt_learning:  # peft's prompt learning drops them, warning each call

@@ -63,3 +63,31 @@ def latency_summary(latencies_s: Sequence[float]) -> dict[str, float]:
         "latency_p50_s": float(np.percentile(values, 50)),
         "latency_p95_s": float(np.percentile(values, 95)),
     }
+
+
+def top_label_probability(probs: np.ndarray) -> np.ndarray:
+    """The model's confidence in its answer: the largest label probability per item, (N, n_labels) -> (N,).
+    `peftqa predict --abstain-below P` abstains where it is below P; the report's abstention table uses the same."""
+    return np.asarray(probs, dtype=float).max(axis=1)
+
+
+def abstention_curve(gold: Sequence[str], pred: Sequence[str | None], confidence: Sequence[float],
+                     thresholds: Sequence[float], labels: Sequence[str]) -> pd.DataFrame:
+    """Selective prediction: at threshold t the model answers the items with confidence >= t and abstains on the
+    rest (as --abstain-below t). Per t: answered (items), coverage (share answered), and accuracy and macro_f1 over
+    the answered items only (NaN when none is answered)."""
+    gold, pred, confidence = list(gold), list(pred), np.asarray(confidence, dtype=float)
+    if not len(gold) == len(pred) == len(confidence):
+        raise ValueError(f"gold, pred and confidence differ in length ({len(gold)}, {len(pred)}, {len(confidence)})")
+    if np.isnan(confidence).any():
+        raise ValueError(f"{int(np.isnan(confidence).sum())} confidence value(s) are NaN: abstention needs label "
+                         "probabilities (model.scoring: verbalizer)")
+    rows = []
+    for threshold in thresholds:
+        answered = np.flatnonzero(confidence >= threshold)
+        scores = (classification_metrics([gold[i] for i in answered], [pred[i] for i in answered], labels)
+                  if answered.size else {"accuracy": float("nan"), "macro_f1": float("nan")})
+        rows.append({"threshold": float(threshold), "answered": int(answered.size),
+                     "coverage": answered.size / len(confidence) if len(confidence) else float("nan"),
+                     "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]})
+    return pd.DataFrame(rows, columns=["threshold", "answered", "coverage", "accuracy", "macro_f1"])

@@ -52,8 +52,11 @@ class PrepareParams:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     limit: int = 0
+    folds: int = 0
 
     def __post_init__(self):
+        _require(self.folds == 0 or self.folds >= 2, "prepare.folds", self.folds,
+                 "must be 0 (no cross-validation) or at least 2")
         _require(len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels), "prepare.labels", self.labels,
                  "need at least two distinct labels")
         for label in self.labels:
@@ -257,8 +260,10 @@ class Params:
     mlflow: MlflowParams = MlflowParams()
     evaluate: EvaluateParams = EvaluateParams()
     stats: StatsParams = StatsParams()
+    seeds: tuple[int, ...] = ()
 
     def __post_init__(self):
+        _require(len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "a seed is listed twice")
         _require(len(self.methods) >= 1, "methods", self.methods, "list at least one method")
         for method in self.methods:
             _require(method in METHODS, "methods", self.methods, f"'{method}' is not one of {METHODS}")

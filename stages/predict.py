@@ -24,6 +24,7 @@ import pandas as pd
 from stages.common import PeftqaError, run_cli
 from stages.evaluate import predict_batched, predictions_frame
 from stages.families import Backbone, load_backbone
+from stages.metrics import top_label_probability
 from stages.params import METHODS, load_params
 from stages.scoring import use_bf16
 
@@ -69,25 +70,8 @@ def parse_items(lines: Iterable[str], source: str = "<stdin>") -> pd.DataFrame:
 def apply_abstention(preds: Sequence[str | None], log_probs: np.ndarray, abstain_below: float) -> list[str | None]:
     """Replace a prediction by ABSTAIN where its top label probability, max over exp(log_probs) (N, n_labels),
     is below `abstain_below`."""
-    p_max = np.exp(log_probs).max(axis=1)
+    p_max = top_label_probability(np.exp(log_probs))
     return [ABSTAIN if p < abstain_below else pred for pred, p in zip(preds, p_max, strict=True)]
-
-
-def abstention_curve(gold: Sequence[str], p_max: Sequence[float], correct: Sequence[bool],
-                     thresholds: Sequence[float]) -> pd.DataFrame:
-    """Selective prediction: for each threshold t, the model answers the items with p_max >= t and abstains on the
-    rest. coverage is the share answered; accuracy is the share of answered items that are correct (NaN when none
-    is answered). gold only fixes the item count (one entry per item, as in preds_<split>.csv)."""
-    p_max, correct = np.asarray(p_max, dtype=float), np.asarray(correct, dtype=bool)
-    if not len(gold) == len(p_max) == len(correct):
-        raise ValueError(f"gold, p_max and correct differ in length ({len(gold)}, {len(p_max)}, {len(correct)})")
-    rows = []
-    for threshold in thresholds:
-        answered = p_max >= threshold
-        coverage = float(answered.mean()) if len(p_max) else float("nan")
-        accuracy = float(correct[answered].mean()) if answered.any() else float("nan")
-        rows.append({"threshold": float(threshold), "coverage": coverage, "accuracy": accuracy})
-    return pd.DataFrame(rows, columns=["threshold", "coverage", "accuracy"])
 
 
 def output_records(predictions: pd.DataFrame) -> list[dict[str, object]]:

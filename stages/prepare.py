@@ -2,7 +2,8 @@
 
 Inputs:  data/raw/ori_pqal.json, data/raw/test_ground_truth.json (official protocol); params: prepare.
 Outputs: data/processed/{train,val,test}.csv (pmid, question, context, label),
-         data/processed/split_stats.csv, data/processed/prepare_metrics.json (DVC metrics).
+         data/processed/folds.csv (pmid, label, fold: stratified k-fold over all cleaned items; header only when
+         prepare.folds is 0), data/processed/split_stats.csv, data/processed/prepare_metrics.json (DVC metrics).
 Every record is validated before anything is written, and each file is written atomically, so bad input
 leaves the previous data/processed/ untouched.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from stages.common import PeftqaError, write_csv_atomic, write_json_atomic
 from stages.params import KNOWN_LABELS, PrepareParams, load_params
@@ -40,10 +41,26 @@ class Item:
 # parsing and validation: every error names the file, the PMID and the field
 
 
+MAX_QUESTION_CHARS = 2_000  # PubMedQA's longest question is under 300 characters; questions are never truncated
+
+
+def _refuse_duplicate_keys(source: str):
+    """json object_pairs_hook: a key given twice (a PMID listed twice) is an error, not a silent overwrite."""
+    def hook(pairs: list[tuple[str, object]]) -> dict:
+        out = {}
+        for key, value in pairs:
+            if key in out:
+                raise PeftqaError(f"{source}: key {key!r} appears twice in one object (a PMID listed twice?); json "
+                                  "would keep only the last one. Remove the duplicate record, then `dvc repro`")
+            out[key] = value
+        return out
+    return hook
+
+
 def parse_json(text: bytes, source: str) -> object:
-    """Decode UTF-8 JSON, turning decoder errors into one sentence with the position."""
+    """Decode UTF-8 JSON, turning decoder errors into one sentence with the position; a repeated key is refused."""
     try:
-        return json.loads(text.decode("utf-8"))
+        return json.loads(text.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys(source))
     except UnicodeDecodeError as err:
         raise PeftqaError(f"{source}: not UTF-8 text (byte {err.start}); re-download it or check PUBMEDQA_JSON") from None
     except json.JSONDecodeError as err:
@@ -73,6 +90,9 @@ def validate_records(data: object, source: str) -> list[Item]:
         for i, paragraph in enumerate(record["CONTEXTS"]):
             if not isinstance(paragraph, str):
                 raise PeftqaError(f"{where}: field 'CONTEXTS[{i}]' must be a string, got {type(paragraph).__name__}")
+        if len(record["QUESTION"]) > MAX_QUESTION_CHARS:
+            raise PeftqaError(f"{where}: field 'QUESTION' is {len(record['QUESTION'])} characters long, over "
+                              f"{MAX_QUESTION_CHARS}; questions are never truncated, so fix or remove the record")
         label = record["final_decision"].strip().lower()
         if label not in KNOWN_LABELS:
             raise PeftqaError(f"{where}: field 'final_decision' is {record['final_decision']!r}; "
@@ -170,6 +190,24 @@ def split_official(items: list[Item], ground_truth: dict[str, str], params: Prep
     return {"train": train, "val": val, "test": test}
 
 
+def assign_folds(items: list[Item], folds: int, seed: int, source: str) -> pd.DataFrame:
+    """Stratified k-fold over every cleaned item: (pmid, label, fold), fold in 0..k-1; empty when folds is 0.
+    The cross-validation protocol tests each fold once with a model trained on the others."""
+    if folds == 0:
+        return pd.DataFrame(columns=["pmid", "label", "fold"])
+    labels = [item.label for item in items]
+    short = {label: n for label, n in Counter(labels).items() if n < folds}
+    if short:
+        raise PeftqaError(f"{source}: prepare.folds={folds} needs at least {folds} items of each label, but {short} "
+                          "has fewer; lower prepare.folds or use more items (prepare.limit: 0)")
+    fold = [0] * len(items)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (_, held) in enumerate(splitter.split(labels, labels)):
+        for i in held:
+            fold[i] = k
+    return pd.DataFrame({"pmid": [item.pmid for item in items], "label": labels, "fold": fold})
+
+
 def split_frame(items: list[Item]) -> pd.DataFrame:
     rows = [{"pmid": it.pmid, "question": it.question, "context": " ".join(it.contexts), "label": it.label} for it in items]
     return pd.DataFrame(rows, columns=["pmid", "question", "context", "label"])
@@ -213,12 +251,15 @@ def main(args: list[str]) -> None:
         splits = split_random(items, params, str(RAW_JSON))
     stats = split_stats(splits, params.labels)
     log.info("splits:\n%s", stats.to_string(index=False))
+    folds = assign_folds(items, params.folds, params.seed, str(RAW_JSON))
     # everything is validated above; only now is anything written
     for name, split in splits.items():
         write_csv_atomic(OUT_DIR / f"{name}.csv", split_frame(split))
     write_csv_atomic(OUT_DIR / "split_stats.csv", stats)
+    write_csv_atomic(OUT_DIR / "folds.csv", folds)
     write_json_atomic(OUT_DIR / "prepare_metrics.json", {
         "protocol": params.protocol, "n_raw": len(raw), "dropped": dropped, "n_clean": len(items),
+        "folds": params.folds,
         "splits": {row["split"]: {k: v for k, v in row.items() if k != "split" and not k.endswith("_pct")}
                    for row in stats.to_dict("records")},
     })

@@ -4,7 +4,7 @@ Inputs (docs FORMATS.md), for every method m in params.methods:
   data/processed/split_stats.csv, data/processed/test.csv,
   models/<m>/history.csv, models/<m>/train_summary.json,
   reports/eval/<m>/metrics_test.json, reports/eval/<m>/cm_test.csv, reports/eval/<m>/preds_test.csv,
-  reports/stats/stats_eval_test.csv.
+  reports/eval/<m>/preds_val.csv (abstention thresholds are chosen on val), reports/stats/stats_eval_test.csv.
 Outputs: reports/figures/*.png (names in FIGURE_CAPTIONS, plus cm_<m>_test.png), reports/report.md, and under
   prepare.protocol: official, reports/submission/<m>.json (PMID -> predicted label; unmapped predictions are left out,
   never guessed, and counted in report.md).
@@ -36,7 +36,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from stages.common import PeftqaError, atomic_path, run_cli, write_json_atomic  # noqa: E402
-from stages.metrics import UNMAPPED  # noqa: E402
+from stages.metrics import UNMAPPED, abstention_curve, top_label_probability  # noqa: E402
 from stages.params import METHODS, Params, load_params  # noqa: E402
 
 log = logging.getLogger("peftqa.report")
@@ -61,10 +61,15 @@ FIGURE_CAPTIONS = {  # the fixed figures; one confusion matrix per method comes 
     "eval_macro_f1_per_epoch.png": "Validation macro-F1 per epoch (star: the kept epoch)",
     "loss_train_vs_eval.png": "Train (solid) and validation (dashed) loss per epoch",
     "efficiency_panel.png": "Test macro-F1 against trainable parameters and train time",
+    "selective_accuracy_coverage_test.png": "Test accuracy on the answered items against coverage, as the abstention "
+                                            "threshold moves (dashed: always the majority class)",
 }
 TEST_NAMES = {"mcnemar_exact": "McNemar exact", "paired_bootstrap": "Paired bootstrap"}
 METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1"}
 REQUIRED_STATS = (("paired_bootstrap", "macro_f1"), ("mcnemar_exact", "accuracy"))  # per tuned method vs baseline
+ABSTAIN_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9)  # --abstain-below P values tabulated; 0.5 answers all
+ABSTAIN_TARGET_ACCURACY = 0.7  # the report's worked example of choosing P on val: the lowest P reaching this...
+ABSTAIN_MIN_ANSWERED = 10  # ...on at least this many answered val items (below that one item moves accuracy by >0.1)
 
 T = TypeVar("T")
 
@@ -83,6 +88,7 @@ class ReportInputs:
     metrics: dict[str, dict]
     confusion: dict[str, pd.DataFrame]
     preds: dict[str, pd.DataFrame]
+    preds_val: dict[str, pd.DataFrame]
     stats: pd.DataFrame
 
     @property
@@ -120,6 +126,7 @@ def read_inputs(methods: Sequence[str]) -> ReportInputs:
         metrics=per_method(EVAL_DIR, "metrics_test.json", read_json),
         confusion=per_method(EVAL_DIR, "cm_test.csv", pd.read_csv),
         preds=per_method(EVAL_DIR, "preds_test.csv", read_csv),
+        preds_val=per_method(EVAL_DIR, "preds_val.csv", read_csv),
         stats=read_input(STATS_PATH, pd.read_csv),
     )
 
@@ -136,6 +143,10 @@ def check_method_fresh(inputs: ReportInputs, method: str) -> None:
     if inputs.metrics[method]["n"] != inputs.n_test:
         raise PeftqaError(f"report: method '{method}' is stale: its metrics_test.json has "
                           f"n={inputs.metrics[method]['n']}, test.csv {inputs.n_test} items. Run `dvc repro`.")
+    n_val = int(inputs.split_stats.set_index("split").loc["val", "n"])
+    if len(inputs.preds_val[method]) != n_val:
+        raise PeftqaError(f"report: method '{method}' is stale: reports/eval/{method}/preds_val.csv has "
+                          f"{len(inputs.preds_val[method])} rows, split_stats.csv {n_val} val items. Run `dvc repro`.")
 
 
 def check_inputs_fresh(inputs: ReportInputs, methods: Sequence[str], baseline: str) -> None:
@@ -314,6 +325,114 @@ def training_table(summary: dict[str, dict]) -> str:
 def provenance_table(summary: dict[str, dict]) -> str:
     rows = [[method, f"`{s['mlflow_run_id']}`", s["mlflow_experiment_id"]] for method, s in summary.items()]
     return markdown_table(["Method", "MLflow run id", "MLflow experiment id"], rows)
+
+
+# -----------------------------------------------------------------------------
+# abstention: accuracy and coverage as the --abstain-below threshold moves
+
+
+def confidence_from_p_yes(p_yes: Sequence[float]) -> np.ndarray:
+    """Labels yes/no: the top label probability max(p_yes, 1 - p_yes), the confidence --abstain-below compares."""
+    p_yes = np.asarray(p_yes, dtype=float)
+    return top_label_probability(np.column_stack([p_yes, 1 - p_yes]))
+
+
+def split_scored_methods(preds: dict[str, pd.DataFrame], labels: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(methods with p_yes on every item, the others). With labels other than yes/no none is scored: under 'maybe',
+    p_yes alone does not give the top label's probability."""
+    if sorted(labels) != ["no", "yes"]:
+        return [], list(preds)
+    scored = [m for m, frame in preds.items() if frame["p_yes"].notna().all()]
+    return scored, [m for m in preds if m not in scored]
+
+
+def abstention_frame(preds: dict[str, pd.DataFrame], labels: Sequence[str],
+                     thresholds: Sequence[float] | None = None) -> pd.DataFrame:
+    """abstention_curve per method, stacked: method, threshold, answered, coverage, accuracy, macro_f1. thresholds
+    None: each method's own distinct confidences, i.e. every point where its coverage changes."""
+    columns = ["method", "threshold", "answered", "coverage", "accuracy", "macro_f1"]
+    curves = []
+    for method, frame in preds.items():
+        confidence = confidence_from_p_yes(frame["p_yes"])
+        pred = [p if isinstance(p, str) else None for p in frame["pred"]]  # NaN: unmapped, wrong
+        grid = np.unique(confidence) if thresholds is None else thresholds
+        curves.append(abstention_curve(frame["gold"], pred, confidence, grid, labels).assign(method=method))
+    return pd.concat(curves, ignore_index=True)[columns] if curves else pd.DataFrame(columns=columns)
+
+
+def choose_threshold(val: pd.DataFrame, target_accuracy: float, min_answered: int) -> dict[str, float | None]:
+    """Per method of an abstention_frame on val: the lowest threshold (the most answered) whose accuracy reaches
+    target_accuracy on at least min_answered items; None where no threshold does."""
+    reached = val[(val["accuracy"] >= target_accuracy) & (val["answered"] >= min_answered)]
+    lowest = reached.groupby("method")["threshold"].min()
+    return {m: (float(lowest[m]) if m in lowest.index else None) for m in val["method"].unique()}
+
+
+def format_share(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.3f}"
+
+
+def abstention_table(val: pd.DataFrame, test: pd.DataFrame, n_val: int, n_test: int) -> str:
+    """One row per method and threshold: the val columns to choose P with, then what P gives on test. A threshold
+    above every confidence of a method on both splits (no item answered) has no row."""
+    both = val.merge(test, on=["method", "threshold"], suffixes=("_val", "_test"), sort=False)
+    both = both[(both["answered_val"] > 0) | (both["answered_test"] > 0)]
+    rows = [[r.method, f"{r.threshold:.2f}", f"{r.answered_val}/{n_val}", format_share(r.accuracy_val),
+             f"{r.coverage_test:.2f}", f"{r.answered_test}/{n_test}", format_share(r.accuracy_test),
+             format_share(r.macro_f1_test)] for r in both.itertuples(index=False)]
+    header = ["Method", "P", "Val answered", "Val accuracy", "Test coverage", "Test answered", "Test accuracy",
+              "Test macro-F1"]
+    return markdown_table(header, rows)
+
+
+def threshold_sentence(method: str, threshold: float | None, val: pd.DataFrame, test: pd.DataFrame,
+                       n_test: int) -> str:
+    """What the val-chosen threshold gives on test, or that no threshold reaches the target on val."""
+    if threshold is None:
+        return f"{method}: no P does"
+    v = val[(val["method"] == method) & (val["threshold"] == threshold)].iloc[0]
+    t = test[(test["method"] == method) & (test["threshold"] == threshold)].iloc[0]
+    return (f"{method}: P = {threshold:.2f} (val: {v.answered} answered, accuracy {v.accuracy:.3f}), which on test "
+            f"answers {t.answered}/{n_test} with accuracy {format_share(t.accuracy)}")
+
+
+def majority_class_accuracy(split_stats: pd.DataFrame, labels: Sequence[str]) -> tuple[str, float]:
+    """The train split's most frequent label and its share of the test items: the accuracy of always answering it."""
+    stats = split_stats.set_index("split")
+    label = max(labels, key=lambda name: stats.loc["train", name])
+    return label, float(stats.loc["test", label] / stats.loc["test", "n"])
+
+
+def abstention_section(preds_val: dict[str, pd.DataFrame], preds_test: dict[str, pd.DataFrame],
+                       split_stats: pd.DataFrame, labels: Sequence[str]) -> str:
+    title = "## Abstention: accuracy and coverage as the threshold moves\n\n"
+    scored, unscored = split_scored_methods(preds_test, labels)
+    skipped = (f" Not shown: {', '.join(unscored)} (no p_yes on every item: `model.scoring: generate` gives no label "
+               "probabilities, and with a 'maybe' label p_yes alone does not give the top one)." if unscored else "")
+    if not scored:
+        return title + "No method has label probabilities to abstain on." + skipped
+    val = abstention_frame({m: preds_val[m] for m in scored}, labels, ABSTAIN_THRESHOLDS)
+    test = abstention_frame({m: preds_test[m] for m in scored}, labels, ABSTAIN_THRESHOLDS)
+    n_val, n_test = len(preds_val[scored[0]]), len(preds_test[scored[0]])
+    chosen = choose_threshold(val, ABSTAIN_TARGET_ACCURACY, ABSTAIN_MIN_ANSWERED)
+    label, majority = majority_class_accuracy(split_stats, labels)
+    target = f"val accuracy ≥ {ABSTAIN_TARGET_ACCURACY:.2f} on at least {ABSTAIN_MIN_ANSWERED} answered val items"
+    if all(threshold is None for threshold in chosen.values()):
+        example = f"For example, no method reaches {target} at any P in the table."
+    else:
+        example = (f"For example, the lowest P with {target}: "
+                   + "; ".join(threshold_sentence(m, chosen[m], val, test, n_test) for m in scored) + ".")
+    return (title + "`peftqa predict --abstain-below P` answers `abstain` when the top label's probability, "
+            "max(p_yes, 1 − p_yes), is below P. For each P: how many items a method still answers, and its "
+            f"accuracy and macro-F1 on those alone (—: none answered). With {n_test} test items the answered subsets "
+            "get small fast (on 10 items one answer moves accuracy by 0.1), so read the counts before the accuracies; "
+            "a P that leaves nothing answered on either split has no row. "
+            f"Always answering the train majority class '{label}' scores {majority:.3f} on test." + skipped + "\n\n"
+            + abstention_table(val, test, n_val, n_test) + "\n\n"
+            "Choose P on val, never on test: take the P whose val columns meet your need, and read its test columns "
+            "as the estimate of what it gives. " + example + " "
+            "`figures/selective_accuracy_coverage_test.png` draws test accuracy against coverage over every distinct "
+            "threshold.")
 
 
 # -----------------------------------------------------------------------------
@@ -515,6 +634,24 @@ def plot_efficiency(metrics: dict[str, dict], summary: dict[str, dict]) -> Figur
     return fig
 
 
+def plot_selective_accuracy(curves: pd.DataFrame, majority: tuple[str, float], n_test: int) -> Figure:
+    """Accuracy on the answered test items against coverage, one line per method of an abstention_frame over every
+    distinct threshold (right end: P = 0.5, all answered); the top axis counts the items, so small subsets show."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    for method, curve in curves.groupby("method", sort=False):
+        ax.plot(curve["coverage"], curve["accuracy"], marker=".", color=METHOD_COLORS[method], label=method)
+    if curves.empty:
+        ax.text(0.5, 0.5, "no method has label probabilities (p_yes)", ha="center", transform=ax.transAxes)
+    label, accuracy = majority
+    ax.axhline(accuracy, color="grey", linestyle="--", label=f"always '{label}' ({accuracy:.3f})")
+    ax.set(xlim=(0, 1.02), ylim=(0, 1.05), title=f"Selective accuracy against coverage (test, n={n_test})",
+           xlabel="coverage (share of test items answered)", ylabel="accuracy on the answered items")
+    ax.secondary_xaxis("top", functions=(lambda c: c * n_test, lambda k: k / n_test)).set_xlabel("items answered")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def confusion_figure_name(method: str) -> str:
     return f"cm_{method}_test.png"
 
@@ -527,6 +664,9 @@ def build_figures(inputs: ReportInputs, labels: Sequence[str]) -> dict[str, Figu
         "eval_macro_f1_per_epoch.png": plot_val_macro_f1(inputs.history, inputs.summary),
         "loss_train_vs_eval.png": plot_losses(inputs.history),
         "efficiency_panel.png": plot_efficiency(inputs.metrics, inputs.summary),
+        "selective_accuracy_coverage_test.png": plot_selective_accuracy(
+            abstention_frame({m: inputs.preds[m] for m in split_scored_methods(inputs.preds, labels)[0]}, labels),
+            majority_class_accuracy(inputs.split_stats, labels), inputs.n_test),
     }
     for method, confusion in inputs.confusion.items():
         figures[confusion_figure_name(method)] = plot_confusion(confusion, labels, method)
@@ -593,6 +733,7 @@ def build_report(inputs: ReportInputs, params: Params, columns: Sequence[Column]
         "reference got wrong and the method right (fixes), c = the reverse (regressions).\n\n"
         + significance_table(inputs.stats, baseline, confidence),
         "## Findings\n\n" + "\n\n".join(findings),
+        abstention_section(inputs.preds_val, inputs.preds, inputs.split_stats, params.prepare.labels),
         "## Training\n\n" + training_table(inputs.summary),
         "## Figures\n\n" + "\n\n".join(f"![{c}](figures/{name})" for name, c in captions.items()),
         protocol_section(params, inputs.n_test, inputs.summary),

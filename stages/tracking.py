@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -19,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from stages.common import PeftqaError, project_root
 
 MAX_PARAM_CHARS = 6000  # MLflow 3's limit on a param value
+WRITE_PROBE_TAG = "peftqa.write_probe"  # the experiment tag connect() writes: a store that takes no write fails there
 
 
 def tracking_uri() -> str:
@@ -55,27 +58,52 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
 
 def connect(experiment: str) -> tuple[MlflowClient, str]:
     """Client and experiment id, checked before any training starts: a store that is down, locked or read-only
-    must fail now, in one sentence, not after a GPU hour has been spent."""
+    must fail now, in one paragraph, not after a GPU hour has been spent. Reads alone do not show a read-only
+    store or one another process is writing, so the check ends with a write (an experiment tag): sqlite waits
+    up to MLflow's busy timeout (20 s) for a lock."""
     uri = tracking_uri()
     try:
         client = make_client()
         experiment_id = get_or_create_experiment(client, experiment)
+        found = client.get_experiment(experiment_id)
+        if found.lifecycle_stage == "active":
+            client.set_experiment_tag(experiment_id, WRITE_PROBE_TAG, "ok")
     except Exception as err:  # sqlalchemy, HTTP and MLflow errors alike: the store is not usable
-        raise PeftqaError(f"the MLflow store {redact(uri)} is not usable ({type(err).__name__}: {redact(str(err))[:300]}). "
+        reason = (redact(str(err)).strip().splitlines() or [""])[0][:300]  # the first line: SQL and links follow
+        raise PeftqaError(f"the MLflow store {redact(uri)} is not usable ({type(err).__name__}: {reason}). "
                           "Fix it before training: check that the folder of mlflow.db is writable and no other "
                           "process holds a lock on it, or that the tracking server is up, or set MLFLOW_TRACKING_URI "
                           "to a store that works.") from None
-    location = client.get_experiment(experiment_id).artifact_location
-    if location.startswith("file:"):
-        folder = Path(urlparse(location).path)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            pass  # reported just below
-        if not os.access(folder, os.W_OK):
-            raise PeftqaError(f"the MLflow artifact folder {folder} is not writable, so adapters could not be logged; "
-                              "fix its permissions (or delete mlflow.db and mlruns/ to start a fresh store)")
+    if found.lifecycle_stage != "active":  # runs cannot be created in a deleted experiment
+        raise PeftqaError(f"the MLflow experiment '{experiment}' (id {experiment_id}) in {redact(uri)} is deleted; "
+                          f"restore it (`mlflow experiments restore --experiment-id {experiment_id}` against that "
+                          "store) or set mlflow.experiment in params.yaml to another name")
+    if found.artifact_location.startswith("file:"):
+        check_artifact_folder(Path(url2pathname(urlparse(found.artifact_location).path)))
     return client, experiment_id
+
+
+def check_run(client: MlflowClient, run_id: str, source: str) -> None:
+    """The run that `source` names must be in the store: logging to a missing one fails only after the work is done."""
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise PeftqaError(f"{source}: its MLflow run {run_id} is not in the store {redact(tracking_uri())}; retrain "
+                          "(`dvc repro`) or set MLFLOW_TRACKING_URI to the store the training logged to") from None
+
+
+def check_artifact_folder(folder: Path) -> None:
+    """Create the folder if needed, then a file in it. A real write, not os.access: os.access says yes to a
+    regular file named mlruns, under which no run folder can be made, and for root it ignores the mode bits."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        why = "a file is in the way" if folder.is_file() else err.strerror or str(err)
+        raise PeftqaError(f"the MLflow artifact folder {folder} is not a writable folder ({why}), so adapters could "
+                          "not be logged; make it a folder you can write to (check its permissions and mount), or "
+                          "delete mlflow.db and mlruns/ to start a fresh store") from None
 
 
 def git_commit() -> str:

@@ -6,9 +6,12 @@ Outputs: models/<method>/adapter/           save_pretrained output (+ head for t
          models/<method>/train_summary.json params, sizes, best epoch, timing, MLflow run id
          models/<method>/resolved_config.json  the whole resolved config, as logged to MLflow
 Usage:   python -m stages.train <method> [--debug]
+         accelerate launch --multi_gpu --num_processes N -m stages.train <method>   (DDP: N processes, one result)
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -19,12 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from stages import tracking
 from stages.common import PeftqaError, atomic_path, folder_bytes, replace_dir_atomic, write_csv_atomic, write_json_atomic
-from stages.families import Backbone, load_backbone, resolve_model_path
+from stages.families import Backbone, Batch, load_backbone, resolve_model_path
 from stages.metrics import classification_metrics
 from stages.params import METHODS, Params, TrainParams, flatten, load_params
 from stages.scoring import autocast, balanced_class_weights, iterate_batches, labels_from_log_probs, score_frame, use_bf16
@@ -63,30 +68,95 @@ def validate(backbone: Backbone, val: pd.DataFrame, batch_size: int, class_weigh
     return out
 
 
-def train_one_epoch(backbone: Backbone, train: pd.DataFrame, optimizer: torch.optim.Optimizer, scheduler,
-                    cfg: TrainParams, class_weights: torch.Tensor | None, epoch: int, bf16: bool) -> float:
-    """One pass over a seeded shuffle of train; returns the mean (weighted) training loss per item."""
+# -----------------------------------------------------------------------------
+# several processes: `accelerate launch` starts them, DDP averages their gradients, so their weights stay equal
+
+
+def make_accelerator(device: str) -> Accelerator:
+    """This process's place among those `accelerate launch` started (alone under plain python). Precision stays
+    with model.dtype and placement with train.device, so a lone process trains exactly as it would without it."""
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())  # CPU processes talk over gloo
+    # a trainable weight the loss never reaches (BERT's pooler in full_finetune) would otherwise stop DDP
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(cpu=cpu, mixed_precision="no", device_placement=False, kwargs_handlers=[ddp])
+
+
+class TrainingLoss(torch.nn.Module):
+    """The backbone's training loss as one module that owns every trainable weight: what DDP wraps, so its gradient
+    all-reduce covers them all (the encoder's head lives outside the transformers model)."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.weights = torch.nn.ParameterList(backbone.trainable_parameters())  # the same tensors, not copies
+
+    def forward(self, batch: Batch, class_weights: torch.Tensor | None) -> torch.Tensor:
+        return self.backbone.loss(batch, class_weights)
+
+
+def parameter_digest(parameters: list[torch.Tensor]) -> str:
+    """sha256 of the parameters' raw bytes, in order: equal digests mean bit-identical weights."""
+    digest = hashlib.sha256()
+    for p in parameters:
+        digest.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def rank_digests(parameters: list[torch.Tensor]) -> list[str]:
+    """Every process's parameter digest, in rank order; they must be equal, or the saved adapter is one rank's."""
+    digests = gather_object([parameter_digest(parameters)])
+    if len(set(digests)) > 1:
+        raise PeftqaError(f"the {len(digests)} training processes ended with different weights (sha256 by rank: "
+                          f"{digests}), so their gradients were not averaged; nothing was saved. Train with one "
+                          "process (python -m stages.train) and report the accelerate launch command that did this.")
+    return digests
+
+
+def shared_resume(checkpoint: Path | None, config: dict) -> dict | None:
+    """The checkpoint to continue from, read by every process; on several machines models/ must be one shared
+    folder, or the ranks would start from different epochs."""
+    state = load_checkpoint(checkpoint, config) if checkpoint else None
+    epochs = gather_object([len(state["history"]) if state else 0])  # per rank: epochs done
+    if len(set(epochs)) > 1:
+        raise PeftqaError(f"{checkpoint}: the training processes see different checkpoints (epochs done by rank: "
+                          f"{epochs}); put models/ on a folder every machine shares, or delete the checkpoint")
+    return state
+
+
+def train_one_epoch(backbone: Backbone, model: torch.nn.Module, accelerator: Accelerator, train: pd.DataFrame,
+                    optimizer: torch.optim.Optimizer, scheduler, cfg: TrainParams, class_weights: torch.Tensor | None,
+                    epoch: int, bf16: bool) -> float:
+    """One pass over a seeded shuffle of train, this process's share of it; `model` is TrainingLoss as prepared
+    (DDP under several processes). Returns the mean (weighted) training loss per item, over all processes."""
     backbone.model.train()
-    order = np.random.default_rng(cfg.seed + epoch).permutation(len(train))
+    order = np.random.default_rng(cfg.seed + epoch).permutation(len(train))  # the same on every process
+    # contiguous shares; the last is padded with the last row, so every process takes the same steps (DDP syncs each)
+    with accelerator.split_between_processes(order.tolist(), apply_padding=True) as share:
+        rows = np.asarray(share)
     parameters = backbone.trainable_parameters()
-    total, seen, micro_step = 0.0, 0, 0
-    bar = tqdm(iterate_batches(train, cfg.batch_size, order), total=-(-len(train) // cfg.batch_size),
-               desc=f"epoch {epoch}", unit="batch", dynamic_ncols=True, file=sys.stderr)
-    for questions, contexts, labels in bar:
+    n_batches = -(-len(rows) // cfg.batch_size)
+    total, seen = 0.0, 0
+    bar = tqdm(iterate_batches(train, cfg.batch_size, rows), total=n_batches, desc=f"epoch {epoch}", unit="batch",
+               dynamic_ncols=True, file=sys.stderr, disable=not accelerator.is_main_process)
+    for micro_step, (questions, contexts, labels) in enumerate(bar, start=1):
         batch = backbone.encode(questions, contexts, labels)
-        with autocast(backbone.device, bf16):
-            loss = backbone.loss(batch, class_weights)
-        (loss / cfg.grad_accum_steps).backward()
-        micro_step += 1
-        if micro_step % cfg.grad_accum_steps == 0 or seen + len(questions) == len(train):
+        step = micro_step % cfg.grad_accum_steps == 0 or micro_step == n_batches
+        # gradients are all-reduced once per optimizer step, on its last micro-batch
+        with contextlib.nullcontext() if step else accelerator.no_sync(model):
+            with autocast(backbone.device, bf16):
+                loss = model(batch, class_weights)
+            accelerator.backward(loss / cfg.grad_accum_steps)
+        if step:
             if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm)
+                accelerator.clip_grad_norm_(parameters, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         total += float(loss.detach()) * len(questions)
         seen += len(questions)
         bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+    sums = torch.tensor([total, seen], dtype=torch.float64, device=backbone.device)  # (2,) loss sum, items
+    total, seen = accelerator.reduce(sums, reduction="sum").tolist()
     return total / max(seen, 1)
 
 
@@ -108,18 +178,21 @@ def load_checkpoint(path: Path, config: dict) -> dict | None:
     return state
 
 
-def fit(backbone: Backbone, train: pd.DataFrame, val: pd.DataFrame, cfg: TrainParams, lr: float, bf16: bool,
-        log_epoch, checkpoint: Path | None = None, resume: dict | None = None, stamp: dict | None = None
-        ) -> tuple[list[dict], int]:
+def fit(backbone: Backbone, accelerator: Accelerator, train: pd.DataFrame, val: pd.DataFrame, cfg: TrainParams,
+        lr: float, bf16: bool, log_epoch, checkpoint: Path | None = None, resume: dict | None = None,
+        stamp: dict | None = None) -> tuple[list[dict], int]:
     """AdamW + linear warmup/decay, early stopping on val macro-F1, best epoch restored. Returns (history, best).
     With `checkpoint`, the state after each epoch is saved there, with `stamp` (config, MLflow run id) beside it;
-    `resume` is such a state to continue from."""
+    `resume` is such a state to continue from. Under several processes each trains on its share of every batch
+    round (DDP averages the gradients), the main process validates, and all follow its early-stopping decisions."""
     weights = balanced_class_weights(train["label"].tolist(), backbone.labels).to(backbone.device) \
         if cfg.class_weighting == "balanced" else None
     parameters = backbone.trainable_parameters()
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = -(-len(train) // (cfg.batch_size * cfg.grad_accum_steps))
+    rows_per_process = -(-len(train) // accelerator.num_processes)
+    steps_per_epoch = -(-rows_per_process // (cfg.batch_size * cfg.grad_accum_steps))
     total_steps = steps_per_epoch * cfg.epochs
+    # not passed to accelerator.prepare: its scheduler wrapper steps once per process, which would squeeze the schedule
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
     history, best_epoch, best_f1, best_state, stale = [], 0, -1.0, None, 0
@@ -132,12 +205,17 @@ def fit(backbone: Backbone, train: pd.DataFrame, val: pd.DataFrame, cfg: TrainPa
         torch.set_rng_state(resume["torch_rng"])
         history, best_epoch, best_f1 = resume["history"], resume["best_epoch"], resume["best_f1"]
         best_state, stale = resume["best_state"], resume["stale"]
+    model, optimizer = accelerator.prepare(TrainingLoss(backbone), optimizer)  # one process: returned as they are
     first = len(history) + 1 if stale < cfg.patience else cfg.epochs + 1  # a resumed run may have stopped already
     for epoch in range(first, cfg.epochs + 1):
         start = time.perf_counter()
-        train_loss = train_one_epoch(backbone, train, optimizer, scheduler, cfg, weights, epoch, bf16)
-        row = {"epoch": epoch, "train_loss": train_loss,
-               **validate(backbone, val, cfg.batch_size, weights, bf16), "seconds": time.perf_counter() - start}
+        train_loss = train_one_epoch(backbone, model, accelerator, train, optimizer, scheduler, cfg, weights, epoch,
+                                     bf16)
+        row = None
+        if accelerator.is_main_process:
+            row = {"epoch": epoch, "train_loss": train_loss, **validate(backbone, val, cfg.batch_size, weights, bf16),
+                   "seconds": time.perf_counter() - start}
+        row = broadcast_object_list([row])[0]  # every process takes the same decisions below
         history.append(row)
         log.info("epoch %d: train_loss %.4f val_loss %.4f val_macro_f1 %.4f (%.0f s)", epoch, train_loss,
                  row["val_loss"], row["val_macro_f1"], row["seconds"])
@@ -146,7 +224,8 @@ def fit(backbone: Backbone, train: pd.DataFrame, val: pd.DataFrame, cfg: TrainPa
             best_state = [p.detach().clone() for p in parameters]
         else:
             stale += 1
-        if checkpoint is not None:  # saved before the epoch is logged, so a resumed run logs each epoch once
+        # saved before the epoch is logged, so a resumed run logs each epoch once; one process saves for all
+        if checkpoint is not None and accelerator.is_main_process:
             save_checkpoint(checkpoint, {
                 **(stamp or {}), "parameters": [p.detach().clone() for p in parameters],
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -174,6 +253,22 @@ def log_metrics_row(client, run_id: str, row: dict) -> None:
                          timestamp_ms=int(time.time() * 1000))
 
 
+def open_run(client, experiment_id: str, resume: dict | None, *, run_name: str, tags: dict[str, str],
+             config: dict) -> str:
+    """A new MLflow run with the config as its params; resuming, the checkpoint's run, its missing epochs logged."""
+    if resume is None:
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        tracking.log_params(client, run_id, config)
+        return run_id
+    run_id = resume["run_id"]
+    client.update_run(run_id, status="RUNNING")
+    logged = {m.step for m in client.get_metric_history(run_id, "val_macro_f1")}
+    for row in resume["history"]:  # epochs checkpointed but killed before they reached MLflow
+        if row["epoch"] not in logged:
+            log_metrics_row(client, run_id, row)
+    return run_id
+
+
 def describe(method: str, family: str) -> str:
     if method == "base":
         return ("linear probe: the classification head alone, trained on the frozen encoder" if family == "encoder"
@@ -196,68 +291,72 @@ def resolved_config(params: Params, method: str, family: str) -> dict[str, objec
 # -----------------------------------------------------------------------------
 
 
-def main(args: list[str]) -> None:
-    if len(args) != 1 or args[0] not in METHODS:
-        raise PeftqaError(f"usage: python -m stages.train <method>, with <method> one of {list(METHODS)}; got {args}")
-    method = args[0]
-    params = load_params()
+def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataFrame, out_dir: Path, *,
+                 run_name: str | None = None, extra_tags: dict[str, str] | None = None) -> dict[str, object]:
+    """Train `method` on `train`, early-stop on `val`, save the best epoch to out_dir, log it all to one MLflow run.
+    Writes out_dir/{adapter/, history.csv, train_summary.json, resolved_config.json}; returns the summary.
+    The train stage calls it once; the repeated-seed and cross-validation protocols once per seed or fold.
+    Under `accelerate launch` every process trains and returns the summary; the main one alone logs and writes."""
     cfg, labels = params.train, params.prepare.labels
+    accelerator = make_accelerator(cfg.device)
+    main_process = accelerator.is_main_process
+    if not main_process:
+        log.setLevel(logging.WARNING)  # the main process reports for all
     set_seed(cfg.seed)
-    train = pd.read_csv(DATA_DIR / "train.csv", dtype={"pmid": str})
-    val = pd.read_csv(DATA_DIR / "val.csv", dtype={"pmid": str})
-    if cfg.limit_train:
-        train = train.iloc[: cfg.limit_train]
-
-    client, experiment_id = tracking.connect(params.mlflow.experiment)  # fail fast if the store is unusable
-    backbone = load_backbone(params.model, method, params.peft, labels, seed=cfg.seed, device=cfg.device,
+    client, experiment_id = tracking.connect(params.mlflow.experiment) if main_process else (None, None)  # fail fast
+    device = cfg.device if accelerator.num_processes == 1 else str(accelerator.device)  # under DDP: this rank's own
+    backbone = load_backbone(params.model, method, params.peft, labels, seed=cfg.seed, device=device,
                              gradient_checkpointing=cfg.gradient_checkpointing)
     bf16 = use_bf16(params.model.dtype, backbone.device)
     trainable, total = backbone.count_parameters()
     log.info("%s on %s (%s, %s): %d trainable of %d params", method, params.model.name_or_path, backbone.family,
              backbone.device, trainable, total)
+    log.info("accelerate: %d process%s (%s, backend %s)", accelerator.num_processes,
+             "es" if accelerator.num_processes > 1 else "", accelerator.distributed_type.value, accelerator.state.backend or "none")
 
     config = resolved_config(params, method, backbone.family)
+    config["world_size"] = accelerator.num_processes  # DDP: the effective batch is batch_size x grad_accum x this
     peft_config = getattr(backbone.model, "peft_config", {}).get("default")
     if peft_config is not None:
         resolved = resolve_model_path(params.model.name_or_path)  # a machine path: log the portable name instead
         config.update({key: params.model.name_or_path if value == resolved else value for key, value in flatten(
             json.loads(json.dumps(peft_config.to_dict(), default=_jsonable)), "peft_config.").items()})
-    out_dir = MODELS_DIR / method
+    config.update(extra_tags or {})  # protocol runs: which seed or fold this is, in the params as in the tags
     checkpoint = out_dir / "checkpoint.pt" if cfg.checkpoint_every_epoch else None
-    resume = load_checkpoint(checkpoint, config) if checkpoint else None
+    resume = shared_resume(checkpoint, config)
 
-    # MLflow: one run per stage, named after the method; a resumed run continues the same MLflow run
-    if resume is not None:
-        run_id = resume["run_id"]
-        client.update_run(run_id, status="RUNNING")
-        logged = {m.step for m in client.get_metric_history(run_id, "val_macro_f1")}
-        for row in resume["history"]:  # epochs checkpointed but killed before they reached MLflow
-            if row["epoch"] not in logged:
-                log_metrics_row(client, run_id, row)
-    else:
-        run = client.create_run(experiment_id, run_name=method, tags=tracking.run_tags(
-            f"train@{method}", params.model.name_or_path, backbone.family, method))
-        run_id = run.info.run_id
-        tracking.log_params(client, run_id, config)
+    # MLflow: one run per training, named after the method; a resumed run continues the same MLflow run
+    run_id = None
+    if main_process:
+        tags = tracking.run_tags(f"train@{method}", params.model.name_or_path, backbone.family, method)
+        run_id = open_run(client, experiment_id, resume, run_name=run_name or method,
+                          tags={**tags, **(extra_tags or {})}, config=config)
 
     def log_epoch(row: dict) -> None:
-        log_metrics_row(client, run_id, row)
+        if main_process:
+            log_metrics_row(client, run_id, row)
 
     start = time.perf_counter()
     try:
-        if trainable == 0:  # zero-shot base: one validation pass, recorded as epoch 0
-            row = {"epoch": 0, "train_loss": float("nan"),
-                   **validate(backbone, val, cfg.batch_size, None, bf16), "seconds": 0.0}
-            row["seconds"] = time.perf_counter() - start
-            history, best_epoch = [row], 0
-            log_epoch(row)
+        if trainable == 0:  # zero-shot base: one validation pass (the main process's), recorded as epoch 0
+            history, best_epoch = [], 0
+            if main_process:
+                row = {"epoch": 0, "train_loss": float("nan"),
+                       **validate(backbone, val, cfg.batch_size, None, bf16), "seconds": 0.0}
+                row["seconds"] = time.perf_counter() - start
+                history = [row]
+                log_epoch(row)
         else:
             lr = getattr(params.peft, method).lr
-            history, best_epoch = fit(backbone, train, val, cfg, lr, bf16, log_epoch, checkpoint, resume,
+            history, best_epoch = fit(backbone, accelerator, train, val, cfg, lr, bf16, log_epoch, checkpoint, resume,
                                       stamp={"config": config, "run_id": run_id})
+        digests = rank_digests(backbone.trainable_parameters())  # the best epoch's weights, one digest per process
     except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+        if main_process:
+            client.set_terminated(run_id, status="FAILED")
         raise
+    if not main_process:  # the main process writes and logs the one result, then shares its summary
+        return broadcast_object_list([None])[0]
     train_seconds = time.perf_counter() - start + (sum(r["seconds"] for r in resume["history"]) if resume else 0.0)
 
     replace_dir_atomic(backbone.save, out_dir / "adapter")
@@ -271,6 +370,7 @@ def main(args: list[str]) -> None:
         "best_epoch": best_epoch, "best_val_macro_f1": float(best["val_macro_f1"]), "epochs_run": epochs_run,
         "train_seconds": round(train_seconds, 3),
         "examples_per_s": round(len(train) * epochs_run / train_seconds, 3) if epochs_run else 0.0,
+        "world_size": accelerator.num_processes, "rank_param_sha256": digests,
         "mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id, "note": describe(method, backbone.family),
     }
     write_json_atomic(out_dir / "train_summary.json", summary)
@@ -288,6 +388,25 @@ def main(args: list[str]) -> None:
         checkpoint.unlink(missing_ok=True)  # the adapter is saved: the run is complete
     log.info("saved %s; best epoch %d, val macro-F1 %.4f; MLflow run %s in %s", out_dir, best_epoch,
              summary["best_val_macro_f1"], run_id, tracking.redact(tracking.tracking_uri()))
+    return broadcast_object_list([summary])[0]
+
+
+def read_split(path: Path) -> pd.DataFrame:
+    """A prepared split (pmid, question, context, label); pmids stay strings."""
+    if not path.is_file():
+        raise PeftqaError(f"{path} not found; run `dvc repro prepare` first")
+    return pd.read_csv(path, dtype={"pmid": str})
+
+
+def main(args: list[str]) -> None:
+    if len(args) != 1 or args[0] not in METHODS:
+        raise PeftqaError(f"usage: python -m stages.train <method>, with <method> one of {list(METHODS)}; got {args}")
+    method = args[0]
+    params = load_params()
+    train = read_split(DATA_DIR / "train.csv")
+    if params.train.limit_train:
+        train = train.iloc[: params.train.limit_train]
+    train_method(params, method, train, read_split(DATA_DIR / "val.csv"), MODELS_DIR / method)
 
 
 if __name__ == "__main__":

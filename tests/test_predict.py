@@ -109,21 +109,6 @@ def test_abstain_below_replaces_exactly_the_unconfident_labels(trained, capsys, 
 # pure helpers
 
 
-def test_abstention_curve_trades_coverage_for_accuracy():
-    gold = ["yes", "no", "yes", "no"]
-    p_max = [0.95, 0.9, 0.7, 0.55]
-    correct = [True, True, False, False]
-    curve = predict.abstention_curve(gold, p_max, correct, [0.5, 0.8, 0.92, 0.99])
-    assert list(curve.columns) == ["threshold", "coverage", "accuracy"]
-    assert list(curve["coverage"]) == [1.0, 0.5, 0.25, 0.0]
-    assert list(curve["accuracy"][:3]) == [0.5, 1.0, 1.0] and np.isnan(curve["accuracy"][3])
-
-
-def test_abstention_curve_refuses_columns_of_different_lengths():
-    with pytest.raises(ValueError, match="differ in length"):
-        predict.abstention_curve(["yes"], [0.9, 0.8], [True, False], [0.5])
-
-
 def test_parse_items_joins_a_list_context_and_keeps_integer_pmids_as_strings():
     frame = predict.parse_items(['{"pmid": 7, "question": "Q?", "context": ["A.", "B."]}'])
     assert frame.to_dict(orient="records") == [{"pmid": "7", "question": "Q?", "context": "A. B."}]

@@ -232,7 +232,7 @@ def test_split_stats_columns():
 # -----------------------------------------------------------------------------
 # main: outputs only after validation; bad input leaves the previous outputs as they were
 
-OUTPUTS = ("train.csv", "val.csv", "test.csv", "split_stats.csv", "prepare_metrics.json")
+OUTPUTS = ("train.csv", "val.csv", "test.csv", "split_stats.csv", "folds.csv", "prepare_metrics.json")
 
 
 def good_data(n_yes=30, n_no=20, n_maybe=5) -> dict:

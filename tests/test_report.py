@@ -12,13 +12,14 @@ import re
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from stages import report
 from stages.common import PeftqaError
-from stages.metrics import classification_metrics, confusion_frame, latency_summary
+from stages.metrics import abstention_curve, classification_metrics, confusion_frame, latency_summary
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ("yes", "no")
@@ -29,11 +30,14 @@ PREDS = {
     "prompt_tuning": ["yes"] * 10 + ["no", None] + ["no"] * 3 + ["yes"] * 5,  # one unmapped generation
     "lora": ["yes"] * 11 + ["no"] * 8 + ["yes"],
 }
+# top label probability of item i: 0.505 + 0.02 i, never on a threshold of report.ABSTAIN_THRESHOLDS; prompt_tuning
+# (it has an unmapped generation: generate scoring) has no p_yes
+CONFIDENCE = [0.505 + 0.02 * i for i in range(len(GOLD))]
 # 95% CI of Δmacro-F1 vs base: lora's excludes 0, prompt_tuning's contains it
 CIS = {"prompt_tuning": (-0.10, 0.30), "lora": (0.15, 0.55)}
 FIGURES = ["performance_bar_test.png", "latency_bar_test.png", "param_footprint_bar.png",
            "eval_macro_f1_per_epoch.png", "loss_train_vs_eval.png", "efficiency_panel.png",
-           *(f"cm_{m}_test.png" for m in METHODS)]
+           "selective_accuracy_coverage_test.png", *(f"cm_{m}_test.png" for m in METHODS)]
 
 
 # -----------------------------------------------------------------------------
@@ -74,8 +78,11 @@ def write_method(root: Path, method: str, pmids: list[str], index: int) -> dict:
         "mlflow_experiment_id": "1", "note": "" if index else "linear probe: head on the frozen encoder"})
     pred = PREDS[method]
     latencies = [0.010 + 0.001 * i + 0.002 * index for i in range(len(pmids))]
-    write_csv(root / f"reports/eval/{method}/preds_test.csv", pd.DataFrame(
-        {"pmid": pmids, "gold": GOLD, "pred": pred, "p_yes": [0.5] * len(pmids), "latency_s": latencies}))
+    p_yes = ([float("nan")] * len(pmids) if method == "prompt_tuning"
+             else [c if p == "yes" else 1 - c for p, c in zip(pred, CONFIDENCE)])
+    preds = pd.DataFrame({"pmid": pmids, "gold": GOLD, "pred": pred, "p_yes": p_yes, "latency_s": latencies})
+    write_csv(root / f"reports/eval/{method}/preds_test.csv", preds)
+    write_csv(root / f"reports/eval/{method}/preds_val.csv", preds.assign(pmid=[f"2{p}" for p in pmids]))
     write_csv(root / f"reports/eval/{method}/cm_test.csv", confusion_frame(GOLD, pred, LABELS))
     metrics = {**classification_metrics(GOLD, pred, LABELS), **latency_summary(latencies), "examples_per_s": 70.0,
                "trainable_params_m": trainable / 1e6, "adapter_mb": 4 * trainable / 1e6}
@@ -235,6 +242,28 @@ def test_official_protocol_writes_submissions_without_unmapped(ran: tuple[Path, 
     assert "`submission/prompt_tuning.json`: 1 unmapped prediction(s) left out" in markdown
 
 
+def test_abstention_table_counts_the_answered_items(ran: tuple[Path, dict]) -> None:
+    """lora at P = 0.70 answers items 10..19 (confidence 0.705 and up): 8 of the 10 right, F1 yes 1/2, no 7/8."""
+    markdown = (ran[0] / "reports/report.md").read_text()
+    rows = parse_tables(markdown)["P"]
+    # no p_yes for prompt_tuning; base and lora answer nothing at 0.90 (top confidence 0.885) on either split
+    assert [(row["Method"], row["P"]) for row in rows] == [
+        (m, p) for m in ("base", "lora") for p in ("0.50", "0.55", "0.60", "0.65", "0.70", "0.80")]
+    lora = next(row for row in rows if (row["Method"], row["P"]) == ("lora", "0.70"))
+    assert (lora["Test answered"], lora["Test coverage"], lora["Test accuracy"]) == ("10/20", "0.50", "0.800")
+    assert float(lora["Test macro-F1"]) == pytest.approx((0.5 + 0.875) / 2, abs=5e-4)
+    base = next(row for row in rows if (row["Method"], row["P"]) == ("base", "0.80"))
+    assert (base["Val answered"], base["Val accuracy"]) == ("5/20", "0.000")  # items 15..19, all gold 'no'
+    assert "## Abstention: accuracy and coverage as the threshold moves" in markdown
+    assert "Not shown: prompt_tuning (no p_yes" in paragraph(markdown, "`peftqa predict --abstain-below P`")
+    assert "train majority class 'yes' scores 0.600 on test" in markdown
+    chosen = paragraph(markdown, "Choose P on val")  # val preds equal the test preds here
+    assert "base: no P does" in chosen
+    assert ("lora: P = 0.50 (val: 20 answered, accuracy 0.900), which on test answers 20/20 with accuracy 0.900"
+            in chosen)
+    assert "figures/selective_accuracy_coverage_test.png" in chosen
+
+
 # -----------------------------------------------------------------------------
 # error paths and pure helpers
 
@@ -252,6 +281,8 @@ STALE_INPUTS = {  # failure mode -> (file, edit, expected message)
     "stats without a method": ("reports/stats/stats_eval_test.csv", lambda f: f[f["method"] != "lora"],
                                r"0 rows for lora vs base.*dvc repro"),
     "an upstream output missing": ("models/lora/history.csv", None, r"history.csv is missing; run `dvc repro`"),
+    "val preds of another split": ("reports/eval/lora/preds_val.csv", lambda f: f.iloc[:-1],
+                                   r"preds_val.csv has 19 rows, split_stats.csv 20 val items.*dvc repro"),
 }
 
 
@@ -313,3 +344,68 @@ def test_figures_accept_a_zero_shot_baseline() -> None:
     for figure in figures:
         figure.savefig(io.BytesIO(), format="png")
         report.plt.close(figure)
+
+
+# -----------------------------------------------------------------------------
+# abstention helpers
+
+
+def test_abstention_curve_by_hand() -> None:
+    """Answered: confidence >= P, as --abstain-below (0.9 answers the 0.9 item). At 0.92 only a 'yes' is answered:
+    F1 (no) is 0 without support, so macro-F1 is 0.5 although the one answer is right."""
+    curve = abstention_curve(["yes", "no", "yes", "no"], ["yes", "no", "no", "yes"], [0.95, 0.9, 0.7, 0.55],
+                             [0.5, 0.9, 0.92, 0.99], LABELS)
+    assert list(curve["answered"]) == [4, 2, 1, 0]
+    assert list(curve["coverage"]) == [1.0, 0.5, 0.25, 0.0]
+    assert list(curve["accuracy"][:3]) == [0.5, 1.0, 1.0] and np.isnan(curve["accuracy"][3])
+    assert list(curve["macro_f1"][:3]) == [0.5, 1.0, 0.5] and np.isnan(curve["macro_f1"][3])
+
+
+@pytest.mark.parametrize(("confidence", "message"), [([0.9, 0.8], "differ in length"),
+                                                     ([0.9, float("nan"), 0.7], "1 confidence value.*NaN")])
+def test_abstention_curve_refuses_bad_confidence(confidence: list[float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        abstention_curve(["yes", "no", "yes"], ["yes", "no", "no"], confidence, [0.5], LABELS)
+
+
+def test_confidence_is_the_top_label_probability() -> None:
+    assert list(report.confidence_from_p_yes([0.2, 0.5, 0.9, 0.35])) == pytest.approx([0.8, 0.5, 0.9, 0.65])
+
+
+def test_abstention_frame_steps_through_every_distinct_confidence() -> None:
+    """Confidences 0.9, 0.8, 0.6, 0.55; the unmapped generation (NaN pred) counts as wrong."""
+    preds = {"lora": pd.DataFrame({"gold": ["yes", "no", "yes", "no"], "pred": ["yes", "no", None, "yes"],
+                                   "p_yes": [0.9, 0.2, 0.6, 0.55]})}
+    frame = report.abstention_frame(preds, LABELS)
+    assert list(frame["threshold"]) == pytest.approx([0.55, 0.6, 0.8, 0.9])
+    assert list(frame["answered"]) == [4, 3, 2, 1]
+    assert list(frame["accuracy"]) == pytest.approx([0.5, 2 / 3, 1.0, 1.0])
+    assert set(frame["method"]) == {"lora"}
+
+
+def test_split_scored_methods_skips_missing_p_yes_and_three_labels() -> None:
+    preds = {"lora": pd.DataFrame({"p_yes": [0.7, 0.4]}), "base": pd.DataFrame({"p_yes": [float("nan")] * 2})}
+    assert report.split_scored_methods(preds, LABELS) == (["lora"], ["base"])
+    assert report.split_scored_methods(preds, ("yes", "no", "maybe")) == ([], ["lora", "base"])
+
+
+def test_choose_threshold_takes_the_lowest_p_reaching_the_target_on_enough_items() -> None:
+    val = pd.DataFrame({"method": ["a", "a", "a", "b", "b"], "threshold": [0.5, 0.6, 0.7, 0.5, 0.9],
+                        "answered": [20, 12, 5, 20, 3], "accuracy": [0.6, 0.75, 0.8, 0.6, 1.0]})
+    assert report.choose_threshold(val, target_accuracy=0.7, min_answered=10) == {"a": 0.6, "b": None}
+    assert report.choose_threshold(val, target_accuracy=0.7, min_answered=3) == {"a": 0.6, "b": 0.9}
+
+
+def test_majority_class_comes_from_train_and_is_scored_on_test() -> None:
+    split_stats = pd.DataFrame({"split": ["train", "val", "test"], "n": [160, 20, 20], "yes": [96, 12, 8],
+                                "no": [64, 8, 12]})
+    assert report.majority_class_accuracy(split_stats, LABELS) == ("yes", 0.4)
+
+
+def test_abstention_without_label_probabilities_says_so() -> None:
+    preds = {"base": pd.DataFrame({"gold": ["yes"], "pred": ["yes"], "p_yes": [float("nan")]})}
+    section = report.abstention_section(preds, preds, pd.DataFrame(), LABELS)
+    assert "No method has label probabilities" in section and "Not shown: base" in section
+    figure = report.plot_selective_accuracy(report.abstention_frame({}, LABELS), ("yes", 0.6), 20)
+    figure.savefig(io.BytesIO(), format="png")
+    report.plt.close(figure)

@@ -1,0 +1,265 @@
+"""Stage protocols: repeated seeds and stratified k-fold cross-validation, beyond the main single-split run.
+
+With 89 test items, one run's difference between two methods is mostly noise. Two protocols measure how much:
+- seeds: every method retrained once per seed in params `seeds`, on the main split; test metrics as mean +- std.
+- cv (prepare.folds = k >= 2): every cleaned item is tested once, by a model trained on the other k-1 folds (a
+  stratified val_fraction of them held out for early stopping). The per-fold predictions are pooled, so the paired
+  tests against the baseline run on all items instead of 89.
+Each training is a full train@<method> run (train.train_method): MLflow run, checkpoints, resume after a kill.
+
+Inputs:  data/processed/{train,val,test,folds}.csv; params: seeds, prepare, methods, model, train, peft, mlflow,
+         evaluate.batch_size, stats.
+Outputs: reports/protocols/seeds_test.csv    method, seed, n, accuracy, macro_f1, best_epoch, best_val_macro_f1,
+                                             train_seconds, mlflow_run_id (one row per run)
+         reports/protocols/seeds_summary.csv method, n_seeds, <metric>_mean, <metric>_std, delta_macro_f1_mean/_std
+         reports/protocols/cv_preds.csv      method, fold, pmid, gold, pred, p_yes (every item once per method)
+         reports/protocols/cv_folds.csv      method, fold, n, accuracy, macro_f1 (fold "pooled": all items)
+         reports/protocols/cv_stats.csv      paired tests on the pooled predictions (columns of stats_eval_test.csv)
+         reports/protocols/runs/<protocol>/<method>/<seed_s|fold_k>/  per-run history, summary, predictions; a run
+                                             finished with the same config and data is reused, not retrained
+         reports/protocols_metrics.json      DVC metrics: mean and std per method, pooled CV metrics
+Usage:   python -m stages.protocols [--debug]
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from stages import tracking
+from stages.common import PeftqaError, sha256_file, write_csv_atomic, write_json_atomic
+from stages.families import load_backbone
+from stages.metrics import classification_metrics
+from stages.params import Params, flatten, load_params
+from stages.stats import STATS_COLUMNS, compare_methods
+from stages.train import read_split, train_method
+
+log = logging.getLogger("peftqa.protocols")
+
+DATA_DIR = Path("data/processed")
+OUT_DIR = Path("reports/protocols")
+METRICS_JSON = Path("reports/protocols_metrics.json")
+SEED_COLUMNS = ["method", "seed", "n", "accuracy", "macro_f1", "best_epoch", "best_val_macro_f1", "train_seconds",
+                "mlflow_run_id"]
+PRED_COLUMNS = ["method", "fold", "pmid", "gold", "pred", "p_yes"]
+FOLD_COLUMNS = ["method", "fold", "n", "accuracy", "macro_f1"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One training of the plan: a method under one seed (protocol seeds) or on one fold (protocol cv)."""
+    protocol: str  # seeds | cv
+    method: str
+    index: int     # the train seed, or the held-out fold
+
+    @property
+    def name(self) -> str:
+        return f"{'seed' if self.protocol == 'seeds' else 'fold'}_{self.index}"
+
+
+def plan(params: Params) -> list[Unit]:
+    """Every training both protocols need, seeds first; empty when both are off (the default)."""
+    units = [Unit("seeds", method, seed) for seed in params.seeds for method in params.methods]
+    units += [Unit("cv", method, fold) for fold in range(params.prepare.folds) for method in params.methods]
+    return units
+
+
+# -----------------------------------------------------------------------------
+# data for one unit
+
+
+def fold_frames(pool: pd.DataFrame, folds: pd.DataFrame, fold: int, val_fraction: float, seed: int
+                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, val, test) for one fold: test is the fold, val a stratified share of the other folds."""
+    fold_of = folds.set_index("pmid")["fold"]
+    missing = sorted(set(pool["pmid"]) ^ set(fold_of.index))
+    if missing:
+        raise PeftqaError(f"{DATA_DIR / 'folds.csv'} and the splits in {DATA_DIR} cover different items (e.g. PMID "
+                          f"{missing[0]}); they come from different prepare runs: re-run `dvc repro prepare`")
+    in_fold = pool["pmid"].map(fold_of).to_numpy() == fold
+    rest = pool.loc[~in_fold]
+    train, val = train_test_split(rest, test_size=val_fraction, random_state=seed, stratify=rest["label"])
+    return train.reset_index(drop=True), val.reset_index(drop=True), pool.loc[in_fold].reset_index(drop=True)
+
+
+def unit_params(params: Params, unit: Unit) -> Params:
+    """A seeds unit trains with its own seed; a cv unit with train.seed, like the main run."""
+    if unit.protocol != "seeds":
+        return params
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, seed=unit.index))
+
+
+def unit_stamp(params: Params, unit: Unit, data_hashes: dict[str, str]) -> dict[str, object]:
+    """What a finished unit's result depends on; a stored result is reused only if its stamp is equal."""
+    return {"unit": dataclasses.asdict(unit), "data": data_hashes, **flatten(params.model, "model."),
+            **flatten(params.train, "train."), **flatten(getattr(params.peft, unit.method), f"peft.{unit.method}."),
+            "prepare.labels": ",".join(params.prepare.labels), "prepare.val_fraction": params.prepare.val_fraction,
+            "prepare.seed": params.prepare.seed, "evaluate.batch_size": params.evaluate.batch_size}
+
+
+# -----------------------------------------------------------------------------
+# one unit: train, predict the held-out items, log the test metrics into the same MLflow run
+
+
+def predict_items(params: Params, method: str, adapter_dir: Path, items: pd.DataFrame) -> pd.DataFrame:
+    """pmid, gold, pred, p_yes for `items`, batched (no latency pass: the main evaluate stage measures that)."""
+    from stages.evaluate import predict_batched, predictions_frame
+    from stages.scoring import use_bf16
+
+    backbone = load_backbone(params.model, method, params.peft, params.prepare.labels, seed=params.train.seed,
+                             device=params.train.device, adapter_dir=adapter_dir)
+    bf16 = use_bf16(params.model.dtype, backbone.device)
+    preds, log_probs, _ = predict_batched(backbone, items, params.evaluate.batch_size, params.model.scoring, bf16)
+    frame = predictions_frame(items, preds, log_probs, params.prepare.labels, latencies=[])
+    return frame[["pmid", "gold", "pred", "p_yes"]]
+
+
+def run_unit(params: Params, unit: Unit, train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame,
+             work: Path, stamp: dict) -> tuple[pd.DataFrame, dict]:
+    """The unit's test predictions and summary, reusing a finished run with the same stamp."""
+    done = work / "unit.json"
+    if done.exists() and (work / "preds_test.csv").exists():
+        stored = json.loads(done.read_text())
+        if stored.get("stamp") == json.loads(json.dumps(stamp)):
+            log.info("%s: reusing the finished run in %s", unit, work)
+            return read_split(work / "preds_test.csv"), stored["summary"]
+        shutil.rmtree(work)  # made by other params or data: start over
+    summary = train_method(params, unit.method, train, val, work, run_name=f"{unit.method} {unit.name}",
+                           extra_tags={"protocol": unit.protocol, "protocol_unit": unit.name})
+    preds = predict_items(params, unit.method, work / "adapter", test)
+    metrics = classification_metrics(preds["gold"].tolist(), [p if isinstance(p, str) else None for p in preds["pred"]],
+                                     params.prepare.labels)
+    tracking.log_metrics(tracking.make_client(), summary["mlflow_run_id"],
+                         {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]},
+                         step=summary["best_epoch"], timestamp_ms=int(time.time() * 1000))
+    summary = {**summary, "n_test": len(preds), "test_accuracy": metrics["accuracy"],
+               "test_macro_f1": metrics["macro_f1"]}
+    write_csv_atomic(work / "preds_test.csv", preds)
+    write_json_atomic(done, {"stamp": stamp, "summary": summary})  # written last: marks the unit finished
+    shutil.rmtree(work / "adapter")  # logged to MLflow with the run; keeps reports/ small
+    return preds, summary
+
+
+# -----------------------------------------------------------------------------
+# summaries: pure functions of the per-unit results
+
+
+def seeds_summary(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Mean and sample std (ddof=1) per method over seeds, and the paired per-seed gain over the baseline."""
+    columns = ["method", "n_seeds", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
+               "delta_macro_f1_mean", "delta_macro_f1_std"]
+    if runs.empty:
+        return pd.DataFrame(columns=columns)
+    reference = runs.loc[runs["method"] == baseline].set_index("seed")["macro_f1"]
+    runs = runs.assign(delta_macro_f1=runs["macro_f1"] - runs["seed"].map(reference))
+    grouped = runs.groupby("method", sort=False)
+    table = pd.DataFrame({
+        "n_seeds": grouped.size(),
+        "accuracy_mean": grouped["accuracy"].mean(), "accuracy_std": grouped["accuracy"].std(ddof=1),
+        "macro_f1_mean": grouped["macro_f1"].mean(), "macro_f1_std": grouped["macro_f1"].std(ddof=1),
+        "delta_macro_f1_mean": grouped["delta_macro_f1"].mean(),
+        "delta_macro_f1_std": grouped["delta_macro_f1"].std(ddof=1),
+    }).reset_index()
+    return table[columns]
+
+
+def cv_fold_metrics(preds: pd.DataFrame, labels: tuple[str, ...]) -> pd.DataFrame:
+    """Accuracy and macro-F1 per (method, fold), then per method over the pooled predictions (fold 'pooled')."""
+    rows = []
+    for method, of_method in preds.groupby("method", sort=False):
+        groups = [(str(fold), frame) for fold, frame in of_method.groupby("fold")] + [("pooled", of_method)]
+        for fold, frame in groups:
+            m = classification_metrics(frame["gold"].tolist(),
+                                       [p if isinstance(p, str) else None for p in frame["pred"]], labels)
+            rows.append({"method": method, "fold": fold, "n": len(frame), "accuracy": m["accuracy"],
+                         "macro_f1": m["macro_f1"]})
+    return pd.DataFrame(rows, columns=FOLD_COLUMNS)
+
+
+def metrics_json(seeds: pd.DataFrame, folds: pd.DataFrame) -> dict[str, object]:
+    """The DVC metrics file: per method, seeds mean/std and the pooled CV numbers (absent protocols are omitted)."""
+    out: dict[str, object] = {}
+    for row in seeds.to_dict("records"):
+        out.setdefault("seeds", {})[row["method"]] = {k: row[k] for k in
+                                                       ("n_seeds", "macro_f1_mean", "macro_f1_std", "accuracy_mean",
+                                                        "accuracy_std")}
+    for row in folds.loc[folds["fold"] == "pooled"].to_dict("records"):
+        fold_f1 = folds.loc[(folds["method"] == row["method"]) & (folds["fold"] != "pooled"), "macro_f1"]
+        out.setdefault("cv", {})[row["method"]] = {"n": row["n"], "pooled_accuracy": row["accuracy"],
+                                                   "pooled_macro_f1": row["macro_f1"],
+                                                   "fold_macro_f1_std": float(fold_f1.std(ddof=1))}
+    return out
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(args: list[str]) -> None:
+    if args:
+        raise PeftqaError(f"stages.protocols takes no arguments (it reads params.yaml), got {args}")
+    params = load_params()
+    units = plan(params)
+    names = ["train.csv", "val.csv", "test.csv", "folds.csv"]
+    hashes = {name: sha256_file(DATA_DIR / name) for name in names if (DATA_DIR / name).exists()}
+    if units and "folds.csv" not in hashes:
+        raise PeftqaError(f"{DATA_DIR / 'folds.csv'} not found: run `dvc repro prepare` first")
+    splits = {name: read_split(DATA_DIR / f"{name}.csv") for name in ("train", "val", "test")} if units else {}
+    log.info("protocols: %d trainings (seeds %s, folds %d, methods %s)", len(units), list(params.seeds),
+             params.prepare.folds, list(params.methods))
+
+    seed_rows, cv_preds = [], []
+    for i, unit in enumerate(units, 1):
+        log.info("protocols: training %d of %d: %s %s %s", i, len(units), unit.protocol, unit.method, unit.name)
+        if unit.protocol == "seeds":
+            train, val, test = splits["train"], splits["val"], splits["test"]
+        else:
+            pool = pd.concat(splits.values(), ignore_index=True)
+            train, val, test = fold_frames(pool, read_split(DATA_DIR / "folds.csv"), unit.index,
+                                           params.prepare.val_fraction, params.prepare.seed)
+        if params.train.limit_train:
+            train = train.iloc[: params.train.limit_train]
+        p = unit_params(params, unit)
+        preds, summary = run_unit(p, unit, train, val, test, OUT_DIR / "runs" / unit.protocol / unit.method / unit.name,
+                                  unit_stamp(p, unit, hashes))
+        if unit.protocol == "seeds":
+            seed_rows.append({"method": unit.method, "seed": unit.index, "n": summary["n_test"],
+                              "accuracy": summary["test_accuracy"], "macro_f1": summary["test_macro_f1"],
+                              **{k: summary[k] for k in ("best_epoch", "best_val_macro_f1", "train_seconds",
+                                                         "mlflow_run_id")}})
+        else:
+            cv_preds.append(preds.assign(method=unit.method, fold=unit.index)[PRED_COLUMNS])
+
+    kept = {OUT_DIR / "runs" / u.protocol / u.method / u.name for u in units}
+    for stale in sorted(OUT_DIR.glob("runs/*/*/*")):  # runs of seeds, folds or methods no longer in params
+        if stale not in kept:
+            shutil.rmtree(stale)
+    seeds = pd.DataFrame(seed_rows, columns=SEED_COLUMNS)
+    pooled = pd.concat(cv_preds, ignore_index=True) if cv_preds else pd.DataFrame(columns=PRED_COLUMNS)
+    folds = cv_fold_metrics(pooled, params.prepare.labels)
+    stats = (compare_methods({m: pooled.loc[pooled["method"] == m] for m in params.methods}, params.methods,
+                             params.stats.baseline, params.prepare.labels, params.stats)
+             if cv_preds and len(params.methods) > 1 else pd.DataFrame(columns=STATS_COLUMNS))
+    summary = seeds_summary(seeds, params.stats.baseline)
+    write_csv_atomic(OUT_DIR / "seeds_test.csv", seeds)
+    write_csv_atomic(OUT_DIR / "seeds_summary.csv", summary)
+    write_csv_atomic(OUT_DIR / "cv_preds.csv", pooled)
+    write_csv_atomic(OUT_DIR / "cv_folds.csv", folds)
+    write_csv_atomic(OUT_DIR / "cv_stats.csv", stats)
+    write_json_atomic(METRICS_JSON, metrics_json(summary, folds))
+    if units:
+        log.info("protocols: done\n%s\n%s", summary.to_string(index=False),
+                 folds.loc[folds["fold"] == "pooled"].to_string(index=False))
+
+
+if __name__ == "__main__":
+    from stages.common import run_cli
+
+    run_cli(main)
