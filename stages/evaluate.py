@@ -27,7 +27,7 @@ from stages.common import PeftqaError, write_csv_atomic, write_json_atomic
 from stages.families import Backbone, load_backbone
 from stages.metrics import classification_metrics, confusion_frame, latency_summary
 from stages.params import METHODS, load_params
-from stages.report import plot_confusion
+from stages.figures import plot_confusion
 from stages.scoring import autocast, iterate_batches, labels_from_log_probs, score_frame, use_bf16
 
 log = logging.getLogger("peftqa.evaluate")

@@ -29,15 +29,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from stages.common import PeftqaError, atomic_path, run_cli, write_json_atomic  # noqa: E402
+from stages.figures import METHOD_COLORS, plot_confusion  # noqa: E402
 from stages.metrics import UNMAPPED, abstention_curve, top_label_probability  # noqa: E402
-from stages.params import METHODS, Params, load_params  # noqa: E402
+from stages.params import Params, load_params  # noqa: E402
 
 log = logging.getLogger("peftqa.report")
 
@@ -45,14 +45,13 @@ PROCESSED_DIR = Path("data/processed")
 MODELS_DIR = Path("models")
 EVAL_DIR = Path("reports/eval")
 STATS_PATH = Path("reports/stats/stats_eval_test.csv")
+PROTOCOLS_DIR = Path("reports/protocols")
 REPORT_DIR = Path("reports")
 FIGURES_DIR = REPORT_DIR / "figures"
 SUBMISSION_DIR = REPORT_DIR / "submission"
 
 DPI = 120  # sharp in a browser, small in git
 COLLAPSE_SHARE = 0.95  # a method giving one label to more than this share of test items has collapsed to it
-# one colour per method, fixed by registry order so a method keeps its colour whatever params.methods lists
-METHOD_COLORS = dict(zip(METHODS, matplotlib.colormaps["tab10"].colors))
 SERIES_STYLES = ({"alpha": 1.0}, {"alpha": 0.5, "hatch": "//"}, {"alpha": 0.3, "hatch": ".."})  # bars of one method
 FIGURE_CAPTIONS = {  # the fixed figures; one confusion matrix per method comes on top (confusion_figure_name)
     "performance_bar_test.png": "Test accuracy and macro-F1 per method",
@@ -64,6 +63,7 @@ FIGURE_CAPTIONS = {  # the fixed figures; one confusion matrix per method comes 
     "selective_accuracy_coverage_test.png": "Test accuracy on the answered items against coverage, as the abstention "
                                             "threshold moves (dashed: always the majority class)",
 }
+SEEDS_FIGURE = "seeds_macro_f1_test.png"  # only when the repeated-seeds protocol ran
 TEST_NAMES = {"mcnemar_exact": "McNemar exact", "paired_bootstrap": "Paired bootstrap"}
 METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1"}
 REQUIRED_STATS = (("paired_bootstrap", "macro_f1"), ("mcnemar_exact", "accuracy"))  # per tuned method vs baseline
@@ -79,6 +79,15 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class ProtocolResults:
+    """The protocols stage's tables (reports/protocols/*.csv); empty frames when a protocol is off."""
+    seeds_test: pd.DataFrame
+    seeds_summary: pd.DataFrame
+    cv_folds: pd.DataFrame
+    cv_stats: pd.DataFrame
+
+
+@dataclass(frozen=True)
 class ReportInputs:
     """Everything the report reads, per method where it is per method; the helpers below never open files."""
     split_stats: pd.DataFrame
@@ -90,6 +99,7 @@ class ReportInputs:
     preds: dict[str, pd.DataFrame]
     preds_val: dict[str, pd.DataFrame]
     stats: pd.DataFrame
+    protocols: ProtocolResults | None = None  # None: the protocols stage has not run (reports/protocols/ absent)
 
     @property
     def n_test(self) -> int:
@@ -128,7 +138,42 @@ def read_inputs(methods: Sequence[str]) -> ReportInputs:
         preds=per_method(EVAL_DIR, "preds_test.csv", read_csv),
         preds_val=per_method(EVAL_DIR, "preds_val.csv", read_csv),
         stats=read_input(STATS_PATH, pd.read_csv),
+        protocols=read_protocols(),
     )
+
+
+def read_protocols() -> ProtocolResults | None:
+    if not PROTOCOLS_DIR.exists():
+        return None
+    return ProtocolResults(**{name: read_input(PROTOCOLS_DIR / f"{name}.csv", pd.read_csv)
+                              for name in ("seeds_test", "seeds_summary", "cv_folds", "cv_stats")})
+
+
+def check_protocols_fresh(results: ProtocolResults | None, params: Params, n_items: int) -> None:
+    """The protocol tables must come from the current seeds, folds and methods, and agree with their per-run rows."""
+    if results is None:
+        return
+
+    def stale(name: str, why: str) -> PeftqaError:
+        return PeftqaError(f"report: {PROTOCOLS_DIR / name} is stale ({why}); run `dvc repro protocols`")
+
+    runs, summary = results.seeds_test, results.seeds_summary
+    want = {(m, s) for m in params.methods for s in params.seeds}
+    if set(zip(runs["method"], runs["seed"])) != want or len(runs) != len(want):
+        raise stale("seeds_test.csv", f"it has {len(runs)} runs, params ask for seeds {list(params.seeds)} x "
+                                      f"methods {list(params.methods)}")
+    for row in summary.to_dict("records"):
+        of_method = runs.loc[runs["method"] == row["method"], "macro_f1"]
+        if row["n_seeds"] != len(of_method) or not math.isclose(row["macro_f1_mean"], of_method.mean(), abs_tol=1e-9):
+            raise stale("seeds_summary.csv", f"its {row['method']} row disagrees with seeds_test.csv")
+    folds = results.cv_folds
+    per_fold = folds.loc[folds["fold"].astype(str) != "pooled"]
+    if len(per_fold) != params.prepare.folds * len(params.methods) * (params.prepare.folds > 0):
+        raise stale("cv_folds.csv", f"it has {len(per_fold)} fold rows, params ask for prepare.folds "
+                                    f"{params.prepare.folds} x {len(params.methods)} methods")
+    pooled = folds.loc[folds["fold"].astype(str) == "pooled"]
+    if len(pooled) and set(pooled["n"]) != {n_items}:
+        raise stale("cv_folds.csv", f"its pooled rows cover {sorted(set(pooled['n']))} items, the splits {n_items}")
 
 
 def check_method_fresh(inputs: ReportInputs, method: str) -> None:
@@ -313,6 +358,77 @@ def significance_table(stats: pd.DataFrame, baseline: str, confidence: float) ->
         ])
     header = ["Tuned Method", "Test", "Metric", "Effect", f"{confidence:.0%} CI", "p-value", "Notes"]
     return markdown_table(header, rows)
+
+
+def mean_std(mean: float, std: float) -> str:
+    return f"{mean:.3f} ± {std:.3f}" if not pd.isna(std) else f"{mean:.3f}"
+
+
+def main_protocol_line(params: Params, n_test: int) -> str:
+    """The protocol of the main tables, stated where they are."""
+    return (f"Protocol: one training run per method (train seed {params.train.seed}) on the `{params.prepare.protocol}` "
+            f"split (split seed {params.prepare.seed}), tested on its n = {n_test} test items.")
+
+
+def seeds_section(results: ProtocolResults | None, params: Params) -> str:
+    head = "## Repeated seeds\n\n"
+    if results is None or results.seeds_test.empty:
+        return head + ("Not run. Set `seeds: [1, 2, 3]` in params.yaml (stage `protocols`) to retrain every method "
+                       "once per seed on the same split; this section then gives mean ± std per method.")
+    runs, baseline = results.seeds_test, params.stats.baseline
+    rows = []
+    for row in results.seeds_summary.to_dict("records"):
+        f1 = runs.loc[runs["method"] == row["method"], "macro_f1"]
+        delta = "—" if row["method"] == baseline else mean_std(row["delta_macro_f1_mean"], row["delta_macro_f1_std"])
+        rows.append([row["method"], int(row["n_seeds"]), mean_std(row["accuracy_mean"], row["accuracy_std"]),
+                     mean_std(row["macro_f1_mean"], row["macro_f1_std"]), f"{f1.min():.3f} – {f1.max():.3f}", delta])
+    header = ["Method", "Seeds", "Accuracy", "Macro-F1", "Macro-F1 range", f"Δ macro-F1 vs {baseline}"]
+    return head + (
+        f"Protocol: every method retrained with train seeds {', '.join(map(str, params.seeds))} on the main split "
+        f"(split seed {params.prepare.seed}), each run tested on the same n = {int(runs['n'].iloc[0])} test items. "
+        f"Mean ± sample std over seeds; Δ is the per-seed difference from `{baseline}` trained with the same seed. "
+        "A single-run difference smaller than these stds is seed noise.\n\n" + markdown_table(header, rows))
+
+
+def cv_section(results: ProtocolResults | None, params: Params) -> str:
+    head = "## Cross-validation\n\n"
+    if results is None or results.cv_folds.empty:
+        return head + ("Not run. Set `prepare.folds: 5` in params.yaml (stages `prepare` and `protocols`) to test "
+                       "every cleaned item once, with paired tests on all of them instead of the test split alone.")
+    folds = results.cv_folds.assign(fold=results.cv_folds["fold"].astype(str))
+    rows = []
+    for method, frame in folds.groupby("method", sort=False):
+        pooled = frame.loc[frame["fold"] == "pooled"].iloc[0]
+        per_fold = frame.loc[frame["fold"] != "pooled", "macro_f1"]
+        rows.append([method, int(pooled["n"]), f"{pooled['accuracy']:.3f}", f"{pooled['macro_f1']:.3f}",
+                     mean_std(per_fold.mean(), per_fold.std(ddof=1))])
+    n = int(folds.loc[folds["fold"] == "pooled", "n"].iloc[0])
+    text = head + (
+        f"Protocol: stratified {params.prepare.folds}-fold cross-validation over all n = {n} cleaned items (fold "
+        f"seed {params.prepare.seed}). Each item is tested once, by a model (train seed {params.train.seed}) trained "
+        f"on the other folds, {params.prepare.val_fraction:.0%} of them held out for early stopping. Pooled metrics "
+        "are over all n predictions.\n\n"
+        + markdown_table(["Method", "n", "Pooled accuracy", "Pooled macro-F1", "Fold macro-F1 (mean ± std)"], rows))
+    if not results.cv_stats.empty:
+        text += ("\n\nPaired tests on the pooled predictions (same protocol, n = " + str(n) + "):\n\n"
+                 + significance_table(results.cv_stats, params.stats.baseline, params.stats.confidence))
+    return text
+
+
+def plot_seed_spread(runs: pd.DataFrame) -> Figure:
+    """Test macro-F1 of every seed's run (dots) with the mean ± std (bar) per method."""
+    methods = list(dict.fromkeys(runs["method"]))
+    fig, ax = plt.subplots(figsize=(1.2 * len(methods) + 3, 3.6), layout="constrained")
+    for i, method in enumerate(methods):
+        f1 = runs.loc[runs["method"] == method, "macro_f1"].to_numpy()
+        jitter = np.linspace(-0.12, 0.12, len(f1)) if len(f1) > 1 else np.zeros(1)
+        ax.scatter(i + jitter, f1, color=METHOD_COLORS[method], alpha=0.7, zorder=3)
+        ax.errorbar(i + 0.3, f1.mean(), yerr=f1.std(ddof=1) if len(f1) > 1 else 0, fmt="o", color="black",
+                    capsize=4, zorder=4)
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set(title=f"Test macro-F1 per seed (black: mean ± std, {runs['seed'].nunique()} seeds)", ylabel="macro-F1")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
 
 
 def training_table(summary: dict[str, dict]) -> str:
@@ -588,25 +704,6 @@ def plot_losses(history: dict[str, pd.DataFrame]) -> Figure:
     return fig
 
 
-def plot_confusion(confusion: pd.DataFrame, labels: Sequence[str], method: str, split: str = "test") -> Figure:
-    """Counts with gold on y and predicted on x; the 'unmapped' column only when some generation mapped to no label."""
-    matrix = (confusion.pivot(index="gold", columns="pred", values="count")
-              .reindex(index=list(labels), columns=[*labels, UNMAPPED], fill_value=0).fillna(0).astype(int))
-    if matrix[UNMAPPED].sum() == 0:
-        matrix = matrix.drop(columns=UNMAPPED)
-    counts = matrix.to_numpy()  # (gold labels, predicted labels [+ unmapped])
-    fig, ax = plt.subplots(figsize=(1.3 * counts.shape[1] + 2, 1.1 * counts.shape[0] + 1.6), layout="constrained")
-    cmap = LinearSegmentedColormap.from_list(method, ["white", METHOD_COLORS[method]])
-    ax.imshow(counts, cmap=cmap, vmin=0, vmax=max(counts.max(), 1))
-    for (i, j), count in np.ndenumerate(counts):
-        ax.text(j, i, str(count), ha="center", va="center", fontsize=13,
-                color="white" if count > counts.max() * 0.6 else "black")
-    ax.set_xticks(range(counts.shape[1]), matrix.columns)
-    ax.set_yticks(range(counts.shape[0]), matrix.index)
-    ax.set(title=f"{method}: {split} confusion (n={counts.sum()})", xlabel="predicted", ylabel="gold")
-    return fig
-
-
 def draw_labelled_points(ax: Axes, x: Sequence[float], y: Sequence[float], methods: Sequence[str],
                          labels: Sequence[str]) -> None:
     for xi, yi, method, label in zip(x, y, methods, labels):
@@ -670,6 +767,8 @@ def build_figures(inputs: ReportInputs, labels: Sequence[str]) -> dict[str, Figu
     }
     for method, confusion in inputs.confusion.items():
         figures[confusion_figure_name(method)] = plot_confusion(confusion, labels, method)
+    if inputs.protocols is not None and not inputs.protocols.seeds_test.empty:
+        figures[SEEDS_FIGURE] = plot_seed_spread(inputs.protocols.seeds_test)
     return figures
 
 
@@ -723,16 +822,23 @@ def build_report(inputs: ReportInputs, params: Params, columns: Sequence[Column]
     findings += [describe_method(m, baseline, inputs.metrics, inputs.stats, confidence)
                  + collapse_sentence(m, inputs.preds[m]) for m in tuned]
     captions = {**FIGURE_CAPTIONS, **{confusion_figure_name(m): f"Test confusion matrix: {m}" for m in params.methods}}
+    if inputs.protocols is not None and not inputs.protocols.seeds_test.empty:
+        captions[SEEDS_FIGURE] = "Test macro-F1 of each repeated-seed run, with mean ± std per method"
+    main_protocol = main_protocol_line(params, inputs.n_test)
     sections = [
         f"# PEFT on PubMedQA: {first['model']}",
         f"Model `{first['model']}` ({first['family']} family), protocol `{params.prepare.protocol}`, "
         f"n = {inputs.n_test} test items; methods {', '.join(params.methods)} against the baseline `{baseline}`.",
         "## Data splits\n\n" + split_table(inputs.split_stats),
-        "## Test performance\n\n" + performance_table(inputs.metrics, columns) + "\n\n" + unmapped_note(inputs.metrics),
-        "## Significance\n\nEach tuned method against the baseline, then tuned methods pairwise. b = items the "
+        "## Test performance\n\n" + main_protocol + "\n\n" + performance_table(inputs.metrics, columns) + "\n\n"
+        + unmapped_note(inputs.metrics),
+        "## Significance\n\n" + main_protocol + " Each tuned method against the baseline, then tuned methods "
+        "pairwise. b = items the "
         "reference got wrong and the method right (fixes), c = the reverse (regressions).\n\n"
         + significance_table(inputs.stats, baseline, confidence),
         "## Findings\n\n" + "\n\n".join(findings),
+        seeds_section(inputs.protocols, params),
+        cv_section(inputs.protocols, params),
         abstention_section(inputs.preds_val, inputs.preds, inputs.split_stats, params.prepare.labels),
         "## Training\n\n" + training_table(inputs.summary),
         "## Figures\n\n" + "\n\n".join(f"![{c}](figures/{name})" for name, c in captions.items()),
@@ -747,6 +853,7 @@ def main(args: list[str]) -> None:
     params = load_params()
     inputs = read_inputs(params.methods)
     check_inputs_fresh(inputs, params.methods, params.stats.baseline)
+    check_protocols_fresh(inputs.protocols, params, int(inputs.split_stats["n"].sum()))
     for name, figure in build_figures(inputs, params.prepare.labels).items():
         save_figure(figure, FIGURES_DIR / name)
     left_out = {}  # written under every protocol; a valid PubMedQA submission only under the official one
