@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import report
+from stages import protocols, report
 from stages.common import PeftqaError
 from stages.metrics import abstention_curve, classification_metrics, confusion_frame, latency_summary
 
@@ -409,3 +409,76 @@ def test_abstention_without_label_probabilities_says_so() -> None:
     figure = report.plot_selective_accuracy(report.abstention_frame({}, LABELS), ("yes", 0.6), 20)
     figure.savefig(io.BytesIO(), format="png")
     report.plt.close(figure)
+
+
+# -----------------------------------------------------------------------------
+# the protocols stage's tables: repeated seeds and cross-validation
+
+
+def write_protocols(root: Path, seeds: list[int], folds: int) -> None:
+    """params asking for `seeds` and `folds`, and the protocols stage's tables for methods base and lora."""
+    text = (root / "params.yaml").read_text(encoding="utf-8")
+    text = re.sub(r"^seeds: \[\]", f"seeds: {seeds}", text, flags=re.M)
+    text = re.sub(r"^  folds: 0", f"  folds: {folds}", text, flags=re.M)
+    text = re.sub(r"^methods: .*$", "methods: [base, lora]", text, flags=re.M)
+    (root / "params.yaml").write_text(text, encoding="utf-8")
+    runs = pd.DataFrame({"method": ["base", "lora", "base", "lora"], "seed": [1, 1, 2, 2], "n": 20,
+                         "accuracy": [0.5, 0.6, 0.5, 0.8], "macro_f1": [0.4, 0.5, 0.3, 0.6]})
+    gold = ["yes", "no"] * 100  # 200 items: every item of split_stats, once
+    preds = pd.DataFrame({"method": ["base"] * 200 + ["lora"] * 200, "fold": [0, 1] * 200,
+                          "pmid": [str(i) for i in range(200)] * 2, "gold": gold * 2,
+                          "pred": ["yes"] * 200 + gold[:150] + ["yes"] * 50, "p_yes": 0.5})
+    folder = root / "reports/protocols"
+    write_csv(folder / "seeds_test.csv", runs)
+    write_csv(folder / "seeds_summary.csv", protocols.seeds_summary(runs, "base"))
+    write_csv(folder / "cv_folds.csv", protocols.cv_fold_metrics(preds, LABELS))
+    write_csv(folder / "cv_stats.csv", pd.DataFrame(stats_rows("lora", "base", {
+        "lora": {"accuracy": 0.875, "macro_f1": 0.87}, "base": {"accuracy": 0.5, "macro_f1": 0.333}}, (0.4, 0.6)))
+        .assign(n=200))
+
+
+def test_without_the_protocols_stage_the_sections_say_how_to_run_them(ran: tuple[Path, dict]) -> None:
+    markdown = (ran[0] / "reports/report.md").read_text()
+    assert paragraph(markdown, "Not run. Set `seeds: [1, 2, 3]`")
+    assert paragraph(markdown, "Not run. Set `prepare.folds: 5`")
+    protocol = "Protocol: one training run per method (train seed 42) on the `official` split"
+    assert "## Test performance\n\n" + protocol in markdown
+    assert "## Significance\n\n" + protocol in markdown
+
+
+def test_repeated_seeds_and_cv_tables_come_from_the_protocols_stage(tmp_path: Path) -> None:
+    write_inputs(tmp_path)
+    write_protocols(tmp_path, seeds=[1, 2], folds=2)
+    edit_csv(tmp_path / "reports/stats/stats_eval_test.csv",
+             lambda f: f[(f["method"] == "lora") & (f["reference"] == "base")])
+    run_report(tmp_path)
+    markdown = (tmp_path / "reports/report.md").read_text()
+    seeds = {row["Method"]: row for row in parse_tables(markdown)["Seeds"]}
+    assert (seeds["lora"]["Accuracy"], seeds["lora"]["Macro-F1"]) == ("0.700 ± 0.141", "0.550 ± 0.071")
+    assert seeds["lora"]["Macro-F1 range"] == "0.500 – 0.600"
+    assert seeds["lora"]["Δ macro-F1 vs base"] == "0.200 ± 0.141"  # per seed: +0.1, +0.3
+    assert seeds["base"]["Δ macro-F1 vs base"] == "—"
+    assert "train seeds 1, 2 on the main split" in markdown
+    cv = {row["Method"]: row for row in parse_tables(markdown)["n"]}
+    assert (cv["lora"]["n"], cv["lora"]["Pooled accuracy"]) == ("200", "0.875")
+    assert "stratified 2-fold cross-validation over all n = 200 cleaned items" in markdown
+    assert "Paired tests on the pooled predictions (same protocol, n = 200)" in markdown
+    assert (tmp_path / "reports/figures/seeds_macro_f1_test.png").stat().st_size > 0
+    assert "(figures/seeds_macro_f1_test.png)" in markdown
+
+
+@pytest.mark.parametrize("seeds, folds, message", [
+    ([1, 2, 3], 2, r"seeds_test.csv is stale \(it has 4 runs, params ask for seeds \[1, 2, 3\]"),
+    ([1, 2], 3, r"cv_folds.csv is stale \(it has 4 fold rows, params ask for prepare.folds 3"),
+])
+def test_protocol_tables_of_other_params_are_refused(tmp_path: Path, seeds, folds, message) -> None:
+    write_inputs(tmp_path)
+    write_protocols(tmp_path, seeds=[1, 2], folds=2)
+    text = (tmp_path / "params.yaml").read_text()
+    text = re.sub(r"^seeds: .*$", f"seeds: {seeds}", text, flags=re.M)
+    (tmp_path / "params.yaml").write_text(re.sub(r"^  folds: 2", f"  folds: {folds}", text, flags=re.M))
+    edit_csv(tmp_path / "reports/stats/stats_eval_test.csv",
+             lambda f: f[(f["method"] == "lora") & (f["reference"] == "base")])
+    with pytest.raises(PeftqaError, match=message):
+        run_report(tmp_path)
+    assert not (tmp_path / "reports/report.md").exists()
