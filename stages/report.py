@@ -1,11 +1,12 @@
 """Stage report: the figures and the markdown report of the test-split results, with the numbers guarded.
 
-Inputs (docs FORMATS.md), for every method m in params.methods:
+Inputs (columns in each writing stage's docstring), for every method m in params.methods:
   data/processed/split_stats.csv, data/processed/test.csv,
   models/<m>/history.csv, models/<m>/train_summary.json,
   reports/eval/<m>/metrics_test.json, reports/eval/<m>/cm_test.csv, reports/eval/<m>/preds_test.csv,
-  reports/eval/<m>/preds_val.csv (abstention thresholds are chosen on val), reports/stats/stats_eval_test.csv.
-Outputs: reports/figures/*.png (names in FIGURE_CAPTIONS, plus cm_<m>_test.png), reports/report.md, and under
+  reports/eval/<m>/preds_val.csv (abstention thresholds are chosen on val), reports/stats/stats_eval_test.csv,
+  and reports/protocols/*.csv when the protocols stage has run.
+Outputs: reports/figures/*.png (names in FIGURE_CAPTIONS, plus cm_<m>_test.png and SEEDS_FIGURE), reports/report.md, and under
   prepare.protocol: official, reports/submission/<m>.json (PMID -> predicted label; unmapped predictions are left out,
   never guessed, and counted in report.md).
 Guards: preds whose PMIDs differ from test.csv, metrics of another n, or a stats file missing a comparison stop the

@@ -2,7 +2,7 @@
 
 Every method is scored on the same test items, so the comparisons are paired: exact McNemar on per-item correctness
 and a paired bootstrap (the same resampled items for both methods) for Δaccuracy and Δmacro-F1, with Holm's correction
-across the comparisons of each (test, metric). See docs_tmp/FORMATS.md for the column contract.
+across the comparisons of each (test, metric). The columns are STATS_COLUMNS.
 
 Inputs:  params.yaml (methods, prepare.labels, stats), reports/eval/<method>/preds_test.csv for every method.
 Outputs: reports/stats/stats_eval_test.csv, reports/stats/stats_eval_test.md,
@@ -160,7 +160,7 @@ def _index_by_pmid(frame: pd.DataFrame, method: str, labels: Sequence[str]) -> p
     path = preds_path(method)
     missing = {"pmid", "gold", "pred"} - set(frame.columns)
     if missing:
-        raise PeftqaError(f"{path}: missing columns {sorted(missing)}; expected pmid, gold, pred (docs_tmp/FORMATS.md)")
+        raise PeftqaError(f"{path}: missing columns {sorted(missing)}; expected pmid, gold, pred (as stages.evaluate writes them)")
     if frame.empty:
         raise PeftqaError(f"{path}: no predictions; re-run evaluate@{method}")
     pmids = frame["pmid"].astype(str)
@@ -274,8 +274,8 @@ def format_markdown(table: pd.DataFrame, stats_params: StatsParams) -> str:
 def summarize_comparisons(table: pd.DataFrame) -> dict[str, dict[str, float | int]]:
     """stats_summary.json: per '<method>_vs_<reference>', the McNemar counts and p, and each bootstrap Δ with CI and p.
 
-    The numbers are read from `table`, so the DVC metrics and the CSV cannot disagree. p-values are unadjusted, as in
-    the FORMATS.md contract; the Holm-adjusted ones are in the CSV.
+    The numbers are read from `table`, so the DVC metrics and the CSV cannot disagree. p-values are unadjusted; the
+    Holm-adjusted ones are in the CSV.
     """
     summary = {}
     for (method, reference), rows in table.groupby(["method", "reference"], sort=False):

@@ -1,6 +1,6 @@
 """Stage report on a tiny, consistent set of upstream files: figures exist, tables equal their sources, prose is honest.
 
-The inputs are written in the FORMATS.md formats, with metrics computed by stages.metrics so they agree with the preds;
+The inputs are written in the formats the upstream stages write, with metrics computed by stages.metrics so they agree with the preds;
 the stats CSV is written by hand (the stats stage is not imported).
 """
 from __future__ import annotations

@@ -1,0 +1,382 @@
+"""Ablation summary: one row per DVC experiment that sweeps one param, with the val and test metrics it reached.
+
+Reads `dvc exp show --json`, takes each experiment's value of the swept param and the metrics evaluate@<method> wrote
+(reports/eval/<method>/metrics_{val,test}.json, declared under `metrics:` in dvc.yaml), and marks the row with the best
+val metric: the study's selection rule (LoRA rank chosen by val macro-F1); test is reported, never used to choose.
+A row whose other params differ from the majority of rows is flagged in `other_changes`, because its difference from
+the others is then not due to the swept param alone. Not a dvc.yaml stage: its input is the experiments themselves.
+
+Inputs:  `dvc exp show --json`, run in the repo root (or --json-file PATH, a saved dump of it).
+Outputs: reports/ablation/<param>.csv, reports/ablation/<param>.md (also printed), reports/ablation/<param>.png.
+Usage:   python -m stages.ablation --param peft.lora.r [--method lora] [--metric macro_f1] [--select-on val]
+                                   [--out reports/ablation] [--json-file PATH] [--debug]
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import subprocess
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display; must come before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from stages.common import PeftqaError, atomic_path, log, project_root, run_cli, write_csv_atomic, \
+    write_text_atomic  # noqa: E402
+from stages.figures import METHOD_COLORS  # noqa: E402
+from stages.params import METHODS  # noqa: E402
+
+ABLATION_DIR = Path("reports/ablation")
+PARAMS_FILE = "params.yaml"  # the params file whose keys are written without a "<file>:" prefix
+METRIC_LABELS = {"macro_f1": "macro-F1", "accuracy": "accuracy"}  # how the sentence and the figure name a metric
+LOG_X_SPAN = 8  # positive numeric values spanning at least this ratio are plotted on a log x axis (ranks 2..64)
+DPI = 120  # sharp in a browser, small in git
+Kind = Literal["workspace", "baseline", "experiment"]
+
+
+@dataclass(frozen=True)
+class ExpRecord:
+    """One row of `dvc exp show`: its params flattened to dotted keys and its metrics keyed by file path."""
+    name: str  # experiment name; the branch (or short rev) for a baseline; "workspace"
+    rev: str  # short commit, or "workspace"
+    kind: Kind
+    params: dict[str, object] = field(default_factory=dict)
+    metrics: dict[str, dict] = field(default_factory=dict)
+
+
+def metrics_path(method: str, split: str) -> str:
+    """Where evaluate@<method> writes a split's metrics, as `dvc exp show` names the file (relative to the root)."""
+    return f"reports/eval/{method}/metrics_{split}.json"
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+# -----------------------------------------------------------------------------
+# parsing `dvc exp show --json` (DVC 3.x): a list of baselines, each with its experiments' revs nested inside
+
+
+def flatten_params(nested: dict, prefix: str = "") -> dict[str, object]:
+    """{"peft": {"lora": {"r": 8}}} -> {"peft.lora.r": 8}; lists and scalars are leaves."""
+    flat = {}
+    for key, value in nested.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_params(value, prefix=f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _record(entry: dict, kind: Kind, fallback_name: str) -> ExpRecord:
+    data = entry.get("data") or {}
+    params = {}
+    for file, content in (data.get("params") or {}).items():
+        prefix = "" if file == PARAMS_FILE else f"{file}:"
+        params.update(flatten_params((content or {}).get("data") or {}, prefix=prefix))
+    metrics = {file.replace("\\", "/"): content["data"] for file, content in (data.get("metrics") or {}).items()
+               if isinstance(content, dict) and isinstance(content.get("data"), dict)}
+    rev = str(entry.get("rev") or "")
+    short_rev = rev if rev == "workspace" else rev[:7]
+    return ExpRecord(name=entry.get("name") or fallback_name or short_rev, rev=short_rev, kind=kind,
+                     params=params, metrics=metrics)
+
+
+def _error_text(entry: dict) -> str | None:
+    """Why an entry has no usable data (an `error` DVC reported, or no data at all: queued or running); else None."""
+    error = entry.get("error")
+    if error:
+        return error.get("msg", str(error)) if isinstance(error, dict) else str(error)
+    if not (entry.get("data") or {}).get("params"):
+        return "no params (queued, running or failed)"
+    return None
+
+
+def parse_exp_show(entries: list) -> tuple[list[ExpRecord], list[str]]:
+    """Records in `dvc exp show` order (workspace, then each baseline followed by its experiments), and one
+    "<name>: <why>" note per entry skipped because DVC reported an error or no data for it.
+
+    The workspace is kept only when it differs from every committed row: after `dvc exp run` it is a copy of the last
+    experiment, and listing it twice would count that experiment twice in the majority that flags confounds.
+    """
+    if not isinstance(entries, list):
+        raise PeftqaError(f"`dvc exp show --json` gave a {type(entries).__name__}, expected a list of baselines "
+                          "(is this DVC 3?)")
+    records, skipped = [], []
+    for entry in entries:
+        kind = "workspace" if entry.get("rev") == "workspace" else "baseline"
+        candidates = [(entry, kind, "workspace" if kind == "workspace" else "")]
+        for experiment in entry.get("experiments") or []:
+            candidates += [(rev, "experiment", experiment.get("name") or "") for rev in experiment.get("revs") or []]
+        for candidate, candidate_kind, fallback in candidates:
+            why = _error_text(candidate)
+            if why is None:
+                records.append(_record(candidate, candidate_kind, fallback))
+            elif candidate_kind != "workspace":  # an empty workspace (nothing run yet) is not worth a note
+                skipped.append(f"{candidate.get('name') or fallback or str(candidate.get('rev'))[:7]}: {why}")
+    committed = [(r.params, r.metrics) for r in records if r.kind != "workspace"]
+    records = [r for r in records if r.kind != "workspace" or (r.params, r.metrics) not in committed]
+    return records, skipped
+
+
+# -----------------------------------------------------------------------------
+# the ablation table: pure functions of the parsed records
+
+
+def method_for_param(param: str, method: str | None) -> str:
+    """The method whose metrics the sweep is read from: peft.<method>.* names it, any other param needs --method."""
+    parts = param.split(".")
+    if parts[0] == "peft" and len(parts) >= 3:
+        if parts[1] not in METHODS:
+            raise PeftqaError(f"{param}: '{parts[1]}' is not a PEFT method; known methods are {list(METHODS)}")
+        if method is not None and method != parts[1]:
+            raise PeftqaError(f"--method {method} contradicts --param {param}, which only changes {parts[1]}; "
+                              f"drop --method or use --method {parts[1]}")
+        return parts[1]
+    if method is None:
+        raise PeftqaError(f"{param} is not under peft.<method>, so it is not clear which method's metrics to read; "
+                          f"add --method (one of {list(METHODS)}), e.g. --method lora")
+    if method not in METHODS:
+        raise PeftqaError(f"--method {method} is unknown; known methods are {list(METHODS)}")
+    return method
+
+
+def check_param(records: Sequence[ExpRecord], param: str) -> None:
+    """Raise a PeftqaError when `param` is no params key of any row, or when every row sets it to one value."""
+    known = sorted({key for record in records for key in record.params})
+    if param not in known:
+        close = difflib.get_close_matches(param, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; params keys look like {', '.join(known[:3])}"
+        raise PeftqaError(f"{param} is not a param of any experiment in `dvc exp show`{hint}")
+    values = {json.dumps(record.params[param], sort_keys=True) for record in records if param in record.params}
+    if len(values) < 2:
+        raise PeftqaError(f"no experiment in `dvc exp show` sets {param} (every row has {param}={next(iter(values))}); "
+                          f"run e.g. `dvc exp run -S {param}={example_value(json.loads(next(iter(values))))}` first")
+
+
+def example_value(value: object) -> str:
+    """Another value of a param, for the hint in an error message: double a number, negate a flag."""
+    if isinstance(value, bool):
+        return str(not value).lower()
+    if isinstance(value, (int, float)):
+        return f"{value * 2:g}" if value else "1"
+    return "<value>"
+
+
+def confounding_keys(records: Sequence[ExpRecord], param: str) -> list[list[str]]:
+    """Per record, the params keys (other than `param`) whose value differs from the most common value across records.
+
+    A tie goes to the value seen first, and `dvc exp show` lists a baseline before its experiments, so in a two-row
+    table the experiment (not the baseline) is the one flagged.
+    """
+    keys = sorted({key for record in records for key in record.params} - {param})
+    absent = "<absent>"
+    majority = {key: Counter(json.dumps(r.params.get(key, absent), sort_keys=True) for r in records).most_common(1)[0][0]
+                for key in keys}
+    return [[key for key in keys if json.dumps(r.params.get(key, absent), sort_keys=True) != majority[key]]
+            for r in records]
+
+
+def value_sort_key(value: object) -> tuple:
+    """Numbers in numeric order before everything else (strings, booleans) in text order."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def metric_columns(metric: str) -> list[str]:
+    """The metric columns of the table: the selection metric on val, then test accuracy, macro-F1, `metric` and n."""
+    return list(dict.fromkeys([f"val_{metric}", "test_accuracy", "test_macro_f1", f"test_{metric}", "test_n"]))
+
+
+def build_ablation(records: Sequence[ExpRecord], param: str, method: str, metric: str = "macro_f1",
+                   select_on: Literal["val", "test"] = "val") -> tuple[pd.DataFrame, list[str]]:
+    """The ablation table sorted by the swept value, with `chosen` marking the best `select_on` metric, and one
+    "<name>: <why>" note per record left out (param not set, or a metrics file or key missing).
+
+    Ties in the selection go to the row first in sorted order, i.e. the smallest swept value (the cheaper model).
+    """
+    check_param(records, param)
+    confounds = confounding_keys(records, param)
+    paths = {split: metrics_path(method, split) for split in ("val", "test")}
+    rows, skipped = [], []
+    for record, other_changes in zip(records, confounds):
+        if param not in record.params:
+            skipped.append(f"{record.name}: does not set {param}")
+            continue
+        split_metrics = {split: record.metrics.get(path) for split, path in paths.items()}
+        missing = [f"{paths[split]}" + ("" if split_metrics[split] is None else f" key '{metric}'")
+                   for split in ("val", "test") if metric not in (split_metrics[split] or {})]
+        if missing:
+            skipped.append(f"{record.name}: no {' or '.join(missing)}")
+            continue
+        row = {"experiment": record.name, "kind": record.kind, "rev": record.rev, param: record.params[param]}
+        for column in metric_columns(metric):
+            split, key = column.split("_", 1)
+            row[column] = split_metrics[split].get(key, np.nan)
+        rows.append({**row, "chosen": False, "other_changes": ", ".join(other_changes)})
+    if not rows:
+        raise PeftqaError(f"no experiment that sets {param} has {metrics_path(method, 'val')} and "
+                          f"{metrics_path(method, 'test')} with '{metric}' ({len(skipped)} skipped: "
+                          f"{'; '.join(skipped[:3])}); did evaluate@{method} run in these experiments?")
+    order = sorted(range(len(rows)), key=lambda i: (value_sort_key(rows[i][param]), i))
+    table = pd.DataFrame([rows[i] for i in order]).reset_index(drop=True)
+    scores = pd.to_numeric(table[f"{select_on}_{metric}"], errors="coerce")
+    if scores.notna().any():
+        table.loc[scores.idxmax(), "chosen"] = True  # idxmax returns the first of tied maxima
+    return table, skipped
+
+
+# -----------------------------------------------------------------------------
+# reports: markdown for people, CSV for code, one figure
+
+
+def format_value(value: object, width: int = 40) -> str:
+    text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def chosen_sentence(table: pd.DataFrame, param: str, metric: str, select_on: str) -> str:
+    """e.g. "chosen by val macro-F1: r=8 (test macro-F1 0.512)", with the caveats a reader needs."""
+    chosen = table[table["chosen"]]
+    if chosen.empty:
+        return f"no row has a {select_on} {metric_label(metric)}, so none is chosen."
+    row = chosen.iloc[0]
+    report_on = "test" if select_on == "val" else "val"
+    sentence = (f"chosen by {select_on} {metric_label(metric)}: {param.split('.')[-1]}={format_value(row[param])} "
+                f"({report_on} {metric_label(metric)} {row[f'{report_on}_{metric}']:.3f})")
+    if select_on == "test":
+        sentence += "; chosen on test, so its test score is optimistic"
+    if row["other_changes"]:
+        sentence += f"; note that this experiment also changes {row['other_changes']}"
+    return sentence + "."
+
+
+def format_markdown(table: pd.DataFrame, param: str, metric: str, select_on: str, skipped: Sequence[str]) -> str:
+    """The table (metrics to 3 decimals, the CSV keeps full precision), the chosen row, then the rows left out."""
+    shown = table.drop(columns=["kind"]).assign(
+        **{param: table[param].map(format_value), "chosen": table["chosen"].map({True: "yes", False: ""})})
+    lines = [shown.to_markdown(index=False, floatfmt=".3f", missingval=""), "",
+             chosen_sentence(table, param, metric, select_on)]
+    if table["other_changes"].astype(bool).any():
+        lines.append("other_changes: params that differ from most rows besides the swept one; "
+                     "those rows do not isolate its effect.")
+    if skipped:
+        lines.append(f"{len(skipped)} skipped: " + "; ".join(skipped) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def plot_ablation(table: pd.DataFrame, param: str, metric: str, method: str) -> Figure:
+    """Val and test `metric` against the swept value: points per experiment, a line through the per-value means.
+    Text or boolean values go on a categorical axis; positive numbers spanning >= LOG_X_SPAN x on a log axis."""
+    values = table[param].tolist()
+    numeric = all(value_sort_key(v)[0] == 0 for v in values)
+    if numeric:
+        x = np.array(values, dtype=float)
+    else:
+        categories = list(dict.fromkeys(values))  # already in sorted order
+        x = np.array([categories.index(v) for v in values], dtype=float)
+    color = METHOD_COLORS.get(method, "tab:blue")
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    for split, style, marker in (("test", "-", "o"), ("val", "--", "s")):
+        y = pd.to_numeric(table[f"{split}_{metric}"], errors="coerce").to_numpy()
+        means = pd.Series(y).groupby(x).mean()
+        ax.plot(means.index, means.to_numpy(), style, color=color, alpha=1.0 if split == "test" else 0.6)
+        ax.plot(x, y, marker, linestyle="none", color=color, alpha=1.0 if split == "test" else 0.6,
+                label=f"{split} {metric_label(metric)}")
+    chosen = table.index[table["chosen"]]
+    if len(chosen):
+        i = chosen[0]
+        ax.plot(x[i], table.loc[i, f"val_{metric}"], "o", markersize=14, markerfacecolor="none", color="black",
+                label="chosen")
+    if numeric and x.min() > 0 and x.max() / x.min() >= LOG_X_SPAN:
+        ax.set_xscale("log")
+    if numeric:
+        ticks = sorted(set(x.tolist()))
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+    else:
+        ax.set_xticks(range(len(categories)), [format_value(c, 20) for c in categories],
+                      rotation=20 if any(len(str(c)) > 8 for c in categories) else 0)
+    ax.set(title=f"{method}: {metric_label(metric)} against {param}", xlabel=param, ylabel=metric_label(metric))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Render to a temporary name, then rename: a half-written PNG never sits at `path`."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------
+# the command
+
+
+def read_exp_show(json_file: Path | None, root: Path) -> list:
+    """The parsed output of `dvc exp show --json` run in `root`, or of a saved dump when `json_file` is given."""
+    if json_file is not None:
+        try:
+            text = json_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise PeftqaError(f"--json-file {json_file}: not found") from None
+        source = str(json_file)
+    else:
+        try:
+            result = subprocess.run(["dvc", "exp", "show", "--json"], cwd=root, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise PeftqaError("`dvc` is not on PATH; activate the project's virtual environment") from None
+        if result.returncode != 0:
+            raise PeftqaError(f"`dvc exp show --json` failed in {root} (exit {result.returncode}): "
+                              f"{result.stderr.strip()[-1500:]}")
+        text, source = result.stdout, "`dvc exp show --json`"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise PeftqaError(f"{source}: not JSON ({err}); it should be the output of `dvc exp show --json`") from None
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m stages.ablation", description=__doc__.splitlines()[0])
+    parser.add_argument("--param", required=True, help="the swept params.yaml key, dotted (e.g. peft.lora.r)")
+    parser.add_argument("--method", choices=METHODS, help="whose metrics to read; implied by peft.<method>.* params")
+    parser.add_argument("--metric", default="macro_f1", help="the metrics_*.json key to select on and plot")
+    parser.add_argument("--select-on", choices=("val", "test"), default="val", help="split whose metric picks the row")
+    parser.add_argument("--out", type=Path, default=ABLATION_DIR, help="output folder (relative to the repo root)")
+    parser.add_argument("--json-file", type=Path, help="read a saved `dvc exp show --json` dump instead of running it")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    root = project_root()
+    method = method_for_param(args.param, args.method)
+    records, errored = parse_exp_show(read_exp_show(args.json_file, root))
+    table, skipped = build_ablation(records, args.param, method, metric=args.metric, select_on=args.select_on)
+    skipped = errored + skipped
+    if skipped:
+        log.warning("ablation: %d experiments skipped (see the .md): %s", len(skipped), "; ".join(skipped))
+
+    out = args.out if args.out.is_absolute() else root / args.out
+    markdown = format_markdown(table, args.param, args.metric, args.select_on, skipped)
+    write_csv_atomic(out / f"{args.param}.csv", table)
+    write_text_atomic(out / f"{args.param}.md", f"# Ablation of {args.param} ({method})\n\n{markdown}")
+    save_figure(plot_ablation(table, args.param, args.metric, method), out / f"{args.param}.png")
+    print(markdown, end="")
+    log.info("ablation: %d rows, %d skipped -> %s/%s.{csv,md,png}", len(table), len(skipped), out, args.param)
+
+
+if __name__ == "__main__":
+    run_cli(main)
