@@ -30,16 +30,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from stages.common import PeftqaError, atomic_path, log, project_root, run_cli, write_csv_atomic, \
+from stages.common import PeftqaError, log, project_root, run_cli, write_csv_atomic, \
     write_text_atomic  # noqa: E402
-from stages.figures import METHOD_COLORS  # noqa: E402
+from stages.figures import METHOD_COLORS, save_figure  # noqa: E402
 from stages.params import METHODS  # noqa: E402
 
 ABLATION_DIR = Path("reports/ablation")
 PARAMS_FILE = "params.yaml"  # the params file whose keys are written without a "<file>:" prefix
 METRIC_LABELS = {"macro_f1": "macro-F1", "accuracy": "accuracy"}  # how the sentence and the figure name a metric
 LOG_X_SPAN = 8  # positive numeric values spanning at least this ratio are plotted on a log x axis (ranks 2..64)
-DPI = 120  # sharp in a browser, small in git
 Kind = Literal["workspace", "baseline", "experiment"]
 
 
@@ -308,17 +307,11 @@ def plot_ablation(table: pd.DataFrame, param: str, metric: str, method: str) -> 
     else:
         ax.set_xticks(range(len(categories)), [format_value(c, 20) for c in categories],
                       rotation=20 if any(len(str(c)) > 8 for c in categories) else 0)
+        ax.set_xlim(-0.5, len(categories) - 0.5)
     ax.set(title=f"{method}: {metric_label(metric)} against {param}", xlabel=param, ylabel=metric_label(metric))
     ax.grid(alpha=0.3)
     ax.legend()
     return fig
-
-
-def save_figure(fig: Figure, path: Path) -> None:
-    """Render to a temporary name, then rename: a half-written PNG never sits at `path`."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
 
 
 # -----------------------------------------------------------------------------

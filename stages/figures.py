@@ -4,6 +4,7 @@ Kept apart from stages/report.py so that editing the report does not make DVC re
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import matplotlib
@@ -15,9 +16,11 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from stages.common import atomic_path  # noqa: E402
 from stages.metrics import UNMAPPED  # noqa: E402
 from stages.params import METHODS  # noqa: E402
 
+DPI = 120  # sharp in a browser, small in git
 # one colour per method, fixed by registry order so a method keeps its colour whatever params.methods lists
 METHOD_COLORS = dict(zip(METHODS, matplotlib.colormaps["tab10"].colors))
 
@@ -39,3 +42,10 @@ def plot_confusion(confusion: pd.DataFrame, labels: Sequence[str], method: str, 
     ax.set_yticks(range(counts.shape[0]), matrix.index)
     ax.set(title=f"{method}: {split} confusion (n={counts.sum()})", xlabel="predicted", ylabel="gold")
     return fig
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Render to a temporary name, then rename: a half-written PNG never sits at `path`."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)

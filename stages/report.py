@@ -36,7 +36,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from stages.common import PeftqaError, atomic_path, run_cli, write_json_atomic  # noqa: E402
-from stages.figures import METHOD_COLORS, plot_confusion  # noqa: E402
+from stages.figures import METHOD_COLORS, plot_confusion, save_figure  # noqa: E402
 from stages.metrics import UNMAPPED, abstention_curve, top_label_probability  # noqa: E402
 from stages.params import Params, load_params  # noqa: E402
 
@@ -51,7 +51,6 @@ REPORT_DIR = Path("reports")
 FIGURES_DIR = REPORT_DIR / "figures"
 SUBMISSION_DIR = REPORT_DIR / "submission"
 
-DPI = 120  # sharp in a browser, small in git
 COLLAPSE_SHARE = 0.95  # a method giving one label to more than this share of test items has collapsed to it
 SERIES_STYLES = ({"alpha": 1.0}, {"alpha": 0.5, "hatch": "//"}, {"alpha": 0.3, "hatch": ".."})  # bars of one method
 FIGURE_CAPTIONS = {  # the fixed figures; one confusion matrix per method comes on top (confusion_figure_name)
@@ -771,13 +770,6 @@ def build_figures(inputs: ReportInputs, labels: Sequence[str]) -> dict[str, Figu
     if inputs.protocols is not None and not inputs.protocols.seeds_test.empty:
         figures[SEEDS_FIGURE] = plot_seed_spread(inputs.protocols.seeds_test)
     return figures
-
-
-def save_figure(fig: Figure, path: Path) -> None:
-    """Render to a temporary name, then rename: a half-written PNG never sits at `path`."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
 
 
 # -----------------------------------------------------------------------------
