@@ -13,7 +13,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from stages import report
+from stages.report import FIGURE_CAPTIONS
 from tiny_models import write_synthetic_pubmedqa
 
 SMOKE_PARAMS = {"prepare.limit": 80, "train.epochs": 1, "train.batch_size": 8, "model.max_length": 64,
@@ -51,7 +51,7 @@ def test_dvc_repro_runs_the_whole_pipeline_on_a_small_slice(repo_copy, pipeline_
     stats = pd.read_csv(repo_copy / "reports/stats/stats_eval_test.csv")
     assert len(stats) == 3 * 6  # 3 tuned-vs-base + 3 tuned pairs, 3 rows each
     figures = sorted((repo_copy / "reports/figures").glob("*.png"))
-    assert len(figures) == len(report.FIGURE_CAPTIONS) + len(METHODS)  # no seeds figure: the protocols are off
+    assert len(figures) == len(FIGURE_CAPTIONS) + len(METHODS)  # no seeds figure: the protocols are off
     for figure in figures:
         assert figure.stat().st_size > 0
         Image.open(figure).verify()
