@@ -84,7 +84,7 @@ def sha256_file(path: str | Path) -> str:
 
 def project_root() -> Path:
     """The repository root, absolute. DVC sets DVC_ROOT for stage commands; `dvc exp run --temp/--queue`
-    runs them in <root>/.dvc/tmp/exps/..., and shared state (mlflow.db) belongs to <root>, not the copy."""
+    runs them in copies under <root>/.dvc (its temp folder), and shared state (mlflow.db) belongs to <root>, not the copy."""
     root = Path(os.environ.get("DVC_ROOT") or _find_up(Path.cwd(), "dvc.yaml") or Path.cwd()).resolve()
     parts = root.parts
     for i in range(len(parts) - 3):

@@ -1,7 +1,7 @@
 """MLflow plumbing: one absolute sqlite store per project, race-safe experiment creation, run tags.
 
 The store is sqlite:///<DVC_ROOT>/mlflow.db with artifacts in <DVC_ROOT>/mlruns, always absolute: `dvc exp run
---temp/--queue` runs stages in .dvc/tmp/exps/..., where a relative URI would silently write to a copy that is
+--temp/--queue` runs stages in copies under .dvc (its temp folder), where a relative URI would silently write to a copy that is
 thrown away. MLFLOW_TRACKING_URI overrides the store (and is redacted whenever it is printed).
 """
 from __future__ import annotations

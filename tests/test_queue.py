@@ -1,5 +1,5 @@
 """Parallel `dvc exp` workers share one MLflow store: four queued experiments, two at a time (`dvc queue start -j 2`),
-each log their runs into <repo>/mlflow.db (not into their throwaway .dvc/tmp/exps/ copy), tagged with their
+each log their runs into <repo>/mlflow.db (not into their throwaway copy under .dvc), tagged with their
 experiment name, with no sqlite 'database is locked' failure.
 
 Real DVC, real celery queue, real sqlite store; a tiny random BERT and a 60-record PubMedQA-shaped file keep it short.
@@ -94,4 +94,4 @@ def test_queued_experiments_run_two_at_a_time_into_one_mlflow_store(repo_copy, p
         assert "test_accuracy" in lora.data.metrics, name  # evaluate@lora logged into the same run
         artifacts = {a.path for a in client.list_artifacts(lora.info.run_id, "adapter")}
         assert "adapter/adapter_config.json" in artifacts, name
-    assert not list((repo_copy / ".dvc/tmp/exps").rglob("mlflow.db"))  # no store left in a workspace copy
+    assert not list((repo_copy / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))  # no store left in a workspace copy
