@@ -12,7 +12,7 @@ ifneq ($(SHARED_JSON),)
 export PUBMEDQA_JSON ?= $(SHARED_JSON)
 endif
 
-.PHONY: install run test bench ui clean
+.PHONY: install run test bench bench-reference ui clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ test: install  ## unit tests plus one end-to-end dvc repro on a small slice
 
 bench: install  ## print training throughput and inference speed of the params.yaml profile (not a test)
 	HF_HUB_OFFLINE=1 $(PY) -m stages.bench
+
+# FLAN-T5-XL's shape with random weights (no download): the full shape on a CUDA GPU, a small one on CPU
+bench-reference: install  ## time prompt and prefix tuning at the reference's scale (not a test); needs only torch, transformers, peft
+	HF_HUB_OFFLINE=1 $(PY) -m stages.bench_reference
 
 # the UI's port: `make ui UI_PORT=5001` when 5000 is taken
 UI_PORT ?= 5000

@@ -98,6 +98,15 @@ def answer_to_label(text: str, labels: tuple[str, ...]) -> str | None:
     return word if word in labels else None
 
 
+def kept_positions(n_tokens: int, budget: int, truncation: str) -> list[int]:
+    """Which of a context's n_tokens to keep when only `budget` fit: its start, its end, or both ends (half each).
+    PubMedQA abstracts end with their RESULTS/CONCLUSIONS paragraph, which the start-only cut loses first."""
+    if n_tokens <= budget:
+        return list(range(n_tokens))
+    head = {"start": budget, "end": 0, "both": (budget + 1) // 2}[truncation]
+    return list(range(head)) + list(range(n_tokens - (budget - head), n_tokens))
+
+
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     """Rows of ids -> (B, T), padded on the right with `value`."""
     width = max(len(row) for row in rows)
@@ -179,6 +188,10 @@ class Backbone:
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for part in self._parts() for p in part.parameters() if p.requires_grad]
 
+    def head_parameters(self) -> list[torch.nn.Parameter]:
+        """The trainable weights of a classification head (their own learning rate); none for the language models."""
+        return []
+
     def count_parameters(self) -> tuple[int, int]:
         """(trainable, total) parameter counts, the head included."""
         params = [p for part in self._parts() for p in part.parameters()]
@@ -236,15 +249,41 @@ class EncoderBackbone(Backbone):
 
     def _configure(self, model_params: ModelParams) -> None:
         self.pooling = model_params.pooling
+        self.truncation = model_params.truncation
         self.head = torch.nn.Linear(self.model.config.hidden_size, len(self.labels))  # always trained (base: probe)
 
     def _parts(self) -> list[torch.nn.Module]:
         return [self.model, self.head]
 
+    def head_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.head.parameters() if p.requires_grad]
+
+    def _truncate_context(self, question: str, context: str) -> str:
+        """The context cut to the tokens that fit beside the question (model.truncation picks which), as text."""
+        budget = (self.max_length - len(self.tokenizer(question, add_special_tokens=False)["input_ids"])
+                  - self.tokenizer.num_special_tokens_to_add(pair=True))
+        spans = self.tokenizer(context, add_special_tokens=False, return_offsets_mapping=True,
+                               verbose=False)["offset_mapping"]  # no "longer than the model" warning: it is cut here
+        if len(spans) <= budget:
+            return context
+        if budget < 1:
+            return ""  # the question alone fills max_length: the tokenizer call below says so
+        keep = kept_positions(len(spans), budget, self.truncation)
+        runs, run = [], [keep[0]]  # contiguous runs of kept tokens -> character spans
+        for i in keep[1:]:
+            if i == run[-1] + 1:
+                run.append(i)
+            else:
+                runs.append(run)
+                run = [i]
+        runs.append(run)
+        return " ".join(context[spans[r[0]][0]: spans[r[-1]][1]] for r in runs)
+
     def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> Batch:
-        """Tokenised (question, context) pairs; truncation cuts only the context, never the question."""
-        try:
-            encoded = self.tokenizer(list(questions), list(contexts), truncation="only_second",
+        """Tokenised (question, context) pairs; truncation cuts only the context (model.truncation says which part)."""
+        contexts = [self._truncate_context(q, c) for q, c in zip(questions, contexts, strict=True)]
+        try:  # the tokenizer's own truncation is a safety net: re-tokenised joins can gain a token
+            encoded = self.tokenizer(list(questions), contexts, truncation="only_second",
                                      max_length=self.max_length, padding=True, return_tensors="pt")
         except Exception as err:  # tokenizers: a bare `Exception: Truncation error` when a question fills max_length
             if "truncation" not in str(err).lower():
@@ -252,16 +291,19 @@ class EncoderBackbone(Backbone):
             longest = max(len(self.tokenizer(q)["input_ids"]) for q in questions)
             raise PeftqaError(f"model.max_length = {self.max_length} is too short: a question alone takes {longest} "
                               "tokens and questions are never truncated. Raise model.max_length.") from None
+        # no token_type_ids for any method: peft's prompt learning drops them for feature extraction (forced, with a
+        # warning per call), so every method gets the same encoding, segment 0 throughout, as the probe does
         batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-        prompt_learning = isinstance(self.model, PeftModel) and self.model.active_peft_config.is_prompt_learning
-        if "token_type_ids" in encoded and not prompt_learning:  # peft's prompt learning drops them, warning each call
-            batch["token_type_ids"] = encoded["token_type_ids"]
         return self._with_labels(batch, labels)
+
+    @torch.no_grad()
+    def features(self, batch: Batch) -> torch.Tensor:
+        """(B, H) pooled hidden states: what the head reads, and what the probe is fitted on."""
+        return self._pooled(batch)
 
     def _pooled(self, batch: Batch) -> torch.Tensor:
         """(B, H) pooled over the real tokens: prompt/p-tuning prepend virtual tokens, so keep the last T positions."""
-        inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in batch}
-        hidden = self.model(**inputs).last_hidden_state[:, -batch["input_ids"].shape[1]:]  # (B, T, H)
+        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, -batch["input_ids"].shape[1]:]  # (B, T, H)
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
@@ -291,6 +333,7 @@ class LanguageModelBackbone(Backbone):
 
     def _configure(self, model_params: ModelParams) -> None:
         self.template = model_params.template
+        self.truncation = model_params.truncation
         self.answer_ids = {label: self._answer_ids(label) for label in self.labels}  # the target tokens, EOS included
         self.verbalizer_ids = verbalizer_token_ids(self.answer_ids)  # (n_labels,) first token of each label
 
@@ -302,7 +345,7 @@ class LanguageModelBackbone(Backbone):
         return self.max_length
 
     def _prompt_ids(self, question: str, context: str) -> list[int]:
-        """The filled template as ids (special tokens included); if too long, tokens are cut from the context's end."""
+        """The filled template as ids (special tokens included); if too long, context tokens are cut (model.truncation)."""
         before, after = (part.replace("{question}", question) for part in self.template.split("{context}"))
         start, end = len(before), len(before) + len(context)  # the context's character span
         encoded = self.tokenizer(before + context + after, return_offsets_mapping=True)
@@ -316,7 +359,7 @@ class LanguageModelBackbone(Backbone):
             raise PeftqaError(f"model.max_length = {self.max_length} is too short: the instruction and question alone "
                               f"take {len(ids) - len(inside)} tokens of the {self._prompt_budget()} a prompt may use. "
                               "Raise model.max_length or shorten model.template.")
-        dropped = set(inside[-excess:])
+        dropped = set(inside) - {inside[i] for i in kept_positions(len(inside), len(inside) - excess, self.truncation)}
         return [token for i, token in enumerate(ids) if i not in dropped]
 
     def _generated_texts(self, batch: Batch) -> list[str]:

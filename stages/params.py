@@ -18,6 +18,8 @@ from stages.common import PeftqaError
 FAMILIES = ("encoder", "seq2seq", "causal")
 METHODS = ("base", "prompt_tuning", "prefix_tuning", "p_tuning", "lora", "ia3", "full_finetune")
 KNOWN_LABELS = ("yes", "no", "maybe")
+REFERENCES = ("majority", "tfidf_lr")  # non-trained reference rows (stage references), never training methods
+CLASS_WEIGHTINGS = ("none", "balanced")
 
 
 class ParamsError(PeftqaError):
@@ -75,6 +77,7 @@ class ModelParams:
     max_length: int = 256
     pooling: Literal["mean", "cls"] = "mean"
     template: str = "Question: {question}\nContext: {context}\nAnswer:"
+    truncation: Literal["start", "end", "both"] = "end"
     scoring: Literal["verbalizer", "generate"] = "verbalizer"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
@@ -117,21 +120,28 @@ def _check_lr(section: str, lr: float) -> None:
 
 @dataclass(frozen=True)
 class BaseMethodParams:
-    lr: float = 1e-3
+    c_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)
 
     def __post_init__(self):
-        _check_lr("base", self.lr)
+        _require(len(self.c_grid) >= 1 and all(c > 0 for c in self.c_grid), "peft.base.c_grid", self.c_grid,
+                 "list at least one inverse regularisation strength C > 0")
+
+
+def _check_head_lr(section: str, head_lr: float) -> None:
+    _require(0 < head_lr < 1, f"peft.{section}.head_lr", head_lr, "learning rate must be in (0, 1)")
 
 
 @dataclass(frozen=True)
 class PromptTuningParams:
     lr: float = 3e-2
+    head_lr: float = 1e-3  # encoder family: the classification head's own learning rate
     num_virtual_tokens: int = 20
     init: Literal["random", "text"] = "random"
     init_text: str = "Is the answer to the biomedical question yes or no?"
 
     def __post_init__(self):
         _check_lr("prompt_tuning", self.lr)
+        _check_head_lr("prompt_tuning", self.head_lr)
         _require(self.num_virtual_tokens >= 1, "peft.prompt_tuning.num_virtual_tokens", self.num_virtual_tokens, "must be >= 1")
         _require(self.init != "text" or bool(self.init_text.strip()), "peft.prompt_tuning.init_text", self.init_text,
                  "must be non-empty when init is 'text'")
@@ -140,12 +150,14 @@ class PromptTuningParams:
 @dataclass(frozen=True)
 class PrefixTuningParams:
     lr: float = 1e-2
+    head_lr: float = 1e-3  # encoder family: the classification head's own learning rate
     num_virtual_tokens: int = 20
     prefix_projection: bool = False
     projection_hidden_size: int = 512
 
     def __post_init__(self):
         _check_lr("prefix_tuning", self.lr)
+        _check_head_lr("prefix_tuning", self.head_lr)
         _require(self.num_virtual_tokens >= 1, "peft.prefix_tuning.num_virtual_tokens", self.num_virtual_tokens, "must be >= 1")
         _require(self.projection_hidden_size >= 1, "peft.prefix_tuning.projection_hidden_size",
                  self.projection_hidden_size, "must be >= 1")
@@ -154,11 +166,13 @@ class PrefixTuningParams:
 @dataclass(frozen=True)
 class PTuningParams:
     lr: float = 1e-2
+    head_lr: float = 1e-3  # encoder family: the classification head's own learning rate
     num_virtual_tokens: int = 20
     encoder_hidden_size: int = 128
 
     def __post_init__(self):
         _check_lr("p_tuning", self.lr)
+        _check_head_lr("p_tuning", self.head_lr)
         _require(self.num_virtual_tokens >= 1, "peft.p_tuning.num_virtual_tokens", self.num_virtual_tokens, "must be >= 1")
         _require(self.encoder_hidden_size >= 1, "peft.p_tuning.encoder_hidden_size", self.encoder_hidden_size, "must be >= 1")
 
@@ -174,6 +188,7 @@ class PerFamily:
 @dataclass(frozen=True)
 class LoraParams:
     lr: float = 5e-4
+    head_lr: float = 1e-3  # encoder family: the classification head's own learning rate
     r: int = 8
     alpha: int = 16
     dropout: float = 0.1
@@ -181,6 +196,7 @@ class LoraParams:
 
     def __post_init__(self):
         _check_lr("lora", self.lr)
+        _check_head_lr("lora", self.head_lr)
         _require(self.r >= 1, "peft.lora.r", self.r, "rank must be >= 1")
         _require(self.alpha > 0, "peft.lora.alpha", self.alpha, "must be > 0")
         _require(0 <= self.dropout < 1, "peft.lora.dropout", self.dropout, "must be in [0, 1)")
@@ -189,11 +205,13 @@ class LoraParams:
 @dataclass(frozen=True)
 class Ia3Params:
     lr: float = 3e-3
+    head_lr: float = 1e-3  # encoder family: the classification head's own learning rate
     target_modules: PerFamily = PerFamily(("key", "value", "output.dense"), ("k", "v", "wo"), ("k_proj", "v_proj", "down_proj"))
     feedforward_modules: PerFamily = PerFamily(("output.dense",), ("wo",), ("down_proj",))
 
     def __post_init__(self):
         _check_lr("ia3", self.lr)
+        _check_head_lr("ia3", self.head_lr)
         for family in FAMILIES:
             extra = set(getattr(self.feedforward_modules, family)) - set(getattr(self.target_modules, family))
             _require(not extra, f"peft.ia3.feedforward_modules.{family}", sorted(extra),
@@ -203,9 +221,11 @@ class Ia3Params:
 @dataclass(frozen=True)
 class FullFinetuneParams:
     lr: float = 3e-5
+    head_lr: float = 1e-3  # encoder family: the classification head's own learning rate
 
     def __post_init__(self):
         _check_lr("full_finetune", self.lr)
+        _check_head_lr("full_finetune", self.head_lr)
 
 
 @dataclass(frozen=True)
@@ -250,6 +270,34 @@ class StatsParams:
 
 
 @dataclass(frozen=True)
+class ReferencesParams:
+    names: tuple[str, ...] = REFERENCES
+    tfidf_c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
+    tfidf_ngram_max: int = 2
+    tfidf_class_weighting: tuple[str, ...] = CLASS_WEIGHTINGS
+
+    def __post_init__(self):
+        _require(len(self.names) >= 1, "references.names", self.names, "list at least one reference")
+        for name in self.names:
+            _require(name in REFERENCES, "references.names", self.names, f"'{name}' is not one of {REFERENCES}")
+        _require(len(set(self.names)) == len(self.names), "references.names", self.names, "a reference is listed twice")
+        _require(len(self.tfidf_c_grid) >= 1, "references.tfidf_c_grid", self.tfidf_c_grid, "list at least one C")
+        for c in self.tfidf_c_grid:
+            _require(c > 0, "references.tfidf_c_grid", self.tfidf_c_grid, f"C = {c} must be > 0")
+        _require(len(set(self.tfidf_c_grid)) == len(self.tfidf_c_grid), "references.tfidf_c_grid", self.tfidf_c_grid,
+                 "a C is listed twice")
+        _require(1 <= self.tfidf_ngram_max <= 3, "references.tfidf_ngram_max", self.tfidf_ngram_max,
+                 "must be 1, 2 or 3")
+        _require(len(self.tfidf_class_weighting) >= 1, "references.tfidf_class_weighting",
+                 self.tfidf_class_weighting, "list at least one of none, balanced")
+        for weighting in self.tfidf_class_weighting:
+            _require(weighting in CLASS_WEIGHTINGS, "references.tfidf_class_weighting", self.tfidf_class_weighting,
+                     f"'{weighting}' is not one of {CLASS_WEIGHTINGS}")
+        _require(len(set(self.tfidf_class_weighting)) == len(self.tfidf_class_weighting),
+                 "references.tfidf_class_weighting", self.tfidf_class_weighting, "a weighting is listed twice")
+
+
+@dataclass(frozen=True)
 class Params:
     fetch: FetchParams
     prepare: PrepareParams = PrepareParams()
@@ -260,6 +308,7 @@ class Params:
     mlflow: MlflowParams = MlflowParams()
     evaluate: EvaluateParams = EvaluateParams()
     stats: StatsParams = StatsParams()
+    references: ReferencesParams = ReferencesParams()
     seeds: tuple[int, ...] = ()
 
     def __post_init__(self):

@@ -5,13 +5,15 @@ Inputs (columns in each writing stage's docstring), for every method m in params
   models/<m>/history.csv, models/<m>/train_summary.json,
   reports/eval/<m>/metrics_test.json, reports/eval/<m>/cm_test.csv, reports/eval/<m>/preds_test.csv,
   reports/eval/<m>/preds_val.csv (abstention thresholds are chosen on val), reports/stats/stats_eval_test.csv,
+  for every reference r in params.references.names reports/references/<r>/metrics_test.json and preds_test.csv
+  (reference rows: in the performance table and figure, the significance table and each method's findings),
   and reports/protocols/*.csv when the protocols stage has run.
 Outputs: reports/figures/*.png (names in FIGURE_CAPTIONS, plus cm_<m>_test.png and SEEDS_FIGURE), reports/report.md, and under
   prepare.protocol: official, reports/submission/<m>.json (PMID -> predicted label; unmapped predictions are left out,
   never guessed, and counted in report.md).
-Guards: preds whose PMIDs differ from test.csv, metrics of another n, or a stats file missing a comparison stop the
-stage (stale inputs: run `dvc repro`); the performance table is parsed back from the written report and must equal
-metrics_test.json as printed, or report.md is not written.
+Guards: preds (of a method or a reference row) whose PMIDs differ from test.csv, metrics of another n, or a stats file
+missing a comparison stop the stage (stale inputs: run `dvc repro`); the performance table is parsed back from the
+written report and must equal metrics_test.json as printed, or report.md is not written.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import json
 import logging
 import math
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
@@ -39,12 +41,14 @@ from stages.common import PeftqaError, atomic_path, run_cli, write_json_atomic  
 from stages.figures import METHOD_COLORS, plot_confusion, save_figure  # noqa: E402
 from stages.metrics import UNMAPPED, abstention_curve, top_label_probability  # noqa: E402
 from stages.params import Params, load_params  # noqa: E402
+from stages.stats import mcnemar_detectable_difference  # noqa: E402
 
 log = logging.getLogger("peftqa.report")
 
 PROCESSED_DIR = Path("data/processed")
 MODELS_DIR = Path("models")
 EVAL_DIR = Path("reports/eval")
+REFERENCES_DIR = Path("reports/references")
 STATS_PATH = Path("reports/stats/stats_eval_test.csv")
 PROTOCOLS_DIR = Path("reports/protocols")
 REPORT_DIR = Path("reports")
@@ -54,7 +58,7 @@ SUBMISSION_DIR = REPORT_DIR / "submission"
 COLLAPSE_SHARE = 0.95  # a method giving one label to more than this share of test items has collapsed to it
 SERIES_STYLES = ({"alpha": 1.0}, {"alpha": 0.5, "hatch": "//"}, {"alpha": 0.3, "hatch": ".."})  # bars of one method
 FIGURE_CAPTIONS = {  # the fixed figures; one confusion matrix per method comes on top (confusion_figure_name)
-    "performance_bar_test.png": "Test accuracy and macro-F1 per method",
+    "performance_bar_test.png": "Test accuracy and macro-F1 per method and reference row (grey)",
     "latency_bar_test.png": "Per-example test latency, mean and p95",
     "param_footprint_bar.png": "Trainable parameters per method (log scale)",
     "eval_macro_f1_per_epoch.png": "Validation macro-F1 per epoch (star: the kept epoch)",
@@ -67,6 +71,14 @@ SEEDS_FIGURE = "seeds_macro_f1_test.png"  # only when the repeated-seeds protoco
 TEST_NAMES = {"mcnemar_exact": "McNemar exact", "paired_bootstrap": "Paired bootstrap"}
 METRIC_NAMES = {"accuracy": "Accuracy", "macro_f1": "Macro-F1"}
 REQUIRED_STATS = (("paired_bootstrap", "macro_f1"), ("mcnemar_exact", "accuracy"))  # per tuned method vs baseline
+REFERENCE_COLORS = {"majority": "0.8", "tfidf_lr": "0.55"}  # greys: reference rows are not methods (METHOD_COLORS)
+REFERENCE_DESCRIPTIONS = {
+    "majority": "always answers the train split's most frequent label",
+    "tfidf_lr": "is TF-IDF + LogisticRegression on question + context, fitted on train, its n-grams, C and class "
+                "weighting chosen on val macro-F1",
+}
+DETECT_ALPHA = 0.05  # the smallest detectable difference: two-sided McNemar at this level...
+DETECT_POWER = 0.80  # ...with this power
 ABSTAIN_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9)  # --abstain-below P values tabulated; 0.5 answers all
 ABSTAIN_TARGET_ACCURACY = 0.7  # the report's worked example of choosing P on val: the lowest P reaching this...
 ABSTAIN_MIN_ANSWERED = 10  # ...on at least this many answered val items (below that one item moves accuracy by >0.1)
@@ -100,6 +112,8 @@ class ReportInputs:
     preds_val: dict[str, pd.DataFrame]
     stats: pd.DataFrame
     protocols: ProtocolResults | None = None  # None: the protocols stage has not run (reports/protocols/ absent)
+    reference_metrics: dict[str, dict] = field(default_factory=dict)  # per reference row: its metrics_test.json
+    reference_preds: dict[str, pd.DataFrame] = field(default_factory=dict)  # per reference row: its preds_test.csv
 
     @property
     def n_test(self) -> int:
@@ -123,9 +137,10 @@ def read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"pmid": str})
 
 
-def read_inputs(methods: Sequence[str]) -> ReportInputs:
-    def per_method(folder: Path, name: str, reader: Callable[[Path], T]) -> dict[str, T]:
-        return {m: read_input(folder / m / name, reader) for m in methods}
+def read_inputs(methods: Sequence[str], references: Sequence[str] = ()) -> ReportInputs:
+    def per_method(folder: Path, name: str, reader: Callable[[Path], T], names: Sequence[str] = methods
+                   ) -> dict[str, T]:
+        return {m: read_input(folder / m / name, reader) for m in names}
 
     test = read_input(PROCESSED_DIR / "test.csv", read_csv)
     return ReportInputs(
@@ -139,6 +154,8 @@ def read_inputs(methods: Sequence[str]) -> ReportInputs:
         preds_val=per_method(EVAL_DIR, "preds_val.csv", read_csv),
         stats=read_input(STATS_PATH, pd.read_csv),
         protocols=read_protocols(),
+        reference_metrics=per_method(REFERENCES_DIR, "metrics_test.json", read_json, references),
+        reference_preds=per_method(REFERENCES_DIR, "preds_test.csv", read_csv, references),
     )
 
 
@@ -194,17 +211,33 @@ def check_method_fresh(inputs: ReportInputs, method: str) -> None:
                           f"{len(inputs.preds_val[method])} rows, split_stats.csv {n_val} val items. Run `dvc repro`.")
 
 
-def check_inputs_fresh(inputs: ReportInputs, methods: Sequence[str], baseline: str) -> None:
+def check_reference_fresh(inputs: ReportInputs, reference: str) -> None:
+    """A reference row's preds and metrics must cover exactly the PMIDs of test.csv, as a method's."""
+    pmids = inputs.reference_preds[reference]["pmid"]
+    unlike = set(pmids) ^ inputs.test_pmids
+    if unlike or len(pmids) != inputs.n_test or inputs.reference_metrics[reference]["n"] != inputs.n_test:
+        raise PeftqaError(
+            f"report: reference '{reference}' is stale: {REFERENCES_DIR / reference / 'preds_test.csv'} has "
+            f"{len(pmids)} rows and metrics_test.json n={inputs.reference_metrics[reference]['n']}, "
+            f"{len(unlike)} PMIDs differ from data/processed/test.csv ({inputs.n_test} items). "
+            "Run `dvc repro references`.")
+
+
+def check_inputs_fresh(inputs: ReportInputs, methods: Sequence[str], baseline: str,
+                       references: Sequence[str] = ()) -> None:
     """Refuse to report numbers computed on another test set or by another model: those are stale DVC outputs."""
     for method in methods:
         check_method_fresh(inputs, method)
+    for reference in references:
+        check_reference_fresh(inputs, reference)
     models = {m: (inputs.summary[m]["model"], inputs.summary[m]["family"]) for m in methods}
     if len(set(models.values())) > 1:
         raise PeftqaError(f"report: the methods were trained on different models {models}; some are stale. "
                           "Run `dvc repro`.")
-    for method in (m for m in methods if m != baseline):
+    pairs = [(m, baseline) for m in methods if m != baseline] + [(m, r) for m in methods for r in references]
+    for method, reference in pairs:
         for test, metric in REQUIRED_STATS:
-            if stats_row(inputs.stats, method, baseline, test, metric)["n"] != inputs.n_test:
+            if stats_row(inputs.stats, method, reference, test, metric)["n"] != inputs.n_test:
                 raise PeftqaError(f"report: {STATS_PATH} compares '{method}' on another test size than "
                                   f"test.csv ({inputs.n_test}); it is stale. Run `dvc repro`.")
 
@@ -309,6 +342,21 @@ def performance_columns(labels: Sequence[str]) -> list[Column]:
     ]
 
 
+def reference_label(reference: str) -> str:
+    """How a reference row is named in the report's tables and prose: never mistaken for a method."""
+    return f"{reference} (reference)"
+
+
+def performance_rows(metrics: dict[str, dict], reference_metrics: dict[str, dict],
+                     columns: Sequence[Column]) -> dict[str, dict]:
+    """The performance table's rows, by their printed name: the methods, then the reference rows. A reference has no
+    latency (nothing is timed) and no trainable parameters: those cells get NaN, printed n/a."""
+    keys = [key for column in columns for key in column.keys]
+    references = {reference_label(r): {key: float("nan") for key in keys} | values
+                  for r, values in reference_metrics.items()}
+    return {**metrics, **references}
+
+
 def performance_table(metrics: dict[str, dict], columns: Sequence[Column]) -> str:
     rows = [[method, *(c.cell(values) for c in columns)] for method, values in metrics.items()]
     return markdown_table(["Method", *(c.header for c in columns)], rows)
@@ -326,8 +374,8 @@ def check_performance_table(markdown: str, metrics: dict[str, dict], columns: Se
             printed = row[column.header].split(" / ")
             for text, key in zip(printed, column.keys):
                 value = float(metrics[row["Method"]][key])
-                expected = round_as_printed(value, column.digits, column.significant)
-                same = (text == "n/a") if math.isnan(value) else text != "n/a" and math.isclose(float(text), expected)
+                same = (text == "n/a") if math.isnan(value) else text != "n/a" and math.isclose(
+                    float(text), round_as_printed(value, column.digits, column.significant))
                 if not same or len(printed) != len(column.keys):
                     raise PeftqaError(f"report: report.md says {column.header} = {row[column.header]} for "
                                       f"{row['Method']}, but metrics_test.json has {key} = {value}; not written.")
@@ -342,13 +390,21 @@ def split_table(split_stats: pd.DataFrame) -> str:
     return markdown_table(header, split_stats.astype(str).to_numpy().tolist())
 
 
-def significance_table(stats: pd.DataFrame, baseline: str, confidence: float) -> str:
-    """Every comparison of the stats stage; 'Tuned Method' is the method alone when its reference is the baseline."""
+def comparison_name(method: str, reference: str, baseline: str, references: Sequence[str]) -> str:
+    """'lora' against the baseline, 'lora vs prompt_tuning' against a method, 'lora vs majority (reference)'."""
+    if reference == baseline:
+        return method
+    return f"{method} vs {reference_label(reference) if reference in references else reference}"
+
+
+def significance_table(stats: pd.DataFrame, baseline: str, confidence: float, references: Sequence[str] = ()) -> str:
+    """Every comparison of the stats stage; 'Tuned Method' is the method alone when its reference is the baseline,
+    and names a reference row as such (comparison_name)."""
     rows = []
     for row in stats.itertuples(index=False):
         ci = "—" if pd.isna(row.ci_low) else f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
         rows.append([
-            row.method if row.reference == baseline else f"{row.method} vs {row.reference}",
+            comparison_name(row.method, row.reference, baseline, references),
             TEST_NAMES.get(row.test, row.test),
             METRIC_NAMES.get(row.metric, row.metric),
             f"{row.effect:+.3f}",
@@ -599,6 +655,62 @@ def describe_baseline(baseline: str, metrics: dict, preds: pd.DataFrame) -> str:
             f"{metrics['accuracy']:.3f}." + collapse_sentence(baseline, preds))
 
 
+def describe_against_references(method: str, references: Sequence[str], stats: pd.DataFrame,
+                                confidence: float) -> str:
+    """One sentence on `method` vs each reference row: 'beats' / 'is worse than' only when the paired bootstrap CI of
+    Δmacro-F1 excludes 0, otherwise 'is indistinguishable from'; '' without reference rows."""
+    clauses = []
+    for reference in references:
+        boot = stats_row(stats, method, reference, "paired_bootstrap", "macro_f1")
+        verdict = ("beats" if boot.ci_low > 0 else "is worse than" if boot.ci_high < 0
+                   else "is indistinguishable from")
+        caveat = (", suggestive only after Holm correction" if verdict != "is indistinguishable from"
+                  and boot.p_holm >= 1 - confidence else "")
+        clauses.append(f"{method} {verdict} {reference_label(reference)} (Δ macro-F1 {boot.effect:+.3f}, "
+                       f"{confidence:.0%} CI [{boot.ci_low:+.3f}, {boot.ci_high:+.3f}], "
+                       f"{p_clause(boot.p_value, boot.p_holm)}{caveat})")
+    if not clauses:
+        return ""
+    return " Against the reference rows: " + "; ".join(clauses) + "."
+
+
+def format_detectable(delta: float) -> str:
+    """A mcnemar_detectable_difference as printed: 'none' where no difference reaches the power (inf)."""
+    if math.isnan(delta):
+        return "not estimable (no discordant item)"
+    return "none" if math.isinf(delta) else f"{delta:.3f}"
+
+
+def detectable_difference_sentence(stats: pd.DataFrame, methods: Sequence[str], baseline: str,
+                                   references: Sequence[str], n_test: int) -> str:
+    """The smallest accuracy difference this test set can detect (mcnemar_detectable_difference), at the mean
+    discordance (b + c) / n observed over the comparisons against the baseline; with no tuned method, over the
+    baseline's comparisons against the reference rows. Each comparison's own value follows in parentheses."""
+    pairs = [(m, baseline) for m in methods if m != baseline] or [(baseline, r) for r in references]
+    if not pairs:
+        return ""
+    mcnemar = {pair: stats_row(stats, *pair, "mcnemar_exact", "accuracy") for pair in pairs}
+    rates = {pair: (row.b + row.c) / row.n for pair, row in mcnemar.items()}  # the discordance ψ of each comparison
+    deltas = {pair: mcnemar_detectable_difference(n_test, rate, DETECT_ALPHA, DETECT_POWER)
+              for pair, rate in rates.items()}
+    mean_rate = float(np.mean(list(rates.values())))
+    mean_delta = mcnemar_detectable_difference(n_test, mean_rate, DETECT_ALPHA, DETECT_POWER)
+    which = (f"the comparisons against the baseline `{baseline}`" if pairs[0][1] == baseline
+             else "the baseline's comparisons against the reference rows")
+    each = ", ".join(f"{comparison_name(m, r, baseline, references)} {rates[m, r]:.3f} → "
+                     f"{format_detectable(deltas[m, r])}" for m, r in pairs)
+    text = (f"Smallest detectable difference: with n = {n_test} test items, the smallest accuracy difference a "
+            f"two-sided McNemar test at α = {DETECT_ALPHA:.2f} detects with {DETECT_POWER:.0%} power is "
+            f"{format_detectable(mean_delta)}, at the discordance rate (b+c)/n = {mean_rate:.3f}, the mean over "
+            f"{which} (per comparison, (b+c)/n → smallest difference: {each}). It uses the normal approximation "
+            "n = [z_(α/2)√ψ + z_β√(ψ − δ²)]² / δ², solved for the accuracy difference δ at the discordance ψ. "
+            "A smaller true difference would most often go undetected, so 'indistinguishable' does not mean 'equal'.")
+    if any(math.isinf(delta) for delta in [mean_delta, *deltas.values()]):
+        text += (" 'none': even a method winning every discordant item would fall short of that power at this "
+                 "test size.")
+    return text
+
+
 # -----------------------------------------------------------------------------
 # figures: one helper per kind of drawing, shared by the figures that use it
 
@@ -611,15 +723,16 @@ def clip_for_log(values: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def draw_grouped_bars(ax: Axes, table: pd.DataFrame, value_format: Callable[[float], str],
-                      log_scale: bool = False) -> None:
-    """One cluster per method (row) in the method's colour, one bar per series (column) told apart by hatching;
-    every bar carries its value. On a log axis a zero sits at the floor and is still labelled with its true value."""
+                      log_scale: bool = False, colors: Sequence[object] | None = None) -> None:
+    """One cluster per method (row) in the method's colour (or `colors`, one per row), one bar per series (column)
+    told apart by hatching; every bar carries its value. On a log axis a zero sits at the floor and is still labelled
+    with its true value."""
     values = table.to_numpy(dtype=float)  # (methods, series)
     heights, floor = clip_for_log(values) if log_scale else (values, 0.0)
     n_series = values.shape[1]
     width = 0.8 / n_series
     x = np.arange(len(table))
-    colors = [METHOD_COLORS[m] for m in table.index]
+    colors = [METHOD_COLORS[m] for m in table.index] if colors is None else list(colors)
     for j, style in zip(range(n_series), SERIES_STYLES):
         bars = ax.bar(x + (j - (n_series - 1) / 2) * width, heights[:, j], width, color=colors, edgecolor="black",
                       linewidth=0.5, **style)
@@ -641,12 +754,17 @@ def new_bar_figure(n_methods: int) -> tuple[Figure, Axes]:
     return plt.subplots(figsize=(1.5 * n_methods + 2.5, 4.2), layout="constrained")
 
 
-def plot_performance(metrics: dict[str, dict], n_test: int) -> Figure:
-    table = pd.DataFrame({"accuracy": [m["accuracy"] for m in metrics.values()],
-                          "macro-F1": [m["macro_f1"] for m in metrics.values()]}, index=list(metrics))
+def plot_performance(metrics: dict[str, dict], n_test: int, reference_metrics: dict[str, dict] | None = None
+                     ) -> Figure:
+    """The methods in their colours, then the reference rows in grey, named '<r>\n(reference)'."""
+    rows = {**metrics, **(reference_metrics or {})}
+    names = [*metrics, *(reference_label(r).replace(" (", "\n(") for r in reference_metrics or {})]
+    table = pd.DataFrame({"accuracy": [m["accuracy"] for m in rows.values()],
+                          "macro-F1": [m["macro_f1"] for m in rows.values()]}, index=names)
+    colors = [METHOD_COLORS[m] for m in metrics] + [REFERENCE_COLORS[r] for r in reference_metrics or {}]
     fig, ax = new_bar_figure(len(table))
-    draw_grouped_bars(ax, table, lambda v: f"{v:.3f}")
-    ax.set(title=f"Test accuracy and macro-F1 (n={n_test})", xlabel="method", ylabel="score")
+    draw_grouped_bars(ax, table, lambda v: f"{v:.3f}", colors=colors)
+    ax.set(title=f"Test accuracy and macro-F1 (n={n_test})", xlabel="method or reference row", ylabel="score")
     return fig
 
 
@@ -755,7 +873,7 @@ def confusion_figure_name(method: str) -> str:
 
 def build_figures(inputs: ReportInputs, labels: Sequence[str]) -> dict[str, Figure]:
     figures = {
-        "performance_bar_test.png": plot_performance(inputs.metrics, inputs.n_test),
+        "performance_bar_test.png": plot_performance(inputs.metrics, inputs.n_test, inputs.reference_metrics),
         "latency_bar_test.png": plot_latency(inputs.metrics),
         "param_footprint_bar.png": plot_param_footprint(inputs.summary),
         "eval_macro_f1_per_epoch.png": plot_val_macro_f1(inputs.history, inputs.summary),
@@ -780,6 +898,15 @@ def build_submission(preds: pd.DataFrame) -> tuple[dict[str, str], int]:
     """PMID -> predicted label (official format); unmapped predictions are left out, never guessed, and counted."""
     mapped = preds.dropna(subset=["pred"])
     return dict(zip(mapped["pmid"], mapped["pred"])), len(preds) - len(mapped)
+
+
+def references_note(references: Sequence[str]) -> str:
+    """What the reference rows are, after the performance table; '' without any."""
+    if not references:
+        return ""
+    return (" Reference rows (stage `references`) are not trained methods: "
+            + "; ".join(f"`{r}` {REFERENCE_DESCRIPTIONS[r]}" for r in references)
+            + " (choices in `reports/references/choices.json`). Their latency and trainable parameters are n/a.")
 
 
 def unmapped_note(metrics: dict[str, dict]) -> str:
@@ -811,8 +938,11 @@ def build_report(inputs: ReportInputs, params: Params, columns: Sequence[Column]
     baseline, confidence = params.stats.baseline, params.stats.confidence
     first = next(iter(inputs.summary.values()))
     tuned = [m for m in params.methods if m != baseline]
-    findings = [describe_baseline(baseline, inputs.metrics[baseline], inputs.preds[baseline])]
+    references = list(inputs.reference_metrics)
+    findings = [describe_baseline(baseline, inputs.metrics[baseline], inputs.preds[baseline])
+                + describe_against_references(baseline, references, inputs.stats, confidence)]
     findings += [describe_method(m, baseline, inputs.metrics, inputs.stats, confidence)
+                 + describe_against_references(m, references, inputs.stats, confidence)
                  + collapse_sentence(m, inputs.preds[m]) for m in tuned]
     captions = {**FIGURE_CAPTIONS, **{confusion_figure_name(m): f"Test confusion matrix: {m}" for m in params.methods}}
     if inputs.protocols is not None and not inputs.protocols.seeds_test.empty:
@@ -823,12 +953,14 @@ def build_report(inputs: ReportInputs, params: Params, columns: Sequence[Column]
         f"Model `{first['model']}` ({first['family']} family), protocol `{params.prepare.protocol}`, "
         f"n = {inputs.n_test} test items; methods {', '.join(params.methods)} against the baseline `{baseline}`.",
         "## Data splits\n\n" + split_table(inputs.split_stats),
-        "## Test performance\n\n" + main_protocol + "\n\n" + performance_table(inputs.metrics, columns) + "\n\n"
-        + unmapped_note(inputs.metrics),
+        "## Test performance\n\n" + main_protocol + "\n\n"
+        + performance_table(performance_rows(inputs.metrics, inputs.reference_metrics, columns), columns) + "\n\n"
+        + unmapped_note(inputs.metrics) + references_note(references),
         "## Significance\n\n" + main_protocol + " Each tuned method against the baseline, then tuned methods "
-        "pairwise. b = items the "
+        "pairwise, then every method against each reference row. b = items the "
         "reference got wrong and the method right (fixes), c = the reverse (regressions).\n\n"
-        + significance_table(inputs.stats, baseline, confidence),
+        + significance_table(inputs.stats, baseline, confidence, references) + "\n\n"
+        + detectable_difference_sentence(inputs.stats, params.methods, baseline, references, inputs.n_test),
         "## Findings\n\n" + "\n\n".join(findings),
         seeds_section(inputs.protocols, params),
         cv_section(inputs.protocols, params),
@@ -844,8 +976,8 @@ def build_report(inputs: ReportInputs, params: Params, columns: Sequence[Column]
 
 def main(args: list[str]) -> None:
     params = load_params()
-    inputs = read_inputs(params.methods)
-    check_inputs_fresh(inputs, params.methods, params.stats.baseline)
+    inputs = read_inputs(params.methods, params.references.names)
+    check_inputs_fresh(inputs, params.methods, params.stats.baseline, params.references.names)
     check_protocols_fresh(inputs.protocols, params, int(inputs.split_stats["n"].sum()))
     for name, figure in build_figures(inputs, params.prepare.labels).items():
         save_figure(figure, FIGURES_DIR / name)
@@ -857,7 +989,8 @@ def main(args: list[str]) -> None:
     markdown = build_report(inputs, params, columns, left_out if params.prepare.protocol == "official" else None)
     with atomic_path(REPORT_DIR / "report.md") as tmp:
         tmp.write_text(markdown, encoding="utf-8")
-        check_performance_table(tmp.read_text(encoding="utf-8"), inputs.metrics, columns)
+        check_performance_table(tmp.read_text(encoding="utf-8"),
+                                performance_rows(inputs.metrics, inputs.reference_metrics, columns), columns)
     log.info("wrote %s and %d figures", REPORT_DIR / "report.md", len(FIGURE_CAPTIONS) + len(params.methods))
 
 

@@ -1,27 +1,31 @@
-"""Stage stats: paired significance tests of every tuned method against the baseline, and of the tuned methods pairwise.
+"""Stage stats: paired significance tests of every tuned method against the baseline, of the tuned methods pairwise,
+and of every method against each reference row (stage references: majority, tfidf_lr).
 
 Every method is scored on the same test items, so the comparisons are paired: exact McNemar on per-item correctness
 and a paired bootstrap (the same resampled items for both methods) for Δaccuracy and Δmacro-F1, with Holm's correction
-across the comparisons of each (test, metric). The columns are STATS_COLUMNS.
+across the comparisons of each (test, metric). The columns are STATS_COLUMNS; in a row against a reference row,
+`reference` holds that reference's name and the effect is method minus reference.
 
-Inputs:  params.yaml (methods, prepare.labels, stats), reports/eval/<method>/preds_test.csv for every method.
+Inputs:  params.yaml (methods, prepare.labels, stats, references), reports/eval/<method>/preds_test.csv for every
+         method, reports/references/<r>/preds_test.csv for every reference in references.names.
 Outputs: reports/stats/stats_eval_test.csv, reports/stats/stats_eval_test.md,
          reports/stats/stats_summary.json (DVC metrics).
 """
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binom
+from scipy.stats import binom, norm
 
 from stages.common import PeftqaError, log, run_cli, write_csv_atomic, write_json_atomic, write_text_atomic
 from stages.metrics import classification_metrics
-from stages.params import StatsParams, load_params
+from stages.params import REFERENCES, StatsParams, load_params
 
 STATS_DIR = Path("reports/stats")
 STATS_COLUMNS = ["method", "reference", "test", "metric", "n", "effect", "ci_low", "ci_high", "p_value", "p_holm", "b", "c"]
@@ -30,8 +34,16 @@ UNMAPPED_CODE = -1  # label code of a prediction that is empty, NaN or not a lab
 
 
 def preds_path(method: str) -> Path:
-    """Where evaluate@<method> writes its test predictions; error messages name this file."""
+    """Where evaluate@<method>, or the references stage for a reference row, writes its test predictions; error
+    messages name this file. Reference names (params.REFERENCES) are never method names."""
+    if method in REFERENCES:
+        return Path("reports/references") / method / "preds_test.csv"
     return Path("reports/eval") / method / "preds_test.csv"
+
+
+def producing_stage(name: str) -> str:
+    """The DVC stage that writes preds_path(name), for the hint in an error message."""
+    return "references" if name in REFERENCES else f"evaluate@{name}"
 
 
 # -----------------------------------------------------------------------------
@@ -54,6 +66,27 @@ def mcnemar_exact(correct_reference: Sequence[bool], correct_method: Sequence[bo
     if b + c == 0:
         return b, c, 1.0
     return b, c, float(min(1.0, 2.0 * binom.cdf(min(b, c), b + c, 0.5)))
+
+
+def mcnemar_detectable_difference(n_items: int, discordance: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest accuracy difference δ = (b - c) / n a two-sided McNemar test at `alpha` detects with `power`, on
+    n_items paired items of which a share `discordance` (ψ = (b + c) / n) is discordant.
+
+    Standard normal approximation (Connor 1987): n = [z_{α/2} √ψ + z_β √(ψ - δ²)]² / δ², solved for δ. Squaring
+    √n δ - z_{α/2} √ψ = z_β √(ψ - δ²) gives (n + z_β²) δ² - 2 z_{α/2} √(nψ) δ + (z_{α/2}² - z_β²) ψ = 0, whose larger
+    root is δ = √ψ [z_{α/2} √n + z_β √(n - z_{α/2}² + z_β²)] / (n + z_β²). NaN when ψ = 0 (no discordant item to
+    estimate from); inf when no δ ≤ ψ reaches the power (|b - c| can be at most b + c).
+    """
+    if not 0 <= discordance <= 1 or n_items < 1:
+        raise ValueError(f"need n_items >= 1 and a discordance in [0, 1], got {n_items} and {discordance}")
+    if discordance == 0:
+        return float("nan")
+    z_alpha, z_beta = norm.ppf(1 - alpha / 2), norm.ppf(power)
+    slack = n_items - z_alpha**2 + z_beta**2
+    if slack <= 0:
+        return math.inf
+    delta = math.sqrt(discordance) * (z_alpha * math.sqrt(n_items) + z_beta * math.sqrt(slack)) / (n_items + z_beta**2)
+    return delta if delta <= discordance else math.inf
 
 
 def encode_labels(values: Sequence[str | None], labels: Sequence[str]) -> np.ndarray:
@@ -162,7 +195,7 @@ def _index_by_pmid(frame: pd.DataFrame, method: str, labels: Sequence[str]) -> p
     if missing:
         raise PeftqaError(f"{path}: missing columns {sorted(missing)}; expected pmid, gold, pred (as stages.evaluate writes them)")
     if frame.empty:
-        raise PeftqaError(f"{path}: no predictions; re-run evaluate@{method}")
+        raise PeftqaError(f"{path}: no predictions; re-run {producing_stage(method)}")
     pmids = frame["pmid"].astype(str)
     if pmids.duplicated().any():
         raise PeftqaError(f"{path}: PMID {pmids[pmids.duplicated()].iloc[0]} is listed twice; each test item once")
@@ -200,11 +233,13 @@ def align_predictions(preds: Mapping[str, pd.DataFrame], baseline: str,
     return aligned
 
 
-def comparison_pairs(methods: Sequence[str], baseline: str) -> list[tuple[str, str]]:
-    """(method, reference) pairs: every tuned method vs the baseline, then each pair of tuned methods (later vs earlier)."""
+def comparison_pairs(methods: Sequence[str], baseline: str, references: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(method, reference) pairs: every tuned method vs the baseline, then each pair of tuned methods (later vs earlier),
+    then every method (the baseline included) vs each reference row, method by method."""
     tuned = [method for method in methods if method != baseline]
     pairwise = [(later, earlier) for earlier, later in itertools.combinations(tuned, 2)]
-    return [(method, baseline) for method in tuned] + pairwise
+    against_references = [(method, reference) for method in methods for reference in references]
+    return [(method, baseline) for method in tuned] + pairwise + against_references
 
 
 def compare_pair(gold: Sequence[str], pred_reference: Sequence[str | None], pred_method: Sequence[str | None],
@@ -225,16 +260,18 @@ def compare_pair(gold: Sequence[str], pred_reference: Sequence[str | None], pred
 
 
 def compare_methods(preds: Mapping[str, pd.DataFrame], methods: Sequence[str], baseline: str, labels: Sequence[str],
-                    stats_params: StatsParams) -> pd.DataFrame:
+                    stats_params: StatsParams, references: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """The rows of stats_eval_test.csv (columns STATS_COLUMNS), Holm-adjusted within each (test, metric).
 
+    `references` maps a reference row's name to its test predictions; each method is also compared against each.
     Every comparison uses the same bootstrap seed, so all of them resample the same items (common random numbers):
     differences between comparisons are not blurred by differences between resample draws.
     """
-    aligned = align_predictions({method: preds[method] for method in methods}, baseline, labels)
+    references = dict(references or {})
+    aligned = align_predictions({**{method: preds[method] for method in methods}, **references}, baseline, labels)
     gold = aligned[baseline]["gold"].astype(str).tolist()
     rows = []
-    for method, reference in comparison_pairs(methods, baseline):
+    for method, reference in comparison_pairs(methods, baseline, list(references)):
         for row in compare_pair(gold, aligned[reference]["pred"].tolist(), aligned[method]["pred"].tolist(), labels,
                                 stats_params):
             rows.append({"method": method, "reference": reference, **row})
@@ -260,7 +297,8 @@ def format_markdown(table: pd.DataFrame, stats_params: StatsParams) -> str:
 
     lines = ["# Paired tests on the test split", "",
              "effect: method minus reference. b: items the reference got wrong and the method right (fixes); "
-             "c: the reverse (regressions).",
+             "c: the reverse (regressions). A reference is the baseline, an earlier method, or a reference row "
+             f"of the references stage ({', '.join(REFERENCES)}).",
              f"CI: {stats_params.confidence:.0%} percentile interval of a paired bootstrap with "
              f"R = {stats_params.n_bootstrap} resamples (seed {stats_params.seed}); a bootstrap p-value resolves to "
              f"2/R = {2 / stats_params.n_bootstrap:.2g}, so 0 means below that.",
@@ -301,20 +339,22 @@ def read_predictions(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype={"pmid": str, "gold": str, "pred": str})
     except FileNotFoundError:
-        raise PeftqaError(f"{path}: not found; run `dvc repro` so every method in params.methods is evaluated "
-                          "(the stats stage needs the test predictions of each)") from None
+        raise PeftqaError(f"{path}: not found; run `dvc repro` so every method in params.methods is evaluated and "
+                          "every reference in references.names is computed (the stats stage needs the test "
+                          "predictions of each)") from None
     except pd.errors.EmptyDataError:
-        raise PeftqaError(f"{path}: empty file; re-run `dvc repro` to evaluate this method again") from None
+        raise PeftqaError(f"{path}: empty file; re-run `dvc repro` to write these predictions again") from None
 
 
 def main(args: list[str]) -> None:
     if args:
         raise PeftqaError(f"stages.stats takes no arguments (it reads params.yaml), got {args}")
     params = load_params()
-    log.info("stats: %s; methods %s", params.stats, list(params.methods))
+    log.info("stats: %s; methods %s; references %s", params.stats, list(params.methods), list(params.references.names))
     preds = {method: read_predictions(preds_path(method)) for method in params.methods}
+    references = {name: read_predictions(preds_path(name)) for name in params.references.names}
     table = compare_methods(preds, methods=params.methods, baseline=params.stats.baseline,
-                            labels=params.prepare.labels, stats_params=params.stats)
+                            labels=params.prepare.labels, stats_params=params.stats, references=references)
 
     write_csv_atomic(STATS_DIR / "stats_eval_test.csv", table)
     write_text_atomic(STATS_DIR / "stats_eval_test.md", format_markdown(table, params.stats))

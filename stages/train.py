@@ -29,7 +29,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from stages import tracking
 from stages.common import PeftqaError, atomic_path, folder_bytes, replace_dir_atomic, write_csv_atomic, write_json_atomic
+from stages.embed import features_for
 from stages.families import Backbone, Batch, load_backbone, resolve_model_path
+from stages.probe import Probe, load_into_head, solve_probe
 from stages.metrics import classification_metrics
 from stages.params import METHODS, Params, TrainParams, flatten, load_params
 from stages.scoring import autocast, balanced_class_weights, iterate_batches, labels_from_log_probs, score_frame, use_bf16
@@ -178,17 +180,50 @@ def load_checkpoint(path: Path, config: dict) -> dict | None:
     return state
 
 
+def class_weights(train: pd.DataFrame, backbone: Backbone, cfg: TrainParams) -> torch.Tensor | None:
+    """(n_labels,) loss weights under train.class_weighting: balanced, or None."""
+    if cfg.class_weighting != "balanced":
+        return None
+    return balanced_class_weights(train["label"].tolist(), backbone.labels).to(backbone.device)
+
+
+def start_head_from_probe(backbone: Backbone, params: Params, train: pd.DataFrame, val: pd.DataFrame) -> Probe:
+    """Solve the linear probe on the frozen encoder's features (C chosen on val) and load it into the head: the
+    whole of train@base for the encoder, and the starting head of every tuned method (probe, then fine-tune)."""
+    x_train, x_val = (features_for(backbone, frame, params.model) for frame in (train, val))
+    balanced = params.train.class_weighting == "balanced"
+    try:
+        probe = solve_probe(x_train, train["label"].to_numpy(dtype=str), x_val, val["label"].to_numpy(dtype=str),
+                            backbone.labels, params.peft.base.c_grid, "balanced" if balanced else None)
+    except ValueError as err:
+        raise PeftqaError(f"linear probe: {err}") from None
+    load_into_head(backbone.head, probe)
+    log.info("probe: C=%g chosen on val (macro-F1 %.4f); grid %s", probe.c, probe.chosen["val_macro_f1"],
+             ", ".join(f"C={row['c']:g}: {row['val_macro_f1']:.3f}" for row in probe.grid))
+    return probe
+
+
+def parameter_groups(backbone: Backbone, lr: float, head_lr: float | None) -> list[dict]:
+    """AdamW groups: the adapter (or the whole model) at `lr`, a classification head at `head_lr` (None: `lr`).
+    A soft prompt wants 3e-2 and LoRA 5e-4, while a head wants neither: one shared rate would fit only one of them."""
+    head = {id(p) for p in backbone.head_parameters()}
+    groups = [{"params": [p for p in backbone.trainable_parameters() if id(p) not in head], "lr": lr},
+              {"params": [p for p in backbone.trainable_parameters() if id(p) in head],
+               "lr": lr if head_lr is None else head_lr}]
+    return [group for group in groups if group["params"]]
+
+
 def fit(backbone: Backbone, accelerator: Accelerator, train: pd.DataFrame, val: pd.DataFrame, cfg: TrainParams,
         lr: float, bf16: bool, log_epoch, checkpoint: Path | None = None, resume: dict | None = None,
-        stamp: dict | None = None) -> tuple[list[dict], int]:
+        stamp: dict | None = None, head_lr: float | None = None) -> tuple[list[dict], int]:
     """AdamW + linear warmup/decay, early stopping on val macro-F1, best epoch restored. Returns (history, best).
+    The adapter learns at `lr`, a classification head at `head_lr` (None: `lr`).
     With `checkpoint`, the state after each epoch is saved there, with `stamp` (config, MLflow run id) beside it;
     `resume` is such a state to continue from. Under several processes each trains on its share of every batch
     round (DDP averages the gradients), the main process validates, and all follow its early-stopping decisions."""
-    weights = balanced_class_weights(train["label"].tolist(), backbone.labels).to(backbone.device) \
-        if cfg.class_weighting == "balanced" else None
+    weights = class_weights(train, backbone, cfg)
     parameters = backbone.trainable_parameters()
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(backbone, lr, head_lr), weight_decay=cfg.weight_decay)
     rows_per_process = -(-len(train) // accelerator.num_processes)
     steps_per_epoch = -(-rows_per_process // (cfg.batch_size * cfg.grad_accum_steps))
     total_steps = steps_per_epoch * cfg.epochs
@@ -271,11 +306,12 @@ def open_run(client, experiment_id: str, resume: dict | None, *, run_name: str, 
 
 def describe(method: str, family: str) -> str:
     if method == "base":
-        return ("linear probe: the classification head alone, trained on the frozen encoder" if family == "encoder"
+        return ("linear probe: logistic regression solved on the frozen encoder's features, C chosen on val"
+                if family == "encoder"
                 else "zero-shot: the base model as it is, nothing trained")
     if method == "full_finetune":
         return "full fine-tune: every weight trained (upper-bound reference, not an adapter)"
-    return f"{method}: base weights frozen, only the adapter (and, for the encoder, the head) trained"
+    return f"{method}: base weights frozen, only the adapter (and, for the encoder, the head, started from the probe) trained"
 
 
 def resolved_config(params: Params, method: str, family: str) -> dict[str, object]:
@@ -338,18 +374,21 @@ def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataF
 
     start = time.perf_counter()
     try:
-        if trainable == 0:  # zero-shot base: one validation pass (the main process's), recorded as epoch 0
-            history, best_epoch = [], 0
+        probe = start_head_from_probe(backbone, params, train, val) if backbone.head_parameters() else None
+        if len(backbone.trainable_parameters()) == len(backbone.head_parameters()):  # nothing, or a head alone
+            history, best_epoch = [], 0  # zero-shot, or the probe solved: one validation pass, recorded as epoch 0
             if main_process:
-                row = {"epoch": 0, "train_loss": float("nan"),
-                       **validate(backbone, val, cfg.batch_size, None, bf16), "seconds": 0.0}
+                row = {"epoch": 0, "train_loss": probe.chosen["train_loss"] if probe else float("nan"),
+                       **validate(backbone, val, cfg.batch_size, class_weights(train, backbone, cfg), bf16),
+                       "seconds": 0.0}
                 row["seconds"] = time.perf_counter() - start
                 history = [row]
                 log_epoch(row)
         else:
-            lr = getattr(params.peft, method).lr
-            history, best_epoch = fit(backbone, accelerator, train, val, cfg, lr, bf16, log_epoch, checkpoint, resume,
-                                      stamp={"config": config, "run_id": run_id})
+            knobs = getattr(params.peft, method)
+            history, best_epoch = fit(backbone, accelerator, train, val, cfg, knobs.lr, bf16, log_epoch, checkpoint,
+                                      resume, stamp={"config": config, "run_id": run_id},
+                                      head_lr=getattr(knobs, "head_lr", None))
         digests = rank_digests(backbone.trainable_parameters())  # the best epoch's weights, one digest per process
     except BaseException:
         if main_process:
@@ -373,6 +412,8 @@ def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataF
         "world_size": accelerator.num_processes, "rank_param_sha256": digests,
         "mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id, "note": describe(method, backbone.family),
     }
+    if probe is not None:  # the head's starting point (base: its solution), C chosen on val
+        summary["probe_c"], summary["probe_grid"] = probe.c, probe.grid
     write_json_atomic(out_dir / "train_summary.json", summary)
     write_json_atomic(out_dir / "resolved_config.json", config)
 
@@ -380,6 +421,10 @@ def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataF
                                           "trainable_params": trainable, "adapter_bytes": summary["adapter_bytes"],
                                           "train_seconds": train_seconds}, step=best_epoch,
                          timestamp_ms=int(time.time() * 1000))
+    if probe is not None:  # val macro-F1 per C tried, in grid order (step = position in peft.base.c_grid, sorted)
+        for step, row in enumerate(probe.grid):
+            tracking.log_metrics(client, run_id, {"probe_c": row["c"], "probe_val_macro_f1": row["val_macro_f1"]},
+                                 step=step, timestamp_ms=int(time.time() * 1000))
     tracking.log_folder(client, run_id, out_dir / "adapter", "adapter")
     for name in ("history.csv", "train_summary.json", "resolved_config.json"):
         client.log_artifact(run_id, str(out_dir / name))

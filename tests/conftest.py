@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from stages.params import _Loader  # the project's YAML loader: yes/no stay strings (they are labels)
+from tiny_models import tiny_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_YAML = REPO_ROOT / "params.yaml"
@@ -77,6 +78,26 @@ def repo_copy(tmp_path, pipeline_env) -> Path:
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "pipeline copy"]):
         subprocess.run(git + args, cwd=root, env=pipeline_env, check=True, capture_output=True)
     return root
+
+
+@pytest.fixture
+def stage_dir(tmp_path, monkeypatch, write_params, tiny_model_paths):
+    """For the train stage and those after it: a working dir shaped like the repo, with params.yaml,
+    data/processed/{train,val}.csv and an MLflow store in tmp."""
+
+    def make(family: str = "encoder", n_train: int = 16, **overrides) -> Path:
+        (tmp_path / "data/processed").mkdir(parents=True, exist_ok=True)
+        tiny_frame(n_train, 1000).to_csv(tmp_path / "data/processed/train.csv", index=False)
+        tiny_frame(8, 5000).to_csv(tmp_path / "data/processed/val.csv", index=False)
+        write_params(tmp_path, {"model.name_or_path": str(tiny_model_paths[family]), "model.max_length": 64,
+                                "train.epochs": 2, "train.batch_size": 4, "train.device": "cpu",
+                                "mlflow.experiment": "tests", **overrides})
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return tmp_path
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoConfig
 
 from stages.common import PeftqaError
-from stages.families import (HEAD_FILE, METADATA_FILE, answer_to_label, detect_family, load_backbone,
+from stages.families import (HEAD_FILE, METADATA_FILE, answer_to_label, detect_family, kept_positions, load_backbone,
                              resolve_model_path, verbalizer_token_ids)
 from stages.methods import METHOD_BUILDERS
 from stages.params import (METHODS, Ia3Params, LoraParams, ModelParams, PeftParams, PerFamily, PrefixTuningParams,
@@ -254,9 +254,44 @@ def test_truncation_cuts_only_the_context(tiny_paths, kind):
     text = backbone.tokenizer.decode(ids, skip_special_tokens=True)
     assert len(ids) <= 64
     assert item["question"] in text
-    assert item["context"][:20] in text
+    assert item["context"][-20:] in text  # the default model.truncation keeps the end
     if KINDS[kind] != "encoder":
         assert text.endswith("\nAnswer:")
+
+
+@pytest.mark.parametrize("truncation", ["start", "end", "both"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_truncation_keeps_the_part_of_the_context_it_names(tiny_paths, kind, truncation):
+    """PubMedQA contexts end with their RESULTS: model.truncation decides whether the start, the end or both survive."""
+    model_params = ModelParams(name_or_path=str(tiny_paths[kind]), max_length=64, truncation=truncation)
+    backbone = load_backbone(model_params, "base", GPT2_PEFT if kind == "gpt2" else TINY_PEFT, LABELS, seed=0,
+                             device="cpu")
+    # markers one word in from each edge: a language model keeps the token that straddles the template's edge
+    context = "Background: vitamin " + "the study followed adults over five years. " * 30 + "mortality fell."
+    ids = backbone.encode([ITEMS[0]["question"]], [context])["input_ids"][0]
+    text = backbone.tokenizer.decode(ids, skip_special_tokens=True)
+    assert len(ids) <= 64
+    assert ITEMS[0]["question"] in text
+    assert ("vitamin" in text) == (truncation in ("start", "both"))
+    assert ("mortality" in text) == (truncation in ("end", "both"))
+
+
+@pytest.mark.parametrize(("n", "budget", "truncation", "expected"), [
+    (5, 8, "end", [0, 1, 2, 3, 4]),
+    (6, 3, "start", [0, 1, 2]),
+    (6, 3, "end", [3, 4, 5]),
+    (6, 3, "both", [0, 1, 5]),
+    (6, 4, "both", [0, 1, 4, 5]),
+])
+def test_kept_positions(n, budget, truncation, expected):
+    assert kept_positions(n, budget, truncation) == expected
+
+
+def test_every_encoder_method_gets_the_same_encoding(tiny_paths):
+    """peft's prompt learning drops token_type_ids for feature extraction, so no method gets them."""
+    batches = [encode_items(load(tiny_paths, "bert", method)) for method in METHODS]
+    assert all("token_type_ids" not in batch for batch in batches)
+    assert all(torch.equal(batch["input_ids"], batches[0]["input_ids"]) for batch in batches)
 
 
 @pytest.mark.parametrize("kind", ["t5", "gpt2"])

@@ -19,6 +19,7 @@ from tiny_models import write_synthetic_pubmedqa
 SMOKE_PARAMS = {"prepare.limit": 80, "train.epochs": 1, "train.batch_size": 8, "model.max_length": 64,
                 "stats.n_bootstrap": 200, "evaluate.latency_items": 4}
 METHODS = ["base", "prompt_tuning", "prefix_tuning", "lora"]
+REFERENCES = ["majority", "tfidf_lr"]
 
 
 def dvc(root: Path, env: dict, *args: str) -> str:
@@ -48,8 +49,14 @@ def test_dvc_repro_runs_the_whole_pipeline_on_a_small_slice(repo_copy, pipeline_
             metrics = json.loads((repo_copy / f"reports/eval/{method}/metrics_{split}.json").read_text())
             assert 0 <= metrics["macro_f1"] <= 1 and metrics["examples_per_s"] > 0
         assert (repo_copy / f"models/{method}/adapter/peftqa.json").exists()
+    for reference in REFERENCES:
+        preds = pd.read_csv(repo_copy / f"reports/references/{reference}/preds_test.csv", dtype={"pmid": str})
+        gold = pd.read_csv(repo_copy / "data/processed/test.csv", dtype={"pmid": str})
+        assert list(preds["pmid"]) == list(gold["pmid"]) and list(preds.columns) == list(
+            pd.read_csv(repo_copy / "reports/eval/base/preds_test.csv").columns)
+    assert "chosen" in json.loads((repo_copy / "reports/references/choices.json").read_text())["tfidf_lr"]
     stats = pd.read_csv(repo_copy / "reports/stats/stats_eval_test.csv")
-    assert len(stats) == 3 * 6  # 3 tuned-vs-base + 3 tuned pairs, 3 rows each
+    assert len(stats) == 3 * (6 + 4 * 2)  # 3 tuned-vs-base + 3 tuned pairs + 4 methods x 2 references, 3 rows each
     figures = sorted((repo_copy / "reports/figures").glob("*.png"))
     assert len(figures) == len(FIGURE_CAPTIONS) + len(METHODS)  # no seeds figure: the protocols are off
     for figure in figures:
@@ -57,6 +64,7 @@ def test_dvc_repro_runs_the_whole_pipeline_on_a_small_slice(repo_copy, pipeline_
         Image.open(figure).verify()
     report = (repo_copy / "reports/report.md").read_text()
     assert "## Significance" in report and all(f"| {m} |" in report for m in METHODS)
+    assert all(f"| {r} (reference) |" in report for r in REFERENCES) and "Smallest detectable difference" in report
 
     # MLflow: one finished run per method in the project's store, with train and eval metrics
     client = MlflowClient(tracking_uri=f"sqlite:///{repo_copy / 'mlflow.db'}")
@@ -70,4 +78,4 @@ def test_dvc_repro_runs_the_whole_pipeline_on_a_small_slice(repo_copy, pipeline_
     assert "up to date" in dvc(repo_copy, env, "status")
     metrics_show = dvc(repo_copy, env, "metrics", "show")
     assert all(f"reports/eval/{m}/metrics_test.json" in metrics_show for m in METHODS)
-    assert "reports/stats/stats_summary.json" in metrics_show
+    assert "reports/stats/stats_summary.json" in metrics_show and "reports/references_metrics.json" in metrics_show

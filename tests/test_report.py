@@ -19,6 +19,7 @@ from PIL import Image
 
 from stages import protocols, report
 from stages.common import PeftqaError
+from stages.stats import mcnemar_detectable_difference
 from stages.metrics import abstention_curve, classification_metrics, confusion_frame, latency_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +36,13 @@ PREDS = {
 CONFIDENCE = [0.505 + 0.02 * i for i in range(len(GOLD))]
 # 95% CI of Δmacro-F1 vs base: lora's excludes 0, prompt_tuning's contains it
 CIS = {"prompt_tuning": (-0.10, 0.30), "lora": (0.15, 0.55)}
+REFERENCES = ("majority", "tfidf_lr")
+REFERENCE_PREDS = {"majority": ["yes"] * 20, "tfidf_lr": ["yes"] * 9 + ["no"] * 3 + ["no"] * 6 + ["yes"] * 2}
+# 95% CI of Δmacro-F1 (method minus reference): base is the majority (identical: [0, 0]) and worse than tfidf_lr;
+# lora beats majority; every other CI contains 0 (so prompt_tuning's paragraph says neither better nor worse)
+REFERENCE_CIS = {("base", "majority"): (0.0, 0.0), ("base", "tfidf_lr"): (-0.40, -0.05),
+                 ("prompt_tuning", "majority"): (-0.10, 0.30), ("prompt_tuning", "tfidf_lr"): (-0.30, 0.10),
+                 ("lora", "majority"): (0.20, 0.60), ("lora", "tfidf_lr"): (-0.10, 0.20)}
 FIGURES = ["performance_bar_test.png", "latency_bar_test.png", "param_footprint_bar.png",
            "eval_macro_f1_per_epoch.png", "loss_train_vs_eval.png", "efficiency_panel.png",
            "selective_accuracy_coverage_test.png", *(f"cm_{m}_test.png" for m in METHODS)]
@@ -92,7 +100,7 @@ def write_method(root: Path, method: str, pmids: list[str], index: int) -> dict:
 
 def stats_rows(method: str, reference: str, metrics: dict[str, dict], ci: tuple[float, float]) -> list[dict]:
     """The three rows the stats stage writes per comparison, with McNemar b/c counted from the preds."""
-    right = {m: [p == g for p, g in zip(PREDS[m], GOLD)] for m in (method, reference)}
+    right = {m: [p == g for p, g in zip({**PREDS, **REFERENCE_PREDS}[m], GOLD)] for m in (method, reference)}
     b = sum(r and not o for r, o in zip(right[method], right[reference]))
     c = sum(o and not r for r, o in zip(right[method], right[reference]))
     delta = {k: metrics[method][k] - metrics[reference][k] for k in ("accuracy", "macro_f1")}
@@ -103,12 +111,24 @@ def stats_rows(method: str, reference: str, metrics: dict[str, dict], ci: tuple[
         {**common, "test": "paired_bootstrap", "metric": "accuracy", "effect": delta["accuracy"],
          "ci_low": ci[0] - 0.01, "ci_high": ci[1] + 0.01, "p_value": 0.0312, "p_holm": 0.0624},
         {**common, "test": "paired_bootstrap", "metric": "macro_f1", "effect": delta["macro_f1"],
-         "ci_low": ci[0], "ci_high": ci[1], "p_value": 0.00004 if ci[0] > 0 else 0.31, "p_holm": 0.0001},
+         "ci_low": ci[0], "ci_high": ci[1], "p_value": 0.00004 if ci[0] > 0 or ci[1] < 0 else 0.31,
+         "p_holm": 0.0001},
     ]
 
 
+def write_reference(root: Path, name: str, pmids: list[str]) -> dict:
+    """A reference row's test preds and metrics, as the references stage writes them; returns its metrics."""
+    pred = REFERENCE_PREDS[name]
+    write_csv(root / f"reports/references/{name}/preds_test.csv", pd.DataFrame(
+        {"pmid": pmids, "gold": GOLD, "pred": pred, "p_yes": [0.6 if p == "yes" else 0.4 for p in pred],
+         "latency_s": float("nan")}))
+    metrics = classification_metrics(GOLD, pred, LABELS)
+    write_json(root / f"reports/references/{name}/metrics_test.json", metrics)
+    return metrics
+
+
 def write_inputs(root: Path, protocol: str = "official") -> dict[str, dict]:
-    """Every input of the report stage under `root`; returns the metrics per method."""
+    """Every input of the report stage under `root`; returns the metrics per method and per reference row."""
     write_params(root, protocol)
     pmids = [str(10_000_001 + i) for i in range(len(GOLD))]
     write_csv(root / "data/processed/test.csv", pd.DataFrame(
@@ -117,9 +137,11 @@ def write_inputs(root: Path, protocol: str = "official") -> dict[str, dict]:
         {"split": ["train", "val", "test"], "n": [160, 20, 20], "yes": [96, 12, 12], "no": [64, 8, 8],
          "yes_pct": [60.0, 60.0, 60.0], "no_pct": [40.0, 40.0, 40.0]}))
     metrics = {m: write_method(root, m, pmids, i) for i, m in enumerate(METHODS)}
+    metrics.update({r: write_reference(root, r, pmids) for r in REFERENCES})
     rows = [*stats_rows("prompt_tuning", "base", metrics, CIS["prompt_tuning"]),
             *stats_rows("lora", "base", metrics, CIS["lora"]),
-            *stats_rows("lora", "prompt_tuning", metrics, (-0.05, 0.2))]
+            *stats_rows("lora", "prompt_tuning", metrics, (-0.05, 0.2)),
+            *(row for (m, r), ci in REFERENCE_CIS.items() for row in stats_rows(m, r, metrics, ci))]
     write_csv(root / "reports/stats/stats_eval_test.csv", pd.DataFrame(rows))
     return metrics
 
@@ -175,8 +197,13 @@ def test_every_figure_is_a_png(ran: tuple[Path, dict], name: str) -> None:
 def test_performance_table_equals_metrics_json(ran: tuple[Path, dict]) -> None:
     root, metrics = ran
     rows = parse_tables((root / "reports/report.md").read_text())["Macro-F1"]
-    assert [row["Method"] for row in rows] == list(METHODS)
-    for row in rows:
+    assert [row["Method"] for row in rows] == [*METHODS, "majority (reference)", "tfidf_lr (reference)"]
+    for row in rows[len(METHODS):]:  # reference rows: scored like a method, but neither timed nor trained
+        m = metrics[row["Method"].removesuffix(" (reference)")]
+        assert (float(row["Macro-F1"]), float(row["Accuracy"])) == (round(m["macro_f1"], 3), round(m["accuracy"], 3))
+        assert (float(row["F1 (No)"]), float(row["F1 (Yes)"])) == (round(m["f1_no"], 3), round(m["f1_yes"], 3))
+        assert (row["Latency mean / p95 (s)"], row["Trainable Params (M)"]) == ("n/a / n/a", "n/a")
+    for row in rows[: len(METHODS)]:
         m = metrics[row["Method"]]
         assert float(row["Macro-F1"]) == round(m["macro_f1"], 3)
         assert float(row["Accuracy"]) == round(m["accuracy"], 3)
@@ -192,9 +219,11 @@ def test_significance_table_equals_stats_csv(ran: tuple[Path, dict]) -> None:
     rows = parse_tables((root / "reports/report.md").read_text())["Test"]
     stats = pd.read_csv(root / "reports/stats/stats_eval_test.csv")
     assert len(rows) == len(stats)
+    assert set(stats["reference"]) == {"base", "prompt_tuning", *REFERENCES}
     for row, source in zip(rows, stats.itertuples()):
+        reference = f"{source.reference} (reference)" if source.reference in REFERENCES else source.reference
         assert row["Tuned Method"] == (source.method if source.reference == "base"
-                                       else f"{source.method} vs {source.reference}")
+                                       else f"{source.method} vs {reference}")
         assert float(row["Effect"]) == round(source.effect, 3)
         if pd.isna(source.ci_low):
             assert row["95% CI"] == "—"
@@ -214,6 +243,68 @@ def test_paragraphs_follow_the_confidence_intervals(ran: tuple[Path, dict]) -> N
     tuned = paragraph(markdown, "**prompt_tuning** vs")  # CI contains 0
     assert "not distinguishable from noise" in tuned
     assert "better" not in tuned and "worse" not in tuned
+
+
+def test_every_method_is_judged_against_each_reference_row_by_its_ci(ran: tuple[Path, dict]) -> None:
+    markdown = (ran[0] / "reports/report.md").read_text()
+    expected = {"**base** (the baseline)": ("base is indistinguishable from majority (reference)",
+                                            "base is worse than tfidf_lr (reference)"),
+                "**prompt_tuning** vs": ("prompt_tuning is indistinguishable from majority (reference)",
+                                         "prompt_tuning is indistinguishable from tfidf_lr (reference)"),
+                "**lora** vs": ("lora beats majority (reference)",
+                                "lora is indistinguishable from tfidf_lr (reference)")}
+    for start, sentences in expected.items():
+        text = paragraph(markdown, start)
+        for sentence in sentences:
+            assert sentence in text
+    assert "Δ macro-F1 +0.000, 95% CI [+0.000, +0.000]" in paragraph(markdown, "**base** (the baseline)")
+
+
+@pytest.mark.parametrize(("ci", "verdict"), [((-0.1, 0.2), "is indistinguishable from"), ((0.05, 0.2), "beats"),
+                                             ((-0.3, -0.02), "is worse than"), ((0.0, 0.0), "is indistinguishable from")])
+def test_reference_verdict_follows_ci(ci: tuple[float, float], verdict: str) -> None:
+    metrics = {"lora": {"macro_f1": 0.5, "accuracy": 0.7}, "majority": {"macro_f1": 0.4, "accuracy": 0.6}}
+    stats = pd.DataFrame(stats_rows("lora", "majority", metrics, ci))
+    text = report.describe_against_references("lora", ["majority"], stats, confidence=0.95)
+    assert f"lora {verdict} majority (reference)" in text
+    assert sum(word in text for word in ("beats", "worse", "indistinguishable")) == 1
+    assert report.describe_against_references("lora", [], stats, confidence=0.95) == ""
+
+
+def test_report_states_the_smallest_detectable_difference(ran: tuple[Path, dict]) -> None:
+    """Against base: prompt_tuning b=3, c=2 and lora b=7, c=1 of 20 items, so (b+c)/n = 0.25 and 0.40, mean 0.325;
+    with only 20 items the difference needed at 0.25 and at the mean would exceed ψ ('none'); at 0.40 it is 0.373."""
+    text = paragraph((ran[0] / "reports/report.md").read_text(), "Smallest detectable difference")
+    assert "n = 20 test items" in text and "α = 0.05" in text and "80% power is none" in text
+    assert "(b+c)/n = 0.325, the mean over the comparisons against the baseline `base`" in text
+    assert "prompt_tuning 0.250 → none, lora 0.400 → 0.373" in text and "'none': even a method" in text
+
+
+def test_detectable_difference_sentence_at_the_default_test_size() -> None:
+    """89 items, b + c = 31 and 33 against the baseline: mean ψ = 32/89; each value from mcnemar_detectable_difference."""
+    stats = pd.DataFrame([{"method": m, "reference": "base", "test": "mcnemar_exact", "metric": "accuracy", "n": 89,
+                           "b": b, "c": c} for m, b, c in (("prompt_tuning", 19, 12), ("lora", 17, 16))])
+    text = report.detectable_difference_sentence(stats, ["base", "prompt_tuning", "lora"], "base", REFERENCES, 89)
+    mean = mcnemar_detectable_difference(89, 32 / 89)
+    assert f"80% power is {mean:.3f}, at the discordance rate (b+c)/n = {32 / 89:.3f}" in text
+    assert f"prompt_tuning {31 / 89:.3f} → {mcnemar_detectable_difference(89, 31 / 89):.3f}" in text
+    assert "'none'" not in text and 0.17 < mean < 0.18
+    only_baseline = pd.DataFrame([{"method": "base", "reference": r, "test": "mcnemar_exact", "metric": "accuracy",
+                                   "n": 89, "b": 10, "c": 20} for r in REFERENCES])
+    text = report.detectable_difference_sentence(only_baseline, ["base"], "base", REFERENCES, 89)
+    assert "the mean over the baseline's comparisons against the reference rows" in text
+    assert "base vs majority (reference) 0.337" in text
+
+
+def test_performance_figure_shows_the_reference_rows() -> None:
+    metrics = {"base": {"accuracy": 0.6, "macro_f1": 0.4}, "lora": {"accuracy": 0.7, "macro_f1": 0.6}}
+    figure = report.plot_performance(metrics, 20, {"majority": {"accuracy": 0.6, "macro_f1": 0.375},
+                                                   "tfidf_lr": {"accuracy": 0.65, "macro_f1": 0.5}})
+    ax = figure.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["base", "lora", "majority\n(reference)",
+                                                            "tfidf_lr\n(reference)"]
+    assert "0.375" in [t.get_text() for t in ax.texts]
+    report.plt.close(figure)
 
 
 def test_collapsed_baseline_is_called_out(ran: tuple[Path, dict]) -> None:
@@ -281,6 +372,13 @@ STALE_INPUTS = {  # failure mode -> (file, edit, expected message)
     "stats without a method": ("reports/stats/stats_eval_test.csv", lambda f: f[f["method"] != "lora"],
                                r"0 rows for lora vs base.*dvc repro"),
     "an upstream output missing": ("models/lora/history.csv", None, r"history.csv is missing; run `dvc repro`"),
+    "reference preds of another split": ("reports/references/tfidf_lr/preds_test.csv", replace_first_pmid,
+                                         r"reference 'tfidf_lr' is stale.*`dvc repro references`"),
+    "stats without reference rows": ("reports/stats/stats_eval_test.csv",
+                                     lambda f: f[~f["reference"].isin(REFERENCES)],
+                                     r"0 rows for base vs majority.*dvc repro"),
+    "a reference output missing": ("reports/references/majority/metrics_test.json", None,
+                                   r"references/majority/metrics_test.json is missing; run `dvc repro`"),
     "val preds of another split": ("reports/eval/lora/preds_val.csv", lambda f: f.iloc[:-1],
                                    r"preds_val.csv has 19 rows, split_stats.csv 20 val items.*dvc repro"),
 }
@@ -437,6 +535,11 @@ def write_protocols(root: Path, seeds: list[int], folds: int) -> None:
         .assign(n=200))
 
 
+def keep_base_and_lora(stats: pd.DataFrame) -> pd.DataFrame:
+    """The stats rows of methods [base, lora]: lora vs base, and both against each reference row."""
+    return stats[stats["method"].isin(["base", "lora"]) & stats["reference"].isin(["base", *REFERENCES])]
+
+
 def test_without_the_protocols_stage_the_sections_say_how_to_run_them(ran: tuple[Path, dict]) -> None:
     markdown = (ran[0] / "reports/report.md").read_text()
     assert paragraph(markdown, "Not run. Set `seeds: [1, 2, 3]`")
@@ -449,8 +552,7 @@ def test_without_the_protocols_stage_the_sections_say_how_to_run_them(ran: tuple
 def test_repeated_seeds_and_cv_tables_come_from_the_protocols_stage(tmp_path: Path) -> None:
     write_inputs(tmp_path)
     write_protocols(tmp_path, seeds=[1, 2], folds=2)
-    edit_csv(tmp_path / "reports/stats/stats_eval_test.csv",
-             lambda f: f[(f["method"] == "lora") & (f["reference"] == "base")])
+    edit_csv(tmp_path / "reports/stats/stats_eval_test.csv", keep_base_and_lora)
     run_report(tmp_path)
     markdown = (tmp_path / "reports/report.md").read_text()
     seeds = {row["Method"]: row for row in parse_tables(markdown)["Seeds"]}
@@ -477,8 +579,7 @@ def test_protocol_tables_of_other_params_are_refused(tmp_path: Path, seeds, fold
     text = (tmp_path / "params.yaml").read_text()
     text = re.sub(r"^seeds: .*$", f"seeds: {seeds}", text, flags=re.M)
     (tmp_path / "params.yaml").write_text(re.sub(r"^  folds: 2", f"  folds: {folds}", text, flags=re.M))
-    edit_csv(tmp_path / "reports/stats/stats_eval_test.csv",
-             lambda f: f[(f["method"] == "lora") & (f["reference"] == "base")])
+    edit_csv(tmp_path / "reports/stats/stats_eval_test.csv", keep_base_and_lora)
     with pytest.raises(PeftqaError, match=message):
         run_report(tmp_path)
     assert not (tmp_path / "reports/report.md").exists()

@@ -18,11 +18,12 @@ from stages.common import PeftqaError
 from stages.metrics import classification_metrics
 from stages.params import StatsParams, load_params
 from stages.stats import (STATS_COLUMNS, bootstrap_p_value, compare_methods, comparison_pairs, encode_labels,
-                          holm_adjust, main, mcnemar_exact, paired_bootstrap, preds_path, resample_metrics,
-                          resample_weights)
+                          holm_adjust, main, mcnemar_detectable_difference, mcnemar_exact, paired_bootstrap,
+                          preds_path, resample_metrics, resample_weights)
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 METHODS = ("base", "prompt_tuning", "prefix_tuning", "lora")
+REFERENCES = ("majority", "tfidf_lr")
 YES_NO = ("yes", "no")
 FAST_STATS = StatsParams(n_bootstrap=500, seed=7, confidence=0.95)
 
@@ -72,6 +73,30 @@ def test_mcnemar_without_discordant_items_gives_p_one():
 def test_mcnemar_counts_fixes_as_b_and_regressions_as_c():
     b, c, _ = mcnemar_exact(correct_reference=[False, False, True], correct_method=[True, True, False])
     assert (b, c) == (2, 1)
+
+
+def test_detectable_difference_matches_a_hand_computed_value():
+    """n = 89, ψ = 0.35, z_0.975 = 1.959964, z_0.8 = 0.841621: δ = √0.35 [1.959964 √89 + 0.841621 √(89 - 3.841459 +
+    0.708326)] / (89 + 0.708326) = 0.591608 x (18.49026 + 7.79878) / 89.708326 = 0.17337."""
+    assert mcnemar_detectable_difference(89, 0.35) == pytest.approx(0.17337, abs=2e-5)
+
+
+@pytest.mark.parametrize(("n", "psi"), [(89, 0.35), (89, 0.6), (500, 0.2), (40, 0.9)])
+def test_detectable_difference_solves_the_sample_size_formula(n, psi):
+    """Put δ back into n = [z_(α/2) √ψ + z_β √(ψ − δ²)]² / δ²: it gives n back; more items detect less."""
+    from scipy.stats import norm
+
+    delta = mcnemar_detectable_difference(n, psi, alpha=0.05, power=0.8)
+    z_alpha, z_beta = norm.ppf(0.975), norm.ppf(0.8)
+    assert (z_alpha * np.sqrt(psi) + z_beta * np.sqrt(psi - delta**2)) ** 2 / delta**2 == pytest.approx(n)
+    assert mcnemar_detectable_difference(4 * n, psi) < delta
+
+
+def test_detectable_difference_edge_cases():
+    assert np.isnan(mcnemar_detectable_difference(89, 0.0))  # nothing discordant: nothing to estimate from
+    assert mcnemar_detectable_difference(8, 0.3) == np.inf  # δ would exceed ψ: no split of 8 items gets 80% power
+    with pytest.raises(ValueError, match="discordance in \\[0, 1\\]"):
+        mcnemar_detectable_difference(89, 1.5)
 
 
 # -----------------------------------------------------------------------------
@@ -178,6 +203,31 @@ def test_comparison_pairs_put_the_baseline_first_then_later_vs_earlier():
     assert comparison_pairs(("lora", "base", "ia3"), "base") == [("lora", "base"), ("ia3", "base"), ("ia3", "lora")]
 
 
+def test_comparison_pairs_end_with_every_method_against_each_reference():
+    pairs = comparison_pairs(("base", "lora"), "base", REFERENCES)
+    assert pairs == [("lora", "base"), ("base", "majority"), ("base", "tfidf_lr"), ("lora", "majority"),
+                     ("lora", "tfidf_lr")]
+
+
+def test_compare_methods_adds_reference_rows_and_holm_covers_them():
+    preds = make_preds(methods=(*METHODS, *REFERENCES))
+    references = {name: preds.pop(name) for name in REFERENCES}
+    without = compare_methods(preds, METHODS, "base", YES_NO, FAST_STATS)
+    table = compare_methods(preds, METHODS, "base", YES_NO, FAST_STATS, references=references)
+    assert len(table) == (6 + len(METHODS) * len(REFERENCES)) * 3
+    # the method-vs-method rows are unchanged but for the Holm adjustment, which now counts every comparison
+    pd.testing.assert_frame_equal(table.iloc[: len(without)].drop(columns="p_holm"), without.drop(columns="p_holm"))
+    for _, group in table.groupby(["test", "metric"]):
+        assert group["p_holm"].tolist() == pytest.approx(holm_adjust(group["p_value"].tolist()))
+    against = table[table["reference"].isin(REFERENCES)]
+    assert set(zip(against["method"], against["reference"])) == {(m, r) for m in METHODS for r in REFERENCES}
+    gold = preds["base"]["gold"].tolist()
+    for row in against[against["test"] == "paired_bootstrap"].itertuples():  # effect: method minus reference
+        method_score = classification_metrics(gold, preds[row.method]["pred"].tolist(), YES_NO)[row.metric]
+        reference_score = classification_metrics(gold, references[row.reference]["pred"].tolist(), YES_NO)[row.metric]
+        assert row.effect == pytest.approx(method_score - reference_score)
+
+
 @pytest.mark.parametrize("labels", [YES_NO, ("yes", "no", "maybe")])
 def test_compare_methods_rows_and_holm_groups(labels):
     table = compare_methods(make_preds(labels=labels), METHODS, "base", labels, FAST_STATS)
@@ -231,6 +281,26 @@ def test_missing_preds_file_names_the_file(tmp_path, monkeypatch):
         main([])
 
 
+def test_reference_preds_of_another_split_name_the_reference_file():
+    preds = make_preds(methods=(*METHODS, "tfidf_lr"))
+    reference = preds.pop("tfidf_lr")
+    reference = reference.assign(pmid=reference["pmid"].where(reference.index > 0, "999"))
+    with pytest.raises(PeftqaError, match="reports/references/tfidf_lr/preds_test.csv and reports/eval/base/"
+                                          "preds_test.csv cover different test items"):
+        compare_methods(preds, METHODS, "base", YES_NO, FAST_STATS, references={"tfidf_lr": reference})
+
+
+def test_missing_reference_preds_name_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO_PARAMS, "params.yaml")
+    params = load_params()
+    for method, frame in make_preds(methods=params.methods).items():
+        preds_path(method).parent.mkdir(parents=True)
+        frame.to_csv(preds_path(method), index=False)
+    with pytest.raises(PeftqaError, match="reports/references/majority/preds_test.csv: not found.*references.names"):
+        main([])
+
+
 # -----------------------------------------------------------------------------
 # end to end
 
@@ -239,7 +309,8 @@ def test_main_writes_csv_markdown_and_summary_that_agree(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copy(REPO_PARAMS, "params.yaml")
     params = load_params()
-    for method, frame in make_preds(methods=params.methods, labels=params.prepare.labels).items():
+    names = (*params.methods, *params.references.names)
+    for method, frame in make_preds(methods=names, labels=params.prepare.labels).items():
         preds_path(method).parent.mkdir(parents=True)
         frame.to_csv(preds_path(method), index=False)  # None -> empty cell, as evaluate writes an unmapped generation
 
@@ -247,7 +318,8 @@ def test_main_writes_csv_markdown_and_summary_that_agree(tmp_path, monkeypatch):
 
     table = pd.read_csv("reports/stats/stats_eval_test.csv")
     assert list(table.columns) == STATS_COLUMNS
-    assert len(table) == 3 * len(comparison_pairs(params.methods, params.stats.baseline))
+    pairs = comparison_pairs(params.methods, params.stats.baseline, params.references.names)
+    assert len(table) == 3 * len(pairs) and set(table["reference"]) >= set(params.references.names)
     markdown = Path("reports/stats/stats_eval_test.md").read_text()
     assert markdown.count("\n| ") == len(table) + 1  # header + one line per row
     summary = json.loads(Path("reports/stats/stats_summary.json").read_text())
@@ -259,4 +331,4 @@ def test_main_writes_csv_markdown_and_summary_that_agree(tmp_path, monkeypatch):
             row = rows.loc[("paired_bootstrap", name)]
             assert [entry[f"delta_{name}{suffix}"] for suffix in ("", "_ci_low", "_ci_high", "_p")] == \
                 [row["effect"], row["ci_low"], row["ci_high"], row["p_value"]]
-    assert len(summary) == len(comparison_pairs(params.methods, params.stats.baseline))
+    assert len(summary) == len(pairs)

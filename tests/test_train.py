@@ -22,25 +22,6 @@ from tiny_models import tiny_frame
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
-@pytest.fixture
-def stage_dir(tmp_path, monkeypatch, write_params, tiny_model_paths):
-    """A working dir shaped like the repo: params.yaml, data/processed/{train,val}.csv, an MLflow store in tmp."""
-
-    def make(family: str = "encoder", n_train: int = 16, **overrides) -> Path:
-        (tmp_path / "data/processed").mkdir(parents=True, exist_ok=True)
-        tiny_frame(n_train, 1000).to_csv(tmp_path / "data/processed/train.csv", index=False)
-        tiny_frame(8, 5000).to_csv(tmp_path / "data/processed/val.csv", index=False)
-        write_params(tmp_path, {"model.name_or_path": str(tiny_model_paths[family]), "model.max_length": 64,
-                                "train.epochs": 2, "train.batch_size": 4, "train.device": "cpu",
-                                "mlflow.experiment": "tests", **overrides})
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        return tmp_path
-
-    return make
-
-
 def mlflow_client(root: Path) -> MlflowClient:
     return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
 
