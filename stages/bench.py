@@ -97,8 +97,8 @@ def main(argv: list[str]) -> None:
     for method in params.methods:
         backbone = load_backbone(params.model, method, params.peft, params.prepare.labels, seed=params.train.seed,
                                  device=params.train.device)
-        if backbone.count_parameters()[0] == 0:
-            continue  # zero-shot: nothing to train
+        if len(backbone.trainable_parameters()) == len(backbone.head_parameters()):
+            continue  # zero-shot, or the encoder's probe (solved by LogisticRegression): no training loop to time
         rate = time_training(backbone, train, params.train.batch_size, getattr(params.peft, method).lr,
                              args.train_batches)
         rows.append({"what": f"training: {method} (batch {params.train.batch_size})", "examples_per_s": rate,

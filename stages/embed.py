@@ -10,7 +10,6 @@ Usage:   python -m stages.embed
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
@@ -84,8 +83,7 @@ def features_for(backbone: EncoderBackbone, frame: pd.DataFrame, model_params: M
             if all(pmid in table for pmid in frame["pmid"]):
                 return np.stack([table[pmid] for pmid in frame["pmid"]]) if len(frame) else np.zeros((0, 0))
     log.info("features of %d items are not in %s for these model params: embedding them now", len(frame), folder)
-    disable = getattr(backbone.model, "disable_adapter", None)  # peft: the frozen encoder alone
-    with disable() if disable is not None else contextlib.nullcontext():
+    with backbone.frozen_encoder():
         return embed_frame(backbone, frame, BATCH_SIZE)
 
 

@@ -9,11 +9,13 @@ writes the adapter folder. The families differ only in how an input is built and
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
 import string
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -300,6 +302,24 @@ class EncoderBackbone(Backbone):
     def features(self, batch: Batch) -> torch.Tensor:
         """(B, H) pooled hidden states: what the head reads, and what the probe is fitted on."""
         return self._pooled(batch)
+
+    @contextlib.contextmanager
+    def frozen_encoder(self) -> Iterator[None]:
+        """Within it, the encoder runs without its adapter (the probe's features). A soft prompt or prefix lives
+        outside the base model, so that is used alone; peft switches LoRA-like layers off (for prompt learning its
+        disable_adapter needs a generation method a feature extractor lacks)."""
+        model = self.model
+        if not isinstance(model, PeftModel):
+            yield
+        elif model.active_peft_config.is_prompt_learning:
+            self.model = model.get_base_model()
+            try:
+                yield
+            finally:
+                self.model = model
+        else:
+            with model.disable_adapter():
+                yield
 
     def _pooled(self, batch: Batch) -> torch.Tensor:
         """(B, H) pooled over the real tokens: prompt/p-tuning prepend virtual tokens, so keep the last T positions."""

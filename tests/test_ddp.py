@@ -14,7 +14,7 @@ import pytest
 from stages.families import Backbone, load_backbone
 from stages.params import load_params
 from stages.train import parameter_digest
-from test_train import mlflow_client, stage_dir  # noqa: F401 (stage_dir is a fixture: the tiny train-stage project)
+from test_train import mlflow_client
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

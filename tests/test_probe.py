@@ -150,3 +150,20 @@ def test_a_tuned_encoder_method_starts_its_head_from_the_probe(probe_dir):
     torch.testing.assert_close(backbone.head.weight, probe_head["weight"])  # LoRA starts as the identity: same features
     groups = train_stage.parameter_groups(backbone, lr=0.5, head_lr=0.25)
     assert [g["lr"] for g in groups] == [0.5, 0.25] and groups[1]["params"] == backbone.head_parameters()
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning", "lora"])
+def test_features_embedded_on_the_fly_are_the_frozen_encoders(probe_dir, method):
+    """Without a cache (another model, another split), a tuned backbone's probe features come from the encoder alone,
+    its adapter switched off: the same numbers stage embed caches."""
+    from stages.families import load_backbone
+    from stages.params import load_params
+
+    params = load_params()
+    val = pd.read_csv("data/processed/val.csv", dtype={"pmid": str})
+    base = load_backbone(params.model, "base", params.peft, params.prepare.labels, seed=0, device="cpu")
+    tuned = load_backbone(params.model, method, params.peft, params.prepare.labels, seed=0, device="cpu")
+    expected = embed_stage.embed_frame(base, val, 8)
+    np.testing.assert_allclose(embed_stage.features_for(tuned, val, params.model, probe_dir / "nowhere"), expected,
+                               atol=1e-5)
+    assert tuned.model is not tuned.model.get_base_model()  # the adapter is back in place afterwards

@@ -16,7 +16,7 @@ from stages import prepare
 from stages import protocols
 from stages.common import PeftqaError
 from stages.params import load_params
-from test_train import mlflow_client, stage_dir  # noqa: F401 (stage_dir is a fixture: the tiny train-stage project)
+from test_train import mlflow_client
 from tiny_models import tiny_frame
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
