@@ -90,7 +90,7 @@ class ModelParams:
 @dataclass(frozen=True)
 class TrainParams:
     epochs: int = 2
-    patience: int = 1
+    patience: int = 2
     batch_size: int = 16
     grad_accum_steps: int = 1
     warmup_ratio: float = 0.1

@@ -217,7 +217,8 @@ def fit(backbone: Backbone, accelerator: Accelerator, train: pd.DataFrame, val: 
         lr: float, bf16: bool, log_epoch, checkpoint: Path | None = None, resume: dict | None = None,
         stamp: dict | None = None, head_lr: float | None = None) -> tuple[list[dict], int]:
     """AdamW + linear warmup/decay, early stopping on val macro-F1, best epoch restored. Returns (history, best).
-    The adapter learns at `lr`, a classification head at `head_lr` (None: `lr`).
+    Epoch 0 is the untrained start, validated like the others. The adapter learns at `lr`, a classification head at
+    `head_lr` (None: `lr`).
     With `checkpoint`, the state after each epoch is saved there, with `stamp` (config, MLflow run id) beside it;
     `resume` is such a state to continue from. Under several processes each trains on its share of every batch
     round (DDP averages the gradients), the main process validates, and all follow its early-stopping decisions."""
@@ -241,11 +242,14 @@ def fit(backbone: Backbone, accelerator: Accelerator, train: pd.DataFrame, val: 
         history, best_epoch, best_f1 = resume["history"], resume["best_epoch"], resume["best_f1"]
         best_state, stale = resume["best_state"], resume["stale"]
     model, optimizer = accelerator.prepare(TrainingLoss(backbone), optimizer)  # one process: returned as they are
-    first = len(history) + 1 if stale < cfg.patience else cfg.epochs + 1  # a resumed run may have stopped already
+    # a resumed run goes on after its last epoch, or not at all if it had stopped already
+    first = (history[-1]["epoch"] + 1 if history else 0) if stale < cfg.patience else cfg.epochs + 1
     for epoch in range(first, cfg.epochs + 1):
         start = time.perf_counter()
-        train_loss = train_one_epoch(backbone, model, accelerator, train, optimizer, scheduler, cfg, weights, epoch,
-                                     bf16)
+        # epoch 0 trains nothing: the starting point (a fresh adapter, a head from the probe) is a candidate too,
+        # so training that only hurts val ends where it began
+        train_loss = float("nan") if epoch == 0 else train_one_epoch(
+            backbone, model, accelerator, train, optimizer, scheduler, cfg, weights, epoch, bf16)
         row = None
         if accelerator.is_main_process:
             row = {"epoch": epoch, "train_loss": train_loss, **validate(backbone, val, cfg.batch_size, weights, bf16),

@@ -44,7 +44,7 @@ def test_two_cpu_processes_end_with_identical_adapter_weights(stage_dir, pipelin
     summary = json.loads((root / "models/lora/train_summary.json").read_text())
     digests = summary["rank_param_sha256"]
     assert summary["world_size"] == 2 and len(digests) == 2 and digests[0] == digests[1]
-    assert list(pd.read_csv(root / "models/lora/history.csv")["epoch"]) == [1, 2]
+    assert list(pd.read_csv(root / "models/lora/history.csv")["epoch"]) == [0, 1, 2]
 
     # the saved adapter, loaded back by the project's own code, holds exactly those weights
     params = load_params(root / "params.yaml")

@@ -72,10 +72,12 @@ def test_evaluate_base_equals_an_independent_logistic_regression(probe_dir, tiny
 
     frames = {split: pd.read_csv(probe_dir / f"data/processed/{split}.csv", dtype={"pmid": str})
               for split in ("train", "val", "test")}
-    x = {split: independent_features(str(tiny_model_paths["encoder"]), frame) for split, frame in frames.items()}
+    x = {split: independent_features(str(tiny_model_paths["encoder"]), frame).astype(np.float64)
+         for split, frame in frames.items()}
     fitted = []
     for c in C_GRID:  # ascending, first best kept: ties go to the stronger regularisation
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=10_000))
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=100_000,
+                                                                   tol=1e-10))  # solved to convergence, in float64
         model.fit(x["train"], frames["train"]["label"])
         fitted.append((f1_score(frames["val"]["label"], model.predict(x["val"]), average="macro"), -c, model))
     _, neg_c, peer = max(fitted, key=lambda item: item[:2])
@@ -111,7 +113,7 @@ def test_head_terms_give_the_logistic_regressions_probabilities(labels):
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     scaler = StandardScaler().fit(x[:60])
-    peer = LogisticRegression(C=probe.c, max_iter=10_000).fit(scaler.transform(x[:60]), y[:60])
+    peer = LogisticRegression(C=probe.c, max_iter=100_000, tol=1e-10).fit(scaler.transform(x[:60]), y[:60])
     expected = peer.predict_proba(scaler.transform(x[60:]))[:, [list(peer.classes_).index(label) for label in labels]]
     np.testing.assert_allclose(probs, expected, atol=1e-8)
     assert head_terms(peer, np.zeros(5), np.ones(5), labels)[0].shape == (len(labels), 5)

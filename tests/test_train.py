@@ -39,7 +39,7 @@ def test_training_run_is_logged_to_mlflow_with_params_metrics_and_artifacts(stag
 
     history = pd.read_csv(root / "models/lora/history.csv")
     summary = json.loads((root / "models/lora/train_summary.json").read_text())
-    assert list(history["epoch"]) == [1, 2]
+    assert list(history["epoch"]) == [0, 1, 2]  # epoch 0: the untrained start, validated
     assert {"adapter_config.json", "adapter_model.safetensors", "head.safetensors", "peftqa.json"} <= {
         p.name for p in (root / "models/lora/adapter").iterdir()}
     assert summary["epochs_run"] == 2 and summary["trainable_params"] > 0 and summary["adapter_bytes"] > 0
@@ -52,8 +52,9 @@ def test_training_run_is_logged_to_mlflow_with_params_metrics_and_artifacts(stag
     assert run.data.tags["stage"] == "train@lora" and run.data.tags["method"] == "lora"
     for column in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_f1_yes", "val_f1_no", "seconds"):
         logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, column))
-        assert [step for step, _ in logged] == list(history["epoch"]), column  # one value per epoch
-        assert [value for _, value in logged] == pytest.approx(list(history[column])), column  # the same numbers
+        rows = history.dropna(subset=[column])  # epoch 0 trains nothing: no train_loss, and MLflow gets no NaN
+        assert [step for step, _ in logged] == list(rows["epoch"]), column  # one value per epoch
+        assert [value for _, value in logged] == pytest.approx(list(rows[column])), column  # the same numbers
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"adapter", "history.csv", "train_summary.json", "resolved_config.json"} <= artifacts
     assert "adapter/adapter_model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
@@ -62,15 +63,16 @@ def test_training_run_is_logged_to_mlflow_with_params_metrics_and_artifacts(stag
 
 
 def test_early_stopping_restores_the_best_epoch(stage_dir, monkeypatch):
-    """Val macro-F1 scripted as 0.5, 0.7, 0.6, 0.6: patience 2 stops after epoch 4 and restores epoch 2."""
+    """Val macro-F1 scripted as 0.4 (the start), 0.5, 0.7, 0.6, 0.6: patience 2 stops after epoch 4 and restores
+    epoch 2."""
     stage_dir(**{"train.epochs": 6, "train.patience": 2})
-    scripted = iter([0.5, 0.7, 0.6, 0.6, 0.9, 0.9])
+    scripted = iter([0.4, 0.5, 0.7, 0.6, 0.6, 0.9, 0.9])
     real_validate = train_stage.validate
     snapshots = {}
 
     def scripted_validate(backbone, *args, **kwargs):
         metrics = real_validate(backbone, *args, **kwargs)
-        epoch = len(snapshots) + 1
+        epoch = len(snapshots)
         snapshots[epoch] = [p.detach().clone() for p in backbone.trainable_parameters()]
         return {**metrics, "val_macro_f1": next(scripted)}
 
@@ -78,7 +80,7 @@ def test_early_stopping_restores_the_best_epoch(stage_dir, monkeypatch):
     train_stage.main(["lora"])
     summary = json.loads(Path("models/lora/train_summary.json").read_text())
     history = pd.read_csv("models/lora/history.csv")
-    assert list(history["epoch"]) == [1, 2, 3, 4]
+    assert list(history["epoch"]) == [0, 1, 2, 3, 4]
     assert summary["best_epoch"] == 2 and summary["epochs_run"] == 4 and summary["best_val_macro_f1"] == 0.7
     assert not torch.equal(snapshots[2][0], snapshots[4][0])  # training moved on after epoch 2 ...
     head = load_file("models/lora/adapter/head.safetensors")
@@ -159,7 +161,7 @@ def test_killed_training_resumes_to_the_same_result(stage_dir, tmp_path):
     run = only_run(client, "lora")  # no duplicate run
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_macro_f1")]
-    assert sorted(steps) == [1, 2, 3]  # every epoch once, the missing ones appended
+    assert sorted(steps) == [0, 1, 2, 3]  # every epoch once, the missing ones appended
 
     # the same params, uninterrupted, in a fresh directory
     fresh = tmp_path / "fresh"

@@ -69,6 +69,21 @@ def build_tokenizer(kind: str) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **_SPECIALS[kind])
 
 
+def build_word_tokenizer(kind: str, words: list[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over `words` (split on spaces and punctuation, one token per word) with `kind`'s
+    special tokens: for synthetic tasks where each word must be exactly one token."""
+    specials = list(dict.fromkeys(_SPECIALS[kind].values()))
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(specials + list(words)))}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=_SPECIALS[kind]["unk_token"]))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.decoder = decoders.WordPiece()  # joins the words with spaces
+    if _TEMPLATES[kind] is not None:
+        single, pair = _TEMPLATES[kind]
+        tokens = [(token, vocab[token]) for token in specials]
+        tokenizer.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=tokens)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **_SPECIALS[kind])
+
+
 def _build_model(kind: str, tokenizer: PreTrainedTokenizerFast) -> torch.nn.Module:
     """A 2-layer, 32-wide random model of `kind` whose special-token ids match the tokenizer."""
     vocab = len(tokenizer)
