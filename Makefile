@@ -42,4 +42,4 @@ ui: install  ## the MLflow UI over this project's store (mlflow.db, artifacts in
 		--host 127.0.0.1 --port $(UI_PORT)
 
 clean:  ## remove outputs (not the venv, not the MLflow store)
-	rm -rf data/raw data/processed models reports/eval reports/stats reports/figures
+	rm -rf data/raw data/processed data/features models reports/eval reports/references reports/stats reports/figures
