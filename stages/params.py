@@ -89,7 +89,7 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 2
+    epochs: int = 1
     patience: int = 2
     batch_size: int = 16
     grad_accum_steps: int = 1
