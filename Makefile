@@ -12,7 +12,7 @@ ifneq ($(SHARED_JSON),)
 export PUBMEDQA_JSON ?= $(SHARED_JSON)
 endif
 
-.PHONY: install run test bench bench-reference ui clean
+.PHONY: install run test bench bench-reference sweep ablation ui clean
 
 install: $(STAMP)
 
@@ -33,6 +33,15 @@ bench: install  ## print training throughput and inference speed of the params.y
 # FLAN-T5-XL's shape with random weights (no download): the full shape on a CUDA GPU, a small one on CPU
 bench-reference: install  ## time prompt and prefix tuning at the reference's scale (not a test); needs only torch, transformers, peft
 	HF_HUB_OFFLINE=1 $(PY) -m stages.bench_reference
+
+# issue 12's sweep: every point of the committed grid as a queued DVC experiment, two workers at a time (hours on
+# 2 cores; one torch thread per worker so the two do not fight over the cores). Follow with `dvc queue status`.
+sweep: install  ## queue every point of reports/ablation/grid.yaml and start two workers in the background
+	HF_HUB_OFFLINE=1 $(PY) -m stages.sweep
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 dvc queue start -j 2
+
+ablation: install  ## one val/test table per grid table, from `dvc exp show`, into reports/ablation/
+	$(PY) -m stages.ablation --grid reports/ablation/grid.yaml
 
 # the UI's port: `make ui UI_PORT=5001` when 5000 is taken
 UI_PORT ?= 5000
