@@ -40,8 +40,9 @@ sweep: install  ## queue every point of reports/ablation/grid.yaml and start two
 	HF_HUB_OFFLINE=1 $(PY) -m stages.sweep
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 dvc queue start -j 2
 
+# ABLATION_REV: the commit the sweep was queued from, once HEAD has moved on (README names the one behind its tables)
 ablation: install  ## one val/test table per grid table, from `dvc exp show`, into reports/ablation/
-	$(PY) -m stages.ablation --grid reports/ablation/grid.yaml
+	$(PY) -m stages.ablation --grid reports/ablation/grid.yaml $(if $(ABLATION_REV),--rev $(ABLATION_REV))
 
 # the UI's port: `make ui UI_PORT=5001` when 5000 is taken
 UI_PORT ?= 5000

@@ -1,15 +1,20 @@
-"""Ablation summary: one row per DVC experiment that sweeps one param, with the val and test metrics it reached.
+"""Ablation summary: one row per DVC experiment of a sweep over one param or a grid of several, with the val and test
+metrics it reached.
 
 Reads `dvc exp show --json`, takes each experiment's value of the swept param and the metrics evaluate@<method> wrote
 (reports/eval/<method>/metrics_{val,test}.json, declared under `metrics:` in dvc.yaml), and marks the row with the best
 val metric: the study's selection rule (LoRA rank chosen by val macro-F1); test is reported, never used to choose.
 A row whose other params differ from the majority of rows is flagged in `other_changes`, because its difference from
-the others is then not due to the swept param alone. Not a dvc.yaml stage: its input is the experiments themselves.
+the others is then not due to the swept param alone; a row that changes only other methods' peft.<method> sections is
+left out (it belongs to another method's sweep, and this method's metrics there are the baseline's).
+Not a dvc.yaml stage: its input is the experiments themselves.
 
 Inputs:  `dvc exp show --json`, run in the repo root (or --json-file PATH, a saved dump of it).
-Outputs: reports/ablation/<param>.csv, reports/ablation/<param>.md (also printed), reports/ablation/<param>.png.
-Usage:   python -m stages.ablation --param peft.lora.r [--method lora] [--metric macro_f1] [--select-on val]
-                                   [--out reports/ablation] [--json-file PATH] [--debug]
+Outputs: reports/ablation/<name>.csv, reports/ablation/<name>.md (also printed), reports/ablation/<name>.png; <name>
+         is the param (one --param), the params joined by '+' (several), or the table name (--grid).
+Usage:   python -m stages.ablation --param peft.lora.r [--param ...] [--method lora] [--metric macro_f1]
+                                   [--select-on val] [--out reports/ablation] [--json-file PATH] [--rev REV] [--debug]
+         python -m stages.ablation --grid reports/ablation/grid.yaml [...]   # one table per table of the grid
 """
 from __future__ import annotations
 
@@ -172,13 +177,14 @@ def example_value(value: object) -> str:
     return "<value>"
 
 
-def confounding_keys(records: Sequence[ExpRecord], param: str) -> list[list[str]]:
-    """Per record, the params keys (other than `param`) whose value differs from the most common value across records.
+def confounding_keys(records: Sequence[ExpRecord], param: str | Sequence[str]) -> list[list[str]]:
+    """Per record, the params keys (other than the swept ones) whose value differs from the most common value across
+    records.
 
     A tie goes to the value seen first, and `dvc exp show` lists a baseline before its experiments, so in a two-row
     table the experiment (not the baseline) is the one flagged.
     """
-    keys = sorted({key for record in records for key in record.params} - {param})
+    keys = sorted({key for record in records for key in record.params} - set(as_list(param)))
     absent = "<absent>"
     majority = {key: Counter(json.dumps(r.params.get(key, absent), sort_keys=True) for r in records).most_common(1)[0][0]
                 for key in keys}
@@ -198,20 +204,36 @@ def metric_columns(metric: str) -> list[str]:
     return list(dict.fromkeys([f"val_{metric}", "test_accuracy", "test_macro_f1", f"test_{metric}", "test_n"]))
 
 
-def build_ablation(records: Sequence[ExpRecord], param: str, method: str, metric: str = "macro_f1",
+def as_list(param: str | Sequence[str]) -> list[str]:
+    return [param] if isinstance(param, str) else list(param)
+
+
+def other_methods_only(keys: Sequence[str], method: str) -> bool:
+    """True when every key is in another method's peft.<m> section: such a row never retrains `method`."""
+    return bool(keys) and all(key.startswith("peft.") and key.split(".")[1] != method for key in keys)
+
+
+def build_ablation(records: Sequence[ExpRecord], param: str | Sequence[str], method: str, metric: str = "macro_f1",
                    select_on: Literal["val", "test"] = "val") -> tuple[pd.DataFrame, list[str]]:
-    """The ablation table sorted by the swept value, with `chosen` marking the best `select_on` metric, and one
-    "<name>: <why>" note per record left out (param not set, or a metrics file or key missing).
+    """The ablation table sorted by the swept values (the first param slowest), with `chosen` marking the best
+    `select_on` metric, and one "<name>: <why>" note per record left out (a param not set, only other methods'
+    params changed, or a metrics file or key missing).
 
     Ties in the selection go to the row first in sorted order, i.e. the smallest swept value (the cheaper model).
     """
-    check_param(records, param)
-    confounds = confounding_keys(records, param)
+    params = as_list(param)
+    for key in params:
+        check_param(records, key)
+    confounds = confounding_keys(records, params)
     paths = {split: metrics_path(method, split) for split in ("val", "test")}
     rows, skipped = [], []
     for record, other_changes in zip(records, confounds):
-        if param not in record.params:
-            skipped.append(f"{record.name}: does not set {param}")
+        unset = [key for key in params if key not in record.params]
+        if unset:
+            skipped.append(f"{record.name}: does not set {', '.join(unset)}")
+            continue
+        if other_methods_only(other_changes, method):
+            skipped.append(f"{record.name}: changes only {', '.join(other_changes)}, which {method} does not read")
             continue
         split_metrics = {split: record.metrics.get(path) for split, path in paths.items()}
         missing = [f"{paths[split]}" + ("" if split_metrics[split] is None else f" key '{metric}'")
@@ -219,16 +241,17 @@ def build_ablation(records: Sequence[ExpRecord], param: str, method: str, metric
         if missing:
             skipped.append(f"{record.name}: no {' or '.join(missing)}")
             continue
-        row = {"experiment": record.name, "kind": record.kind, "rev": record.rev, param: record.params[param]}
+        row = {"experiment": record.name, "kind": record.kind, "rev": record.rev,
+               **{key: record.params[key] for key in params}}
         for column in metric_columns(metric):
             split, key = column.split("_", 1)
             row[column] = split_metrics[split].get(key, np.nan)
         rows.append({**row, "chosen": False, "other_changes": ", ".join(other_changes)})
     if not rows:
-        raise PeftqaError(f"no experiment that sets {param} has {metrics_path(method, 'val')} and "
+        raise PeftqaError(f"no experiment that sets {', '.join(params)} has {metrics_path(method, 'val')} and "
                           f"{metrics_path(method, 'test')} with '{metric}' ({len(skipped)} skipped: "
                           f"{'; '.join(skipped[:3])}); did evaluate@{method} run in these experiments?")
-    order = sorted(range(len(rows)), key=lambda i: (value_sort_key(rows[i][param]), i))
+    order = sorted(range(len(rows)), key=lambda i: (*[value_sort_key(rows[i][key]) for key in params], i))
     table = pd.DataFrame([rows[i] for i in order]).reset_index(drop=True)
     scores = pd.to_numeric(table[f"{select_on}_{metric}"], errors="coerce")
     if scores.notna().any():
@@ -245,14 +268,15 @@ def format_value(value: object, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def chosen_sentence(table: pd.DataFrame, param: str, metric: str, select_on: str) -> str:
+def chosen_sentence(table: pd.DataFrame, param: str | Sequence[str], metric: str, select_on: str) -> str:
     """e.g. "chosen by val macro-F1: r=8 (test macro-F1 0.512)", with the caveats a reader needs."""
     chosen = table[table["chosen"]]
     if chosen.empty:
         return f"no row has a {select_on} {metric_label(metric)}, so none is chosen."
     row = chosen.iloc[0]
     report_on = "test" if select_on == "val" else "val"
-    sentence = (f"chosen by {select_on} {metric_label(metric)}: {param.split('.')[-1]}={format_value(row[param])} "
+    values = ", ".join(f"{key.split('.')[-1]}={format_value(row[key])}" for key in as_list(param))
+    sentence = (f"chosen by {select_on} {metric_label(metric)}: {values} "
                 f"({report_on} {metric_label(metric)} {row[f'{report_on}_{metric}']:.3f})")
     if select_on == "test":
         sentence += "; chosen on test, so its test score is optimistic"
@@ -261,10 +285,12 @@ def chosen_sentence(table: pd.DataFrame, param: str, metric: str, select_on: str
     return sentence + "."
 
 
-def format_markdown(table: pd.DataFrame, param: str, metric: str, select_on: str, skipped: Sequence[str]) -> str:
+def format_markdown(table: pd.DataFrame, param: str | Sequence[str], metric: str, select_on: str,
+                    skipped: Sequence[str]) -> str:
     """The table (metrics to 3 decimals, the CSV keeps full precision), the chosen row, then the rows left out."""
     shown = table.drop(columns=["kind"]).assign(
-        **{param: table[param].map(format_value), "chosen": table["chosen"].map({True: "yes", False: ""})})
+        **{key: table[key].map(format_value) for key in as_list(param)},
+        chosen=table["chosen"].map({True: "yes", False: ""}))
     lines = [shown.to_markdown(index=False, floatfmt=".3f", missingval=""), "",
              chosen_sentence(table, param, metric, select_on)]
     if table["other_changes"].astype(bool).any():
@@ -275,24 +301,31 @@ def format_markdown(table: pd.DataFrame, param: str, metric: str, select_on: str
     return "\n".join(lines) + "\n"
 
 
-def plot_ablation(table: pd.DataFrame, param: str, metric: str, method: str) -> Figure:
-    """Val and test `metric` against the swept value: points per experiment, a line through the per-value means.
-    Text or boolean values go on a categorical axis; positive numbers spanning >= LOG_X_SPAN x on a log axis."""
-    values = table[param].tolist()
+def plot_ablation(table: pd.DataFrame, param: str | Sequence[str], metric: str, method: str) -> Figure:
+    """Val and test `metric` against the (first) swept value: points per experiment, a line through the per-value
+    means, one pair of lines per combination of the other swept params. Text or boolean values go on a categorical
+    axis; positive numbers spanning >= LOG_X_SPAN x on a log axis."""
+    first, rest = as_list(param)[0], as_list(param)[1:]
+    values = table[first].tolist()
     numeric = all(value_sort_key(v)[0] == 0 for v in values)
     if numeric:
         x = np.array(values, dtype=float)
     else:
         categories = list(dict.fromkeys(values))  # already in sorted order
         x = np.array([categories.index(v) for v in values], dtype=float)
-    color = METHOD_COLORS.get(method, "tab:blue")
+    combos = table[rest].apply(lambda r: ", ".join(f"{k.split('.')[-1]}={format_value(v, 16)}" for k, v in r.items()),
+                               axis=1) if rest else pd.Series("", index=table.index)
+    palette = [METHOD_COLORS.get(method, "tab:blue")] + [f"C{i}" for i in range(10)]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
-    for split, style, marker in (("test", "-", "o"), ("val", "--", "s")):
-        y = pd.to_numeric(table[f"{split}_{metric}"], errors="coerce").to_numpy()
-        means = pd.Series(y).groupby(x).mean()
-        ax.plot(means.index, means.to_numpy(), style, color=color, alpha=1.0 if split == "test" else 0.6)
-        ax.plot(x, y, marker, linestyle="none", color=color, alpha=1.0 if split == "test" else 0.6,
-                label=f"{split} {metric_label(metric)}")
+    for k, combo in enumerate(dict.fromkeys(combos)):
+        rows = (combos == combo).to_numpy()
+        color, suffix = palette[k % len(palette)], f" ({combo})" if combo else ""
+        for split, style, marker in (("test", "-", "o"), ("val", "--", "s")):
+            y = pd.to_numeric(table[f"{split}_{metric}"], errors="coerce").to_numpy()[rows]
+            means = pd.Series(y).groupby(x[rows]).mean()
+            ax.plot(means.index, means.to_numpy(), style, color=color, alpha=1.0 if split == "test" else 0.6)
+            ax.plot(x[rows], y, marker, linestyle="none", color=color, alpha=1.0 if split == "test" else 0.6,
+                    label=f"{split} {metric_label(metric)}{suffix}")
     chosen = table.index[table["chosen"]]
     if len(chosen):
         i = chosen[0]
@@ -308,9 +341,10 @@ def plot_ablation(table: pd.DataFrame, param: str, metric: str, method: str) -> 
         ax.set_xticks(range(len(categories)), [format_value(c, 20) for c in categories],
                       rotation=20 if any(len(str(c)) > 8 for c in categories) else 0)
         ax.set_xlim(-0.5, len(categories) - 0.5)
-    ax.set(title=f"{method}: {metric_label(metric)} against {param}", xlabel=param, ylabel=metric_label(metric))
+    ax.set(title=f"{method}: {metric_label(metric)} against {', '.join(as_list(param))}", xlabel=first,
+           ylabel=metric_label(metric))
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small" if rest else None)
     return fig
 
 
@@ -318,8 +352,9 @@ def plot_ablation(table: pd.DataFrame, param: str, metric: str, method: str) -> 
 # the command
 
 
-def read_exp_show(json_file: Path | None, root: Path) -> list:
-    """The parsed output of `dvc exp show --json` run in `root`, or of a saved dump when `json_file` is given."""
+def read_exp_show(json_file: Path | None, root: Path, rev: str | None = None) -> list:
+    """The parsed output of `dvc exp show --json` run in `root` (experiments of `rev`, default HEAD), or of a saved
+    dump when `json_file` is given."""
     if json_file is not None:
         try:
             text = json_file.read_text(encoding="utf-8")
@@ -328,7 +363,8 @@ def read_exp_show(json_file: Path | None, root: Path) -> list:
         source = str(json_file)
     else:
         try:
-            result = subprocess.run(["dvc", "exp", "show", "--json"], cwd=root, capture_output=True, text=True)
+            command = ["dvc", "exp", "show", "--json"] + (["--rev", rev] if rev else [])
+            result = subprocess.run(command, cwd=root, capture_output=True, text=True)
         except FileNotFoundError:
             raise PeftqaError("`dvc` is not on PATH; activate the project's virtual environment") from None
         if result.returncode != 0:
@@ -343,32 +379,54 @@ def read_exp_show(json_file: Path | None, root: Path) -> list:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m stages.ablation", description=__doc__.splitlines()[0])
-    parser.add_argument("--param", required=True, help="the swept params.yaml key, dotted (e.g. peft.lora.r)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--param", action="append", help="a swept params.yaml key, dotted (e.g. peft.lora.r); "
+                                                       "repeat it for a grid of several")
+    what.add_argument("--grid", type=Path, help="a sweep grid (reports/ablation/grid.yaml): one table per entry")
     parser.add_argument("--method", choices=METHODS, help="whose metrics to read; implied by peft.<method>.* params")
     parser.add_argument("--metric", default="macro_f1", help="the metrics_*.json key to select on and plot")
     parser.add_argument("--select-on", choices=("val", "test"), default="val", help="split whose metric picks the row")
     parser.add_argument("--out", type=Path, default=ABLATION_DIR, help="output folder (relative to the repo root)")
     parser.add_argument("--json-file", type=Path, help="read a saved `dvc exp show --json` dump instead of running it")
+    parser.add_argument("--rev", help="read the experiments of this baseline commit (default: HEAD's)")
     return parser.parse_args(argv)
+
+
+def tables_to_build(args: argparse.Namespace, root: Path) -> list[tuple[str, list[str], str]]:
+    """(output name, swept params, method) per table: one from --param, or one per entry of --grid."""
+    if args.param:
+        method = {method_for_param(param, args.method) for param in args.param}
+        if len(method) > 1:
+            raise PeftqaError(f"--param {args.param} belong to different methods {sorted(method)}; sweep one at a time")
+        return [("+".join(args.param), list(args.param), method.pop())]
+    from stages.sweep import load_grid  # the grid file's one reader
+    grid = load_grid(args.grid if args.grid.is_absolute() else root / args.grid)
+    tables = []
+    for name, axes in grid.items():
+        methods = {method_for_param(param, args.method or (name if name in METHODS else None)) for param in axes}
+        if len(methods) > 1:
+            raise PeftqaError(f"{args.grid}: table '{name}' sweeps params of different methods {sorted(methods)}")
+        tables.append((name, list(axes), methods.pop()))
+    return tables
 
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     root = project_root()
-    method = method_for_param(args.param, args.method)
-    records, errored = parse_exp_show(read_exp_show(args.json_file, root))
-    table, skipped = build_ablation(records, args.param, method, metric=args.metric, select_on=args.select_on)
-    skipped = errored + skipped
-    if skipped:
-        log.warning("ablation: %d experiments skipped (see the .md): %s", len(skipped), "; ".join(skipped))
-
+    tables = tables_to_build(args, root)
+    records, errored = parse_exp_show(read_exp_show(args.json_file, root, args.rev))
     out = args.out if args.out.is_absolute() else root / args.out
-    markdown = format_markdown(table, args.param, args.metric, args.select_on, skipped)
-    write_csv_atomic(out / f"{args.param}.csv", table)
-    write_text_atomic(out / f"{args.param}.md", f"# Ablation of {args.param} ({method})\n\n{markdown}")
-    save_figure(plot_ablation(table, args.param, args.metric, method), out / f"{args.param}.png")
-    print(markdown, end="")
-    log.info("ablation: %d rows, %d skipped -> %s/%s.{csv,md,png}", len(table), len(skipped), out, args.param)
+    for name, params, method in tables:
+        table, skipped = build_ablation(records, params, method, metric=args.metric, select_on=args.select_on)
+        skipped = errored + skipped
+        if skipped:
+            log.warning("ablation %s: %d experiments skipped (see the .md)", name, len(skipped))
+        markdown = format_markdown(table, params, args.metric, args.select_on, skipped)
+        write_csv_atomic(out / f"{name}.csv", table)
+        write_text_atomic(out / f"{name}.md", f"# Ablation of {', '.join(params)} ({method})\n\n{markdown}")
+        save_figure(plot_ablation(table, params, args.metric, method), out / f"{name}.png")
+        print(f"## {name}\n\n{markdown}" if len(tables) > 1 else markdown, end="\n" if len(tables) > 1 else "")
+        log.info("ablation: %d rows, %d skipped -> %s/%s.{csv,md,png}", len(table), len(skipped), out, name)
 
 
 if __name__ == "__main__":

@@ -309,3 +309,50 @@ def test_ablation_of_real_dvc_experiments(tmp_path, pipeline_env):
     assert (root / "reports/ablation/peft.lora.r.png").exists()
     markdown = (root / "reports/ablation/peft.lora.r.md").read_text(encoding="utf-8")
     assert sum(line.startswith("|") for line in markdown.splitlines()) == 2 + 4  # header, rule, four rows
+
+
+# -----------------------------------------------------------------------------
+# grids: several params of one method swept together, beside other methods' sweeps in the same `dvc exp show`
+
+GRID_SWEEP = {  # a 2x2 grid of lora's lr and r (the baseline is lr 1e-3, r 8), plus a prompt-tuning experiment
+    "lr1e-4-r8": ({"peft.lora.lr": 1e-4}, eval_metrics(0.40, 0.60)),
+    "lr1e-4-r4": ({"peft.lora.lr": 1e-4, "peft.lora.r": 4}, eval_metrics(0.58, 0.41)),
+    "lr1e-3-r4": ({"peft.lora.r": 4}, eval_metrics(0.45, 0.52)),
+    "pt-text": ({"peft.prompt_tuning.init": "text"}, eval_metrics(0.90, 0.90)),  # lora's metrics: not its sweep
+}
+
+
+def test_a_grid_table_has_every_point_once_and_chooses_on_val():
+    table, skipped = ablation(exp_show(GRID_SWEEP), param=["peft.lora.lr", "peft.lora.r"])
+    assert table[["peft.lora.lr", "peft.lora.r"]].values.tolist() == [[1e-4, 4], [1e-4, 8], [1e-3, 4], [1e-3, 8]]
+    assert table.loc[table["chosen"], "experiment"].tolist() == ["lr1e-4-r4"]  # val 0.58, although its test is lowest
+    assert skipped == ["pt-text: changes only peft.prompt_tuning.init, which lora does not read"]
+    assert not table["other_changes"].astype(bool).any()
+    markdown = format_markdown(table, ["peft.lora.lr", "peft.lora.r"], "macro_f1", "val", skipped)
+    assert "chosen by val macro-F1: lr=0.0001, r=4 (test macro-F1 0.410)" in markdown
+    axis = plot_ablation(table, ["peft.lora.lr", "peft.lora.r"], "macro_f1", "lora").axes[0]
+    labels = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert "val macro-F1 (r=4)" in labels and "test macro-F1 (r=8)" in labels
+
+
+def test_the_grid_command_writes_one_table_per_grid_entry(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("lora:\n  peft.lora.lr: [1.0e-4, 1.0e-3]\n  peft.lora.r: [4, 8]\n"
+                    "prompt_tuning:\n  peft.prompt_tuning.init: [random, text]\n", encoding="utf-8")
+    dump = tmp_path / "exp_show.json"
+    sweep = dict(GRID_SWEEP, **{"pt-text": ({"peft.prompt_tuning.init": "text"},
+                                            {**eval_metrics(0.40, 0.60), **eval_metrics(0.7, 0.6, method="prompt_tuning")})})
+    entries = exp_show(sweep, baseline=({}, {**eval_metrics(0.50, 0.48), **eval_metrics(0.6, 0.5, method="prompt_tuning")}))
+    dump.write_text(json.dumps(entries), encoding="utf-8")
+    main(["--grid", str(grid), "--json-file", str(dump), "--out", str(tmp_path / "out")])
+    lora = pd.read_csv(tmp_path / "out" / "lora.csv")
+    prompt = pd.read_csv(tmp_path / "out" / "prompt_tuning.csv")
+    assert len(lora) == 4 and lora.loc[lora["chosen"], "experiment"].tolist() == ["lr1e-4-r4"]
+    assert prompt["peft.prompt_tuning.init"].tolist() == ["random", "text"]  # lora's experiments left out
+    assert prompt.loc[prompt["chosen"], "peft.prompt_tuning.init"].tolist() == ["text"]
+    assert (tmp_path / "out" / "lora.png").stat().st_size > 0
+
+
+def test_a_param_list_of_two_methods_is_refused(tmp_path):
+    with pytest.raises(PeftqaError, match="different methods"):
+        main(["--param", "peft.lora.r", "--param", "peft.prompt_tuning.init", "--json-file", str(tmp_path / "x")])
