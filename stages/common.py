@@ -74,6 +74,18 @@ def _json_default(obj: object) -> object:
 # files and paths
 
 
+def read_split(path: str | Path, limit: int = 0) -> pd.DataFrame:
+    """A prepared split (pmid, question, context, label; pmids and labels stay strings), its first `limit` rows
+    when limit > 0 (train.limit_train, evaluate.limit_items: demo slices that never change the split itself)."""
+    try:
+        frame = pd.read_csv(path, dtype={"pmid": str, "label": str})
+    except FileNotFoundError:
+        raise PeftqaError(f"{path} not found; run `dvc repro prepare` first") from None
+    except pd.errors.EmptyDataError:
+        raise PeftqaError(f"{path}: empty file; run `dvc repro prepare`") from None
+    return frame.iloc[:limit] if limit else frame
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
 from stages import tracking
-from stages.common import PeftqaError, write_csv_atomic, write_json_atomic
+from stages.common import PeftqaError, read_split, write_csv_atomic, write_json_atomic
 from stages.families import Backbone, load_backbone
 from stages.metrics import classification_metrics, confusion_frame, latency_summary
 from stages.params import METHODS, load_params
@@ -77,6 +77,19 @@ def predictions_frame(frame: pd.DataFrame, preds: list[str | None], log_probs: n
                          "p_yes": p_yes, "latency_s": latency})
 
 
+def generation_metrics(backbone: Backbone, frame: pd.DataFrame, preds: list[str | None], scoring: str,
+                       batch_size: int, bf16: bool) -> dict[str, float]:
+    """Language models: the share of greedy answers (MAX_NEW_TOKENS) that map to a label, and under verbalizer
+    scoring the share where that answer is the verbalizer's prediction. Nothing for the encoder (no generation)."""
+    if backbone.family == "encoder" or not len(frame):
+        return {}
+    answers = preds if scoring == "generate" else predict_batched(backbone, frame, batch_size, "generate", bf16)[0]
+    metrics = {"generate_parse_rate": float(np.mean([answer is not None for answer in answers]))}
+    if scoring != "generate":
+        metrics["generate_agreement"] = float(np.mean([a == p for a, p in zip(answers, preds)]))
+    return metrics
+
+
 def split_metrics(preds: pd.DataFrame, labels: tuple[str, ...], seconds: float, summary: dict) -> dict[str, float]:
     pred = [p if isinstance(p, str) else None for p in preds["pred"]]
     metrics = classification_metrics(preds["gold"].tolist(), pred, labels)
@@ -117,12 +130,13 @@ def main(args: list[str]) -> None:
     out_dir = EVAL_DIR / method
     metrics_by_split, figures = {}, {}
     for split in SPLITS:
-        frame = pd.read_csv(DATA_DIR / f"{split}.csv", dtype={"pmid": str})
+        frame = read_split(DATA_DIR / f"{split}.csv", params.evaluate.limit_items)
         preds, log_probs, seconds = predict_batched(backbone, frame, params.evaluate.batch_size, scoring, bf16)
         timed = frame if params.evaluate.latency_items == 0 else frame.iloc[: params.evaluate.latency_items]
         latencies = time_per_example(backbone, timed, scoring, bf16)
         pred_frame = predictions_frame(frame, preds, log_probs, labels, latencies)
         metrics = split_metrics(pred_frame, labels, seconds, summary)
+        metrics.update(generation_metrics(backbone, frame, preds, scoring, params.evaluate.batch_size, bf16))
         if metrics["unmapped"]:
             log.warning("%s %s: %d generations mapped to no label (counted as wrong)", method, split, metrics["unmapped"])
         cm = confusion_frame(pred_frame["gold"].tolist(), [p if isinstance(p, str) else None for p in preds], labels)

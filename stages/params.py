@@ -80,6 +80,8 @@ class ModelParams:
     truncation: Literal["start", "end", "both"] = "start"
     scoring: Literal["verbalizer", "generate"] = "verbalizer"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    chat_template: Literal["auto", "none"] = "auto"
+    label_words: Literal["auto", "exact", "cased"] = "auto"
 
     def __post_init__(self):
         _require(self.max_length >= 16, "model.max_length", self.max_length, "must be >= 16 tokens")
@@ -251,9 +253,11 @@ class MlflowParams:
 class EvaluateParams:
     batch_size: int = 32
     latency_items: int = 16
+    limit_items: int = 0
 
     def __post_init__(self):
         _require(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "must be >= 1")
+        _require(self.limit_items >= 0, "evaluate.limit_items", self.limit_items, "must be >= 0 (0 = all)")
         _require(self.latency_items >= 0, "evaluate.latency_items", self.latency_items, "must be >= 0 (0 = all)")
 
 

@@ -4,7 +4,8 @@ With 89 test items, one run's difference between two methods is mostly noise. Tw
 - seeds: every method retrained once per seed in params `seeds`, on the main split; test metrics as mean +- std.
 - cv (prepare.folds = k >= 2): every cleaned item is tested once, by a model trained on the other k-1 folds (a
   stratified val_fraction of them held out for early stopping). The per-fold predictions are pooled, so the paired
-  tests against the baseline run on all items instead of 89.
+  tests against the baseline run on all items instead of 89. The reference rows (stage references: majority,
+  tfidf_lr) are refitted per fold on the same train/val, pooled alike, and compared with every method.
 Each training is a full train@<method> run (train.train_method): MLflow run, checkpoints, resume after a kill.
 
 Inputs:  data/processed/{train,val,test,folds}.csv; params: seeds, prepare, methods, model, train, peft, mlflow,
@@ -12,7 +13,8 @@ Inputs:  data/processed/{train,val,test,folds}.csv; params: seeds, prepare, meth
 Outputs: reports/protocols/seeds_test.csv    method, seed, n, accuracy, macro_f1, best_epoch, best_val_macro_f1,
                                              train_seconds, mlflow_run_id (one row per run)
          reports/protocols/seeds_summary.csv method, n_seeds, <metric>_mean, <metric>_std, delta_macro_f1_mean/_std
-         reports/protocols/cv_preds.csv      method, fold, pmid, gold, pred, p_yes (every item once per method)
+         reports/protocols/cv_preds.csv      method, fold, pmid, gold, pred, p_yes (every item once per method and
+                                             per reference row)
          reports/protocols/cv_folds.csv      method, fold, n, accuracy, macro_f1 (fold "pooled": all items)
          reports/protocols/cv_stats.csv      paired tests on the pooled predictions (columns of stats_eval_test.csv)
          reports/protocols/runs/<protocol>/<method>/<seed_s|fold_k>/  per-run history, summary, predictions; a run
@@ -34,12 +36,13 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from stages import tracking
-from stages.common import PeftqaError, sha256_file, write_csv_atomic, write_json_atomic
+from stages.common import PeftqaError, read_split, sha256_file, write_csv_atomic, write_json_atomic
 from stages.families import load_backbone
 from stages.metrics import classification_metrics
 from stages.params import Params, flatten, load_params
+from stages.references import predict_references
 from stages.stats import STATS_COLUMNS, compare_methods
-from stages.train import read_split, train_method
+from stages.train import train_method
 
 log = logging.getLogger("peftqa.protocols")
 
@@ -214,7 +217,7 @@ def main(args: list[str]) -> None:
     log.info("protocols: %d trainings (seeds %s, folds %d, methods %s)", len(units), list(params.seeds),
              params.prepare.folds, list(params.methods))
 
-    seed_rows, cv_preds = [], []
+    seed_rows, cv_preds, fold_references = [], [], set()
     for i, unit in enumerate(units, 1):
         log.info("protocols: training %d of %d: %s %s %s", i, len(units), unit.protocol, unit.method, unit.name)
         if unit.protocol == "seeds":
@@ -235,6 +238,12 @@ def main(args: list[str]) -> None:
                                                          "mlflow_run_id")}})
         else:
             cv_preds.append(preds.assign(method=unit.method, fold=unit.index)[PRED_COLUMNS])
+            if unit.index not in fold_references:  # the reference rows, fitted on this fold's train and val
+                fold_references.add(unit.index)
+                refs, _ = predict_references({"train": train, "val": val, "test": test}, params.references,
+                                             params.prepare.labels)
+                cv_preds += [frames["test"].assign(method=name, fold=unit.index)[PRED_COLUMNS]
+                             for name, frames in refs.items()]
 
     kept = {OUT_DIR / "runs" / u.protocol / u.method / u.name for u in units}
     for stale in sorted(OUT_DIR.glob("runs/*/*/*")):  # runs of seeds, folds or methods no longer in params
@@ -243,9 +252,10 @@ def main(args: list[str]) -> None:
     seeds = pd.DataFrame(seed_rows, columns=SEED_COLUMNS)
     pooled = pd.concat(cv_preds, ignore_index=True) if cv_preds else pd.DataFrame(columns=PRED_COLUMNS)
     folds = cv_fold_metrics(pooled, params.prepare.labels)
-    stats = (compare_methods({m: pooled.loc[pooled["method"] == m] for m in params.methods}, params.methods,
-                             params.stats.baseline, params.prepare.labels, params.stats)
-             if cv_preds and len(params.methods) > 1 else pd.DataFrame(columns=STATS_COLUMNS))
+    of = {m: pooled.loc[pooled["method"] == m] for m in (*params.methods, *params.references.names)}
+    stats = (compare_methods(of, params.methods, params.stats.baseline, params.prepare.labels, params.stats,
+                             references={name: of[name] for name in params.references.names})
+             if cv_preds else pd.DataFrame(columns=STATS_COLUMNS))
     summary = seeds_summary(seeds, params.stats.baseline)
     write_csv_atomic(OUT_DIR / "seeds_test.csv", seeds)
     write_csv_atomic(OUT_DIR / "seeds_summary.csv", summary)

@@ -25,7 +25,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 
-from stages.common import PeftqaError, replace_dir_atomic, run_cli, write_csv_atomic, write_json_atomic
+from stages.common import PeftqaError, read_split, replace_dir_atomic, run_cli, write_csv_atomic, write_json_atomic
 from stages.metrics import classification_metrics
 from stages.params import ReferencesParams, load_params
 
@@ -183,23 +183,15 @@ def predict_references(splits: dict[str, pd.DataFrame], params: ReferencesParams
 # the stage
 
 
-def read_split(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, dtype={"pmid": str, "label": str})
-    except FileNotFoundError:
-        raise PeftqaError(f"{path} not found; run `dvc repro prepare` first") from None
-    except pd.errors.EmptyDataError:
-        raise PeftqaError(f"{path}: empty file; run `dvc repro prepare`") from None
-
-
 def main(args: list[str]) -> None:
     if args:
         raise PeftqaError(f"stages.references takes no arguments (it reads params.yaml), got {args}")
     params = load_params()
     labels = params.prepare.labels
     log.info("references: %s", params.references)
-    splits = {split: check_split(read_split(DATA_DIR / f"{split}.csv"), DATA_DIR / f"{split}.csv", labels)
-              for split in SPLITS}
+    limits = {split: 0 if split == "train" else params.evaluate.limit_items for split in SPLITS}  # as the methods
+    splits = {split: check_split(read_split(DATA_DIR / f"{split}.csv", limits[split]), DATA_DIR / f"{split}.csv",
+                                 labels) for split in SPLITS}
     preds, choices = predict_references(splits, params.references, labels)
     metrics = {name: {split: score_predictions(frames[split], labels) for split in SCORED_SPLITS}
                for name, frames in preds.items()}

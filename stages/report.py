@@ -185,9 +185,11 @@ def check_protocols_fresh(results: ProtocolResults | None, params: Params, n_ite
             raise stale("seeds_summary.csv", f"its {row['method']} row disagrees with seeds_test.csv")
     folds = results.cv_folds
     per_fold = folds.loc[folds["fold"].astype(str) != "pooled"]
-    if len(per_fold) != params.prepare.folds * len(params.methods) * (params.prepare.folds > 0):
+    rows_per_fold = len(params.methods) + len(params.references.names)  # the reference rows are refitted per fold
+    if len(per_fold) != params.prepare.folds * rows_per_fold * (params.prepare.folds > 0):
         raise stale("cv_folds.csv", f"it has {len(per_fold)} fold rows, params ask for prepare.folds "
-                                    f"{params.prepare.folds} x {len(params.methods)} methods")
+                                    f"{params.prepare.folds} x ({len(params.methods)} methods + "
+                                    f"{len(params.references.names)} references)")
     pooled = folds.loc[folds["fold"].astype(str) == "pooled"]
     if len(pooled) and set(pooled["n"]) != {n_items}:
         raise stale("cv_folds.csv", f"its pooled rows cover {sorted(set(pooled['n']))} items, the splits {n_items}")
@@ -456,18 +458,21 @@ def cv_section(results: ProtocolResults | None, params: Params) -> str:
     for method, frame in folds.groupby("method", sort=False):
         pooled = frame.loc[frame["fold"] == "pooled"].iloc[0]
         per_fold = frame.loc[frame["fold"] != "pooled", "macro_f1"]
-        rows.append([method, int(pooled["n"]), f"{pooled['accuracy']:.3f}", f"{pooled['macro_f1']:.3f}",
+        name = f"{method} (reference)" if method in params.references.names else method
+        rows.append([name, int(pooled["n"]), f"{pooled['accuracy']:.3f}", f"{pooled['macro_f1']:.3f}",
                      mean_std(per_fold.mean(), per_fold.std(ddof=1))])
     n = int(folds.loc[folds["fold"] == "pooled", "n"].iloc[0])
     text = head + (
         f"Protocol: stratified {params.prepare.folds}-fold cross-validation over all n = {n} cleaned items (fold "
         f"seed {params.prepare.seed}). Each item is tested once, by a model (train seed {params.train.seed}) trained "
         f"on the other folds, {params.prepare.val_fraction:.0%} of them held out for early stopping. Pooled metrics "
-        "are over all n predictions.\n\n"
+        "are over all n predictions. The reference rows are refitted on each fold's train (their settings chosen on "
+        "its val), like the methods.\n\n"
         + markdown_table(["Method", "n", "Pooled accuracy", "Pooled macro-F1", "Fold macro-F1 (mean ± std)"], rows))
     if not results.cv_stats.empty:
         text += ("\n\nPaired tests on the pooled predictions (same protocol, n = " + str(n) + "):\n\n"
-                 + significance_table(results.cv_stats, params.stats.baseline, params.stats.confidence))
+                 + significance_table(results.cv_stats, params.stats.baseline, params.stats.confidence,
+                                      list(params.references.names)))
     return text
 
 

@@ -28,9 +28,10 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from stages import tracking
-from stages.common import PeftqaError, atomic_path, folder_bytes, replace_dir_atomic, write_csv_atomic, write_json_atomic
+from stages.common import PeftqaError, atomic_path, folder_bytes, read_split, replace_dir_atomic, write_csv_atomic, \
+    write_json_atomic
 from stages.embed import features_for
-from stages.families import Backbone, Batch, load_backbone, resolve_model_path
+from stages.families import Backbone, Batch, load_backbone, resolve_model
 from stages.probe import Probe, load_into_head, solve_probe
 from stages.metrics import classification_metrics
 from stages.params import METHODS, Params, TrainParams, flatten, load_params
@@ -358,7 +359,7 @@ def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataF
     config["world_size"] = accelerator.num_processes  # DDP: the effective batch is batch_size x grad_accum x this
     peft_config = getattr(backbone.model, "peft_config", {}).get("default")
     if peft_config is not None:
-        resolved = resolve_model_path(params.model.name_or_path)  # a machine path: log the portable name instead
+        resolved = resolve_model(params.model.name_or_path)[0]  # a machine path: log the portable name instead
         config.update({key: params.model.name_or_path if value == resolved else value for key, value in flatten(
             json.loads(json.dumps(peft_config.to_dict(), default=_jsonable)), "peft_config.").items()})
     config.update(extra_tags or {})  # protocol runs: which seed or fold this is, in the params as in the tags
@@ -440,22 +441,14 @@ def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataF
     return broadcast_object_list([summary])[0]
 
 
-def read_split(path: Path) -> pd.DataFrame:
-    """A prepared split (pmid, question, context, label); pmids stay strings."""
-    if not path.is_file():
-        raise PeftqaError(f"{path} not found; run `dvc repro prepare` first")
-    return pd.read_csv(path, dtype={"pmid": str})
-
-
 def main(args: list[str]) -> None:
     if len(args) != 1 or args[0] not in METHODS:
         raise PeftqaError(f"usage: python -m stages.train <method>, with <method> one of {list(METHODS)}; got {args}")
     method = args[0]
     params = load_params()
-    train = read_split(DATA_DIR / "train.csv")
-    if params.train.limit_train:
-        train = train.iloc[: params.train.limit_train]
-    train_method(params, method, train, read_split(DATA_DIR / "val.csv"), MODELS_DIR / method)
+    train = read_split(DATA_DIR / "train.csv", params.train.limit_train)
+    val = read_split(DATA_DIR / "val.csv", params.evaluate.limit_items)  # per-epoch val scores what evaluate scores
+    train_method(params, method, train, val, MODELS_DIR / method)
 
 
 if __name__ == "__main__":

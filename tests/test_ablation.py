@@ -356,3 +356,13 @@ def test_the_grid_command_writes_one_table_per_grid_entry(tmp_path):
 def test_a_param_list_of_two_methods_is_refused(tmp_path):
     with pytest.raises(PeftqaError, match="different methods"):
         main(["--param", "peft.lora.r", "--param", "peft.prompt_tuning.init", "--json-file", str(tmp_path / "x")])
+
+
+def test_a_running_or_queued_experiment_is_no_row_yet():
+    entries = exp_show(RANK_SWEEP)
+    experiments = entries[-1]["experiments"]
+    experiments[0]["executor"] = {"state": "running"}
+    experiments[1]["executor"] = {"state": "success"}
+    table, skipped = ablation(entries)
+    assert "r2" not in table["experiment"].tolist() and "r4" in table["experiment"].tolist()
+    assert "r2: still running" in skipped

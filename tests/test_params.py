@@ -146,3 +146,29 @@ def test_every_section_is_frozen():
         name = dataclasses.fields(obj)[0].name
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(obj, name, getattr(obj, name))
+
+
+def test_params_yaml_holds_the_val_chosen_row_of_every_committed_sweep_table():
+    """Issue 12's rule: params.yaml carries, for each table of the committed grid, the row its ablation CSV marks
+    `chosen` (by val macro-F1); changing a default without re-running the sweep, or picking on test, fails here."""
+    import pandas as pd
+    import yaml
+
+    from stages.common import project_root
+    from stages.sweep import GRID_FILE, load_grid, lookup_dotted
+
+    root = project_root()
+    grid = load_grid(root / GRID_FILE)
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    for table, axes in grid.items():
+        csv = root / GRID_FILE.parent / f"{table}.csv"
+        assert csv.is_file(), f"{csv}: the sweep table of grid entry '{table}' is not committed (make ablation)"
+        frame = pd.read_csv(csv)
+        chosen = frame[frame["chosen"]]
+        assert len(chosen) == 1, f"{csv}: {len(chosen)} chosen rows"
+        assert chosen["val_macro_f1"].iloc[0] == frame["val_macro_f1"].max(), f"{csv}: chosen is not the val best"
+        for key in axes:
+            value = chosen[key].iloc[0]
+            value = value.item() if hasattr(value, "item") else value
+            assert lookup_dotted(params, key) == value, f"params.yaml {key} = {lookup_dotted(params, key)!r}, but " \
+                                                        f"{csv.name} chose {value!r}"

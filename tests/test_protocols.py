@@ -111,12 +111,16 @@ def test_protocols_stage_runs_seeds_and_folds_end_to_end(stage_dir):  # noqa: F8
     assert summary.loc["lora", "macro_f1_mean"] == pytest.approx(seeds.loc[seeds["method"] == "lora",
                                                                            "macro_f1"].mean())
     cv = pd.read_csv(out / "cv_preds.csv", dtype={"pmid": str})
-    for method in ("base", "lora"):  # every item tested exactly once per method
+    for method in ("base", "lora", "majority", "tfidf_lr"):  # every item tested exactly once per method and reference
         assert sorted(cv.loc[cv["method"] == method, "pmid"]) == sorted(pool["pmid"])
-    stats = pd.read_csv(out / "cv_stats.csv")
-    assert set(stats["method"]) == {"lora"} and (stats["n"] == len(pool)).all()
+    stats = pd.read_csv(out / "cv_stats.csv")  # lora vs base, then both vs each reference row, all pooled
+    assert set(zip(stats["method"], stats["reference"])) == {("lora", "base"), ("base", "majority"),
+                                                               ("base", "tfidf_lr"), ("lora", "majority"),
+                                                               ("lora", "tfidf_lr")}
+    assert (stats["n"] == len(pool)).all()
     metrics = json.loads((root / "reports/protocols_metrics.json").read_text())
-    assert set(metrics["seeds"]) == set(metrics["cv"]) == {"base", "lora"}
+    assert set(metrics["seeds"]) == {"base", "lora"}
+    assert set(metrics["cv"]) == {"base", "lora", "majority", "tfidf_lr"}
     assert metrics["cv"]["lora"]["n"] == len(pool)
 
     client = mlflow_client(root)  # one MLflow run per training, tagged with its unit, holding its test metrics

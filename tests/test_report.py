@@ -523,9 +523,10 @@ def write_protocols(root: Path, seeds: list[int], folds: int) -> None:
     runs = pd.DataFrame({"method": ["base", "lora", "base", "lora"], "seed": [1, 1, 2, 2], "n": 20,
                          "accuracy": [0.5, 0.6, 0.5, 0.8], "macro_f1": [0.4, 0.5, 0.3, 0.6]})
     gold = ["yes", "no"] * 100  # 200 items: every item of split_stats, once
-    preds = pd.DataFrame({"method": ["base"] * 200 + ["lora"] * 200, "fold": [0, 1] * 200,
-                          "pmid": [str(i) for i in range(200)] * 2, "gold": gold * 2,
-                          "pred": ["yes"] * 200 + gold[:150] + ["yes"] * 50, "p_yes": 0.5})
+    rows = {"base": ["yes"] * 200, "lora": gold[:150] + ["yes"] * 50, **{r: ["yes"] * 200 for r in REFERENCES}}
+    preds = pd.DataFrame({"method": [m for m in rows for _ in range(200)], "fold": [0, 1] * 100 * len(rows),
+                          "pmid": [str(i) for i in range(200)] * len(rows), "gold": gold * len(rows),
+                          "pred": [p for pred in rows.values() for p in pred], "p_yes": 0.5})
     folder = root / "reports/protocols"
     write_csv(folder / "seeds_test.csv", runs)
     write_csv(folder / "seeds_summary.csv", protocols.seeds_summary(runs, "base"))
@@ -563,6 +564,7 @@ def test_repeated_seeds_and_cv_tables_come_from_the_protocols_stage(tmp_path: Pa
     assert "train seeds 1, 2 on the main split" in markdown
     cv = {row["Method"]: row for row in parse_tables(markdown)["n"]}
     assert (cv["lora"]["n"], cv["lora"]["Pooled accuracy"]) == ("200", "0.875")
+    assert cv["majority (reference)"]["Pooled accuracy"] == "0.500"  # the reference rows, refitted per fold
     assert "stratified 2-fold cross-validation over all n = 200 cleaned items" in markdown
     assert "Paired tests on the pooled predictions (same protocol, n = 200)" in markdown
     assert (tmp_path / "reports/figures/seeds_macro_f1_test.png").stat().st_size > 0
@@ -571,7 +573,7 @@ def test_repeated_seeds_and_cv_tables_come_from_the_protocols_stage(tmp_path: Pa
 
 @pytest.mark.parametrize("seeds, folds, message", [
     ([1, 2, 3], 2, r"seeds_test.csv is stale \(it has 4 runs, params ask for seeds \[1, 2, 3\]"),
-    ([1, 2], 3, r"cv_folds.csv is stale \(it has 4 fold rows, params ask for prepare.folds 3"),
+    ([1, 2], 3, r"cv_folds.csv is stale \(it has 8 fold rows, params ask for prepare.folds 3"),
 ])
 def test_protocol_tables_of_other_params_are_refused(tmp_path: Path, seeds, folds, message) -> None:
     write_inputs(tmp_path)
