@@ -643,6 +643,8 @@ def load_backbone(model_params: ModelParams, method: str, peft_params: PeftParam
                                       "labels": list(labels)})
     peft_config = build_peft_config(method, peft_params, family, model_path,
                                     gradient_checkpointing=gradient_checkpointing)
+    if source and getattr(peft_config, "tokenizer_name_or_path", None):  # prompt tuning's text init loads the
+        peft_config.tokenizer_kwargs = {**(peft_config.tokenizer_kwargs or {}), **source}  # tokenizer itself
     backbone_class = BACKBONES[family]
     whole_model = adapter_dir is not None and method == "full_finetune"  # saved whole, as safetensors
     weights_path, weights_source = (str(adapter_dir), {}) if whole_model else (model_path, source)
