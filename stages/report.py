@@ -137,12 +137,15 @@ def read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"pmid": str})
 
 
-def read_inputs(methods: Sequence[str], references: Sequence[str] = ()) -> ReportInputs:
+def read_inputs(methods: Sequence[str], references: Sequence[str] = (), limit_items: int = 0) -> ReportInputs:
+    """Everything the report reads; the test items are test.csv's first `limit_items` when evaluate scored only
+    those (evaluate.limit_items, a demo slice), so the freshness checks compare against what was scored."""
     def per_method(folder: Path, name: str, reader: Callable[[Path], T], names: Sequence[str] = methods
                    ) -> dict[str, T]:
         return {m: read_input(folder / m / name, reader) for m in names}
 
     test = read_input(PROCESSED_DIR / "test.csv", read_csv)
+    test = test.iloc[:limit_items] if limit_items else test
     return ReportInputs(
         split_stats=read_input(PROCESSED_DIR / "split_stats.csv", pd.read_csv),
         test_pmids=frozenset(test["pmid"]),
@@ -425,7 +428,9 @@ def mean_std(mean: float, std: float) -> str:
 def main_protocol_line(params: Params, n_test: int) -> str:
     """The protocol of the main tables, stated where they are."""
     return (f"Protocol: one training run per method (train seed {params.train.seed}) on the `{params.prepare.protocol}` "
-            f"split (split seed {params.prepare.seed}), tested on its n = {n_test} test items.")
+            f"split (split seed {params.prepare.seed}), tested on its n = {n_test} test items"
+            + (f" (evaluate.limit_items: the first {params.evaluate.limit_items} only, a demo slice, not a result)."
+               if params.evaluate.limit_items else "."))
 
 
 def seeds_section(results: ProtocolResults | None, params: Params) -> str:
@@ -981,7 +986,7 @@ def build_report(inputs: ReportInputs, params: Params, columns: Sequence[Column]
 
 def main(args: list[str]) -> None:
     params = load_params()
-    inputs = read_inputs(params.methods, params.references.names)
+    inputs = read_inputs(params.methods, params.references.names, params.evaluate.limit_items)
     check_inputs_fresh(inputs, params.methods, params.stats.baseline, params.references.names)
     check_protocols_fresh(inputs.protocols, params, int(inputs.split_stats["n"].sum()))
     for name, figure in build_figures(inputs, params.prepare.labels).items():

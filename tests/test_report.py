@@ -585,3 +585,19 @@ def test_protocol_tables_of_other_params_are_refused(tmp_path: Path, seeds, fold
     with pytest.raises(PeftqaError, match=message):
         run_report(tmp_path)
     assert not (tmp_path / "reports/report.md").exists()
+
+
+def test_a_demo_slice_is_checked_against_the_items_it_scored_and_labelled(tmp_path: Path) -> None:
+    """evaluate.limit_items scores test.csv's first N items: the report accepts predictions of exactly those, and
+    says it is a demo slice; the full split's predictions are then stale for it."""
+    write_inputs(tmp_path)
+    full = pd.read_csv(tmp_path / "data/processed/test.csv", dtype={"pmid": str})
+    extra = pd.DataFrame({"pmid": ["99999999"], "question": "q?", "context": "c.", "label": "yes"})
+    write_csv(tmp_path / "data/processed/test.csv", pd.concat([full, extra], ignore_index=True))
+    with pytest.raises(PeftqaError, match="is stale"):
+        run_report(tmp_path)  # one test item more than was scored, no limit: refused
+    text = (tmp_path / "params.yaml").read_text(encoding="utf-8")
+    (tmp_path / "params.yaml").write_text(text + f"\nevaluate:\n  limit_items: {len(full)}\n", encoding="utf-8")
+    run_report(tmp_path)
+    markdown = (tmp_path / "reports/report.md").read_text()
+    assert f"(evaluate.limit_items: the first {len(full)} only, a demo slice, not a result)" in markdown
