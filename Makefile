@@ -12,7 +12,7 @@ ifneq ($(SHARED_JSON),)
 export PUBMEDQA_JSON ?= $(SHARED_JSON)
 endif
 
-.PHONY: install run test bench bench-reference sweep ablation ui clean
+.PHONY: install run test bench bench-reference sweep ablation ui push pull clean
 
 install: $(STAMP)
 
@@ -54,5 +54,12 @@ ui: install  ## the MLflow UI over this project's store (mlflow.db, artifacts in
 	mlflow server --backend-store-uri sqlite:///$(abspath mlflow.db) --default-artifact-root $(abspath mlruns) \
 		--host 127.0.0.1 --port $(UI_PORT)
 
-clean:  ## remove outputs (not the venv, not the MLflow store)
-	rm -rf data/raw data/processed data/features models reports/eval reports/references reports/stats reports/figures
+# the DVC remote: .dvc/config's default, ../peftqa-dvc-remote; elsewhere: dvc remote modify --local storage url PATH
+push: install  ## upload the DVC-cached outputs of the last run (data, features, adapters) to the DVC remote
+	dvc push
+
+pull: install  ## download them from the DVC remote into the workspace (then `dvc repro` trains nothing)
+	dvc pull
+
+clean: install  ## remove exactly the outputs dvc.yaml declares (not the venv, the MLflow store, the DVC cache)
+	$(PY) -m stages.clean

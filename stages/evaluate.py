@@ -5,7 +5,8 @@ Inputs:  models/<method>/adapter/, models/<method>/train_summary.json, data/proc
 Outputs: reports/eval/<method>/preds_<split>.csv    pmid, gold, pred, p_yes, latency_s
          reports/eval/<method>/metrics_<split>.json accuracy, macro-F1, per-class P/R/F1, latency, throughput, size
          reports/eval/<method>/cm_<split>.csv       gold, pred, count
-The metrics and the confusion-matrix figure also go into the training run in MLflow (its id is in train_summary.json).
+The metrics (as eval_<split>_<metric>, linked to the run's logged model) and the confusion-matrix figures also go into
+the training run in MLflow (its id is in train_summary.json).
 Throughput is timed over the batched run; latency per example on a separate pass, one item at a time.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from mlflow.entities import Dataset
 from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
@@ -36,6 +38,7 @@ DATA_DIR = Path("data/processed")
 MODELS_DIR = Path("models")
 EVAL_DIR = Path("reports/eval")
 SPLITS = ("val", "test")
+METRIC_PREFIX = "eval_"  # MLflow keys of the evaluated metrics: eval_val_macro_f1, eval_test_accuracy, ...
 
 
 @torch.no_grad()
@@ -101,11 +104,16 @@ def split_metrics(preds: pd.DataFrame, labels: tuple[str, ...], seconds: float, 
 
 
 def log_to_training_run(client: MlflowClient, summary: dict, metrics_by_split: dict[str, dict],
-                        figures: dict[str, Figure]) -> None:
-    """Val/test metrics and the confusion-matrix figures go into the same MLflow run as the training."""
+                        datasets: dict[str, Dataset], figures: dict[str, Figure]) -> None:
+    """Val/test metrics and the confusion-matrix figures go into the same MLflow run as the training, as
+    eval_<split>_<metric>: apart from the per-epoch curves (val_macro_f1, ...), which stay equal to history.csv.
+    They are linked to the run's logged model and to the split they were measured on; test joins the run's inputs."""
     run_id = summary["mlflow_run_id"]
-    flat = {f"{split}_{key}": value for split, metrics in metrics_by_split.items() for key, value in metrics.items()}
-    tracking.log_metrics(client, run_id, flat, step=summary["best_epoch"], timestamp_ms=int(time.time() * 1000))
+    tracking.log_datasets(client, run_id, {"test": datasets["test"]})
+    for split, metrics in metrics_by_split.items():
+        tracking.log_metrics(client, run_id, {f"{METRIC_PREFIX}{split}_{key}": value for key, value in metrics.items()},
+                             step=summary["best_epoch"], timestamp_ms=int(time.time() * 1000),
+                             model_id=summary.get("mlflow_model_id"), dataset=datasets[split])
     for name, figure in figures.items():
         client.log_figure(run_id, figure, f"eval/{name}")
 
@@ -128,9 +136,10 @@ def main(args: list[str]) -> None:
     scoring = params.model.scoring
 
     out_dir = EVAL_DIR / method
-    metrics_by_split, figures = {}, {}
+    metrics_by_split, figures, datasets = {}, {}, {}
     for split in SPLITS:
         frame = read_split(DATA_DIR / f"{split}.csv", params.evaluate.limit_items)
+        datasets[split] = tracking.split_dataset(frame, split, str(DATA_DIR / f"{split}.csv"))
         preds, log_probs, seconds = predict_batched(backbone, frame, params.evaluate.batch_size, scoring, bf16)
         timed = frame if params.evaluate.latency_items == 0 else frame.iloc[: params.evaluate.latency_items]
         latencies = time_per_example(backbone, timed, scoring, bf16)
@@ -147,7 +156,7 @@ def main(args: list[str]) -> None:
         figures[f"cm_{split}.png"] = plot_confusion(cm, labels, method, split)
         log.info("%s %s: accuracy %.4f macro-F1 %.4f, %.1f items/s batched, latency mean %.4f s", method, split,
                  metrics["accuracy"], metrics["macro_f1"], metrics["examples_per_s"], metrics["latency_mean_s"])
-    log_to_training_run(client, summary, metrics_by_split, figures)
+    log_to_training_run(client, summary, metrics_by_split, datasets, figures)
 
 
 if __name__ == "__main__":

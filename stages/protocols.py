@@ -48,6 +48,8 @@ log = logging.getLogger("peftqa.protocols")
 
 DATA_DIR = Path("data/processed")
 OUT_DIR = Path("reports/protocols")
+PARENTS_JSON = OUT_DIR / "parent_runs.json"  # {protocol: MLflow parent run id}, for the report's provenance
+SOURCE = "stages/protocols.py"
 METRICS_JSON = Path("reports/protocols_metrics.json")
 SEED_COLUMNS = ["method", "seed", "n", "accuracy", "macro_f1", "best_epoch", "best_val_macro_f1", "train_seconds",
                 "mlflow_run_id"]
@@ -124,8 +126,49 @@ def predict_items(params: Params, method: str, adapter_dir: Path, items: pd.Data
     return frame[["pmid", "gold", "pred", "p_yes"]]
 
 
+class ParentRuns:
+    """One MLflow parent run per protocol of this invocation, opened when its first unit trains: the seed and fold
+    runs nest under it in the UI. A protocol whose units are all reused keeps the parent that holds them."""
+
+    def __init__(self, params: Params, previous: dict[str, str]):
+        self.params, self.previous, self.opened = params, previous, {}
+
+    def get(self, protocol: str) -> str:
+        if protocol not in self.opened:
+            client, experiment_id = tracking.connect(self.params.mlflow.experiment)
+            name = (f"seeds {','.join(map(str, self.params.seeds))}" if protocol == "seeds"
+                    else f"cv {self.params.prepare.folds}-fold")
+            tags = tracking.run_tags("protocols", self.params.model.name_or_path, "", ",".join(self.params.methods),
+                                     SOURCE)
+            self.opened[protocol] = tracking.start_parent_run(client, experiment_id, name, {**tags, "protocol": protocol})
+            tracking.log_params(client, self.opened[protocol], {"protocol": protocol, "seeds": list(self.params.seeds),
+                                                                "prepare.folds": self.params.prepare.folds,
+                                                                "methods": list(self.params.methods)})
+        return self.opened[protocol]
+
+    def ids(self, protocols: set[str]) -> dict[str, str]:
+        """{protocol: parent run id} for the protocols in the plan: this invocation's, else the stored one."""
+        return {p: self.opened.get(p) or self.previous[p] for p in sorted(protocols) if p in self.opened or p in self.previous}
+
+    def close(self, status: str, metrics: dict[str, object] | None = None) -> None:
+        client = tracking.make_client()
+        for protocol, run_id in self.opened.items():
+            if metrics and protocol in metrics:  # e.g. seeds.lora.macro_f1_mean, cv.base.accuracy
+                flat = {f"{method}.{key}": value for method, values in metrics[protocol].items()
+                        for key, value in values.items() if isinstance(value, (int, float))}
+                tracking.log_metrics(client, run_id, flat, step=0, timestamp_ms=int(time.time() * 1000))
+            client.set_terminated(run_id, status=status)
+
+
+def unit_sources(unit: Unit) -> dict[str, str]:
+    """Where a unit's train and val items come from, for its MLflow datasets."""
+    if unit.protocol == "seeds":
+        return {split: str(DATA_DIR / f"{split}.csv") for split in ("train", "val")}
+    return {split: f"{DATA_DIR / 'folds.csv'} (all but fold {unit.index}: {split})" for split in ("train", "val")}
+
+
 def run_unit(params: Params, unit: Unit, train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame,
-             work: Path, stamp: dict) -> tuple[pd.DataFrame, dict]:
+             work: Path, stamp: dict, parents: ParentRuns) -> tuple[pd.DataFrame, dict]:
     """The unit's test predictions and summary, reusing a finished run with the same stamp."""
     done = work / "unit.json"
     if done.exists() and (work / "preds_test.csv").exists():
@@ -135,13 +178,19 @@ def run_unit(params: Params, unit: Unit, train: pd.DataFrame, val: pd.DataFrame,
             return read_split(work / "preds_test.csv"), stored["summary"]
         shutil.rmtree(work)  # made by other params or data: start over
     summary = train_method(params, unit.method, train, val, work, run_name=f"{unit.method} {unit.name}",
-                           extra_tags={"protocol": unit.protocol, "protocol_unit": unit.name})
+                           extra_tags={"protocol": unit.protocol, "protocol_unit": unit.name},
+                           parent_run_id=parents.get(unit.protocol), sources=unit_sources(unit))
     preds = predict_items(params, unit.method, work / "adapter", test)
     metrics = classification_metrics(preds["gold"].tolist(), [p if isinstance(p, str) else None for p in preds["pred"]],
                                      params.prepare.labels)
-    tracking.log_metrics(tracking.make_client(), summary["mlflow_run_id"],
-                         {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]},
-                         step=summary["best_epoch"], timestamp_ms=int(time.time() * 1000))
+    test_source = str(DATA_DIR / "test.csv") if unit.protocol == "seeds" else f"{DATA_DIR / 'folds.csv'} (fold {unit.index})"
+    test_set = tracking.split_dataset(test, "test", test_source)
+    client = tracking.make_client()
+    tracking.log_datasets(client, summary["mlflow_run_id"], {"test": test_set})
+    tracking.log_metrics(client, summary["mlflow_run_id"],
+                         {"eval_test_accuracy": metrics["accuracy"], "eval_test_macro_f1": metrics["macro_f1"]},
+                         step=summary["best_epoch"], timestamp_ms=int(time.time() * 1000),
+                         model_id=summary.get("mlflow_model_id"), dataset=test_set)
     summary = {**summary, "n_test": len(preds), "test_accuracy": metrics["accuracy"],
                "test_macro_f1": metrics["macro_f1"]}
     write_csv_atomic(work / "preds_test.csv", preds)
@@ -204,19 +253,9 @@ def metrics_json(seeds: pd.DataFrame, folds: pd.DataFrame) -> dict[str, object]:
 # -----------------------------------------------------------------------------
 
 
-def main(args: list[str]) -> None:
-    if args:
-        raise PeftqaError(f"stages.protocols takes no arguments (it reads params.yaml), got {args}")
-    params = load_params()
-    units = plan(params)
-    names = ["train.csv", "val.csv", "test.csv", "folds.csv"]
-    hashes = {name: sha256_file(DATA_DIR / name) for name in names if (DATA_DIR / name).exists()}
-    if units and "folds.csv" not in hashes:
-        raise PeftqaError(f"{DATA_DIR / 'folds.csv'} not found: run `dvc repro prepare` first")
-    splits = {name: read_split(DATA_DIR / f"{name}.csv") for name in ("train", "val", "test")} if units else {}
-    log.info("protocols: %d trainings (seeds %s, folds %d, methods %s)", len(units), list(params.seeds),
-             params.prepare.folds, list(params.methods))
-
+def run_units(params: Params, units: list[Unit], splits: dict[str, pd.DataFrame], hashes: dict[str, str],
+              parents: ParentRuns) -> tuple[list[dict], list[pd.DataFrame]]:
+    """Train (or reuse) every unit: the seed rows, and the pooled-CV prediction frames (references included)."""
     seed_rows, cv_preds, fold_references = [], [], set()
     for i, unit in enumerate(units, 1):
         log.info("protocols: training %d of %d: %s %s %s", i, len(units), unit.protocol, unit.method, unit.name)
@@ -230,7 +269,7 @@ def main(args: list[str]) -> None:
             train = train.iloc[: params.train.limit_train]
         p = unit_params(params, unit)
         preds, summary = run_unit(p, unit, train, val, test, OUT_DIR / "runs" / unit.protocol / unit.method / unit.name,
-                                  unit_stamp(p, unit, hashes))
+                                  unit_stamp(p, unit, hashes), parents)
         if unit.protocol == "seeds":
             seed_rows.append({"method": unit.method, "seed": unit.index, "n": summary["n_test"],
                               "accuracy": summary["test_accuracy"], "macro_f1": summary["test_macro_f1"],
@@ -244,6 +283,28 @@ def main(args: list[str]) -> None:
                                              params.prepare.labels)
                 cv_preds += [frames["test"].assign(method=name, fold=unit.index)[PRED_COLUMNS]
                              for name, frames in refs.items()]
+    return seed_rows, cv_preds
+
+
+def main(args: list[str]) -> None:
+    if args:
+        raise PeftqaError(f"stages.protocols takes no arguments (it reads params.yaml), got {args}")
+    params = load_params()
+    units = plan(params)
+    names = ["train.csv", "val.csv", "test.csv", "folds.csv"]
+    hashes = {name: sha256_file(DATA_DIR / name) for name in names if (DATA_DIR / name).exists()}
+    if units and "folds.csv" not in hashes:
+        raise PeftqaError(f"{DATA_DIR / 'folds.csv'} not found: run `dvc repro prepare` first")
+    splits = {name: read_split(DATA_DIR / f"{name}.csv") for name in ("train", "val", "test")} if units else {}
+    log.info("protocols: %d trainings (seeds %s, folds %d, methods %s)", len(units), list(params.seeds),
+             params.prepare.folds, list(params.methods))
+
+    parents = ParentRuns(params, json.loads(PARENTS_JSON.read_text()) if PARENTS_JSON.exists() else {})
+    try:
+        seed_rows, cv_preds = run_units(params, units, splits, hashes, parents)
+    except BaseException:
+        parents.close("FAILED")
+        raise
 
     kept = {OUT_DIR / "runs" / u.protocol / u.method / u.name for u in units}
     for stale in sorted(OUT_DIR.glob("runs/*/*/*")):  # runs of seeds, folds or methods no longer in params
@@ -262,7 +323,10 @@ def main(args: list[str]) -> None:
     write_csv_atomic(OUT_DIR / "cv_preds.csv", pooled)
     write_csv_atomic(OUT_DIR / "cv_folds.csv", folds)
     write_csv_atomic(OUT_DIR / "cv_stats.csv", stats)
-    write_json_atomic(METRICS_JSON, metrics_json(summary, folds))
+    protocol_metrics = metrics_json(summary, folds)
+    write_json_atomic(METRICS_JSON, protocol_metrics)
+    write_json_atomic(PARENTS_JSON, parents.ids({u.protocol for u in units}))
+    parents.close("FINISHED", protocol_metrics)
     if units:
         log.info("protocols: done\n%s\n%s", summary.to_string(index=False),
                  folds.loc[folds["fold"] == "pooled"].to_string(index=False))

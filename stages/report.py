@@ -97,6 +97,7 @@ class ProtocolResults:
     seeds_summary: pd.DataFrame
     cv_folds: pd.DataFrame
     cv_stats: pd.DataFrame
+    parent_runs: dict[str, str] = field(default_factory=dict)  # {protocol: MLflow parent run id} (parent_runs.json)
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,10 @@ def read_inputs(methods: Sequence[str], references: Sequence[str] = (), limit_it
 def read_protocols() -> ProtocolResults | None:
     if not PROTOCOLS_DIR.exists():
         return None
+    parents = PROTOCOLS_DIR / "parent_runs.json"
     return ProtocolResults(**{name: read_input(PROTOCOLS_DIR / f"{name}.csv", pd.read_csv)
-                              for name in ("seeds_test", "seeds_summary", "cv_folds", "cv_stats")})
+                              for name in ("seeds_test", "seeds_summary", "cv_folds", "cv_stats")},
+                           parent_runs=read_input(parents, read_json) if parents.exists() else {})
 
 
 def check_protocols_fresh(results: ProtocolResults | None, params: Params, n_items: int) -> None:
@@ -504,9 +507,14 @@ def training_table(summary: dict[str, dict]) -> str:
     return markdown_table(header, rows)
 
 
-def provenance_table(summary: dict[str, dict]) -> str:
-    rows = [[method, f"`{s['mlflow_run_id']}`", s["mlflow_experiment_id"]] for method, s in summary.items()]
-    return markdown_table(["Method", "MLflow run id", "MLflow experiment id"], rows)
+def provenance_table(summary: dict[str, dict], parent_runs: dict[str, str] | None = None) -> str:
+    """Per method its training run and logged model; per protocol the parent run its seed or fold runs nest under."""
+    rows = [[method, f"`{s['mlflow_run_id']}`", f"`{s['mlflow_model_id']}`" if s.get("mlflow_model_id") else "—",
+             s["mlflow_experiment_id"]] for method, s in summary.items()]
+    experiment = next(iter(summary.values()))["mlflow_experiment_id"] if summary else ""
+    rows += [[f"protocol {protocol} (parent run)", f"`{run_id}`", "—", experiment]
+             for protocol, run_id in (parent_runs or {}).items()]
+    return markdown_table(["Run", "MLflow run id", "MLflow logged model id", "MLflow experiment id"], rows)
 
 
 # -----------------------------------------------------------------------------
@@ -934,13 +942,15 @@ def submission_section(left_out: dict[str, int]) -> str:
             + "\n".join(lines))
 
 
-def protocol_section(params: Params, n_test: int, summary: dict[str, dict]) -> str:
+def protocol_section(params: Params, n_test: int, summary: dict[str, dict],
+                     parent_runs: dict[str, str] | None = None) -> str:
     p, s = params.prepare, params.stats
     return (f"## Protocol and provenance\n\nThese tables come from `prepare.protocol: {p.protocol}` "
             f"(split seed {p.seed}), n = {n_test} test items, labels {', '.join(p.labels)}, training seed "
             f"{params.train.seed}. Significance: exact McNemar and a paired bootstrap ({s.n_bootstrap} resamples, "
             f"seed {s.seed}, {s.confidence:.0%} percentile CI), Holm-adjusted within each test and metric. "
-            "Regenerate everything with `dvc repro`.\n\n" + provenance_table(summary))
+            "Regenerate everything with `dvc repro`. The runs are in the MLflow store (`make ui`); a protocol's seed "
+            "or fold runs are the children of its parent run.\n\n" + provenance_table(summary, parent_runs))
 
 
 def build_report(inputs: ReportInputs, params: Params, columns: Sequence[Column],
@@ -977,7 +987,8 @@ def build_report(inputs: ReportInputs, params: Params, columns: Sequence[Column]
         abstention_section(inputs.preds_val, inputs.preds, inputs.split_stats, params.prepare.labels),
         "## Training\n\n" + training_table(inputs.summary),
         "## Figures\n\n" + "\n\n".join(f"![{c}](figures/{name})" for name, c in captions.items()),
-        protocol_section(params, inputs.n_test, inputs.summary),
+        protocol_section(params, inputs.n_test, inputs.summary,
+                         inputs.protocols.parent_runs if inputs.protocols else None),
     ]
     if left_out is not None:
         sections.append(submission_section(left_out))

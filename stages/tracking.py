@@ -6,6 +6,8 @@ thrown away. MLFLOW_TRACKING_URI overrides the store (and is redacted whenever i
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -14,9 +16,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from mlflow.entities import Metric, Param, RunTag
+import pandas as pd
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag, SourceType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, \
+    MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
 
 from stages.common import PeftqaError, project_root
 
@@ -114,9 +119,14 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def run_tags(stage: str, model: str, family: str, method: str) -> dict[str, str]:
+def run_tags(stage: str, model: str, family: str, method: str, source: str) -> dict[str, str]:
+    """A run's tags: MLflow's own source tags (the run page's Source and commit) and peftqa's (filterable in the UI).
+    `source` is the stage's module file, e.g. stages/train.py."""
+    commit = git_commit()
     return {
-        "git_commit": git_commit(),
+        MLFLOW_SOURCE_NAME: source,
+        MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL),
+        **({MLFLOW_GIT_COMMIT: commit} if commit != "unknown" else {}),  # outside a git checkout: no commit to name
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
         "stage": stage,
         "model": model,
@@ -132,9 +142,38 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, object]) -> 
         client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
 
 
-def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int, timestamp_ms: int) -> None:
-    values = [Metric(key, float(value), timestamp_ms, step) for key, value in metrics.items() if value == value]  # skip NaN
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int, timestamp_ms: int,
+                model_id: str | None = None, dataset: Dataset | None = None) -> None:
+    """Metrics at `step`, NaN skipped. With `model_id` they are also the logged model's metrics (its page and
+    search_logged_models show them); with `dataset`, they name the split they were measured on."""
+    link = {"model_id": model_id, **({"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset else {})}
+    values = [Metric(key, float(value), timestamp_ms, step, **link) for key, value in metrics.items() if value == value]
     client.log_batch(run_id, metrics=values, synchronous=True)
+
+
+def split_dataset(frame: pd.DataFrame, split: str, source: str) -> Dataset:
+    """A split as an MLflow dataset: named pubmedqa-pqal/<split>, its digest the md5 of its items (pmid, label) in
+    order, its source the file (or fold) it came from, its profile the size and label counts."""
+    items = frame[["pmid", "label"]].astype(str).to_csv(index=False).encode()
+    schema = {"mlflow_colspec": [{"type": "string", "name": column, "required": True} for column in frame.columns]}
+    profile = {"num_rows": len(frame), **{f"label_{k}": int(v) for k, v in frame["label"].value_counts().items()}}
+    return Dataset(name=f"pubmedqa-pqal/{split}", digest=hashlib.md5(items).hexdigest(), source_type="local",
+                   source=json.dumps({"uri": source}), schema=json.dumps(schema), profile=json.dumps(profile))
+
+
+def log_datasets(client: MlflowClient, run_id: str, datasets: dict[str, Dataset]) -> None:
+    """{context: dataset} as the run's inputs (the runs table's Dataset column); context: training, validation, test."""
+    client.log_inputs(run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+                               for context, dataset in datasets.items()])
+
+
+def start_parent_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str]) -> str:
+    """A parent run (a protocol invocation); its children carry child_tags(parent) and nest under it in the UI."""
+    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def child_tags(parent_run_id: str | None) -> dict[str, str]:
+    return {MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {}
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:

@@ -27,7 +27,7 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from stages import tracking
+from stages import serving, tracking
 from stages.common import PeftqaError, atomic_path, folder_bytes, read_split, replace_dir_atomic, write_csv_atomic, \
     write_json_atomic
 from stages.embed import features_for
@@ -41,6 +41,7 @@ log = logging.getLogger("peftqa.train")
 
 DATA_DIR = Path("data/processed")
 MODELS_DIR = Path("models")
+SOURCE = "stages/train.py"  # MLflow's mlflow.source.name of every training run
 
 
 # -----------------------------------------------------------------------------
@@ -333,10 +334,13 @@ def resolved_config(params: Params, method: str, family: str) -> dict[str, objec
 
 
 def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataFrame, out_dir: Path, *,
-                 run_name: str | None = None, extra_tags: dict[str, str] | None = None) -> dict[str, object]:
-    """Train `method` on `train`, early-stop on `val`, save the best epoch to out_dir, log it all to one MLflow run.
-    Writes out_dir/{adapter/, history.csv, train_summary.json, resolved_config.json}; returns the summary.
-    The train stage calls it once; the repeated-seed and cross-validation protocols once per seed or fold.
+                 run_name: str | None = None, extra_tags: dict[str, str] | None = None,
+                 parent_run_id: str | None = None, sources: dict[str, str] | None = None) -> dict[str, object]:
+    """Train `method` on `train`, early-stop on `val`, save the best epoch to out_dir, log it all to one MLflow run:
+    params, the splits as datasets (`sources` names where each came from), per-epoch metrics, and the adapter as an
+    MLflow model. Writes out_dir/{adapter/, history.csv, train_summary.json, resolved_config.json}; returns the summary.
+    The train stage calls it once; the repeated-seed and cross-validation protocols once per seed or fold, each as a
+    child of their protocol's `parent_run_id`.
     Under `accelerate launch` every process trains and returns the summary; the main one alone logs and writes."""
     cfg, labels = params.train, params.prepare.labels
     accelerator = make_accelerator(cfg.device)
@@ -369,9 +373,14 @@ def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataF
     # MLflow: one run per training, named after the method; a resumed run continues the same MLflow run
     run_id = None
     if main_process:
-        tags = tracking.run_tags(f"train@{method}", params.model.name_or_path, backbone.family, method)
+        tags = tracking.run_tags(f"train@{method}", params.model.name_or_path, backbone.family, method, SOURCE)
         run_id = open_run(client, experiment_id, resume, run_name=run_name or method,
-                          tags={**tags, **(extra_tags or {})}, config=config)
+                          tags={**tags, **(extra_tags or {}), **tracking.child_tags(parent_run_id)}, config=config)
+        sources = sources or {split: str(DATA_DIR / f"{split}.csv") for split in ("train", "val")}
+        datasets = {"training": tracking.split_dataset(train, "train", sources["train"]),
+                    "validation": tracking.split_dataset(val, "val", sources["val"])}
+        if resume is None:
+            tracking.log_datasets(client, run_id, datasets)
 
     def log_epoch(row: dict) -> None:
         if main_process:
@@ -404,6 +413,9 @@ def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataF
     train_seconds = time.perf_counter() - start + (sum(r["seconds"] for r in resume["history"]) if resume else 0.0)
 
     replace_dir_atomic(backbone.save, out_dir / "adapter")
+    write_json_atomic(out_dir / "resolved_config.json", config)
+    model_id = serving.log_model(client, run_id, out_dir / "adapter", out_dir / "resolved_config.json", name=method,
+                                 step=best_epoch)
     history_frame = pd.DataFrame(history, columns=history_columns(labels))
     write_csv_atomic(out_dir / "history.csv", history_frame)
     best = history_frame.loc[history_frame["epoch"] == best_epoch].iloc[0]
@@ -415,17 +427,17 @@ def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataF
         "train_seconds": round(train_seconds, 3),
         "examples_per_s": round(len(train) * epochs_run / train_seconds, 3) if epochs_run else 0.0,
         "world_size": accelerator.num_processes, "rank_param_sha256": digests,
-        "mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id, "note": describe(method, backbone.family),
+        "mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id, "mlflow_model_id": model_id,
+        "note": describe(method, backbone.family),
     }
     if probe is not None:  # the head's starting point (base: its solution), C chosen on val
         summary["probe_c"], summary["probe_grid"] = probe.c, probe.grid
     write_json_atomic(out_dir / "train_summary.json", summary)
-    write_json_atomic(out_dir / "resolved_config.json", config)
 
     tracking.log_metrics(client, run_id, {"best_epoch": best_epoch, "best_val_macro_f1": summary["best_val_macro_f1"],
                                           "trainable_params": trainable, "adapter_bytes": summary["adapter_bytes"],
                                           "train_seconds": train_seconds}, step=best_epoch,
-                         timestamp_ms=int(time.time() * 1000))
+                         timestamp_ms=int(time.time() * 1000), model_id=model_id, dataset=datasets["validation"])
     if probe is not None:  # val macro-F1 per C tried, in grid order (step = position in peft.base.c_grid, sorted)
         for step, row in enumerate(probe.grid):
             tracking.log_metrics(client, run_id, {"probe_c": row["c"], "probe_val_macro_f1": row["val_macro_f1"]},

@@ -1,4 +1,5 @@
-"""Shared fixtures: params.yaml as a dict with overrides, and a throwaway git + DVC copy of the repo."""
+"""Shared fixtures: params.yaml as a dict with overrides, a throwaway git + DVC copy of the repo, and a tmp dir where
+the real train and evaluate stages have run on a tiny model."""
 from __future__ import annotations
 
 import os
@@ -106,3 +107,29 @@ def tiny_model_paths(tmp_path_factory) -> dict[str, Path]:
     from tiny_models import make_tiny_model
     root = tmp_path_factory.mktemp("tiny_model_paths")
     return {family: make_tiny_model(family, root / family) for family in ("encoder", "seq2seq")}
+
+
+@pytest.fixture
+def trained(tmp_path, monkeypatch, write_params, tiny_model_paths):
+    """Factory: a repo-shaped tmp dir where the real train and evaluate stages have run for `method` (1 epoch,
+    8 items, tiny model, MLflow in tmp). Returns the dir; predictions are in reports/eval/<method>/."""
+
+    def make(method: str, family: str = "encoder") -> Path:
+        from stages import evaluate as evaluate_stage  # torch: only for the tests that train
+        from stages import train as train_stage
+
+        data = tmp_path / "data/processed"
+        data.mkdir(parents=True, exist_ok=True)
+        for split, offset in (("train", 1000), ("val", 5000), ("test", 9000)):
+            tiny_frame(8, offset).to_csv(data / f"{split}.csv", index=False)
+        write_params(tmp_path, {"model.name_or_path": str(tiny_model_paths[family]), "model.max_length": 64,
+                                "train.epochs": 1, "train.batch_size": 4, "train.device": "cpu",
+                                "evaluate.batch_size": 3, "evaluate.latency_items": 2, "mlflow.experiment": "tests"})
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        train_stage.main([method])
+        evaluate_stage.main([method])
+        return tmp_path
+
+    return make

@@ -1,4 +1,5 @@
-"""Stage fetch: local copies verified by sha256 and copied byte-identically; any failure leaves nothing behind."""
+"""Stage fetch: local copies verified by sha256 and copied byte-identically; the ground truth only under the official
+protocol; any failure leaves data/raw as it was."""
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,8 @@ def sha256(data: bytes) -> str:
 
 @pytest.fixture
 def work(tmp_path, monkeypatch, write_params):
-    """A working dir with params.yaml pinned to two tiny fake source files in source/, PUBMEDQA_JSON set."""
+    """A working dir with params.yaml pinned to two tiny fake source files in source/, PUBMEDQA_JSON set, and
+    prepare.protocol: official (the protocol that needs both files)."""
     source = tmp_path / "source"
     source.mkdir()
     (source / "ori_pqal.json").write_bytes(RAW_BYTES)
@@ -32,7 +34,7 @@ def work(tmp_path, monkeypatch, write_params):
     workdir.mkdir()
     pins = {"fetch.sha256": sha256(RAW_BYTES), "fetch.ground_truth_sha256": sha256(TRUTH_BYTES),
             "fetch.url": UNREACHABLE.format("ori_pqal.json"), "fetch.timeout_s": 2,
-            "fetch.ground_truth_url": UNREACHABLE.format("test_ground_truth.json")}
+            "fetch.ground_truth_url": UNREACHABLE.format("test_ground_truth.json"), "prepare.protocol": "official"}
     write_params(workdir, pins)
     monkeypatch.chdir(workdir)
     monkeypatch.setenv("PUBMEDQA_JSON", str(source / "ori_pqal.json"))
@@ -44,6 +46,8 @@ def work(tmp_path, monkeypatch, write_params):
 
 
 def left_in_raw(workdir) -> list[str]:
+    """The files in data/raw; also checks that no staging folder was left in data/."""
+    assert sorted(p.name for p in (workdir / "data").iterdir()) in ([], ["raw"])
     raw = workdir / "data" / "raw"
     return sorted(p.name for p in raw.iterdir()) if raw.exists() else []
 
@@ -99,9 +103,40 @@ def test_unreachable_url(work, monkeypatch):
 
 def test_without_a_sibling_the_ground_truth_url_is_used(work):
     (work.source / "test_ground_truth.json").unlink()
-    with pytest.raises(PeftqaError, match=UNREACHABLE.format("test_ground_truth.json")):
+    with pytest.raises(PeftqaError, match=UNREACHABLE.format("test_ground_truth.json")) as err:
         fetch.main([])
+    # offline, the official protocol without the ground truth: the error names the file, the protocol and the fix
+    for needle in ("prepare.protocol: official needs", "test_ground_truth.json", "PUBMEDQA_GROUND_TRUTH_JSON"):
+        assert needle in str(err.value)
     assert left_in_raw(work.dir) == []
+
+
+def test_random_protocol_needs_only_ori_pqal(work):
+    """Offline with ori_pqal.json alone (no sibling, no PUBMEDQA_GROUND_TRUTH_JSON, no network): the default
+    protocol never reads the ground truth, so fetch neither needs nor writes it."""
+    (work.source / "test_ground_truth.json").unlink()
+    work.rewrite(**{"prepare.protocol": "random"})
+    fetch.main([])
+    assert left_in_raw(work.dir) == ["ori_pqal.json"]
+    assert (work.dir / "data/raw/ori_pqal.json").read_bytes() == RAW_BYTES
+
+
+def test_data_raw_holds_exactly_the_protocols_files(work):
+    fetch.main([])  # official
+    assert left_in_raw(work.dir) == ["ori_pqal.json", "test_ground_truth.json"]
+    work.rewrite(**{"prepare.protocol": "random"})
+    fetch.main([])  # a stale ground truth from the official run is not left behind
+    assert left_in_raw(work.dir) == ["ori_pqal.json"]
+
+
+def test_a_failure_leaves_the_previous_data_raw_untouched(work):
+    raw = work.dir / "data/raw"
+    raw.mkdir(parents=True)
+    (raw / "ori_pqal.json").write_bytes(b"previous")
+    work.rewrite(**{"fetch.ground_truth_sha256": "0" * 64})  # ori_pqal.json verifies, the ground truth does not
+    with pytest.raises(PeftqaError, match="sha256 mismatch"):
+        fetch.main([])
+    assert left_in_raw(work.dir) == ["ori_pqal.json"] and (raw / "ori_pqal.json").read_bytes() == b"previous"
 
 
 @pytest.mark.parametrize("debug", [False, True])

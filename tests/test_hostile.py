@@ -167,6 +167,7 @@ STAGE_FAILURES = {  # stage: (arguments, params overrides, env, what the error m
     "fetch": ([], {}, {"PUBMEDQA_JSON": "missing.json"},
               ["local file missing.json does not exist", "point PUBMEDQA_JSON at"]),
     "prepare": ([], {}, {}, ["data/raw/ori_pqal.json: not found", "dvc repro prepare"]),
+    "curves": ([], {}, {}, ["models/base/history.csv not found", "dvc repro train@base"]),
     "train": (["lora"], {}, {}, ["data/processed/train.csv", "dvc repro prepare"]),
     "evaluate": (["lora"], {}, {}, ["models/lora/train_summary.json not found", "dvc repro train@lora"]),
     "stats": ([], {"methods": ["base", "lora"]}, {},

@@ -1,5 +1,6 @@
-"""`peftqa predict` on tiny random models trained by the real train stage: the CLI's labels and p_yes are the
-evaluate stage's, abstention, the abstention curve, and one error-path test per kind of bad input line."""
+"""`peftqa predict` on tiny random models trained by the real train stage (the `trained` fixture of conftest.py):
+the CLI's labels and p_yes are the evaluate stage's, abstention, and one error-path test per kind of bad input line.
+The model registry's tests are in test_registry.py."""
 from __future__ import annotations
 
 import json
@@ -12,11 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import evaluate as evaluate_stage
 from stages import predict
-from stages import train as train_stage
 from stages.common import PeftqaError
-from tiny_models import tiny_frame
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -24,29 +22,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 def json_lines(frame: pd.DataFrame, with_pmid: bool = True) -> str:
     columns = ["pmid", "question", "context"] if with_pmid else ["question", "context"]
     return "".join(json.dumps(row) + "\n" for row in frame[columns].to_dict(orient="records"))
-
-
-@pytest.fixture
-def trained(tmp_path, monkeypatch, write_params, tiny_model_paths):
-    """Factory: a repo-shaped tmp dir where the real train and evaluate stages have run for `method` (1 epoch,
-    8 items, tiny model, MLflow in tmp). Returns the dir; predictions are in reports/eval/<method>/."""
-
-    def make(method: str, family: str = "encoder") -> Path:
-        data = tmp_path / "data/processed"
-        data.mkdir(parents=True, exist_ok=True)
-        for split, offset in (("train", 1000), ("val", 5000), ("test", 9000)):
-            tiny_frame(8, offset).to_csv(data / f"{split}.csv", index=False)
-        write_params(tmp_path, {"model.name_or_path": str(tiny_model_paths[family]), "model.max_length": 64,
-                                "train.epochs": 1, "train.batch_size": 4, "train.device": "cpu",
-                                "evaluate.batch_size": 3, "evaluate.latency_items": 2, "mlflow.experiment": "tests"})
-        monkeypatch.chdir(tmp_path)
-        monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        train_stage.main([method])
-        evaluate_stage.main([method])
-        return tmp_path
-
-    return make
 
 
 def run_predict(capsys, monkeypatch, root: Path, method: str, text: str, *extra: str) -> list[dict]:
@@ -151,43 +126,3 @@ def test_a_missing_adapter_is_an_error_that_says_to_train_first(tmp_path, write_
     params = write_params(tmp_path)
     with pytest.raises(PeftqaError, match=r"models/lora/adapter not found: train the method first"):
         predict.main(["predict", "--method", "lora", "--models-dir", str(tmp_path / "models"), "--params", str(params)])
-
-
-# -----------------------------------------------------------------------------
-# the model registry: the registered pyfunc predicts what evaluate predicted
-
-
-@pytest.mark.filterwarnings("ignore:.*input example was not provided")  # one would make MLflow load the model at save
-def test_the_registered_pyfunc_predicts_what_evaluate_predicted(trained, monkeypatch):
-    import mlflow.pyfunc
-
-    from stages import registry
-
-    root = trained("lora")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    registry.main(["lora"])
-    test = pd.read_csv(root / "data/processed/test.csv", dtype={"pmid": str})
-    expected = pd.read_csv(root / "reports/eval/lora/preds_test.csv", dtype={"pmid": str})
-
-    model = mlflow.pyfunc.load_model("models:/peftqa-lora/1")
-    out = model.predict(test[["question", "context"]])
-
-    assert list(out["label"]) == list(expected["pred"])
-    assert list(out["p_yes"]) == pytest.approx(list(expected["p_yes"]), abs=1e-6)
-
-
-def test_pick_best_runs_takes_the_highest_val_macro_f1_of_finished_training_runs():
-    from types import SimpleNamespace as Fake
-
-    from stages.registry import pick_best_runs
-
-    def run(name, method, f1, status="FINISHED", start=0, stage=None):
-        return Fake(name=name, info=Fake(status=status, start_time=start),
-                    data=Fake(tags={"method": method, "stage": stage or f"train@{method}"},
-                              metrics={"best_val_macro_f1": f1}))
-
-    runs = [run("a", "lora", 0.6), run("b", "lora", 0.7), run("c", "lora", 0.9, status="FAILED"),
-            run("d", "lora", 0.95, stage="evaluate@lora"), run("e", "base", 0.5), run("f", "base", 0.5, start=1),
-            run("g", "ia3", 0.99)]
-    best = pick_best_runs(runs, ["base", "lora"])
-    assert {method: r.name for method, r in best.items()} == {"lora": "b", "base": "f"}

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -314,15 +316,30 @@ def split_counts(repo) -> list[list]:
 
 
 @pytest.mark.skipif(not os.path.isfile(REAL_JSON), reason="set PUBMEDQA_JSON to the real ori_pqal.json")
-def test_dvc_repro_prepare_on_the_real_data(repo_copy, pipeline_env, write_params):
-    dvc(repo_copy, pipeline_env, "repro", "prepare")
+def test_dvc_repro_prepare_on_the_real_data(repo_copy, pipeline_env, write_params, tmp_path):
+    # offline with ori_pqal.json alone (no test_ground_truth.json beside it): the default random protocol runs
+    lone = tmp_path / "lone" / "ori_pqal.json"
+    lone.parent.mkdir()
+    shutil.copy(REAL_JSON, lone)
+    env = {**pipeline_env, "PUBMEDQA_JSON": str(lone)}
+    env.pop("PUBMEDQA_GROUND_TRUTH_JSON", None)
+    dvc(repo_copy, env, "repro", "prepare")
     assert split_counts(repo_copy) == [["train", 712, 442, 270], ["val", 89, 55, 34], ["test", 89, 55, 34]]
+    assert sorted(p.name for p in (repo_copy / "data/raw").iterdir()) == ["ori_pqal.json"]  # random: no ground truth
 
-    again = dvc(repo_copy, pipeline_env, "repro", "prepare")
+    again = dvc(repo_copy, env, "repro", "prepare")
     assert "Running stage" not in again and ("didn't change" in again or "up to date" in again)
-    assert "up to date" in dvc(repo_copy, pipeline_env, "status", "--with-deps", "prepare")  # later stages never ran
+    assert "up to date" in dvc(repo_copy, env, "status", "--with-deps", "prepare")  # later stages never ran
 
-    write_params(repo_copy, {"prepare.protocol": "official"})  # what `dvc exp run -S prepare.protocol=official` does
-    official = dvc(repo_copy, pipeline_env, "repro", "prepare")
-    assert "Running stage 'prepare'" in official and "Running stage 'fetch'" not in official
+    # what `dvc exp run -S prepare.protocol=official` does; the pinned URL made unreachable: this machine is offline
+    write_params(repo_copy, {"prepare.protocol": "official", "fetch.ground_truth_url": "http://127.0.0.1:9/x.json"})
+    refused = subprocess.run(["dvc", "repro", "prepare"], cwd=repo_copy, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode != 0
+    assert "prepare.protocol: official needs PubMedQA's test_ground_truth.json" in refused.stdout + refused.stderr
+    env["PUBMEDQA_GROUND_TRUTH_JSON"] = str(Path(REAL_JSON).parent / "test_ground_truth.json")
+    official = dvc(repo_copy, env, "repro", "prepare")
+    # fetch reads prepare.protocol: it runs again, to copy the ground truth that only the official protocol needs
+    assert "Running stage 'prepare'" in official and "Running stage 'fetch'" in official
+    assert sorted(p.name for p in (repo_copy / "data/raw").iterdir()) == ["ori_pqal.json", "test_ground_truth.json"]
     assert split_counts(repo_copy)[2] == ["test", 445, 276, 169]

@@ -124,19 +124,32 @@ def test_protocols_stage_runs_seeds_and_folds_end_to_end(stage_dir):  # noqa: F8
     assert metrics["cv"]["lora"]["n"] == len(pool)
 
     client = mlflow_client(root)  # one MLflow run per training, tagged with its unit, holding its test metrics
-    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
-    assert len(runs) == 8
+    experiment_id = client.get_experiment_by_name("tests").experiment_id
+    runs = client.search_runs([experiment_id])
+    assert len(runs) == 8 + 2  # a parent run per protocol
     by_name = {run.info.run_name: run for run in runs}
     assert by_name["lora seed_2"].data.tags["protocol"] == "seeds"
     assert by_name["lora fold_1"].data.tags["protocol_unit"] == "fold_1"
     assert by_name["lora seed_2"].data.params["train.seed"] == "2"
-    assert "test_macro_f1" in by_name["lora fold_1"].data.metrics
+    assert "eval_test_macro_f1" in by_name["lora fold_1"].data.metrics
     assert not list(out.glob("runs/*/*/*/adapter"))  # adapters live in MLflow, not in reports/
+    # the seed and fold runs are the children of one parent run per protocol, which holds their summary metrics
+    parents = json.loads((out / "parent_runs.json").read_text())
+    assert by_name["seeds 1,2"].info.run_id == parents["seeds"] and by_name["cv 2-fold"].info.run_id == parents["cv"]
+    for run in runs:
+        if run.info.run_id not in parents.values():
+            assert run.data.tags["mlflow.parentRunId"] == parents[run.data.tags["protocol"]], run.info.run_name
+    assert by_name["seeds 1,2"].info.status == "FINISHED"
+    assert by_name["seeds 1,2"].data.metrics["lora.macro_f1_mean"] == pytest.approx(metrics["seeds"]["lora"]["macro_f1_mean"])
+    fold_inputs = {d.dataset.name: d.dataset for d in by_name["lora fold_1"].inputs.dataset_inputs}
+    assert set(fold_inputs) == {"pubmedqa-pqal/train", "pubmedqa-pqal/val", "pubmedqa-pqal/test"}
+    assert "fold 1" in fold_inputs["pubmedqa-pqal/test"].source
 
-    # a second run reuses every finished training; dropping a seed deletes its runs
+    # a second run reuses every finished training (and opens no parent run); dropping a seed deletes its runs
     before = (out / "seeds_test.csv").read_bytes()
     protocols.main([])
-    assert len(client.search_runs([client.get_experiment_by_name("tests").experiment_id])) == 8
+    assert len(client.search_runs([experiment_id])) == 8 + 2
+    assert json.loads((out / "parent_runs.json").read_text()) == parents
     assert (out / "seeds_test.csv").read_bytes() == before
     data = yaml.safe_load((root / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump({**data, "seeds": [1]}, sort_keys=False))

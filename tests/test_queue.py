@@ -91,7 +91,7 @@ def test_queued_experiments_run_two_at_a_time_into_one_mlflow_store(repo_copy, p
         (lora,) = by_exp[name]
         assert lora.info.run_name == "lora" and lora.info.status == "FINISHED", name
         assert lora.data.params["peft.lora.r"] == str(rank), name
-        assert "test_accuracy" in lora.data.metrics, name  # evaluate@lora logged into the same run
+        assert "eval_test_accuracy" in lora.data.metrics, name  # evaluate@lora logged into the same run
         artifacts = {a.path for a in client.list_artifacts(lora.info.run_id, "adapter")}
         assert "adapter/adapter_config.json" in artifacts, name
     assert not list((repo_copy / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))  # no store left in a workspace copy

@@ -601,3 +601,11 @@ def test_a_demo_slice_is_checked_against_the_items_it_scored_and_labelled(tmp_pa
     run_report(tmp_path)
     markdown = (tmp_path / "reports/report.md").read_text()
     assert f"(evaluate.limit_items: the first {len(full)} only, a demo slice, not a result)" in markdown
+
+
+def test_provenance_names_each_methods_run_and_model_and_each_protocols_parent_run() -> None:
+    summary = {"base": {"mlflow_run_id": "r0", "mlflow_experiment_id": "1", "mlflow_model_id": "m-0"},
+               "lora": {"mlflow_run_id": "r1", "mlflow_experiment_id": "1"}}  # an older summary: no logged model
+    rows = parse_tables(report.provenance_table(summary, {"cv": "p9"}))["MLflow run id"]
+    assert [(r["Run"], r["MLflow run id"], r["MLflow logged model id"]) for r in rows] == [
+        ("base", "`r0`", "`m-0`"), ("lora", "`r1`", "—"), ("protocol cv (parent run)", "`p9`", "—")]

@@ -62,6 +62,46 @@ def test_training_run_is_logged_to_mlflow_with_params_metrics_and_artifacts(stag
     assert run.data.params["peft_config.base_model_name_or_path"] == run.data.params["model.name_or_path"]
 
 
+def test_the_run_records_source_commit_datasets_and_a_logged_model_that_holds_the_eval_metrics(stage_dir):
+    """What the MLflow UI shows on the run page: Source and commit (MLflow's own tags), the splits as datasets,
+    the adapter as a logged model whose metrics include evaluate's; the per-epoch curve stays history.csv's."""
+    from stages import evaluate as evaluate_stage
+
+    root = stage_dir()
+    tiny_frame(8, 9000).to_csv(root / "data/processed/test.csv", index=False)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], cwd=root, check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    train_stage.main(["lora"])
+    evaluate_stage.main(["lora"])
+
+    client = mlflow_client(root)
+    run = only_run(client, "lora")
+    summary = json.loads((root / "models/lora/train_summary.json").read_text())
+    assert run.data.tags["mlflow.source.name"] == "stages/train.py" and run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert run.data.tags["mlflow.source.git.commit"] == commit
+    inputs = {d.dataset.name: (d.dataset, {t.key: t.value for t in d.tags}) for d in run.inputs.dataset_inputs}
+    assert {name: tags["mlflow.data.context"] for name, (_, tags) in inputs.items()} == {
+        "pubmedqa-pqal/train": "training", "pubmedqa-pqal/val": "validation", "pubmedqa-pqal/test": "test"}
+    assert json.loads(inputs["pubmedqa-pqal/train"][0].profile)["num_rows"] == 16
+    other = tiny_frame(16, 2000)  # other items: another digest
+    assert inputs["pubmedqa-pqal/train"][0].digest != train_stage.tracking.split_dataset(other, "train", "x").digest
+
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert [m.model_id for m in models] == [summary["mlflow_model_id"]] and models[0].source_run_id == run.info.run_id
+    linked = {m.key: m for m in models[0].metrics}
+    assert linked["eval_test_macro_f1"].value == pytest.approx(
+        json.loads((root / "reports/eval/lora/metrics_test.json").read_text())["macro_f1"])
+    assert linked["eval_test_macro_f1"].dataset_name == "pubmedqa-pqal/test"
+    assert linked["best_val_macro_f1"].value == summary["best_val_macro_f1"]
+    history = pd.read_csv(root / "models/lora/history.csv")
+    curve = client.get_metric_history(run.info.run_id, "val_macro_f1")
+    assert len(curve) == len(history)  # evaluate's val metrics are eval_val_*, not another curve point
+    assert run.data.metrics["eval_val_macro_f1"] == pytest.approx(
+        json.loads((root / "reports/eval/lora/metrics_val.json").read_text())["macro_f1"])
+
+
 def test_early_stopping_restores_the_best_epoch(stage_dir, monkeypatch):
     """Val macro-F1 scripted as 0.4 (the start), 0.5, 0.7, 0.6, 0.6: patience 2 stops after epoch 4 and restores
     epoch 2."""

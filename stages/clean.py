@@ -1,0 +1,60 @@
+"""`make clean`: remove exactly the pipeline's outputs, as dvc.yaml declares them, and nothing else.
+
+Every stage's outs, metrics and plots (foreach stages expanded for the methods in params.yaml), read through DVC's
+own index, so the list cannot drift from dvc.yaml. Not removed: dvc.lock, the DVC cache (`dvc checkout` or `dvc pull`
+brings cached outputs back), .gitignore files, the venv, the MLflow store (mlflow.db, mlruns/), committed files that
+no stage writes (reports/ablation/, reports/seeds3/, ...), and models/<method>/checkpoint.pt (not an output).
+
+    python -m stages.clean [--dry-run]    (--dry-run: print what would be removed)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from stages.common import PeftqaError
+
+
+def declared_outputs(root: str | Path = ".") -> list[Path]:
+    """Every out, metric and plot of every stage in the repository at `root`, as absolute paths, sorted."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            return sorted({Path(out.fs_path) for stage in repo.index.stages for out in stage.outs})
+    except DvcException as err:
+        raise PeftqaError(f"clean: cannot read the pipeline in {Path(root).resolve()} ({err}); run it from the "
+                          "repository root, where dvc.yaml is") from None
+
+
+def remove(path: Path) -> bool:
+    """Remove a file, a link or a folder; False when there was nothing there."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    else:
+        return False
+    return True
+
+
+def main(args: list[str]) -> None:
+    dry_run = "--dry-run" in args
+    unknown = [a for a in args if a != "--dry-run"]
+    if unknown:
+        raise PeftqaError(f"clean: unknown arguments {unknown}; usage: python -m stages.clean [--dry-run]")
+    root = Path.cwd()
+    for path in declared_outputs(root):
+        shown = os.path.relpath(path, root)
+        if dry_run:
+            print(shown)
+        elif remove(path):
+            print(f"removed {shown}")
+
+
+if __name__ == "__main__":
+    from stages.common import run_cli
+
+    run_cli(main)

@@ -1,0 +1,73 @@
+"""Stage curves: every method's per-epoch history in one file per metric, for dvc.yaml's top-level plots.
+
+DVC 3 overlays series in one chart only when its plot definition names them: a folder as the plot gives one chart per
+file, and a glob is not expanded. So each file here has one column per method, and dvc.yaml's top-level plots name
+the columns with `${methods}`: the charts follow `dvc exp run -S methods=[...]` without listing a method anywhere.
+
+Inputs:  models/<m>/history.csv for every method m in params `methods` (stage train@<m>: one row per epoch, with
+         epoch, train_loss, val_loss, val_macro_f1 among its columns).
+Outputs: reports/curves/<metric>.json for metric in val_macro_f1, train_loss, val_loss: a list of rows, one per epoch
+         any method reached, {"epoch": e, "<m>": value, ...} with every method in every row (DVC reads a list
+         as data points only when each row has the first row's keys): null where a method has no value (`base`,
+         solved, stops at epoch 0; epoch 0 has no train loss for a tuned method), which Vega leaves out of the
+         line instead of drawing it at 0.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from stages.common import PeftqaError, replace_dir_atomic, write_json_atomic
+from stages.params import load_params
+
+log = logging.getLogger("peftqa.curves")
+
+MODELS_DIR = Path("models")
+CURVES_DIR = Path("reports/curves")
+METRICS = ("val_macro_f1", "train_loss", "val_loss")
+
+
+def read_history(method: str) -> pd.DataFrame:
+    path = MODELS_DIR / method / "history.csv"
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise PeftqaError(f"{path} not found: train the method first (dvc repro train@{method})") from None
+    except pd.errors.EmptyDataError:
+        raise PeftqaError(f"{path}: empty file; retrain the method (dvc repro train@{method})") from None
+    missing = [column for column in ("epoch", *METRICS) if column not in frame.columns]
+    if missing:
+        raise PeftqaError(f"{path}: columns {missing} are missing (it has {list(frame.columns)}); it is not a "
+                          f"history written by stages/train.py: retrain the method (dvc repro train@{method})")
+    return frame
+
+
+def curve_rows(histories: dict[str, pd.DataFrame], metric: str) -> list[dict]:
+    """One row per epoch (ascending) with each method's value of `metric`, None (JSON null) where it has none."""
+    epochs = sorted({int(epoch) for frame in histories.values() for epoch in frame["epoch"]})
+    rows = {epoch: {"epoch": epoch, **dict.fromkeys(histories)} for epoch in epochs}
+    for method, frame in histories.items():
+        for epoch, value in zip(frame["epoch"], frame[metric]):
+            if not pd.isna(value):
+                rows[int(epoch)][method] = float(value)
+    return [rows[epoch] for epoch in epochs]
+
+
+def main(args: list[str]) -> None:
+    methods = load_params().methods
+    histories = {method: read_history(method) for method in methods}
+
+    def write(folder: Path) -> None:
+        for metric in METRICS:
+            write_json_atomic(folder / f"{metric}.json", curve_rows(histories, metric))
+
+    replace_dir_atomic(write, CURVES_DIR)  # a method dropped from params leaves no stale column behind
+    log.info("wrote %s for %s", ", ".join(f"{CURVES_DIR}/{m}.json" for m in METRICS), ", ".join(methods))
+
+
+if __name__ == "__main__":
+    from stages.common import run_cli
+
+    run_cli(main)
