@@ -133,3 +133,14 @@ def trained(tmp_path, monkeypatch, write_params, tiny_model_paths):
         return tmp_path
 
     return make
+
+
+@pytest.hookimpl(trylast=True)  # after `-m "not slow"` has deselected what it deselects
+def pytest_collection_modifyitems(config, items):
+    """The fresh-virtualenv test installs a served model's requirements: start downloading their wheels now, in
+    the background, so the download overlaps the other tests (see tests/wheelhouse.py)."""
+    if any("fresh_virtualenv" in item.nodeid for item in items):
+        from wheelhouse import start_download
+
+        start_download()
+

@@ -18,6 +18,7 @@ import pytest
 from stages import registry, serving
 from stages.registry import pick_best_runs
 from tiny_models import tiny_frame
+from wheelhouse import WHEELHOUSE, wait_for_download
 
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore:.*input example was not provided")]  # one would load the model
@@ -178,11 +179,6 @@ print(json.dumps({"label": list(out["label"]), "p_yes": [float(p) for p in out["
 """
 
 
-# wheels of the requirements, kept between sessions: PyPI's answers here carry no caching headers, so pip's own
-# cache keeps nothing, and resolving the 100-odd packages against the indexes alone takes minutes
-WHEELHOUSE = Path(os.environ.get("PEFTQA_WHEELHOUSE", Path.home() / ".cache/peftqa/wheelhouse"))
-
-
 def install_requirements(python: Path, requirements: Path, env: dict,
                          cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
     """`pip install -r requirements` into the venv of `python`, from the wheelhouse alone (no index); when that
@@ -193,6 +189,7 @@ def install_requirements(python: Path, requirements: Path, env: dict,
                "-r", str(requirements)]  # no .pyc compiling: it took most of the time (torch's thousands of files)
     start = time.perf_counter()
     WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+    wait_for_download()  # conftest started it when this test was collected
     result = subprocess.run(offline, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
         download = subprocess.run([*pip, "download", "-q", "-d", str(WHEELHOUSE), "-r", str(requirements)], cwd=cwd,
