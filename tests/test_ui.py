@@ -1,5 +1,6 @@
 """`make ui`: the MLflow server over a store the real train stage wrote shows every method's run, with its params,
-one metric value per epoch and its adapter artifacts, through the REST API and in the web UI (headless Chromium).
+one metric value per epoch and its adapter artifacts, through the REST API and in the web UI (headless Chromium):
+the runs table names the datasets, and a run's page shows its source, dataset and logged model.
 
 Set PEFTQA_UI_SCREENSHOT=reports/mlflow_ui_runs.png to keep the screenshot of the runs table.
 """
@@ -136,7 +137,7 @@ def test_make_ui_serves_the_project_store_on_the_chosen_port():
     assert "http://127.0.0.1:5123" in command
 
 
-def test_the_mlflow_server_shows_every_run_with_params_history_and_adapter(server, tmp_path):
+def test_the_mlflow_server_shows_every_run_with_params_history_and_adapter(server, store, tmp_path):
     experiment = api(server, "experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]
     runs = api(server, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
     by_name = {run["info"]["run_name"]: run for run in runs}
@@ -170,6 +171,15 @@ def test_the_mlflow_server_shows_every_run_with_params_history_and_adapter(serve
     assert dom.returncode == 0, dom.stderr[-2000:]
     for method in METHODS:
         assert f">{method}<" in dom.stdout, f"run {method!r} not in the runs table of {page}"
+    assert "pubmedqa-pqal/train" in dom.stdout, f"the runs table of {page} names no dataset"
+    # a run's page: its Source (MLflow's source tags), its datasets and its logged model
+    lora = by_name["lora"]["info"]["run_id"]
+    run_page = f"{server}/#/experiments/{experiment['experiment_id']}/runs/{lora}"
+    run_dom = chromium("--dump-dom", run_page, profile=tmp_path / "chromium-run")
+    assert run_dom.returncode == 0, run_dom.stderr[-2000:]
+    model_id = json.loads((store / "models/lora/train_summary.json").read_text())["mlflow_model_id"]
+    for shown in ("train.py", "pubmedqa-pqal/train", "Logged models (1)", model_id):
+        assert shown in run_dom.stdout, f"{shown!r} not on the run page {run_page}"
     screenshot = Path(os.environ.get("PEFTQA_UI_SCREENSHOT") or tmp_path / "mlflow_ui_runs.png").resolve()
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     shot = chromium(f"--screenshot={screenshot}", "--window-size=1400,900", page, profile=tmp_path / "chromium-shot")
