@@ -105,6 +105,7 @@ class ReportInputs:
     """Everything the report reads, per method where it is per method; the helpers below never open files."""
     split_stats: pd.DataFrame
     test_pmids: frozenset[str]
+    n_val: int  # the val items evaluate scored: split_stats.csv's, or evaluate.limit_items's first N
     history: dict[str, pd.DataFrame]
     summary: dict[str, dict]
     metrics: dict[str, dict]
@@ -147,9 +148,12 @@ def read_inputs(methods: Sequence[str], references: Sequence[str] = (), limit_it
 
     test = read_input(PROCESSED_DIR / "test.csv", read_csv)
     test = test.iloc[:limit_items] if limit_items else test
+    split_stats = read_input(PROCESSED_DIR / "split_stats.csv", pd.read_csv)
+    n_val = int(split_stats.set_index("split").loc["val", "n"])
     return ReportInputs(
-        split_stats=read_input(PROCESSED_DIR / "split_stats.csv", pd.read_csv),
+        split_stats=split_stats,
         test_pmids=frozenset(test["pmid"]),
+        n_val=min(n_val, limit_items) if limit_items else n_val,
         history=per_method(MODELS_DIR, "history.csv", pd.read_csv),
         summary=per_method(MODELS_DIR, "train_summary.json", read_json),
         metrics=per_method(EVAL_DIR, "metrics_test.json", read_json),
@@ -213,10 +217,10 @@ def check_method_fresh(inputs: ReportInputs, method: str) -> None:
     if inputs.metrics[method]["n"] != inputs.n_test:
         raise PeftqaError(f"report: method '{method}' is stale: its metrics_test.json has "
                           f"n={inputs.metrics[method]['n']}, test.csv {inputs.n_test} items. Run `dvc repro`.")
-    n_val = int(inputs.split_stats.set_index("split").loc["val", "n"])
-    if len(inputs.preds_val[method]) != n_val:
+    if len(inputs.preds_val[method]) != inputs.n_val:
         raise PeftqaError(f"report: method '{method}' is stale: reports/eval/{method}/preds_val.csv has "
-                          f"{len(inputs.preds_val[method])} rows, split_stats.csv {n_val} val items. Run `dvc repro`.")
+                          f"{len(inputs.preds_val[method])} rows, and {inputs.n_val} val items were to be scored "
+                          "(split_stats.csv, evaluate.limit_items). Run `dvc repro`.")
 
 
 def check_reference_fresh(inputs: ReportInputs, reference: str) -> None:

@@ -380,7 +380,7 @@ STALE_INPUTS = {  # failure mode -> (file, edit, expected message)
     "a reference output missing": ("reports/references/majority/metrics_test.json", None,
                                    r"references/majority/metrics_test.json is missing; run `dvc repro`"),
     "val preds of another split": ("reports/eval/lora/preds_val.csv", lambda f: f.iloc[:-1],
-                                   r"preds_val.csv has 19 rows, split_stats.csv 20 val items.*dvc repro"),
+                                   r"preds_val.csv has 19 rows, and 20 val items were to be scored.*dvc repro"),
 }
 
 
@@ -594,6 +594,9 @@ def test_a_demo_slice_is_checked_against_the_items_it_scored_and_labelled(tmp_pa
     full = pd.read_csv(tmp_path / "data/processed/test.csv", dtype={"pmid": str})
     extra = pd.DataFrame({"pmid": ["99999999"], "question": "q?", "context": "c.", "label": "yes"})
     write_csv(tmp_path / "data/processed/test.csv", pd.concat([full, extra], ignore_index=True))
+    stats = pd.read_csv(tmp_path / "data/processed/split_stats.csv")
+    stats.loc[stats["split"] == "val", "n"] += 5  # and val has more items than were scored
+    write_csv(tmp_path / "data/processed/split_stats.csv", stats)
     with pytest.raises(PeftqaError, match="is stale"):
         run_report(tmp_path)  # one test item more than was scored, no limit: refused
     text = (tmp_path / "params.yaml").read_text(encoding="utf-8")
