@@ -57,6 +57,17 @@ def logged_models(client, run):
     return client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
 
 
+def assert_champion_predicts_what_evaluate_predicted(root: Path) -> None:
+    """models:/peftqa-lora@champion on test.csv gives the labels and p_yes of evaluate's preds_test.csv."""
+    import mlflow.pyfunc
+
+    test = pd.read_csv(root / "data/processed/test.csv", dtype={"pmid": str})
+    expected = pd.read_csv(root / "reports/eval/lora/preds_test.csv", dtype={"pmid": str})
+    out = mlflow.pyfunc.load_model("models:/peftqa-lora@champion").predict(test[["question", "context"]])
+    assert list(out["label"]) == list(expected["pred"])
+    assert list(out["p_yes"]) == pytest.approx(list(expected["p_yes"]), abs=1e-6)
+
+
 def test_the_registered_champion_is_the_runs_logged_model_and_predicts_what_evaluate_predicted(trained, monkeypatch):
     import mlflow.pyfunc
     from mlflow.tracking import MlflowClient
@@ -82,17 +93,12 @@ def test_the_registered_champion_is_the_runs_logged_model_and_predicts_what_eval
     assert str(second.version) == "2" and second.source == first.source and len(logged_models(client, run)) == 1
     assert mlflow.get_tracking_uri() == uri_before  # no global tracking URI left behind
 
-    test = pd.read_csv(root / "data/processed/test.csv", dtype={"pmid": str})
-    expected = pd.read_csv(root / "reports/eval/lora/preds_test.csv", dtype={"pmid": str})
-    out = mlflow.pyfunc.load_model("models:/peftqa-lora@champion").predict(test[["question", "context"]])
-    assert list(out["label"]) == list(expected["pred"])
-    assert list(out["p_yes"]) == pytest.approx(list(expected["p_yes"]), abs=1e-6)
+    assert_champion_predicts_what_evaluate_predicted(root)
 
 
 def test_a_run_without_a_logged_model_gets_one_logged_from_its_artifacts(trained, monkeypatch):
     """Runs trained before train logged a model: the registry logs one into the run (which stays FINISHED) from its
     adapter/ and resolved_config.json artifacts, and registers that."""
-    import mlflow.pyfunc
     from mlflow.tracking import MlflowClient
 
     root = trained("lora")
@@ -109,11 +115,7 @@ def test_a_run_without_a_logged_model_gets_one_logged_from_its_artifacts(trained
     champion = client.get_model_version_by_alias("peftqa-lora", "champion")
     assert champion.source == f"models:/{model.model_id}" and champion.run_id == run.info.run_id
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
-    test = pd.read_csv(root / "data/processed/test.csv", dtype={"pmid": str})
-    expected = pd.read_csv(root / "reports/eval/lora/preds_test.csv", dtype={"pmid": str})
-    out = mlflow.pyfunc.load_model("models:/peftqa-lora@champion").predict(test[["question", "context"]])
-    assert list(out["label"]) == list(expected["pred"])
-    assert list(out["p_yes"]) == pytest.approx(list(expected["p_yes"]), abs=1e-6)
+    assert_champion_predicts_what_evaluate_predicted(root)
 
 
 def test_log_model_logs_into_a_running_run_and_leaves_it_running(tmp_path, monkeypatch):
