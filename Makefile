@@ -27,7 +27,8 @@ $(STAMP): pyproject.toml Makefile
 run: install  ## the main job: every stage of dvc.yaml that is out of date
 	dvc repro
 
-test: install  ## unit tests plus one end-to-end dvc repro on a small slice
+test: install  ## lint (ruff, configured in pyproject.toml), unit tests, and one end-to-end dvc repro on a small slice
+	$(VENV)/bin/ruff check stages tests
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
 
 bench: install  ## print training throughput and inference speed of the params.yaml profile (not a test)

@@ -35,10 +35,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from stages.common import PeftqaError, log, project_root, run_cli, write_csv_atomic, \
-    write_text_atomic  # noqa: E402
-from stages.figures import METHOD_COLORS, save_figure  # noqa: E402
+from stages.common import PeftqaError, log, project_root, run_cli, write_csv_atomic, write_text_atomic  # noqa: E402
+from stages.figures import method_color, save_figure  # noqa: E402
 from stages.params import METHODS  # noqa: E402
+from stages.sweep import flatten_params, load_grid  # noqa: E402
 
 ABLATION_DIR = Path("reports/ablation")
 PARAMS_FILE = "params.yaml"  # the params file whose keys are written without a "<file>:" prefix
@@ -68,18 +68,6 @@ def metric_label(metric: str) -> str:
 
 # -----------------------------------------------------------------------------
 # parsing `dvc exp show --json` (DVC 3.x): a list of baselines, each with its experiments' revs nested inside
-
-
-def flatten_params(nested: dict, prefix: str = "") -> dict[str, object]:
-    """{"peft": {"lora": {"r": 8}}} -> {"peft.lora.r": 8}; lists and scalars are leaves."""
-    flat = {}
-    for key, value in nested.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_params(value, prefix=f"{dotted}."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def _record(entry: dict, kind: Kind, fallback_name: str) -> ExpRecord:
@@ -191,7 +179,8 @@ def confounding_keys(records: Sequence[ExpRecord], param: str | Sequence[str]) -
     """
     keys = sorted({key for record in records for key in record.params} - set(as_list(param)))
     absent = "<absent>"
-    majority = {key: Counter(json.dumps(r.params.get(key, absent), sort_keys=True) for r in records).most_common(1)[0][0]
+    majority = {key: Counter(json.dumps(r.params.get(key, absent), sort_keys=True)
+                             for r in records).most_common(1)[0][0]
                 for key in keys}
     return [[key for key in keys if json.dumps(r.params.get(key, absent), sort_keys=True) != majority[key]]
             for r in records]
@@ -324,7 +313,7 @@ def plot_ablation(table: pd.DataFrame, param: str | Sequence[str], metric: str, 
         x = np.array([categories.index(v) for v in values], dtype=float)
     combos = table[rest].apply(lambda r: ", ".join(f"{k.split('.')[-1]}={format_value(v, 16)}" for k, v in r.items()),
                                axis=1) if rest else pd.Series("", index=table.index)
-    palette = [METHOD_COLORS.get(method, "tab:blue")] + [f"C{i}" for i in range(10)]
+    palette = [method_color(method)] + [f"C{i}" for i in range(10)]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
     for k, combo in enumerate(dict.fromkeys(combos)):
         rows = (combos == combo).to_numpy()
@@ -408,7 +397,6 @@ def tables_to_build(args: argparse.Namespace, root: Path) -> list[tuple[str, lis
         if len(method) > 1:
             raise PeftqaError(f"--param {args.param} belong to different methods {sorted(method)}; sweep one at a time")
         return [("+".join(args.param), list(args.param), method.pop())]
-    from stages.sweep import load_grid  # the grid file's one reader
     grid = load_grid(args.grid if args.grid.is_absolute() else root / args.grid)
     tables = []
     for name, axes in grid.items():

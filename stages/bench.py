@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stages import methods
 from stages.common import PeftqaError
 from stages.families import Backbone, load_backbone
 from stages.params import Params, load_params
@@ -61,16 +62,18 @@ def time_one_at_a_time(backbone: Backbone, frame: pd.DataFrame, how: str, bf16: 
 
 def bench_inference(params: Params, frame: pd.DataFrame) -> list[dict]:
     labels = params.prepare.labels
-    backbone = load_backbone(params.model, "base", params.peft, labels, seed=params.train.seed, device=params.train.device)
+    backbone = load_backbone(params.model, "base", params.peft, labels, seed=params.train.seed,
+                             device=params.train.device)
     bf16 = use_bf16(params.model.dtype, backbone.device)
     score_frame(backbone, frame.iloc[:2], 2, with_loss=False, bf16=bf16)  # warm-up
     start = time.perf_counter()
     score_frame(backbone, frame, params.evaluate.batch_size, with_loss=False, bf16=bf16)
     batched = len(frame) / (time.perf_counter() - start)
-    rows = [{"what": f"inference: batched label scoring (batch {params.evaluate.batch_size})", "examples_per_s": batched,
-             "latency_mean_s": float("nan"), "latency_p95_s": float("nan"), "vs_batched": 1.0}]
+    rows = [{"what": f"inference: batched label scoring (batch {params.evaluate.batch_size})",
+             "examples_per_s": batched, "latency_mean_s": float("nan"), "latency_p95_s": float("nan"),
+             "vs_batched": 1.0}]
     loops = [("score", "inference: label scoring, one item at a time")]
-    if backbone.family != "encoder":
+    if backbone.generates:
         loops.append(("generate", "inference: reference generate loop (greedy, 2 new tokens), one at a time"))
     for how, name in loops:
         seconds = time_one_at_a_time(backbone, frame, how, bf16)
@@ -95,11 +98,11 @@ def main(argv: list[str]) -> None:
 
     rows = []
     for method in params.methods:
+        if methods.get(method).frozen:
+            continue  # zero-shot, or the encoder's probe (solved by LogisticRegression): no training loop to time
         backbone = load_backbone(params.model, method, params.peft, params.prepare.labels, seed=params.train.seed,
                                  device=params.train.device)
-        if len(backbone.trainable_parameters()) == len(backbone.head_parameters()):
-            continue  # zero-shot, or the encoder's probe (solved by LogisticRegression): no training loop to time
-        rate = time_training(backbone, train, params.train.batch_size, getattr(params.peft, method).lr,
+        rate = time_training(backbone, train, params.train.batch_size, params.peft[method].lr,
                              args.train_batches)
         rows.append({"what": f"training: {method} (batch {params.train.batch_size})", "examples_per_s": rate,
                      "latency_mean_s": float("nan"), "latency_p95_s": float("nan"), "vs_batched": float("nan")})

@@ -59,7 +59,8 @@ class Shape:
 
 
 SHAPES = {
-    "full": Shape("full", d_model=2048, d_ff=5120, num_layers=24, num_heads=32, d_kv=64, batch_size=8, input_tokens=512),
+    "full": Shape("full", d_model=2048, d_ff=5120, num_layers=24, num_heads=32, d_kv=64, batch_size=8,
+                  input_tokens=512),
     "small": Shape("small", d_model=256, d_ff=512, num_layers=2, num_heads=4, d_kv=64, batch_size=2, input_tokens=128),
 }
 
@@ -248,14 +249,15 @@ def describe_environment(device: torch.device) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     """A markdown table of the headline figures."""
-    header = ("| method | trainable params | s / step (median) | peak memory (GiB) | model TFLOP / step | TFLOP/s | MFU "
-              "| projected 712 x 5 epochs |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    header = ("| method | trainable params | s / step (median) | peak memory (GiB) | model TFLOP / step "
+              "| TFLOP/s | MFU | projected 712 x 5 epochs |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     lines = [header]
     for row in rows:
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
         lines.append(f"| {row['method']} | {row['trainable_params']:,} | {row['step_s_median']:.4f} "
-                     f"| {row['peak_memory_gib']:.2f} | {row['model_tflop_per_step']:.4g} | {row['achieved_tflops']:.3g} "
-                     f"| {mfu} | {row['projected_712x5_s'] / 60:.1f} min ({row['steps_for_712x5']} steps) |")
+                     f"| {row['peak_memory_gib']:.2f} | {row['model_tflop_per_step']:.4g} "
+                     f"| {row['achieved_tflops']:.3g} | {mfu} "
+                     f"| {row['projected_712x5_s'] / 60:.1f} min ({row['steps_for_712x5']} steps) |")
     return "\n".join(lines)
 
 
@@ -272,9 +274,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--shape", choices=("auto", *SHAPES), default="auto",
                         help="auto: full on CUDA, small on CPU (default auto)")
-    parser.add_argument("--steps", type=int, default=None, help="timed optimizer steps per method (default 10 on CUDA, 3 on CPU)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed optimizer steps per method (default 10 on CUDA, 3 on CPU)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="peak to divide by for MFU (default: by device name)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="peak to divide by for MFU (default: by device name)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     if (args.steps is not None and args.steps < 1) or args.warmup < 0:
@@ -286,7 +290,8 @@ def main(argv: list[str] | None = None) -> dict:
     steps = args.steps or (10 if on_cuda else 3)
     bf16 = on_cuda  # CPU: fp32 (bf16 autocast on CPU is slower on most cores and not what we want to time)
     environment = describe_environment(device)
-    peak_flops = args.peak_tflops * 1e12 if args.peak_tflops else (find_peak_flops(environment["device"]) if on_cuda else None)
+    peak_flops = (args.peak_tflops * 1e12 if args.peak_tflops
+                  else (find_peak_flops(environment["device"]) if on_cuda else None))
 
     print(" ".join(f"{key} {value}" for key, value in environment.items()))
     if shape.name != "full":
@@ -307,7 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
           "stack with no backward) + 3 x attention forward (4 x T_q x T_k x heads x d_kv per layer).\n")
     print(format_table(rows))
     result = {"environment": environment, "shape": asdict(shape), "bf16_autocast": bf16, "weights": "fp32",
-              "warmup_steps": args.warmup, "peak_flops": peak_flops, "command": " ".join(["python -m stages.bench_reference", *(sys.argv[1:] if argv is None else argv)]),
+              "warmup_steps": args.warmup, "peak_flops": peak_flops,
+              "command": " ".join(["python -m stages.bench_reference", *(sys.argv[1:] if argv is None else argv)]),
               "methods": rows}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

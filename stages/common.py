@@ -24,6 +24,28 @@ class PeftqaError(Exception):
     """A problem the user can fix. Printed as one paragraph, without a traceback unless --debug is given."""
 
 
+class ParamsError(PeftqaError):
+    """A bad params.yaml key or value; the message names the key."""
+
+
+class InvalidValue(ParamsError):
+    """`key` = `value` breaks a rule. A method's knobs name their keys within their section ("lr"); `within` puts
+    the section in front ("peft.lora.lr") once the section is known."""
+
+    def __init__(self, key: str, value: object, why: str):
+        self.key, self.value, self.why = key, value, why
+        super().__init__(f"params: '{key}' = {value!r} is invalid: {why}")
+
+    def within(self, section: str) -> InvalidValue:
+        return InvalidValue(f"{section}.{self.key}", self.value, self.why)
+
+
+def require(ok: bool, key: str, value: object, why: str) -> None:
+    """Raise InvalidValue(key, value, why) unless `ok`: the one-line form of a params check."""
+    if not ok:
+        raise InvalidValue(key, value, why)
+
+
 # -----------------------------------------------------------------------------
 # atomic writes: write to a temporary name in the same folder, fsync, then rename into place
 
@@ -96,7 +118,8 @@ def sha256_file(path: str | Path) -> str:
 
 def project_root() -> Path:
     """The repository root, absolute. DVC sets DVC_ROOT for stage commands; `dvc exp run --temp/--queue`
-    runs them in copies under <root>/.dvc (its temp folder), and shared state (mlflow.db) belongs to <root>, not the copy."""
+    runs them in copies under <root>/.dvc (its temp folder), and shared state (mlflow.db) belongs to <root>,
+    not the copy."""
     root = Path(os.environ.get("DVC_ROOT") or _find_up(Path.cwd(), "dvc.yaml") or Path.cwd()).resolve()
     parts = root.parts
     for i in range(len(parts) - 3):

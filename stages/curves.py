@@ -30,6 +30,8 @@ METRICS = ("val_macro_f1", "train_loss", "val_loss")
 
 
 def read_history(method: str) -> pd.DataFrame:
+    """models/<method>/history.csv with the columns METRICS need; the one reader of it (stage report uses it too), so
+    a missing, empty or foreign history gets the same message whichever stage meets it."""
     path = MODELS_DIR / method / "history.csv"
     try:
         frame = pd.read_csv(path)

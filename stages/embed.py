@@ -102,7 +102,8 @@ def main(args: list[str]) -> None:
 
     frames = {split: pd.read_csv(DATA_DIR / f"{split}.csv", dtype={"pmid": str}) for split in SPLITS}
     start = time.perf_counter()
-    features = {split: embed_frame(backbone, frame, BATCH_SIZE, desc=f"embed {split}") for split, frame in frames.items()}
+    features = {split: embed_frame(backbone, frame, BATCH_SIZE, desc=f"embed {split}")
+                for split, frame in frames.items()}
     meta["seconds"] = round(time.perf_counter() - start, 1)
     meta["shapes"] = {split: list(value.shape) for split, value in features.items()}
 

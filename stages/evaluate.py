@@ -27,9 +27,9 @@ from tqdm import tqdm
 from stages import tracking
 from stages.common import PeftqaError, read_split, write_csv_atomic, write_json_atomic
 from stages.families import Backbone, load_backbone
+from stages.figures import plot_confusion
 from stages.metrics import classification_metrics, confusion_frame, latency_summary
 from stages.params import METHODS, load_params
-from stages.figures import plot_confusion
 from stages.scoring import autocast, iterate_batches, labels_from_log_probs, score_frame, use_bf16
 
 log = logging.getLogger("peftqa.evaluate")
@@ -46,9 +46,9 @@ def predict_batched(backbone: Backbone, frame: pd.DataFrame, batch_size: int, sc
                     ) -> tuple[list[str | None], np.ndarray | None, float]:
     """Predicted labels, label log-probs (verbalizer only) and the batched run's wall time in seconds."""
     start = time.perf_counter()
-    if scoring == "generate" and backbone.family != "encoder":
+    if scoring == "generate" and backbone.generates:
         preds: list[str | None] = []
-        for questions, contexts, labels in iterate_batches(frame, batch_size):
+        for questions, contexts, _ in iterate_batches(frame, batch_size):
             with autocast(backbone.device, bf16):
                 preds.extend(backbone.generate(backbone.encode(questions, contexts)))
         return preds, None, time.perf_counter() - start
@@ -84,7 +84,7 @@ def generation_metrics(backbone: Backbone, frame: pd.DataFrame, preds: list[str 
                        batch_size: int, bf16: bool) -> dict[str, float]:
     """Language models: the share of greedy answers (MAX_NEW_TOKENS) that map to a label, and under verbalizer
     scoring the share where that answer is the verbalizer's prediction. Nothing for the encoder (no generation)."""
-    if backbone.family == "encoder" or not len(frame):
+    if not backbone.generates or not len(frame):
         return {}
     answers = preds if scoring == "generate" else predict_batched(backbone, frame, batch_size, "generate", bf16)[0]
     metrics = {"generate_parse_rate": float(np.mean([answer is not None for answer in answers]))}
@@ -120,7 +120,8 @@ def log_to_training_run(client: MlflowClient, summary: dict, metrics_by_split: d
 
 def main(args: list[str]) -> None:
     if len(args) != 1 or args[0] not in METHODS:
-        raise PeftqaError(f"usage: python -m stages.evaluate <method>, with <method> one of {list(METHODS)}; got {args}")
+        raise PeftqaError(f"usage: python -m stages.evaluate <method>, with <method> one of {list(METHODS)}; "
+                          f"got {args}")
     method = args[0]
     params = load_params()
     labels = params.prepare.labels
@@ -147,7 +148,8 @@ def main(args: list[str]) -> None:
         metrics = split_metrics(pred_frame, labels, seconds, summary)
         metrics.update(generation_metrics(backbone, frame, preds, scoring, params.evaluate.batch_size, bf16))
         if metrics["unmapped"]:
-            log.warning("%s %s: %d generations mapped to no label (counted as wrong)", method, split, metrics["unmapped"])
+            log.warning("%s %s: %d generations mapped to no label (counted as wrong)", method, split,
+                        metrics["unmapped"])
         cm = confusion_frame(pred_frame["gold"].tolist(), [p if isinstance(p, str) else None for p in preds], labels)
         write_csv_atomic(out_dir / f"preds_{split}.csv", pred_frame)
         write_json_atomic(out_dir / f"metrics_{split}.json", metrics)

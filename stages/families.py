@@ -1,8 +1,10 @@
-"""The backbone seam: encoder, seq2seq and causal-LM models behind one small interface (STYLE.md principle 4).
+"""The backbone seam: encoder, seq2seq and causal-LM models behind one small interface.
 
 The training loop and the evaluation use only `load_backbone` and the `Backbone` methods: `encode` builds a
 padded batch, `loss` trains, `score` gives label log-probabilities, `generate` gives greedy answers and `save`
-writes the adapter folder. The families differ only in how an input is built and how a label is scored:
+writes the adapter folder. A family is one `Backbone` subclass, registered with `register_family`: it also holds
+its peft task type, its default target layers and the rule that recognises its models (`claims`). The families
+differ only in how an input is built and how a label is scored:
 - encoder (BERT-like): the (question, context) pair, pooled hidden states, our own linear head;
 - seq2seq (T5): the template on the encoder side, the label word as the decoder target, scored at its first step;
 - causal (GPT-2, Llama): the template followed by " <label>", scored at the prompt's last position.
@@ -21,15 +23,22 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from huggingface_hub.constants import is_offline_mode
-from peft import PeftConfig, PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, TaskType, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
-                          PretrainedConfig, PreTrainedTokenizerBase)
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
+from stages import methods
 from stages.common import PeftqaError, atomic_path, log, write_json_atomic
-from stages.methods import build_peft_config, check_target_modules
 from stages.params import ModelParams, PeftParams
 
 METADATA_FILE = "peftqa.json"  # {method, family, model, labels}: what an adapter folder was trained for
@@ -96,20 +105,6 @@ def label_words(label: str, mode: str) -> list[str]:
     return list(dict.fromkeys(forms))
 
 
-def detect_family(config: PretrainedConfig) -> str:
-    """encoder | seq2seq | causal. Architecture names come first: BERT-likes also register a causal-LM class."""
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    if any(arch.endswith(("ForCausalLM", "LMHeadModel")) for arch in config.architectures or ()):
-        return "causal"
-    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
-        return "encoder"
-    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return "causal"
-    raise PeftqaError(f"cannot tell the family of model type '{config.model_type}' (architectures "
-                      f"{config.architectures}); set model.family to encoder, seq2seq or causal in params.yaml")
-
-
 def _from_pretrained(loader: type, path: str, **kwargs) -> object:
     """Load with local_files_only when HF_HUB_OFFLINE=1, turning a missing model into an error that says what to set."""
     try:
@@ -170,17 +165,47 @@ def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 # -----------------------------------------------------------------------------
 # the interface, and what every family shares
 
+BACKBONES: dict[str, type[Backbone]] = {}  # family name -> its Backbone subclass
+
+
+def _is_encoder_decoder(config: PretrainedConfig) -> bool:
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def _has_causal_architecture(config: PretrainedConfig) -> bool:
+    return any(arch.endswith(("ForCausalLM", "LMHeadModel")) for arch in config.architectures or ())
+
+
+def register_family(backbone: type[Backbone]) -> type[Backbone]:
+    """Class decorator: make `backbone` the family `backbone.family` (model.family, and model.family: auto)."""
+    if backbone.family in BACKBONES:
+        raise ValueError(f"family {backbone.family!r} is already registered")
+    BACKBONES[backbone.family] = backbone
+    return backbone
+
+
 
 class Backbone:
     """One loaded model behind the interface that the training loop and the evaluation share."""
 
-    family: str
+    family: str  # the name params use (model.family) and peftqa.json records
     auto_class: type  # the transformers loader for this family's model
+    task_type: TaskType  # what peft wraps the model as
+    query_value_layers: tuple[str, ...]  # attention query and value projections: LoRA's default targets
+    key_value_layers: tuple[str, ...]  # attention key and value projections: with the next, IA3's default targets
+    feedforward_layers: tuple[str, ...]  # feed-forward output layers (IA3 scales their input)
+    generates: bool = True  # answers by greedy generation too (a language model); else only by label scores
+
+    @classmethod
+    def claims(cls, config: PretrainedConfig) -> bool:
+        """Whether a model with this config belongs to this family (model.family: auto)."""
+        raise NotImplementedError
 
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *, method: str,
                  labels: tuple[str, ...], model_params: ModelParams, device: torch.device):
         self.model, self.tokenizer = model, tokenizer
         self.method, self.labels = method, tuple(labels)
+        self.entry = methods.get(method)  # what the method trains and saves
         self.model_name = model_params.name_or_path  # as params spell it: recorded in peftqa.json
         self.max_length = model_params.max_length
         self.device = device
@@ -251,16 +276,16 @@ class Backbone:
         return {"method": self.method, "family": self.family, "model": self.model_name, "labels": list(self.labels)}
 
     def _save_weights(self, folder: Path) -> None:
-        """peft's save_pretrained for an adapter, the whole model for full_finetune; base trained no model weight."""
-        if self.method != "base":
+        """peft's save_pretrained: the adapter, or the whole model; a frozen backbone has no weight of its own."""
+        if not self.entry.frozen:
             self.model.save_pretrained(folder)
 
     def _load_weights(self, folder: Path) -> None:
         """Load what the model loader does not: nothing here, the head for the encoder."""
 
     def prepare_for_training(self) -> None:
-        """Train mode; base freezes the whole model (linear probe or zero-shot), adapters were frozen by peft."""
-        if self.method == "base":
+        """Train mode; a frozen method (linear probe, zero-shot) freezes the whole model, peft froze an adapter's."""
+        if self.entry.frozen:
             self.model.requires_grad_(False)
         for part in self._parts():
             part.train()
@@ -286,9 +311,21 @@ class Backbone:
 # encoder: (question, context) pair -> pooled hidden states -> our linear head
 
 
+@register_family
 class EncoderBackbone(Backbone):
     family = "encoder"
     auto_class = AutoModel
+    task_type = TaskType.FEATURE_EXTRACTION  # our own head sits on top, so peft returns hidden states
+    query_value_layers = ("query", "value")  # BERT's layer names
+    key_value_layers = ("key", "value")
+    feedforward_layers = ("output.dense",)
+    generates = False
+
+    @classmethod
+    def claims(cls, config: PretrainedConfig) -> bool:
+        """A masked-LM model type, neither encoder-decoder (BART) nor saved as a causal LM (RobertaForCausalLM)."""
+        return (config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not _is_encoder_decoder(config)
+                and not _has_causal_architecture(config))
 
     def _configure(self, model_params: ModelParams) -> None:
         self.pooling = model_params.pooling
@@ -364,7 +401,8 @@ class EncoderBackbone(Backbone):
 
     def _pooled(self, batch: Batch) -> torch.Tensor:
         """(B, H) pooled over the real tokens: prompt/p-tuning prepend virtual tokens, so keep the last T positions."""
-        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state[:, -batch["input_ids"].shape[1]:]  # (B, T, H)
+        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        hidden = hidden[:, -batch["input_ids"].shape[1]:]  # (B, T, H)
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
@@ -456,7 +494,8 @@ class LanguageModelBackbone(Backbone):
         return self.max_length
 
     def _prompt_ids(self, question: str, context: str) -> list[int]:
-        """The filled template as ids (special tokens included); if too long, context tokens are cut (model.truncation)."""
+        """The filled template as ids (special tokens included); if too long, context tokens are cut
+        (model.truncation)."""
         before, context, after = self._filled(question, context)
         start, end = len(before), len(before) + len(context)  # the context's character span
         encoded = self._tokenize(before + context + after, return_offsets_mapping=True)
@@ -481,9 +520,18 @@ class LanguageModelBackbone(Backbone):
         return [answer_to_label(text, self.labels) for text in self._generated_texts(batch)]
 
 
+@register_family
 class Seq2SeqBackbone(LanguageModelBackbone):
     family = "seq2seq"
     auto_class = AutoModelForSeq2SeqLM
+    task_type = TaskType.SEQ_2_SEQ_LM
+    query_value_layers = ("q", "v")  # T5's layer names
+    key_value_layers = ("k", "v")
+    feedforward_layers = ("wo",)
+
+    @classmethod
+    def claims(cls, config: PretrainedConfig) -> bool:
+        return _is_encoder_decoder(config)
 
     def _answer_ids(self, word: str) -> list[int]:
         return self.tokenizer(word, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
@@ -517,9 +565,22 @@ class Seq2SeqBackbone(LanguageModelBackbone):
         return self.tokenizer.batch_decode(output, skip_special_tokens=True)
 
 
+@register_family
 class CausalBackbone(LanguageModelBackbone):
     family = "causal"
     auto_class = AutoModelForCausalLM
+    task_type = TaskType.CAUSAL_LM
+    query_value_layers = ("q_proj", "v_proj")  # Llama's layer names (GPT-2 fuses them: set target_modules c_attn)
+    key_value_layers = ("k_proj", "v_proj")
+    feedforward_layers = ("down_proj",)
+
+    @classmethod
+    def claims(cls, config: PretrainedConfig) -> bool:
+        """A causal-LM architecture, or a model type that is causal-LM only (BERT-likes register one too)."""
+        if _is_encoder_decoder(config):
+            return False
+        return _has_causal_architecture(config) or (config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+                                                    and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
     def _answer_ids(self, word: str) -> list[int]:
         """ " <word>" as tokenised right after the instruction (SentencePiece and BPE treat the space differently);
@@ -581,8 +642,14 @@ class CausalBackbone(LanguageModelBackbone):
         return [self.tokenizer.decode(a[: a.index(eos)] if eos in a else a, skip_special_tokens=True) for a in answers]
 
 
-BACKBONES: dict[str, type[Backbone]] = {
-    "encoder": EncoderBackbone, "seq2seq": Seq2SeqBackbone, "causal": CausalBackbone}
+def detect_family(config: PretrainedConfig) -> str:
+    """The one registered family that claims this model config."""
+    claimed = [name for name, backbone in BACKBONES.items() if backbone.claims(config)]
+    if len(claimed) != 1:
+        raise PeftqaError(f"cannot tell the family of model type '{config.model_type}' (architectures "
+                          f"{config.architectures}; claimed by {claimed or 'no family'}); set model.family to one of "
+                          f"{list(BACKBONES)} in params.yaml")
+    return claimed[0]
 
 # -----------------------------------------------------------------------------
 # loading
@@ -601,13 +668,13 @@ def _check_metadata(folder: Path, expected: dict[str, object]) -> None:
 
 
 def _attach_adapter(model: torch.nn.Module, peft_config: PeftConfig | None, adapter_dir: Path | None, *,
-                    method: str, family: str, model_name: str) -> torch.nn.Module:
+                    method: str, model_name: str) -> torch.nn.Module:
     """Wrap the model with peft: the saved adapter for evaluation, a fresh one for training; as is without adapter."""
     if peft_config is None:
         return model
     if adapter_dir is not None:
         return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
-    check_target_modules(peft_config, model, method=method, family=family, model_name=model_name)
+    methods.check_target_modules(peft_config, model, method=method, model_name=model_name)
     try:
         return get_peft_model(model, peft_config)
     except ValueError as err:
@@ -628,35 +695,37 @@ def _pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def backbone_class(family: str, model_path: str, source: dict[str, str]) -> type[Backbone]:
+    """The Backbone subclass of model.family; auto asks each registered family whether the model's config is theirs."""
+    if family == "auto":
+        family = detect_family(_from_pretrained(AutoConfig, model_path, **source))
+    return BACKBONES[family]  # a named family was checked when params loaded
+
+
 def load_backbone(model_params: ModelParams, method: str, peft_params: PeftParams, labels: tuple[str, ...], *,
                   seed: int, device: str = "auto", gradient_checkpointing: bool = False,
                   adapter_dir: Path | None = None) -> Backbone:
     """A backbone to train (adapter_dir None: fresh adapter and head seeded with `seed`, train mode, base weights
-    frozen unless full_finetune) or to evaluate (adapter_dir: the saved weights, eval mode, nothing trainable)."""
+    frozen unless the method trains the whole model) or to evaluate (adapter_dir: the saved weights, eval mode,
+    nothing trainable)."""
     model_path, source = resolve_model(model_params.name_or_path)  # source: gguf_file= for a GGUF model
-    family = model_params.family
-    if family == "auto":
-        family = detect_family(_from_pretrained(AutoConfig, model_path, **source))
+    family = backbone_class(model_params.family, model_path, source)
     if adapter_dir is not None:
         adapter_dir = Path(adapter_dir)
-        _check_metadata(adapter_dir, {"method": method, "family": family, "model": model_params.name_or_path,
+        _check_metadata(adapter_dir, {"method": method, "family": family.family, "model": model_params.name_or_path,
                                       "labels": list(labels)})
-    peft_config = build_peft_config(method, peft_params, family, model_path,
-                                    gradient_checkpointing=gradient_checkpointing)
-    if source and getattr(peft_config, "tokenizer_name_or_path", None):  # prompt tuning's text init loads the
-        peft_config.tokenizer_kwargs = {**(peft_config.tokenizer_kwargs or {}), **source}  # tokenizer itself
-    backbone_class = BACKBONES[family]
-    whole_model = adapter_dir is not None and method == "full_finetune"  # saved whole, as safetensors
+    peft_config = methods.build_peft_config(method, peft_params[method], family, (model_path, source),
+                                            gradient_checkpointing=gradient_checkpointing)
+    whole_model = adapter_dir is not None and methods.get(method).whole_model  # saved whole, as safetensors
     weights_path, weights_source = (str(adapter_dir), {}) if whole_model else (model_path, source)
     dtype = torch.bfloat16 if model_params.dtype == "bfloat16" else torch.float32  # auto: the loop autocasts on CUDA
-    model = _from_pretrained(backbone_class.auto_class, weights_path, dtype=dtype, **weights_source)
+    model = _from_pretrained(family.auto_class, weights_path, dtype=dtype, **weights_source)
     if gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(seed)  # the adapter's and the head's initial weights
-    model = _attach_adapter(model, peft_config, adapter_dir, method=method, family=family,
-                            model_name=model_params.name_or_path)
-    backbone = backbone_class(model, _load_tokenizer(model_path, **source), method=method, labels=tuple(labels),
-                              model_params=model_params, device=_pick_device(device))
+    model = _attach_adapter(model, peft_config, adapter_dir, method=method, model_name=model_params.name_or_path)
+    backbone = family(model, _load_tokenizer(model_path, **source), method=method, labels=tuple(labels),
+                      model_params=model_params, device=_pick_device(device))
     if adapter_dir is None:
         backbone.prepare_for_training()
     else:

@@ -17,12 +17,16 @@ from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from stages.common import atomic_path  # noqa: E402
+from stages.methods import METHODS  # noqa: E402
 from stages.metrics import UNMAPPED  # noqa: E402
-from stages.params import METHODS  # noqa: E402
 
 DPI = 120  # sharp in a browser, small in git
-# one colour per method, fixed by registry order so a method keeps its colour whatever params.methods lists
-METHOD_COLORS = dict(zip(METHODS, matplotlib.colormaps["tab10"].colors))
+
+
+def method_color(method: str) -> tuple[float, float, float]:
+    """One colour per method, fixed by registry order so a method keeps its colour whatever params.methods lists."""
+    palette = matplotlib.colormaps["tab10"].colors
+    return palette[list(METHODS).index(method) % len(palette)]
 
 
 def plot_confusion(confusion: pd.DataFrame, labels: Sequence[str], method: str, split: str = "test") -> Figure:
@@ -33,7 +37,7 @@ def plot_confusion(confusion: pd.DataFrame, labels: Sequence[str], method: str, 
         matrix = matrix.drop(columns=UNMAPPED)
     counts = matrix.to_numpy()  # (gold labels, predicted labels [+ unmapped])
     fig, ax = plt.subplots(figsize=(1.3 * counts.shape[1] + 2, 1.1 * counts.shape[0] + 1.6), layout="constrained")
-    cmap = LinearSegmentedColormap.from_list(method, ["white", METHOD_COLORS[method]])
+    cmap = LinearSegmentedColormap.from_list(method, ["white", method_color(method)])
     ax.imshow(counts, cmap=cmap, vmin=0, vmax=max(counts.max(), 1))
     for (i, j), count in np.ndenumerate(counts):
         ax.text(j, i, str(count), ha="center", va="center", fontsize=13,

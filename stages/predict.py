@@ -94,8 +94,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     predict.add_argument("--input", default="-", help="a JSON-lines file; - (the default) reads stdin")
     predict.add_argument("--abstain-below", type=float, default=None, metavar="P",
                          help="write label 'abstain' when the top label's probability is below P (0 < P <= 1)")
-    predict.add_argument("--params", type=Path, default=Path("params.yaml"), help="the params the adapter was trained with")
-    predict.add_argument("--batch-size", type=int, default=None, help="items scored together (default: evaluate.batch_size)")
+    predict.add_argument("--params", type=Path, default=Path("params.yaml"),
+                         help="the params the adapter was trained with")
+    predict.add_argument("--batch-size", type=int, default=None,
+                         help="items scored together (default: evaluate.batch_size)")
     args = parser.parse_args(argv)
     if args.abstain_below is not None and not 0 < args.abstain_below <= 1:
         raise PeftqaError(f"--abstain-below {args.abstain_below} is invalid: a probability in (0, 1] is needed")

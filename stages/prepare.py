@@ -62,10 +62,12 @@ def parse_json(text: bytes, source: str) -> object:
     try:
         return json.loads(text.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys(source))
     except UnicodeDecodeError as err:
-        raise PeftqaError(f"{source}: not UTF-8 text (byte {err.start}); re-download it or check PUBMEDQA_JSON") from None
+        raise PeftqaError(f"{source}: not UTF-8 text (byte {err.start}); "
+                          "re-download it or check PUBMEDQA_JSON") from None
     except json.JSONDecodeError as err:
-        raise PeftqaError(f"{source}: malformed or truncated JSON at line {err.lineno}, column {err.colno} ({err.msg}); "
-                          "re-download the file or point PUBMEDQA_JSON at an intact copy, then `dvc repro`") from None
+        raise PeftqaError(f"{source}: malformed or truncated JSON at line {err.lineno}, column {err.colno} "
+                          f"({err.msg}); re-download the file or point PUBMEDQA_JSON at an intact copy, "
+                          "then `dvc repro`") from None
     except (ValueError, RecursionError) as err:  # e.g. an integer over 4300 digits, or arrays nested too deep
         raise PeftqaError(f"{source}: unreadable JSON ({err}); re-download the file or point PUBMEDQA_JSON at an "
                           "intact copy, then `dvc repro`") from None
@@ -83,9 +85,11 @@ def validate_records(data: object, source: str) -> list[Item]:
             raise PeftqaError(f"{where}: expected an object, got a JSON {type(record).__name__}")
         for field, kind in (("QUESTION", str), ("CONTEXTS", list), ("final_decision", str)):
             if field not in record:
-                raise PeftqaError(f"{where}: field '{field}' is missing; every record needs QUESTION, CONTEXTS and final_decision")
+                raise PeftqaError(f"{where}: field '{field}' is missing; "
+                                  "every record needs QUESTION, CONTEXTS and final_decision")
             if not isinstance(record[field], kind):
-                raise PeftqaError(f"{where}: field '{field}' must be a JSON {'string' if kind is str else 'list of strings'}, "
+                raise PeftqaError(f"{where}: field '{field}' must be a JSON "
+                                  f"{'string' if kind is str else 'list of strings'}, "
                                   f"got {type(record[field]).__name__}")
         for i, paragraph in enumerate(record["CONTEXTS"]):
             if not isinstance(paragraph, str):
@@ -132,9 +136,9 @@ def clean_items(items: list[Item], labels: tuple[str, ...], source: str) -> tupl
         key = (question, contexts)
         if key in seen:
             if seen[key].label != item.label:
-                raise PeftqaError(f"{source}: records PMID {seen[key].pmid} and PMID {item.pmid} have the same QUESTION "
-                                  f"and CONTEXTS but conflicting final_decision ({seen[key].label!r} vs {item.label!r}); "
-                                  "fix or remove one of them")
+                raise PeftqaError(f"{source}: records PMID {seen[key].pmid} and PMID {item.pmid} "
+                                  "have the same QUESTION and CONTEXTS but conflicting final_decision "
+                                  f"({seen[key].label!r} vs {item.label!r}); fix or remove one of them")
             dropped["duplicate"] += 1
             continue
         seen[key] = Item(item.pmid, question, contexts, item.label)
@@ -150,7 +154,8 @@ def check_stratifiable(items: list[Item], labels: tuple[str, ...], min_per_class
     short = {label: counts.get(label, 0) for label in labels if counts.get(label, 0) < min_per_class}
     if short:
         raise PeftqaError(f"{source}: too few items to stratify: {short} (need at least {min_per_class} of each label "
-                          "in prepare.labels); drop that label from prepare.labels or use the full data set (prepare.limit: 0)")
+                          "in prepare.labels); drop that label from prepare.labels "
+                          "or use the full data set (prepare.limit: 0)")
 
 
 # -----------------------------------------------------------------------------
@@ -209,7 +214,8 @@ def assign_folds(items: list[Item], folds: int, seed: int, source: str) -> pd.Da
 
 
 def split_frame(items: list[Item]) -> pd.DataFrame:
-    rows = [{"pmid": it.pmid, "question": it.question, "context": " ".join(it.contexts), "label": it.label} for it in items]
+    rows = [{"pmid": it.pmid, "question": it.question, "context": " ".join(it.contexts), "label": it.label}
+            for it in items]
     return pd.DataFrame(rows, columns=["pmid", "question", "context", "label"])
 
 
@@ -245,7 +251,8 @@ def main(args: list[str]) -> None:
     items, dropped = clean_items(raw, params.labels, str(RAW_JSON))
     log.info("read %d records; dropped %s; kept %d", len(raw), dropped, len(items))
     if params.protocol == "official":
-        truth = validate_ground_truth(parse_json(read_input(GROUND_TRUTH_JSON), str(GROUND_TRUTH_JSON)), str(GROUND_TRUTH_JSON))
+        truth = validate_ground_truth(parse_json(read_input(GROUND_TRUTH_JSON), str(GROUND_TRUTH_JSON)),
+                                      str(GROUND_TRUTH_JSON))
         splits = split_official(items, truth, params, str(RAW_JSON), str(GROUND_TRUTH_JSON))
     else:
         splits = split_random(items, params, str(RAW_JSON))

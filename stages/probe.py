@@ -115,7 +115,8 @@ def compare_truncation(modes: tuple[str, ...] = ("start", "end", "both"),
                                  device=params.train.device)
         x = {split: embed_frame(backbone, frame, BATCH_SIZE, desc=f"{mode} {max_length} {split}")
              for split, frame in frames.items()}
-        probe = solve_probe(x["train"], frames["train"]["label"].to_numpy(), x["val"], frames["val"]["label"].to_numpy(),
+        probe = solve_probe(x["train"], frames["train"]["label"].to_numpy(),
+                            x["val"], frames["val"]["label"].to_numpy(),
                             labels, params.peft.base.c_grid, class_weight)
         best = max(probe.grid, key=lambda row: row["val_macro_f1"])
         rows.append({"truncation": mode, "max_length": max_length, "c": probe.c,

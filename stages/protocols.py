@@ -42,11 +42,10 @@ from stages.metrics import classification_metrics
 from stages.params import Params, flatten, load_params
 from stages.references import predict_references
 from stages.stats import STATS_COLUMNS, compare_methods
-from stages.train import train_method
+from stages.train import DATA_DIR, train_method  # DATA_DIR: the main split, where train_method reads it
 
 log = logging.getLogger("peftqa.protocols")
 
-DATA_DIR = Path("data/processed")
 OUT_DIR = Path("reports/protocols")
 PARENTS_JSON = OUT_DIR / "parent_runs.json"  # {protocol: MLflow parent run id}, for the report's provenance
 SOURCE = "stages/protocols.py"
@@ -140,7 +139,8 @@ class ParentRuns:
                     else f"cv {self.params.prepare.folds}-fold")
             tags = tracking.run_tags("protocols", self.params.model.name_or_path, "", ",".join(self.params.methods),
                                      SOURCE)
-            self.opened[protocol] = tracking.start_parent_run(client, experiment_id, name, {**tags, "protocol": protocol})
+            self.opened[protocol] = client.create_run(experiment_id, run_name=name,
+                                                      tags={**tags, "protocol": protocol}).info.run_id
             tracking.log_params(client, self.opened[protocol], {"protocol": protocol, "seeds": list(self.params.seeds),
                                                                 "prepare.folds": self.params.prepare.folds,
                                                                 "methods": list(self.params.methods)})
@@ -148,7 +148,8 @@ class ParentRuns:
 
     def ids(self, protocols: set[str]) -> dict[str, str]:
         """{protocol: parent run id} for the protocols in the plan: this invocation's, else the stored one."""
-        return {p: self.opened.get(p) or self.previous[p] for p in sorted(protocols) if p in self.opened or p in self.previous}
+        return {p: self.opened.get(p) or self.previous[p] for p in sorted(protocols)
+                if p in self.opened or p in self.previous}
 
     def close(self, status: str, metrics: dict[str, object] | None = None) -> None:
         client = tracking.make_client()
@@ -160,10 +161,11 @@ class ParentRuns:
             client.set_terminated(run_id, status=status)
 
 
-def unit_sources(unit: Unit) -> dict[str, str]:
-    """Where a unit's train and val items come from, for its MLflow datasets."""
+def unit_sources(unit: Unit) -> dict[str, str] | None:
+    """Where a unit's train and val items come from, for its MLflow datasets; None for a seeds unit, which trains on
+    the main split: train_method's default sources."""
     if unit.protocol == "seeds":
-        return {split: str(DATA_DIR / f"{split}.csv") for split in ("train", "val")}
+        return None
     return {split: f"{DATA_DIR / 'folds.csv'} (all but fold {unit.index}: {split})" for split in ("train", "val")}
 
 
@@ -183,7 +185,8 @@ def run_unit(params: Params, unit: Unit, train: pd.DataFrame, val: pd.DataFrame,
     preds = predict_items(params, unit.method, work / "adapter", test)
     metrics = classification_metrics(preds["gold"].tolist(), [p if isinstance(p, str) else None for p in preds["pred"]],
                                      params.prepare.labels)
-    test_source = str(DATA_DIR / "test.csv") if unit.protocol == "seeds" else f"{DATA_DIR / 'folds.csv'} (fold {unit.index})"
+    test_source = (str(DATA_DIR / "test.csv") if unit.protocol == "seeds"
+                   else f"{DATA_DIR / 'folds.csv'} (fold {unit.index})")
     test_set = tracking.split_dataset(test, "test", test_source)
     client = tracking.make_client()
     tracking.log_datasets(client, summary["mlflow_run_id"], {"test": test_set})

@@ -124,7 +124,8 @@ def tfidf_grid(params: ReferencesParams) -> list[TfidfSetting]:
 
 
 def fit_tfidf_lr(texts: Sequence[str], gold: Sequence[str], setting: TfidfSetting) -> Pipeline:
-    """Vectoriser and classifier fitted on `texts` alone (the train split): no val or test word enters the vocabulary."""
+    """Vectoriser and classifier fitted on `texts` alone (the train split): no val or test word enters the
+    vocabulary."""
     model = make_pipeline(
         TfidfVectorizer(ngram_range=(1, setting.ngram_max), sublinear_tf=TFIDF_SUBLINEAR_TF, min_df=TFIDF_MIN_DF),
         LogisticRegression(C=setting.c, class_weight=None if setting.class_weighting == "none" else "balanced",

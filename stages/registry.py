@@ -28,6 +28,7 @@ from stages import serving, tracking
 from stages.common import PeftqaError
 from stages.params import METHODS, load_params
 from stages.serving import SIGNATURE, PeftqaModel, model_params_from_config  # noqa: F401  (pyfunc_model/ pickles
+
 # of older registrations name stages.registry.PeftqaModel)
 
 log = logging.getLogger("peftqa.registry")

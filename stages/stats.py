@@ -28,7 +28,8 @@ from stages.metrics import classification_metrics
 from stages.params import REFERENCES, StatsParams, load_params
 
 STATS_DIR = Path("reports/stats")
-STATS_COLUMNS = ["method", "reference", "test", "metric", "n", "effect", "ci_low", "ci_high", "p_value", "p_holm", "b", "c"]
+STATS_COLUMNS = ["method", "reference", "test", "metric", "n", "effect", "ci_low", "ci_high", "p_value", "p_holm",
+                 "b", "c"]
 BOOTSTRAP_METRICS = ("accuracy", "macro_f1")  # what the paired bootstrap reports, in this row order
 UNMAPPED_CODE = -1  # label code of a prediction that is empty, NaN or not a label: never equal to a gold code
 
@@ -90,7 +91,8 @@ def mcnemar_detectable_difference(n_items: int, discordance: float, alpha: float
 
 
 def encode_labels(values: Sequence[str | None], labels: Sequence[str]) -> np.ndarray:
-    """Integer codes (n,) in the order of `labels`; None, NaN and unknown strings become UNMAPPED_CODE (always wrong)."""
+    """Integer codes (n,) in the order of `labels`; None, NaN and unknown strings become UNMAPPED_CODE
+    (always wrong)."""
     index = {label: i for i, label in enumerate(labels)}
     return np.array([index.get(value, UNMAPPED_CODE) for value in values], dtype=np.int64)
 
@@ -193,7 +195,8 @@ def _index_by_pmid(frame: pd.DataFrame, method: str, labels: Sequence[str]) -> p
     path = preds_path(method)
     missing = {"pmid", "gold", "pred"} - set(frame.columns)
     if missing:
-        raise PeftqaError(f"{path}: missing columns {sorted(missing)}; expected pmid, gold, pred (as stages.evaluate writes them)")
+        raise PeftqaError(f"{path}: missing columns {sorted(missing)}; "
+                          "expected pmid, gold, pred (as stages.evaluate writes them)")
     if frame.empty:
         raise PeftqaError(f"{path}: no predictions; re-run {producing_stage(method)}")
     pmids = frame["pmid"].astype(str)
@@ -234,8 +237,8 @@ def align_predictions(preds: Mapping[str, pd.DataFrame], baseline: str,
 
 
 def comparison_pairs(methods: Sequence[str], baseline: str, references: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """(method, reference) pairs: every tuned method vs the baseline, then each pair of tuned methods (later vs earlier),
-    then every method (the baseline included) vs each reference row, method by method."""
+    """(method, reference) pairs: every tuned method vs the baseline, then each pair of tuned methods
+    (later vs earlier), then every method (the baseline included) vs each reference row, method by method."""
     tuned = [method for method in methods if method != baseline]
     pairwise = [(later, earlier) for earlier, later in itertools.combinations(tuned, 2)]
     against_references = [(method, reference) for method in methods for reference in references]

@@ -25,14 +25,26 @@ from stages.common import PeftqaError, log, project_root, run_cli
 GRID_FILE = Path("reports/ablation/grid.yaml")
 
 
+def flatten_params(nested: dict, prefix: str = "") -> dict[str, object]:
+    """{"peft": {"lora": {"r": 8}}} -> {"peft.lora.r": 8}; lists and scalars are leaves. The one reader of dotted
+    params keys: the sweep's grid keys here, the experiments' params in stages.ablation."""
+    flat = {}
+    for key, value in nested.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_params(value, prefix=f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
 def lookup_dotted(params: dict, key: str) -> object:
-    """params["peft"]["lora"]["lr"] for "peft.lora.lr"; a PeftqaError naming the key when it is not there."""
-    node = params
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise PeftqaError(f"params.yaml has no key {key} (the grid sweeps it)")
-        node = node[part]
-    return node
+    """params["peft"]["lora"]["lr"] for "peft.lora.lr" (a leaf key of flatten_params); a PeftqaError naming the key
+    when it is not there."""
+    flat = flatten_params(params)
+    if key not in flat:
+        raise PeftqaError(f"params.yaml has no key {key} (the grid sweeps it)")
+    return flat[key]
 
 
 def load_grid(path: Path) -> dict[str, dict[str, list]]:

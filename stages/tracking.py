@@ -1,8 +1,8 @@
 """MLflow plumbing: one absolute sqlite store per project, race-safe experiment creation, run tags.
 
 The store is sqlite:///<DVC_ROOT>/mlflow.db with artifacts in <DVC_ROOT>/mlruns, always absolute: `dvc exp run
---temp/--queue` runs stages in copies under .dvc (its temp folder), where a relative URI would silently write to a copy that is
-thrown away. MLFLOW_TRACKING_URI overrides the store (and is redacted whenever it is printed).
+--temp/--queue` runs stages in copies under .dvc (its temp folder), where a relative URI would silently write to a
+copy that is thrown away. MLFLOW_TRACKING_URI overrides the store (and is redacted whenever it is printed).
 """
 from __future__ import annotations
 
@@ -20,8 +20,13 @@ import pandas as pd
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag, SourceType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, \
-    MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+)
 
 from stages.common import PeftqaError, project_root
 
@@ -113,7 +118,8 @@ def check_artifact_folder(folder: Path) -> None:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=project_root(), timeout=10)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=project_root(),
+                             timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
@@ -146,7 +152,8 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], st
                 model_id: str | None = None, dataset: Dataset | None = None) -> None:
     """Metrics at `step`, NaN skipped. With `model_id` they are also the logged model's metrics (its page and
     search_logged_models show them); with `dataset`, they name the split they were measured on."""
-    link = {"model_id": model_id, **({"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset else {})}
+    link = {"model_id": model_id,
+            **({"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset else {})}
     values = [Metric(key, float(value), timestamp_ms, step, **link) for key, value in metrics.items() if value == value]
     client.log_batch(run_id, metrics=values, synchronous=True)
 
@@ -165,11 +172,6 @@ def log_datasets(client: MlflowClient, run_id: str, datasets: dict[str, Dataset]
     """{context: dataset} as the run's inputs (the runs table's Dataset column); context: training, validation, test."""
     client.log_inputs(run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
                                for context, dataset in datasets.items()])
-
-
-def start_parent_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str]) -> str:
-    """A parent run (a protocol invocation); its children carry child_tags(parent) and nest under it in the UI."""
-    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
 
 
 def child_tags(parent_run_id: str | None) -> dict[str, str]:

@@ -11,31 +11,33 @@ Usage:   python -m stages.train <method> [--debug]
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object
+from mlflow.entities import Dataset
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from stages import serving, tracking
-from stages.common import PeftqaError, atomic_path, folder_bytes, read_split, replace_dir_atomic, write_csv_atomic, \
-    write_json_atomic
+from stages import common, scoring, serving, tracking
+from stages.common import PeftqaError, read_split
 from stages.embed import features_for
 from stages.families import Backbone, Batch, load_backbone, resolve_model
-from stages.probe import Probe, load_into_head, solve_probe
 from stages.metrics import classification_metrics
 from stages.params import METHODS, Params, TrainParams, flatten, load_params
-from stages.scoring import autocast, balanced_class_weights, iterate_batches, labels_from_log_probs, score_frame, use_bf16
+from stages.probe import Probe, load_into_head, solve_probe
 
 log = logging.getLogger("peftqa.train")
 
@@ -64,8 +66,8 @@ def history_columns(labels: tuple[str, ...]) -> list[str]:
 def validate(backbone: Backbone, val: pd.DataFrame, batch_size: int, class_weights: torch.Tensor | None,
              bf16: bool) -> dict[str, float]:
     """Val loss and metrics: the numbers early stopping and the MLflow curves use."""
-    loss, log_probs = score_frame(backbone, val, batch_size, class_weights, bf16=bf16)
-    metrics = classification_metrics(val["label"].tolist(), labels_from_log_probs(log_probs, backbone.labels),
+    loss, log_probs = scoring.score_frame(backbone, val, batch_size, class_weights, bf16=bf16)
+    metrics = classification_metrics(val["label"].tolist(), scoring.labels_from_log_probs(log_probs, backbone.labels),
                                      backbone.labels)
     out = {"val_loss": loss, "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"]}
     out.update({f"val_f1_{label}": metrics[f"f1_{label}"] for label in backbone.labels})
@@ -140,14 +142,14 @@ def train_one_epoch(backbone: Backbone, model: torch.nn.Module, accelerator: Acc
     parameters = backbone.trainable_parameters()
     n_batches = -(-len(rows) // cfg.batch_size)
     total, seen = 0.0, 0
-    bar = tqdm(iterate_batches(train, cfg.batch_size, rows), total=n_batches, desc=f"epoch {epoch}", unit="batch",
-               dynamic_ncols=True, file=sys.stderr, disable=not accelerator.is_main_process)
+    bar = tqdm(scoring.iterate_batches(train, cfg.batch_size, rows), total=n_batches, desc=f"epoch {epoch}",
+               unit="batch", dynamic_ncols=True, file=sys.stderr, disable=not accelerator.is_main_process)
     for micro_step, (questions, contexts, labels) in enumerate(bar, start=1):
         batch = backbone.encode(questions, contexts, labels)
         step = micro_step % cfg.grad_accum_steps == 0 or micro_step == n_batches
         # gradients are all-reduced once per optimizer step, on its last micro-batch
         with contextlib.nullcontext() if step else accelerator.no_sync(model):
-            with autocast(backbone.device, bf16):
+            with scoring.autocast(backbone.device, bf16):
                 loss = model(batch, class_weights)
             accelerator.backward(loss / cfg.grad_accum_steps)
         if step:
@@ -166,7 +168,7 @@ def train_one_epoch(backbone: Backbone, model: torch.nn.Module, accelerator: Acc
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Everything needed to continue bit-identically after a kill: weights, optimizer, scheduler, RNG, history."""
-    with atomic_path(path) as tmp:
+    with common.atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
@@ -186,7 +188,7 @@ def class_weights(train: pd.DataFrame, backbone: Backbone, cfg: TrainParams) -> 
     """(n_labels,) loss weights under train.class_weighting: balanced, or None."""
     if cfg.class_weighting != "balanced":
         return None
-    return balanced_class_weights(train["label"].tolist(), backbone.labels).to(backbone.device)
+    return scoring.balanced_class_weights(train["label"].tolist(), backbone.labels).to(backbone.device)
 
 
 def start_head_from_probe(backbone: Backbone, params: Params, train: pd.DataFrame, val: pd.DataFrame) -> Probe:
@@ -215,6 +217,56 @@ def parameter_groups(backbone: Backbone, lr: float, head_lr: float | None) -> li
     return [group for group in groups if group["params"]]
 
 
+@dataclass
+class BestEpoch:
+    """Early stopping's memory: the best val macro-F1 so far, its epoch and weights, and epochs since a gain."""
+    epoch: int = 0
+    f1: float = -1.0
+    state: list[torch.Tensor] | None = None
+    stale: int = 0
+
+    def update(self, epoch: int, f1: float, parameters: list[torch.Tensor]) -> None:
+        if f1 > self.f1:  # ties keep the earlier epoch
+            self.epoch, self.f1, self.stale = epoch, f1, 0
+            self.state = [p.detach().clone() for p in parameters]
+        else:
+            self.stale += 1
+
+    def restore(self, parameters: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, saved in zip(parameters, self.state):
+                p.copy_(saved)
+
+
+def make_optimizer(backbone: Backbone, accelerator: Accelerator, n_train: int, cfg: TrainParams, lr: float,
+                   head_lr: float | None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over parameter_groups, with linear warmup then decay to 0 over every optimizer step of the run."""
+    optimizer = torch.optim.AdamW(parameter_groups(backbone, lr, head_lr), weight_decay=cfg.weight_decay)
+    rows_per_process = -(-n_train // accelerator.num_processes)
+    steps_per_epoch = -(-rows_per_process // (cfg.batch_size * cfg.grad_accum_steps))
+    total_steps = steps_per_epoch * cfg.epochs
+    # not passed to accelerator.prepare: its scheduler wrapper steps once per process, which would squeeze the schedule
+    return optimizer, get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+
+
+def restore_state(resume: dict, parameters: list[torch.Tensor], optimizer: torch.optim.Optimizer,
+                  scheduler) -> tuple[list[dict], BestEpoch]:
+    """Put a checkpoint's weights, optimizer, scheduler and RNG back; returns its history and early-stopping state."""
+    BestEpoch(state=resume["parameters"]).restore(parameters)
+    optimizer.load_state_dict(resume["optimizer"])
+    scheduler.load_state_dict(resume["scheduler"])
+    torch.set_rng_state(resume["torch_rng"])
+    return resume["history"], BestEpoch(resume["best_epoch"], resume["best_f1"], resume["best_state"], resume["stale"])
+
+
+def training_state(parameters: list[torch.Tensor], optimizer: torch.optim.Optimizer, scheduler, history: list[dict],
+                   best: BestEpoch) -> dict:
+    """What save_checkpoint writes after an epoch, and restore_state reads back."""
+    return {"parameters": [p.detach().clone() for p in parameters], "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "history": history,
+            "best_epoch": best.epoch, "best_f1": best.f1, "best_state": best.state, "stale": best.stale}
+
+
 def fit(backbone: Backbone, accelerator: Accelerator, train: pd.DataFrame, val: pd.DataFrame, cfg: TrainParams,
         lr: float, bf16: bool, log_epoch, checkpoint: Path | None = None, resume: dict | None = None,
         stamp: dict | None = None, head_lr: float | None = None) -> tuple[list[dict], int]:
@@ -226,26 +278,11 @@ def fit(backbone: Backbone, accelerator: Accelerator, train: pd.DataFrame, val: 
     round (DDP averages the gradients), the main process validates, and all follow its early-stopping decisions."""
     weights = class_weights(train, backbone, cfg)
     parameters = backbone.trainable_parameters()
-    optimizer = torch.optim.AdamW(parameter_groups(backbone, lr, head_lr), weight_decay=cfg.weight_decay)
-    rows_per_process = -(-len(train) // accelerator.num_processes)
-    steps_per_epoch = -(-rows_per_process // (cfg.batch_size * cfg.grad_accum_steps))
-    total_steps = steps_per_epoch * cfg.epochs
-    # not passed to accelerator.prepare: its scheduler wrapper steps once per process, which would squeeze the schedule
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-
-    history, best_epoch, best_f1, best_state, stale = [], 0, -1.0, None, 0
-    if resume is not None:
-        with torch.no_grad():
-            for p, saved in zip(parameters, resume["parameters"]):
-                p.copy_(saved)
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        torch.set_rng_state(resume["torch_rng"])
-        history, best_epoch, best_f1 = resume["history"], resume["best_epoch"], resume["best_f1"]
-        best_state, stale = resume["best_state"], resume["stale"]
+    optimizer, scheduler = make_optimizer(backbone, accelerator, len(train), cfg, lr, head_lr)
+    history, best = restore_state(resume, parameters, optimizer, scheduler) if resume else ([], BestEpoch())
     model, optimizer = accelerator.prepare(TrainingLoss(backbone), optimizer)  # one process: returned as they are
     # a resumed run goes on after its last epoch, or not at all if it had stopped already
-    first = (history[-1]["epoch"] + 1 if history else 0) if stale < cfg.patience else cfg.epochs + 1
+    first = (history[-1]["epoch"] + 1 if history else 0) if best.stale < cfg.patience else cfg.epochs + 1
     for epoch in range(first, cfg.epochs + 1):
         start = time.perf_counter()
         # epoch 0 trains nothing: the starting point (a fresh adapter, a head from the probe) is a candidate too,
@@ -260,26 +297,28 @@ def fit(backbone: Backbone, accelerator: Accelerator, train: pd.DataFrame, val: 
         history.append(row)
         log.info("epoch %d: train_loss %.4f val_loss %.4f val_macro_f1 %.4f (%.0f s)", epoch, train_loss,
                  row["val_loss"], row["val_macro_f1"], row["seconds"])
-        if row["val_macro_f1"] > best_f1:  # ties keep the earlier epoch
-            best_epoch, best_f1, stale = epoch, row["val_macro_f1"], 0
-            best_state = [p.detach().clone() for p in parameters]
-        else:
-            stale += 1
+        best.update(epoch, row["val_macro_f1"], parameters)
         # saved before the epoch is logged, so a resumed run logs each epoch once; one process saves for all
         if checkpoint is not None and accelerator.is_main_process:
-            save_checkpoint(checkpoint, {
-                **(stamp or {}), "parameters": [p.detach().clone() for p in parameters],
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "history": history, "best_epoch": best_epoch, "best_f1": best_f1,
-                "best_state": best_state, "stale": stale})
+            save_checkpoint(checkpoint, {**(stamp or {}),
+                                         **training_state(parameters, optimizer, scheduler, history, best)})
         log_epoch(row)
-        if stale >= cfg.patience:
-            log.info("early stop: no val macro-F1 gain for %d epochs; best epoch %d", stale, best_epoch)
+        if best.stale >= cfg.patience:
+            log.info("early stop: no val macro-F1 gain for %d epochs; best epoch %d", best.stale, best.epoch)
             break
-    with torch.no_grad():  # restore the best epoch before saving
-        for p, saved in zip(parameters, best_state):
-            p.copy_(saved)
-    return history, best_epoch
+    best.restore(parameters)  # the best epoch's weights are the ones saved
+    return history, best.epoch
+
+
+def validate_start(backbone: Backbone, train: pd.DataFrame, val: pd.DataFrame, cfg: TrainParams, probe: Probe | None,
+                   bf16: bool, log_epoch) -> tuple[list[dict], int]:
+    """A frozen method (zero-shot, or the probe solved) trains no epoch: one validation pass, recorded as epoch 0."""
+    start = time.perf_counter()
+    row = {"epoch": 0, "train_loss": probe.chosen["train_loss"] if probe else float("nan"),
+           **validate(backbone, val, cfg.batch_size, class_weights(train, backbone, cfg), bf16), "seconds": 0.0}
+    row["seconds"] = time.perf_counter() - start
+    log_epoch(row)
+    return [row], 0
 
 
 def _jsonable(value: object) -> object:
@@ -288,49 +327,114 @@ def _jsonable(value: object) -> object:
     return sorted(map(str, value)) if isinstance(value, (set, frozenset)) else str(value)
 
 
+def resolved_config(params: Params, method: str, backbone: Backbone, world_size: int,
+                    extra: dict[str, str]) -> dict[str, object]:
+    """Everything that determines this run, flat: logged once to MLflow and copied to resolved_config.json. The peft
+    config as peft resolved it is included, with the model's machine path replaced by its portable name."""
+    config = {"method": method, "family": backbone.family, "prepare.labels": ",".join(params.prepare.labels),
+              "prepare.protocol": params.prepare.protocol, "prepare.seed": params.prepare.seed}
+    config.update(flatten(params.model, "model."))
+    config.update(flatten(params.train, "train."))
+    config.update(flatten(params.peft[method], f"peft.{method}."))
+    config["world_size"] = world_size  # DDP: the effective batch is batch_size x grad_accum x this
+    peft_config = getattr(backbone.model, "peft_config", {}).get("default")
+    if peft_config is not None:
+        resolved = resolve_model(params.model.name_or_path)[0]
+        config.update({key: params.model.name_or_path if value == resolved else value for key, value in flatten(
+            json.loads(json.dumps(peft_config.to_dict(), default=_jsonable)), "peft_config.").items()})
+    config.update(extra)  # protocol runs: which seed or fold this is, in the params as in the tags
+    return config
+
+
+# -----------------------------------------------------------------------------
+# the MLflow run: one per training, named after the method
+
+
 def log_metrics_row(client, run_id: str, row: dict) -> None:
     """One history row into MLflow, at step=epoch, so MLflow and history.csv hold the same numbers."""
     tracking.log_metrics(client, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"],
                          timestamp_ms=int(time.time() * 1000))
 
 
-def open_run(client, experiment_id: str, resume: dict | None, *, run_name: str, tags: dict[str, str],
-             config: dict) -> str:
-    """A new MLflow run with the config as its params; resuming, the checkpoint's run, its missing epochs logged."""
+@contextlib.contextmanager
+def mlflow_run(client, experiment_id: str, resume: dict | None, *, run_name: str, tags: dict[str, str],
+               config: dict, datasets: dict[str, Dataset]) -> Iterator[str]:
+    """The training's MLflow run, its whole life. A new run gets the config as params and the splits as datasets;
+    resuming, the checkpoint's run is reopened and its epochs that never reached MLflow are logged. The run ends
+    FINISHED when the block completes and FAILED when it raises; a killed process leaves it RUNNING, to resume."""
     if resume is None:
         run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
         tracking.log_params(client, run_id, config)
-        return run_id
-    run_id = resume["run_id"]
-    client.update_run(run_id, status="RUNNING")
-    logged = {m.step for m in client.get_metric_history(run_id, "val_macro_f1")}
-    for row in resume["history"]:  # epochs checkpointed but killed before they reached MLflow
-        if row["epoch"] not in logged:
-            log_metrics_row(client, run_id, row)
-    return run_id
+        tracking.log_datasets(client, run_id, datasets)
+    else:
+        run_id = resume["run_id"]
+        client.update_run(run_id, status="RUNNING")
+        logged = {m.step for m in client.get_metric_history(run_id, "val_macro_f1")}
+        for row in resume["history"]:  # epochs checkpointed but killed before they reached MLflow
+            if row["epoch"] not in logged:
+                log_metrics_row(client, run_id, row)
+    try:
+        yield run_id
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
 
 
-def describe(method: str, family: str) -> str:
-    if method == "base":
-        return ("linear probe: logistic regression solved on the frozen encoder's features, C chosen on val"
-                if family == "encoder"
-                else "zero-shot: the base model as it is, nothing trained")
-    if method == "full_finetune":
-        return "full fine-tune: every weight trained (upper-bound reference, not an adapter)"
-    return f"{method}: base weights frozen, only the adapter (and, for the encoder, the head, started from the probe) trained"
-
-
-def resolved_config(params: Params, method: str, family: str) -> dict[str, object]:
-    """Everything that determines this run, flat: logged once to MLflow and copied to resolved_config.json."""
-    config = {"method": method, "family": family, "prepare.labels": ",".join(params.prepare.labels),
-              "prepare.protocol": params.prepare.protocol, "prepare.seed": params.prepare.seed}
-    config.update(flatten(params.model, "model."))
-    config.update(flatten(params.train, "train."))
-    config.update(flatten(getattr(params.peft, method), f"peft.{method}."))
-    return config
+def log_outputs(client, run_id: str, out_dir: Path, summary: dict, probe: Probe | None, dataset: Dataset) -> None:
+    """The best epoch's figures (linked to the logged model and the val split), the probe's grid, the files."""
+    tracking.log_metrics(client, run_id, {key: summary[key] for key in (
+        "best_epoch", "best_val_macro_f1", "trainable_params", "adapter_bytes", "train_seconds")},
+        step=summary["best_epoch"], timestamp_ms=int(time.time() * 1000), model_id=summary["mlflow_model_id"],
+        dataset=dataset)
+    if probe is not None:  # val macro-F1 per C tried, in grid order (step = position in peft.base.c_grid, sorted)
+        for step, row in enumerate(probe.grid):
+            tracking.log_metrics(client, run_id, {"probe_c": row["c"], "probe_val_macro_f1": row["val_macro_f1"]},
+                                 step=step, timestamp_ms=int(time.time() * 1000))
+    tracking.log_folder(client, run_id, out_dir / "adapter", "adapter")
+    for name in ("history.csv", "train_summary.json", "resolved_config.json"):
+        client.log_artifact(run_id, str(out_dir / name))
 
 
 # -----------------------------------------------------------------------------
+
+
+def write_outputs(backbone: Backbone, out_dir: Path, config: dict, history: list[dict], best_epoch: int,
+                  train_seconds: float, n_train: int, probe: Probe | None, run: dict[str, object]) -> dict[str, object]:
+    """Save the adapter and its config, log it as an MLflow model, write history.csv and train_summary.json;
+    returns the summary. `run` holds the MLflow ids and the per-rank digests."""
+    common.replace_dir_atomic(backbone.save, out_dir / "adapter")
+    common.write_json_atomic(out_dir / "resolved_config.json", config)
+    model_id = serving.log_model(run["client"], run["mlflow_run_id"], out_dir / "adapter",
+                                 out_dir / "resolved_config.json", name=backbone.method, step=best_epoch)
+    history_frame = pd.DataFrame(history, columns=history_columns(backbone.labels))
+    common.write_csv_atomic(out_dir / "history.csv", history_frame)
+    best = history_frame.loc[history_frame["epoch"] == best_epoch].iloc[0]
+    epochs_run = int((history_frame["epoch"] > 0).sum())
+    trainable, total = backbone.count_parameters()
+    summary = {
+        "method": backbone.method, "family": backbone.family, "model": backbone.model_name,
+        "trainable_params": trainable, "total_params": total, "adapter_bytes": common.folder_bytes(out_dir / "adapter"),
+        "best_epoch": best_epoch, "best_val_macro_f1": float(best["val_macro_f1"]), "epochs_run": epochs_run,
+        "train_seconds": round(train_seconds, 3),
+        "examples_per_s": round(n_train * epochs_run / train_seconds, 3) if epochs_run else 0.0,
+        "world_size": config["world_size"], "rank_param_sha256": run["rank_param_sha256"],
+        "mlflow_run_id": run["mlflow_run_id"], "mlflow_experiment_id": run["mlflow_experiment_id"],
+        "mlflow_model_id": model_id, "note": backbone.entry.describe(has_head=bool(backbone.head_parameters())),
+    }
+    if probe is not None:  # the head's starting point (base: its solution), C chosen on val
+        summary["probe_c"], summary["probe_grid"] = probe.c, probe.grid
+    common.write_json_atomic(out_dir / "train_summary.json", summary)
+    return summary
+
+
+def log_setup(backbone: Backbone, accelerator: Accelerator) -> None:
+    trainable, total = backbone.count_parameters()
+    log.info("%s on %s (%s, %s): %d trainable of %d params", backbone.method, backbone.model_name, backbone.family,
+             backbone.device, trainable, total)
+    log.info("accelerate: %d process%s (%s, backend %s)", accelerator.num_processes,
+             "es" if accelerator.num_processes > 1 else "", accelerator.distributed_type.value,
+             accelerator.state.backend or "none")
 
 
 def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataFrame, out_dir: Path, *,
@@ -342,7 +446,7 @@ def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataF
     The train stage calls it once; the repeated-seed and cross-validation protocols once per seed or fold, each as a
     child of their protocol's `parent_run_id`.
     Under `accelerate launch` every process trains and returns the summary; the main one alone logs and writes."""
-    cfg, labels = params.train, params.prepare.labels
+    cfg, extra_tags = params.train, extra_tags or {}
     accelerator = make_accelerator(cfg.device)
     main_process = accelerator.is_main_process
     if not main_process:
@@ -350,102 +454,38 @@ def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataF
     set_seed(cfg.seed)
     client, experiment_id = tracking.connect(params.mlflow.experiment) if main_process else (None, None)  # fail fast
     device = cfg.device if accelerator.num_processes == 1 else str(accelerator.device)  # under DDP: this rank's own
-    backbone = load_backbone(params.model, method, params.peft, labels, seed=cfg.seed, device=device,
+    backbone = load_backbone(params.model, method, params.peft, params.prepare.labels, seed=cfg.seed, device=device,
                              gradient_checkpointing=cfg.gradient_checkpointing)
-    bf16 = use_bf16(params.model.dtype, backbone.device)
-    trainable, total = backbone.count_parameters()
-    log.info("%s on %s (%s, %s): %d trainable of %d params", method, params.model.name_or_path, backbone.family,
-             backbone.device, trainable, total)
-    log.info("accelerate: %d process%s (%s, backend %s)", accelerator.num_processes,
-             "es" if accelerator.num_processes > 1 else "", accelerator.distributed_type.value, accelerator.state.backend or "none")
-
-    config = resolved_config(params, method, backbone.family)
-    config["world_size"] = accelerator.num_processes  # DDP: the effective batch is batch_size x grad_accum x this
-    peft_config = getattr(backbone.model, "peft_config", {}).get("default")
-    if peft_config is not None:
-        resolved = resolve_model(params.model.name_or_path)[0]  # a machine path: log the portable name instead
-        config.update({key: params.model.name_or_path if value == resolved else value for key, value in flatten(
-            json.loads(json.dumps(peft_config.to_dict(), default=_jsonable)), "peft_config.").items()})
-    config.update(extra_tags or {})  # protocol runs: which seed or fold this is, in the params as in the tags
+    bf16 = scoring.use_bf16(params.model.dtype, backbone.device)
+    log_setup(backbone, accelerator)
+    config = resolved_config(params, method, backbone, accelerator.num_processes, extra_tags)
     checkpoint = out_dir / "checkpoint.pt" if cfg.checkpoint_every_epoch else None
     resume = shared_resume(checkpoint, config)
-
-    # MLflow: one run per training, named after the method; a resumed run continues the same MLflow run
-    run_id = None
-    if main_process:
-        tags = tracking.run_tags(f"train@{method}", params.model.name_or_path, backbone.family, method, SOURCE)
-        run_id = open_run(client, experiment_id, resume, run_name=run_name or method,
-                          tags={**tags, **(extra_tags or {}), **tracking.child_tags(parent_run_id)}, config=config)
-        sources = sources or {split: str(DATA_DIR / f"{split}.csv") for split in ("train", "val")}
-        datasets = {"training": tracking.split_dataset(train, "train", sources["train"]),
-                    "validation": tracking.split_dataset(val, "val", sources["val"])}
-        if resume is None:
-            tracking.log_datasets(client, run_id, datasets)
-
-    def log_epoch(row: dict) -> None:
-        if main_process:
-            log_metrics_row(client, run_id, row)
-
-    start = time.perf_counter()
-    try:
+    sources = sources or {split: str(DATA_DIR / f"{split}.csv") for split in ("train", "val")}
+    datasets = {"training": tracking.split_dataset(train, "train", sources["train"]),
+                "validation": tracking.split_dataset(val, "val", sources["val"])}
+    tags = {**tracking.run_tags(f"train@{method}", backbone.model_name, backbone.family, method, SOURCE),
+            **extra_tags, **tracking.child_tags(parent_run_id)}
+    run = mlflow_run(client, experiment_id, resume, run_name=run_name or method, tags=tags, config=config,
+                     datasets=datasets) if main_process else contextlib.nullcontext()
+    with run as run_id:
+        log_epoch = functools.partial(log_metrics_row, client, run_id) if main_process else lambda row: None
+        start = time.perf_counter()
         probe = start_head_from_probe(backbone, params, train, val) if backbone.head_parameters() else None
-        if len(backbone.trainable_parameters()) == len(backbone.head_parameters()):  # nothing, or a head alone
-            history, best_epoch = [], 0  # zero-shot, or the probe solved: one validation pass, recorded as epoch 0
-            if main_process:
-                row = {"epoch": 0, "train_loss": probe.chosen["train_loss"] if probe else float("nan"),
-                       **validate(backbone, val, cfg.batch_size, class_weights(train, backbone, cfg), bf16),
-                       "seconds": 0.0}
-                row["seconds"] = time.perf_counter() - start
-                history = [row]
-                log_epoch(row)
+        if backbone.entry.frozen:
+            history, best_epoch = validate_start(backbone, train, val, cfg, probe, bf16, log_epoch)
         else:
-            knobs = getattr(params.peft, method)
+            knobs = params.peft[method]
             history, best_epoch = fit(backbone, accelerator, train, val, cfg, knobs.lr, bf16, log_epoch, checkpoint,
-                                      resume, stamp={"config": config, "run_id": run_id},
-                                      head_lr=getattr(knobs, "head_lr", None))
+                                      resume, stamp={"config": config, "run_id": run_id}, head_lr=knobs.head_lr)
         digests = rank_digests(backbone.trainable_parameters())  # the best epoch's weights, one digest per process
-    except BaseException:
-        if main_process:
-            client.set_terminated(run_id, status="FAILED")
-        raise
-    if not main_process:  # the main process writes and logs the one result, then shares its summary
-        return broadcast_object_list([None])[0]
-    train_seconds = time.perf_counter() - start + (sum(r["seconds"] for r in resume["history"]) if resume else 0.0)
-
-    replace_dir_atomic(backbone.save, out_dir / "adapter")
-    write_json_atomic(out_dir / "resolved_config.json", config)
-    model_id = serving.log_model(client, run_id, out_dir / "adapter", out_dir / "resolved_config.json", name=method,
-                                 step=best_epoch)
-    history_frame = pd.DataFrame(history, columns=history_columns(labels))
-    write_csv_atomic(out_dir / "history.csv", history_frame)
-    best = history_frame.loc[history_frame["epoch"] == best_epoch].iloc[0]
-    epochs_run = int((history_frame["epoch"] > 0).sum())
-    summary = {
-        "method": method, "family": backbone.family, "model": params.model.name_or_path,
-        "trainable_params": trainable, "total_params": total, "adapter_bytes": folder_bytes(out_dir / "adapter"),
-        "best_epoch": best_epoch, "best_val_macro_f1": float(best["val_macro_f1"]), "epochs_run": epochs_run,
-        "train_seconds": round(train_seconds, 3),
-        "examples_per_s": round(len(train) * epochs_run / train_seconds, 3) if epochs_run else 0.0,
-        "world_size": accelerator.num_processes, "rank_param_sha256": digests,
-        "mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id, "mlflow_model_id": model_id,
-        "note": describe(method, backbone.family),
-    }
-    if probe is not None:  # the head's starting point (base: its solution), C chosen on val
-        summary["probe_c"], summary["probe_grid"] = probe.c, probe.grid
-    write_json_atomic(out_dir / "train_summary.json", summary)
-
-    tracking.log_metrics(client, run_id, {"best_epoch": best_epoch, "best_val_macro_f1": summary["best_val_macro_f1"],
-                                          "trainable_params": trainable, "adapter_bytes": summary["adapter_bytes"],
-                                          "train_seconds": train_seconds}, step=best_epoch,
-                         timestamp_ms=int(time.time() * 1000), model_id=model_id, dataset=datasets["validation"])
-    if probe is not None:  # val macro-F1 per C tried, in grid order (step = position in peft.base.c_grid, sorted)
-        for step, row in enumerate(probe.grid):
-            tracking.log_metrics(client, run_id, {"probe_c": row["c"], "probe_val_macro_f1": row["val_macro_f1"]},
-                                 step=step, timestamp_ms=int(time.time() * 1000))
-    tracking.log_folder(client, run_id, out_dir / "adapter", "adapter")
-    for name in ("history.csv", "train_summary.json", "resolved_config.json"):
-        client.log_artifact(run_id, str(out_dir / name))
-    client.set_terminated(run_id, status="FINISHED")
+        if not main_process:  # the main process writes and logs the one result, then shares its summary
+            return broadcast_object_list([None])[0]
+        seconds = time.perf_counter() - start + (sum(r["seconds"] for r in resume["history"]) if resume else 0.0)
+        summary = write_outputs(backbone, out_dir, config, history, best_epoch, seconds, len(train), probe, {
+            "client": client, "mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id,
+            "rank_param_sha256": digests})
+        log_outputs(client, run_id, out_dir, summary, probe, datasets["validation"])
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)  # the adapter is saved: the run is complete
     log.info("saved %s; best epoch %d, val macro-F1 %.4f; MLflow run %s in %s", out_dir, best_epoch,

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from stages.params import _Loader  # the project's YAML loader: yes/no stay strings (they are labels)
+
 from tiny_models import tiny_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,15 @@ import sys
 import pandas as pd
 import pytest
 
-from stages.ablation import (build_ablation, format_markdown, main, metrics_path, parse_exp_show, plot_ablation,
-                             read_exp_show)
+from stages.ablation import (
+    build_ablation,
+    format_markdown,
+    main,
+    metrics_path,
+    parse_exp_show,
+    plot_ablation,
+    read_exp_show,
+)
 from stages.common import PeftqaError
 
 BASE_PARAMS = {"peft": {"lora": {"lr": 1e-3, "r": 8, "alpha": 16}, "prompt_tuning": {"init": "random"}},
@@ -146,7 +153,8 @@ def test_an_experiment_that_changes_another_param_is_flagged_as_confounded():
 
 def test_an_experiment_without_metrics_is_skipped_with_a_note():
     broken = dict(RANK_SWEEP)
-    broken["r2"] = ({"peft.lora.r": 2}, {metrics_path("lora", "test"): RANK_SWEEP["r2"][1][metrics_path("lora", "test")],
+    test_path = metrics_path("lora", "test")
+    broken["r2"] = ({"peft.lora.r": 2}, {test_path: RANK_SWEEP["r2"][1][test_path],
                                          metrics_path("lora", "val"): {"error": {"type": "FileNotFoundError",
                                                                                  "msg": "no such file"}}})
     broken["r4"] = ({"peft.lora.r": 4}, eval_metrics(0.61, 0.50))
@@ -194,9 +202,11 @@ def test_a_text_param_gets_a_categorical_axis():
 
 
 @pytest.mark.parametrize("param, method, message", [
-    ("peft.lora.rank", "lora", "peft.lora.rank is not a param of any experiment in `dvc exp show`; did you mean peft.lora.r"),
-    ("peft.lora.alpha", "lora", "no experiment in `dvc exp show` sets peft.lora.alpha (every row has peft.lora.alpha=16); "
-                                "run e.g. `dvc exp run -S peft.lora.alpha=32` first"),
+    ("peft.lora.rank", "lora",
+     "peft.lora.rank is not a param of any experiment in `dvc exp show`; did you mean peft.lora.r"),
+    ("peft.lora.alpha", "lora",
+     "no experiment in `dvc exp show` sets peft.lora.alpha (every row has peft.lora.alpha=16); "
+     "run e.g. `dvc exp run -S peft.lora.alpha=32` first"),
 ])
 def test_build_ablation_rejects_an_unknown_or_unvaried_param(param, method, message):
     with pytest.raises(PeftqaError) as err:
@@ -206,7 +216,8 @@ def test_build_ablation_rejects_an_unknown_or_unvaried_param(param, method, mess
 
 def test_build_ablation_fails_when_no_experiment_has_metrics():
     sweep = {"r4": ({"peft.lora.r": 4}, {})}
-    with pytest.raises(PeftqaError, match=r"no experiment that sets peft.lora.r has reports/eval/lora/metrics_val.json"):
+    with pytest.raises(PeftqaError,
+                       match=r"no experiment that sets peft.lora.r has reports/eval/lora/metrics_val.json"):
         ablation(exp_show(sweep, baseline=({}, {})))
 
 
@@ -340,9 +351,10 @@ def test_the_grid_command_writes_one_table_per_grid_entry(tmp_path):
     grid.write_text("lora:\n  peft.lora.lr: [1.0e-4, 1.0e-3]\n  peft.lora.r: [4, 8]\n"
                     "prompt_tuning:\n  peft.prompt_tuning.init: [random, text]\n", encoding="utf-8")
     dump = tmp_path / "exp_show.json"
-    sweep = dict(GRID_SWEEP, **{"pt-text": ({"peft.prompt_tuning.init": "text"},
-                                            {**eval_metrics(0.40, 0.60), **eval_metrics(0.7, 0.6, method="prompt_tuning")})})
-    entries = exp_show(sweep, baseline=({}, {**eval_metrics(0.50, 0.48), **eval_metrics(0.6, 0.5, method="prompt_tuning")}))
+    pt_text = {**eval_metrics(0.40, 0.60), **eval_metrics(0.7, 0.6, method="prompt_tuning")}
+    sweep = dict(GRID_SWEEP, **{"pt-text": ({"peft.prompt_tuning.init": "text"}, pt_text)})
+    baseline = {**eval_metrics(0.50, 0.48), **eval_metrics(0.6, 0.5, method="prompt_tuning")}
+    entries = exp_show(sweep, baseline=({}, baseline))
     dump.write_text(json.dumps(entries), encoding="utf-8")
     main(["--grid", str(grid), "--json-file", str(dump), "--out", str(tmp_path / "out")])
     lora = pd.read_csv(tmp_path / "out" / "lora.csv")

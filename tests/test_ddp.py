@@ -10,11 +10,11 @@ import subprocess
 
 import pandas as pd
 import pytest
+from test_train import mlflow_client
 
 from stages.families import Backbone, load_backbone
 from stages.params import load_params
 from stages.train import parameter_digest
-from test_train import mlflow_client
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

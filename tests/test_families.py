@@ -12,12 +12,21 @@ import pytest
 import torch
 from transformers import AutoConfig
 
+from stages import methods
 from stages.common import PeftqaError
-from stages.families import (HEAD_FILE, METADATA_FILE, answer_to_label, detect_family, kept_positions, load_backbone,
-                             resolve_model_path, verbalizer_token_ids)
-from stages.methods import METHOD_BUILDERS
-from stages.params import (METHODS, Ia3Params, LoraParams, ModelParams, PeftParams, PerFamily, PrefixTuningParams,
-                           PromptTuningParams, PTuningParams)
+from stages.families import (
+    HEAD_FILE,
+    METADATA_FILE,
+    answer_to_label,
+    detect_family,
+    kept_positions,
+    load_backbone,
+    resolve_model_path,
+    verbalizer_token_ids,
+)
+from stages.methods import METHODS, Ia3Params, LoraParams, PrefixTuningParams, PromptTuningParams, PTuningParams
+from stages.params import ModelParams, PeftParams
+
 from tiny_models import ITEMS, make_tiny_model
 
 KINDS = {"bert": "encoder", "t5": "seq2seq", "gpt2": "causal", "llama": "causal"}  # tiny model kind -> family
@@ -28,11 +37,9 @@ TINY_PEFT = PeftParams(  # short prompts and small encoders: the tiny models are
     prefix_tuning=PrefixTuningParams(num_virtual_tokens=4),
     p_tuning=PTuningParams(num_virtual_tokens=4, encoder_hidden_size=16),
 )
-GPT2_PEFT = dataclasses.replace(  # GPT-2 names its layers differently from the Llama defaults for causal
-    TINY_PEFT,
-    lora=LoraParams(target_modules=PerFamily(causal=("c_attn",))),
-    ia3=Ia3Params(target_modules=PerFamily(causal=("c_attn", "mlp.c_proj")),
-                  feedforward_modules=PerFamily(causal=("mlp.c_proj",))),
+GPT2_PEFT = TINY_PEFT.replace(  # GPT-2 names its layers differently from the Llama defaults for causal
+    lora=LoraParams(target_modules=("c_attn",)),
+    ia3=Ia3Params(target_modules=("c_attn", "mlp.c_proj"), feedforward_modules=("mlp.c_proj",)),
 )
 
 
@@ -66,8 +73,11 @@ def named_weights(backbone) -> dict[str, torch.Tensor]:
 # every family x every method
 
 
-def test_registry_covers_every_method():
-    assert set(METHOD_BUILDERS) == set(METHODS)
+def test_every_method_has_knobs_with_defaults_and_a_section_in_peft_params():
+    for name, entry in methods.REGISTRY.items():
+        assert dataclasses.is_dataclass(entry.knobs) and entry.knobs.__dataclass_params__.frozen, name
+        assert PeftParams()[name] == entry.knobs()  # every knob has a default
+    assert list(PeftParams()) == list(METHODS)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -95,9 +105,9 @@ def test_train_steps_then_save_and_load_give_identical_scores(tiny_paths, kind, 
     assert all(not torch.equal(after[name], trainable[name]) for name in got_grad)
     assert bool(got_grad) == bool(trainable)
     assert backbone.count_parameters()[0] == sum(p.numel() for p in trainable.values())
-    if method == "base":  # linear probe: the head alone
+    if methods.get(method).frozen:  # linear probe: the head alone
         assert all(name.startswith("head.") for name in trainable)
-    if method == "full_finetune":
+    if methods.get(method).whole_model:
         assert not frozen
 
     backbone.model.eval()
@@ -108,7 +118,7 @@ def test_train_steps_then_save_and_load_give_identical_scores(tiny_paths, kind, 
     assert (folder / HEAD_FILE).is_file() == (KINDS[kind] == "encoder")
     if not trainable:  # zero-shot saves only what it is
         assert [p.name for p in folder.iterdir()] == [METADATA_FILE]
-    if method not in ("base", "full_finetune"):
+    if not methods.get(method).frozen and not methods.get(method).whole_model:
         assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in folder.iterdir()}
 
     loaded = load(tiny_paths, kind, method, adapter_dir=folder)
@@ -162,7 +172,7 @@ def test_gradient_checkpointing_trains(tiny_paths, kind):
 
 
 def test_prompt_tuning_text_init_trains(tiny_paths):
-    peft_params = dataclasses.replace(TINY_PEFT, prompt_tuning=PromptTuningParams(num_virtual_tokens=4, init="text"))
+    peft_params = TINY_PEFT.replace(prompt_tuning=PromptTuningParams(num_virtual_tokens=4, init="text"))
     backbone = load(tiny_paths, "t5", "prompt_tuning", peft_params=peft_params)
     loss = backbone.loss(encode_items(backbone))
     loss.backward()
@@ -227,10 +237,9 @@ def test_folder_without_metadata_is_refused(tiny_paths, tmp_path):
 
 @pytest.mark.parametrize("method", ["lora", "ia3"])
 def test_missing_target_module_is_named(tiny_paths, method):
-    peft_params = dataclasses.replace(TINY_PEFT, lora=LoraParams(target_modules=PerFamily(encoder=("query", "qkv"))),
-                                      ia3=Ia3Params(target_modules=PerFamily(encoder=("qkv",)),
-                                                    feedforward_modules=PerFamily()))
-    message = rf"peft\.{method}\.target_modules\.encoder: module 'qkv' .*{tiny_paths['bert']}"
+    peft_params = TINY_PEFT.replace(lora=LoraParams(target_modules=("query", "qkv")),
+                                    ia3=Ia3Params(target_modules=("qkv",), feedforward_modules=("qkv",)))
+    message = rf"peft\.{method}\.target_modules: module 'qkv' .*{tiny_paths['bert']}"
     with pytest.raises(PeftqaError, match=message):
         load(tiny_paths, "bert", method, peft_params=peft_params)
 
@@ -377,6 +386,7 @@ def test_a_gguf_name_without_its_wheel_says_how_to_install_it(monkeypatch, tmp_p
 
 def test_evaluate_records_the_generate_parse_rate_of_language_models_only(tiny_paths):
     import pandas as pd
+
     from stages.evaluate import generation_metrics, predict_batched
     frame = pd.DataFrame([{**item, "pmid": str(i)} for i, item in enumerate(ITEMS)])
     lm = load(tiny_paths, "gpt2", "base")

@@ -14,7 +14,9 @@ from stages import fetch
 from stages.common import PeftqaError
 
 UNREACHABLE = "http://127.0.0.1:9/{}"  # the discard port: connection refused at once, no network needed
-RAW_BYTES = json.dumps({"101": {"QUESTION": "Does X help?", "CONTEXTS": ["A trial."], "final_decision": "yes"}}).encode()
+RAW_BYTES = json.dumps(
+    {"101": {"QUESTION": "Does X help?", "CONTEXTS": ["A trial."], "final_decision": "yes"}}
+).encode()
 TRUTH_BYTES = b'{"101": "yes"}\n'
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from test_prepare import SOURCE, good_data, processed, record, stage_dir  # noqa: F401 (stage_dir: a fixture)
 
 from stages import evaluate as evaluate_stage
 from stages import prepare, tracking
@@ -39,7 +40,7 @@ from stages import train as train_stage
 from stages.common import PeftqaError
 from stages.families import load_backbone
 from stages.params import ModelParams, PeftParams
-from test_prepare import SOURCE, good_data, processed, record, stage_dir  # noqa: F401 (stage_dir: a fixture)
+
 from tiny_models import ITEMS, tiny_frame
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

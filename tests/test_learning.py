@@ -22,15 +22,31 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import (BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, PreTrainedModel,
-                          PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration)
+from transformers import (
+    BertConfig,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from stages.embed import embed_frame
 from stages.families import Backbone, load_backbone
-from stages.params import (BaseMethodParams, Ia3Params, LoraParams, ModelParams, PeftParams, PerFamily,
-                           PrefixTuningParams, PromptTuningParams, PTuningParams, TrainParams)
+from stages.methods import (
+    BaseMethodParams,
+    Ia3Params,
+    LoraParams,
+    PrefixTuningParams,
+    PromptTuningParams,
+    PTuningParams,
+)
+from stages.params import ModelParams, PeftParams, TrainParams
 from stages.probe import load_into_head, solve_probe
 from stages.train import fit, make_accelerator, set_seed, validate
+
 from tiny_models import build_word_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
@@ -59,13 +75,13 @@ PEFT = {  # per family: no LoRA dropout; 20 virtual tokens where 8 learn too slo
     "seq2seq": PeftParams(prompt_tuning=PromptTuningParams(num_virtual_tokens=20),
                           prefix_tuning=PrefixTuningParams(num_virtual_tokens=20),
                           p_tuning=PTuningParams(num_virtual_tokens=20, encoder_hidden_size=64),
-                          lora=LoraParams(dropout=0.0, target_modules=PerFamily(seq2seq=("q", "k", "v", "o")))),
+                          lora=LoraParams(dropout=0.0, target_modules=("q", "k", "v", "o"))),
     "causal": PeftParams(prompt_tuning=PromptTuningParams(num_virtual_tokens=20),
                          prefix_tuning=PrefixTuningParams(num_virtual_tokens=8),
                          p_tuning=PTuningParams(num_virtual_tokens=8, encoder_hidden_size=64),
-                         lora=LoraParams(dropout=0.0, target_modules=PerFamily(causal=("c_attn",))),
-                         ia3=Ia3Params(target_modules=PerFamily(causal=("c_attn", "mlp.c_proj")),
-                                       feedforward_modules=PerFamily(causal=("mlp.c_proj",)))),
+                         lora=LoraParams(dropout=0.0, target_modules=("c_attn",)),
+                         ia3=Ia3Params(target_modules=("c_attn", "mlp.c_proj"),
+                                       feedforward_modules=("mlp.c_proj",))),
 }
 # (learning rate, epochs) per family and method: about the fewest epochs that clear LEARNED_MIN on this task
 RECIPES = {

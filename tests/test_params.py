@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.params import ParamsError, Params, load_params, parse_params
+from stages.params import Params, ParamsError, PeftParams, load_params, parse_params
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_]\w*):(?P<rest>.*)$")
@@ -38,7 +38,8 @@ def _documented_keys(lines: list[str]) -> dict[str, bool]:
         while stack and stack[-1][0] >= indent:
             stack.pop()
         following = next((n for n in lines[number + 1:] if n.strip() and not n.lstrip().startswith("#")), "")
-        is_header = not value.strip() and KEY_LINE.match(following) and len(following) - len(following.lstrip()) > indent
+        is_header = (not value.strip() and KEY_LINE.match(following)
+                     and len(following) - len(following.lstrip()) > indent)
         documented = bool(comment.strip()) or previous.lstrip().startswith("#") or bool(stack and stack[-1][2])
         if not is_header:
             result[".".join([k for _, k, _ in stack] + [key])] = documented
@@ -60,7 +61,7 @@ def test_every_params_key_has_a_comment():
     assert not undocumented, f"params.yaml keys without a comment (inline or on the line above): {undocumented}"
 
 
-@pytest.mark.parametrize("dotted", ["surprise", "train.lr_typo", "peft.lora.rank", "peft.lora.target_modules.tpu"])
+@pytest.mark.parametrize("dotted", ["surprise", "train.lr_typo", "peft.lora.rank", "peft.dora"])
 def test_unknown_key_is_named(params_data, dotted):
     with pytest.raises(ParamsError, match=re.escape(f"unknown key '{dotted}'")):
         parse_params(params_data({dotted: 1}))
@@ -136,6 +137,9 @@ def _dataclass_instances(obj):
         value = getattr(obj, field.name)
         if dataclasses.is_dataclass(value):
             yield from _dataclass_instances(value)
+        if isinstance(value, PeftParams):  # a mapping of the registered methods' knobs
+            for knobs in value.values():
+                yield from _dataclass_instances(knobs)
 
 
 def test_every_section_is_frozen():
@@ -146,6 +150,8 @@ def test_every_section_is_frozen():
         name = dataclasses.fields(obj)[0].name
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(obj, name, getattr(obj, name))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.peft.lora = params.peft.lora
 
 
 def test_params_yaml_holds_the_val_chosen_row_of_every_committed_sweep_table():

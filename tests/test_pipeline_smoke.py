@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from stages.report import FIGURE_CAPTIONS
+
 from tiny_models import write_synthetic_pubmedqa
 
 SMOKE_PARAMS = {"prepare.limit": 80, "train.epochs": 1, "train.batch_size": 8, "model.max_length": 64,

@@ -17,8 +17,17 @@ from hypothesis import strategies as st
 from stages import prepare
 from stages.common import PeftqaError
 from stages.params import PrepareParams
-from stages.prepare import (Item, check_stratifiable, clean_items, parse_json, split_official, split_random,
-                            split_stats, validate_ground_truth, validate_records)
+from stages.prepare import (
+    Item,
+    check_stratifiable,
+    clean_items,
+    parse_json,
+    split_official,
+    split_random,
+    split_stats,
+    validate_ground_truth,
+    validate_records,
+)
 
 SOURCE = "data/raw/ori_pqal.json"
 YES_NO = ("yes", "no")

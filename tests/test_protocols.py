@@ -11,12 +11,12 @@ import json
 import pandas as pd
 import pytest
 import yaml
+from test_train import mlflow_client
 
-from stages import prepare
-from stages import protocols
+from stages import prepare, protocols
 from stages.common import PeftqaError
 from stages.params import load_params
-from test_train import mlflow_client
+
 from tiny_models import tiny_frame
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -140,7 +140,8 @@ def test_protocols_stage_runs_seeds_and_folds_end_to_end(stage_dir):  # noqa: F8
         if run.info.run_id not in parents.values():
             assert run.data.tags["mlflow.parentRunId"] == parents[run.data.tags["protocol"]], run.info.run_name
     assert by_name["seeds 1,2"].info.status == "FINISHED"
-    assert by_name["seeds 1,2"].data.metrics["lora.macro_f1_mean"] == pytest.approx(metrics["seeds"]["lora"]["macro_f1_mean"])
+    assert by_name["seeds 1,2"].data.metrics["lora.macro_f1_mean"] == pytest.approx(
+        metrics["seeds"]["lora"]["macro_f1_mean"])
     fold_inputs = {d.dataset.name: d.dataset for d in by_name["lora fold_1"].inputs.dataset_inputs}
     assert set(fold_inputs) == {"pubmedqa-pqal/train", "pubmedqa-pqal/val", "pubmedqa-pqal/test"}
     assert "fold 1" in fold_inputs["pubmedqa-pqal/test"].source

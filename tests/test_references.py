@@ -13,8 +13,18 @@ from stages import references
 from stages.common import PeftqaError
 from stages.metrics import classification_metrics
 from stages.params import ParamsError, ReferencesParams, parse_params
-from stages.references import (PRED_COLUMNS, TfidfSetting, check_split, choose_tfidf_setting, fit_tfidf_lr,
-                                majority_label, predict_majority, predict_references, predict_tfidf_lr, tfidf_grid)
+from stages.references import (
+    PRED_COLUMNS,
+    TfidfSetting,
+    check_split,
+    choose_tfidf_setting,
+    fit_tfidf_lr,
+    majority_label,
+    predict_majority,
+    predict_references,
+    predict_tfidf_lr,
+    tfidf_grid,
+)
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 LABELS = ("yes", "no")

@@ -17,6 +17,7 @@ import pytest
 
 from stages import registry, serving
 from stages.registry import pick_best_runs
+
 from tiny_models import tiny_frame
 from wheelhouse import WHEELHOUSE, wait_for_download
 

@@ -14,6 +14,7 @@ import pytest
 
 from stages import evaluate as evaluate_stage
 from stages import train as train_stage
+
 from tiny_models import tiny_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -84,5 +85,6 @@ def test_two_cpu_runs_give_identical_adapters_predictions_and_metrics(tmp_path, 
                    for root in (first, second)]
         assert {k: v for k, v in metrics[0].items() if not k.startswith(timing)} == \
                {k: v for k, v in metrics[1].items() if not k.startswith(timing)}
-    history = [pd.read_csv(root / "models/prompt_tuning/history.csv").drop(columns="seconds") for root in (first, second)]
+    history = [pd.read_csv(root / "models/prompt_tuning/history.csv").drop(columns="seconds")
+               for root in (first, second)]
     pd.testing.assert_frame_equal(*history, check_exact=True)

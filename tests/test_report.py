@@ -1,7 +1,7 @@
 """Stage report on a tiny, consistent set of upstream files: figures exist, tables equal their sources, prose is honest.
 
-The inputs are written in the formats the upstream stages write, with metrics computed by stages.metrics so they agree with the preds;
-the stats CSV is written by hand (the stats stage is not imported).
+The inputs are written in the formats the upstream stages write, with metrics computed by stages.metrics so they
+agree with the preds; the stats CSV is written by hand (the stats stage is not imported).
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import protocols, report
+from stages import protocols, report, report_abstention, report_figures, report_findings, report_tables
 from stages.common import PeftqaError
-from stages.stats import mcnemar_detectable_difference
 from stages.metrics import abstention_curve, classification_metrics, confusion_frame, latency_summary
+from stages.stats import mcnemar_detectable_difference
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ("yes", "no")
@@ -31,8 +31,8 @@ PREDS = {
     "prompt_tuning": ["yes"] * 10 + ["no", None] + ["no"] * 3 + ["yes"] * 5,  # one unmapped generation
     "lora": ["yes"] * 11 + ["no"] * 8 + ["yes"],
 }
-# top label probability of item i: 0.505 + 0.02 i, never on a threshold of report.ABSTAIN_THRESHOLDS; prompt_tuning
-# (it has an unmapped generation: generate scoring) has no p_yes
+# top label probability of item i: 0.505 + 0.02 i, never on a threshold of report_abstention.ABSTAIN_THRESHOLDS;
+# prompt_tuning (it has an unmapped generation: generate scoring) has no p_yes
 CONFIDENCE = [0.505 + 0.02 * i for i in range(len(GOLD))]
 # 95% CI of Δmacro-F1 vs base: lora's excludes 0, prompt_tuning's contains it
 CIS = {"prompt_tuning": (-0.10, 0.30), "lora": (0.15, 0.55)}
@@ -211,7 +211,7 @@ def test_performance_table_equals_metrics_json(ran: tuple[Path, dict]) -> None:
         assert float(row["F1 (Yes)"]) == round(m["f1_yes"], 3)
         mean, p95 = map(float, row["Latency mean / p95 (s)"].split(" / "))
         assert (mean, p95) == (round(m["latency_mean_s"], 4), round(m["latency_p95_s"], 4))
-        assert float(row["Trainable Params (M)"]) == pytest.approx(m["trainable_params_m"], rel=5e-3)
+        assert float(row["Trainable Params (M)"]) == float(f"{m['trainable_params_m']:.3g}")  # 3 significant digits
 
 
 def test_significance_table_equals_stats_csv(ran: tuple[Path, dict]) -> None:
@@ -261,14 +261,15 @@ def test_every_method_is_judged_against_each_reference_row_by_its_ci(ran: tuple[
 
 
 @pytest.mark.parametrize(("ci", "verdict"), [((-0.1, 0.2), "is indistinguishable from"), ((0.05, 0.2), "beats"),
-                                             ((-0.3, -0.02), "is worse than"), ((0.0, 0.0), "is indistinguishable from")])
+                                             ((-0.3, -0.02), "is worse than"),
+                                             ((0.0, 0.0), "is indistinguishable from")])
 def test_reference_verdict_follows_ci(ci: tuple[float, float], verdict: str) -> None:
     metrics = {"lora": {"macro_f1": 0.5, "accuracy": 0.7}, "majority": {"macro_f1": 0.4, "accuracy": 0.6}}
     stats = pd.DataFrame(stats_rows("lora", "majority", metrics, ci))
-    text = report.describe_against_references("lora", ["majority"], stats, confidence=0.95)
+    text = report_findings.describe_against_references("lora", ["majority"], stats, confidence=0.95)
     assert f"lora {verdict} majority (reference)" in text
     assert sum(word in text for word in ("beats", "worse", "indistinguishable")) == 1
-    assert report.describe_against_references("lora", [], stats, confidence=0.95) == ""
+    assert report_findings.describe_against_references("lora", [], stats, confidence=0.95) == ""
 
 
 def test_report_states_the_smallest_detectable_difference(ran: tuple[Path, dict]) -> None:
@@ -281,30 +282,32 @@ def test_report_states_the_smallest_detectable_difference(ran: tuple[Path, dict]
 
 
 def test_detectable_difference_sentence_at_the_default_test_size() -> None:
-    """89 items, b + c = 31 and 33 against the baseline: mean ψ = 32/89; each value from mcnemar_detectable_difference."""
+    """89 items, b + c = 31 and 33 against the baseline: mean ψ = 32/89; each value from
+    mcnemar_detectable_difference."""
     stats = pd.DataFrame([{"method": m, "reference": "base", "test": "mcnemar_exact", "metric": "accuracy", "n": 89,
                            "b": b, "c": c} for m, b, c in (("prompt_tuning", 19, 12), ("lora", 17, 16))])
-    text = report.detectable_difference_sentence(stats, ["base", "prompt_tuning", "lora"], "base", REFERENCES, 89)
+    text = report_findings.detectable_difference_sentence(stats, ["base", "prompt_tuning", "lora"], "base",
+                                                          REFERENCES, 89)
     mean = mcnemar_detectable_difference(89, 32 / 89)
     assert f"80% power is {mean:.3f}, at the discordance rate (b+c)/n = {32 / 89:.3f}" in text
     assert f"prompt_tuning {31 / 89:.3f} → {mcnemar_detectable_difference(89, 31 / 89):.3f}" in text
     assert "'none'" not in text and 0.17 < mean < 0.18
     only_baseline = pd.DataFrame([{"method": "base", "reference": r, "test": "mcnemar_exact", "metric": "accuracy",
                                    "n": 89, "b": 10, "c": 20} for r in REFERENCES])
-    text = report.detectable_difference_sentence(only_baseline, ["base"], "base", REFERENCES, 89)
+    text = report_findings.detectable_difference_sentence(only_baseline, ["base"], "base", REFERENCES, 89)
     assert "the mean over the baseline's comparisons against the reference rows" in text
     assert "base vs majority (reference) 0.337" in text
 
 
 def test_performance_figure_shows_the_reference_rows() -> None:
     metrics = {"base": {"accuracy": 0.6, "macro_f1": 0.4}, "lora": {"accuracy": 0.7, "macro_f1": 0.6}}
-    figure = report.plot_performance(metrics, 20, {"majority": {"accuracy": 0.6, "macro_f1": 0.375},
+    figure = report_figures.plot_performance(metrics, 20, {"majority": {"accuracy": 0.6, "macro_f1": 0.375},
                                                    "tfidf_lr": {"accuracy": 0.65, "macro_f1": 0.5}})
     ax = figure.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["base", "lora", "majority\n(reference)",
                                                             "tfidf_lr\n(reference)"]
     assert "0.375" in [t.get_text() for t in ax.texts]
-    report.plt.close(figure)
+    report_figures.plt.close(figure)
 
 
 def test_collapsed_baseline_is_called_out(ran: tuple[Path, dict]) -> None:
@@ -371,7 +374,10 @@ STALE_INPUTS = {  # failure mode -> (file, edit, expected message)
     "preds of another split": ("reports/eval/lora/preds_test.csv", replace_first_pmid, r"'lora' is stale.*dvc repro"),
     "stats without a method": ("reports/stats/stats_eval_test.csv", lambda f: f[f["method"] != "lora"],
                                r"0 rows for lora vs base.*dvc repro"),
-    "an upstream output missing": ("models/lora/history.csv", None, r"history.csv is missing; run `dvc repro`"),
+    "an upstream output missing": ("models/lora/train_summary.json", None,
+                                   r"train_summary.json is missing; run `dvc repro`"),
+    "a method's history missing": ("models/lora/history.csv", None,
+                                   r"models/lora/history.csv not found: train the method first"),
     "reference preds of another split": ("reports/references/tfidf_lr/preds_test.csv", replace_first_pmid,
                                          r"reference 'tfidf_lr' is stale.*`dvc repro references`"),
     "stats without reference rows": ("reports/stats/stats_eval_test.csv",
@@ -397,14 +403,19 @@ def test_stale_or_missing_inputs_raise(tmp_path: Path, failure: str) -> None:
     assert not (tmp_path / "reports/report.md").exists()
 
 
-def test_guard_rejects_a_table_that_differs_from_the_json() -> None:
+def test_performance_table_prints_every_cell_as_its_column_rounds_it() -> None:
     metrics = {"base": {"macro_f1": 0.4444, "accuracy": 0.6, "f1_yes": 0.75, "f1_no": 0.0, "latency_mean_s": 0.01,
-                        "latency_p95_s": 0.02, "trainable_params_m": 0.00077}}
-    columns = report.performance_columns(LABELS)
-    markdown = report.performance_table(metrics, columns)
-    report.check_performance_table(markdown, metrics, columns)  # as written: passes
-    with pytest.raises(PeftqaError, match="Macro-F1 = 0.445"):
-        report.check_performance_table(markdown.replace("0.444", "0.445"), metrics, columns)
+                        "latency_p95_s": 0.02, "trainable_params_m": 0.00077},
+               "majority (reference)": {"macro_f1": 0.375, "accuracy": 0.6, "f1_yes": 0.75, "f1_no": 0.0,
+                                        "latency_mean_s": float("nan"), "latency_p95_s": float("nan"),
+                                        "trainable_params_m": float("nan")}}
+    columns = report_tables.performance_columns(LABELS)
+    rows = parse_tables(report_tables.performance_table(metrics, columns))["Macro-F1"]
+    assert rows == [
+        {"Method": "base", "Macro-F1": "0.444", "Accuracy": "0.600", "F1 (No)": "0.000", "F1 (Yes)": "0.750",
+         "Latency mean / p95 (s)": "0.0100 / 0.0200", "Trainable Params (M)": "0.000770"},
+        {"Method": "majority (reference)", "Macro-F1": "0.375", "Accuracy": "0.600", "F1 (No)": "0.000",
+         "F1 (Yes)": "0.750", "Latency mean / p95 (s)": "n/a / n/a", "Trainable Params (M)": "n/a"}]
 
 
 @pytest.mark.parametrize(("ci", "verdict"), [((-0.1, 0.2), "not distinguishable"), ((0.05, 0.2), "is better than"),
@@ -412,7 +423,7 @@ def test_guard_rejects_a_table_that_differs_from_the_json() -> None:
 def test_describe_method_verdict_follows_ci(ci: tuple[float, float], verdict: str) -> None:
     metrics = {"base": {"macro_f1": 0.4, "accuracy": 0.6}, "lora": {"macro_f1": 0.5, "accuracy": 0.7}}
     stats = pd.DataFrame(stats_rows("lora", "base", {m: {**v} for m, v in metrics.items()}, ci))
-    text = report.describe_method("lora", "base", metrics, stats, confidence=0.95)
+    text = report_findings.describe_method("lora", "base", metrics, stats, confidence=0.95)
     assert verdict in text
     assert sum(word in text for word in ("better", "worse", "not distinguishable")) == 1
 
@@ -421,7 +432,7 @@ def test_describe_method_verdict_follows_ci(ci: tuple[float, float], verdict: st
     (0.71234, 3, False, "0.712"), (0.000769, 3, True, "0.000769"), (22.71, 3, True, "22.7"),
     (2848.3, 3, True, "2850"), (0.0009996, 3, True, "0.00100"), (float("nan"), 4, False, "n/a")])
 def test_format_number(value: float, digits: int, significant: bool, printed: str) -> None:
-    assert report.format_number(value, digits, significant) == printed
+    assert report_tables.format_number(value, digits, significant) == printed
 
 
 def test_figures_accept_a_zero_shot_baseline() -> None:
@@ -435,13 +446,13 @@ def test_figures_accept_a_zero_shot_baseline() -> None:
                "lora": pd.DataFrame({"epoch": [1, 2], "train_loss": [0.6, 0.5], "val_loss": [0.65, 0.6],
                                      "val_macro_f1": [0.55, 0.6]})}
     metrics = {"base": {"macro_f1": 0.4}, "lora": {"macro_f1": 0.6}}
-    figures = [report.plot_param_footprint(summary), report.plot_losses(history),
-               report.plot_val_macro_f1(history, summary), report.plot_efficiency(metrics, summary)]
+    figures = [report_figures.plot_param_footprint(summary), report_figures.plot_losses(history),
+               report_figures.plot_val_macro_f1(history, summary), report_figures.plot_efficiency(metrics, summary)]
     labels = [text.get_text() for text in figures[0].axes[0].texts]
     assert labels == ["0", "295K"]
     for figure in figures:
         figure.savefig(io.BytesIO(), format="png")
-        report.plt.close(figure)
+        report_figures.plt.close(figure)
 
 
 # -----------------------------------------------------------------------------
@@ -467,14 +478,14 @@ def test_abstention_curve_refuses_bad_confidence(confidence: list[float], messag
 
 
 def test_confidence_is_the_top_label_probability() -> None:
-    assert list(report.confidence_from_p_yes([0.2, 0.5, 0.9, 0.35])) == pytest.approx([0.8, 0.5, 0.9, 0.65])
+    assert list(report_abstention.confidence_from_p_yes([0.2, 0.5, 0.9, 0.35])) == pytest.approx([0.8, 0.5, 0.9, 0.65])
 
 
 def test_abstention_frame_steps_through_every_distinct_confidence() -> None:
     """Confidences 0.9, 0.8, 0.6, 0.55; the unmapped generation (NaN pred) counts as wrong."""
     preds = {"lora": pd.DataFrame({"gold": ["yes", "no", "yes", "no"], "pred": ["yes", "no", None, "yes"],
                                    "p_yes": [0.9, 0.2, 0.6, 0.55]})}
-    frame = report.abstention_frame(preds, LABELS)
+    frame = report_abstention.abstention_frame(preds, LABELS)
     assert list(frame["threshold"]) == pytest.approx([0.55, 0.6, 0.8, 0.9])
     assert list(frame["answered"]) == [4, 3, 2, 1]
     assert list(frame["accuracy"]) == pytest.approx([0.5, 2 / 3, 1.0, 1.0])
@@ -483,30 +494,30 @@ def test_abstention_frame_steps_through_every_distinct_confidence() -> None:
 
 def test_split_scored_methods_skips_missing_p_yes_and_three_labels() -> None:
     preds = {"lora": pd.DataFrame({"p_yes": [0.7, 0.4]}), "base": pd.DataFrame({"p_yes": [float("nan")] * 2})}
-    assert report.split_scored_methods(preds, LABELS) == (["lora"], ["base"])
-    assert report.split_scored_methods(preds, ("yes", "no", "maybe")) == ([], ["lora", "base"])
+    assert report_abstention.split_scored_methods(preds, LABELS) == (["lora"], ["base"])
+    assert report_abstention.split_scored_methods(preds, ("yes", "no", "maybe")) == ([], ["lora", "base"])
 
 
 def test_choose_threshold_takes_the_lowest_p_reaching_the_target_on_enough_items() -> None:
     val = pd.DataFrame({"method": ["a", "a", "a", "b", "b"], "threshold": [0.5, 0.6, 0.7, 0.5, 0.9],
                         "answered": [20, 12, 5, 20, 3], "accuracy": [0.6, 0.75, 0.8, 0.6, 1.0]})
-    assert report.choose_threshold(val, target_accuracy=0.7, min_answered=10) == {"a": 0.6, "b": None}
-    assert report.choose_threshold(val, target_accuracy=0.7, min_answered=3) == {"a": 0.6, "b": 0.9}
+    assert report_abstention.choose_threshold(val, target_accuracy=0.7, min_answered=10) == {"a": 0.6, "b": None}
+    assert report_abstention.choose_threshold(val, target_accuracy=0.7, min_answered=3) == {"a": 0.6, "b": 0.9}
 
 
 def test_majority_class_comes_from_train_and_is_scored_on_test() -> None:
     split_stats = pd.DataFrame({"split": ["train", "val", "test"], "n": [160, 20, 20], "yes": [96, 12, 8],
                                 "no": [64, 8, 12]})
-    assert report.majority_class_accuracy(split_stats, LABELS) == ("yes", 0.4)
+    assert report_abstention.majority_class_accuracy(split_stats, LABELS) == ("yes", 0.4)
 
 
 def test_abstention_without_label_probabilities_says_so() -> None:
     preds = {"base": pd.DataFrame({"gold": ["yes"], "pred": ["yes"], "p_yes": [float("nan")]})}
-    section = report.abstention_section(preds, preds, pd.DataFrame(), LABELS)
+    section = report_abstention.abstention_section(preds, preds, pd.DataFrame(), LABELS)
     assert "No method has label probabilities" in section and "Not shown: base" in section
-    figure = report.plot_selective_accuracy(report.abstention_frame({}, LABELS), ("yes", 0.6), 20)
+    figure = report_figures.plot_selective_accuracy(report_abstention.abstention_frame({}, LABELS), ("yes", 0.6), 20)
     figure.savefig(io.BytesIO(), format="png")
-    report.plt.close(figure)
+    report_figures.plt.close(figure)
 
 
 # -----------------------------------------------------------------------------
@@ -609,6 +620,6 @@ def test_a_demo_slice_is_checked_against_the_items_it_scored_and_labelled(tmp_pa
 def test_provenance_names_each_methods_run_and_model_and_each_protocols_parent_run() -> None:
     summary = {"base": {"mlflow_run_id": "r0", "mlflow_experiment_id": "1", "mlflow_model_id": "m-0"},
                "lora": {"mlflow_run_id": "r1", "mlflow_experiment_id": "1"}}  # an older summary: no logged model
-    rows = parse_tables(report.provenance_table(summary, {"cv": "p9"}))["MLflow run id"]
+    rows = parse_tables(report_tables.provenance_table(summary, {"cv": "p9"}))["MLflow run id"]
     assert [(r["Run"], r["MLflow run id"], r["MLflow logged model id"]) for r in rows] == [
         ("base", "`r0`", "`m-0`"), ("lora", "`r1`", "—"), ("protocol cv (parent run)", "`p9`", "—")]

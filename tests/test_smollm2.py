@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.families import GGUF_MODELS, CausalBackbone, load_backbone, resolve_model
 from stages.common import PeftqaError
+from stages.families import GGUF_MODELS, CausalBackbone, load_backbone, resolve_model
 from stages.params import load_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")]
@@ -40,7 +40,8 @@ def skip_or_fail(why: str) -> None:
 
 def pubmedqa_items(n: int) -> list[dict]:
     """The first n yes/no items of the real ori_pqal.json: PUBMEDQA_JSON, or the shared copy beside the repo."""
-    path = Path(os.environ.get("PUBMEDQA_JSON", Path(__file__).resolve().parents[2] / "shared/data/pubmedqa/ori_pqal.json"))
+    path = Path(os.environ.get("PUBMEDQA_JSON",
+                               Path(__file__).resolve().parents[2] / "shared/data/pubmedqa/ori_pqal.json"))
     if not path.is_file():
         pytest.skip(f"no PubMedQA file at {path} (set PUBMEDQA_JSON)")
     records = json.loads(path.read_text(encoding="utf-8"))
@@ -60,7 +61,7 @@ def params():
     base = load_params()
     model = dataclasses.replace(base.model, name_or_path=NAME, max_length=MAX_LENGTH, chat_template="auto",
                                 label_words="auto")
-    peft = dataclasses.replace(base.peft, lora=dataclasses.replace(base.peft.lora, dropout=0.0))
+    peft = base.peft.replace(lora=dataclasses.replace(base.peft.lora, dropout=0.0))
     return dataclasses.replace(base, model=model, peft=peft)
 
 

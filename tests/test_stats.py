@@ -1,4 +1,5 @@
-"""Tests for stages.stats (paired tests) and the metrics it builds on: tiny in-memory predictions, plus one run of main."""
+"""Tests for stages.stats (paired tests) and the metrics it builds on: tiny in-memory predictions, plus one run of
+main."""
 from __future__ import annotations
 
 import json
@@ -17,9 +18,21 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from stages.common import PeftqaError
 from stages.metrics import classification_metrics
 from stages.params import StatsParams, load_params
-from stages.stats import (STATS_COLUMNS, bootstrap_p_value, compare_methods, comparison_pairs, encode_labels,
-                          holm_adjust, main, mcnemar_detectable_difference, mcnemar_exact, paired_bootstrap,
-                          preds_path, resample_metrics, resample_weights)
+from stages.stats import (
+    STATS_COLUMNS,
+    bootstrap_p_value,
+    compare_methods,
+    comparison_pairs,
+    encode_labels,
+    holm_adjust,
+    main,
+    mcnemar_detectable_difference,
+    mcnemar_exact,
+    paired_bootstrap,
+    preds_path,
+    resample_metrics,
+    resample_weights,
+)
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 METHODS = ("base", "prompt_tuning", "prefix_tuning", "lora")
@@ -326,7 +339,8 @@ def test_main_writes_csv_markdown_and_summary_that_agree(tmp_path, monkeypatch):
     for key, entry in summary.items():
         rows = table[table["method"] + "_vs_" + table["reference"] == key].set_index(["test", "metric"])
         mcnemar = rows.loc[("mcnemar_exact", "accuracy")]
-        assert [entry[key] for key in ("mcnemar_b", "mcnemar_c", "mcnemar_p")] == [mcnemar[key] for key in ("b", "c", "p_value")]
+        assert [entry[key] for key in ("mcnemar_b", "mcnemar_c", "mcnemar_p")] == \
+            [mcnemar[key] for key in ("b", "c", "p_value")]
         for name in ("accuracy", "macro_f1"):
             row = rows.loc[("paired_bootstrap", name)]
             assert [entry[f"delta_{name}{suffix}"] for suffix in ("", "_ci_low", "_ci_high", "_p")] == \

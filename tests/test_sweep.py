@@ -14,7 +14,8 @@ PARAMS = {"peft": {"lora": {"lr": 5e-4, "r": 8}, "prefix_tuning": {"lr": 1e-2, "
 
 
 def test_every_point_but_the_baseline_is_queued_with_values_yaml_reads_back():
-    grid = {"prefix_tuning": {"peft.prefix_tuning.lr": [1e-3, 1e-2], "peft.prefix_tuning.prefix_projection": [False, True]},
+    grid = {"prefix_tuning": {"peft.prefix_tuning.lr": [1e-3, 1e-2],
+                              "peft.prefix_tuning.prefix_projection": [False, True]},
             "lora": {"peft.lora.lr": [1e-4, 5e-4]}}
     commands = queue_commands(grid, PARAMS)
     assert len(commands) == 4 + 2 - 2  # the baseline point of each table is the baseline row itself

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from stages import train as train_stage
+
 from tiny_models import tiny_frame
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

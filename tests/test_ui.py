@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from stages import train as train_stage
+
 from tiny_models import make_tiny_model, tiny_frame
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

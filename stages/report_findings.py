@@ -1,0 +1,135 @@
+"""The report's findings prose: what the numbers allow us to say, and nothing more.
+
+Each method against the baseline (describe_method: 'better' or 'worse' only when the bootstrap CI of Δmacro-F1
+excludes 0, with McNemar's fixes and regressions on accuracy), every method against each reference row, a warning
+when a method has collapsed onto one label, and the smallest accuracy difference the test set can detect. The
+numbers come from the stats stage's rows (stats_row), which this module looks up and never recomputes.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from stages.common import PeftqaError
+from stages.metrics import UNMAPPED
+from stages.report_tables import comparison_name, format_p, p_clause, reference_label
+from stages.stats import mcnemar_detectable_difference
+
+STATS_PATH = Path("reports/stats/stats_eval_test.csv")  # read by stages/report.py; named when a row is missing
+COLLAPSE_SHARE = 0.95  # a method giving one label to more than this share of test items has collapsed to it
+DETECT_ALPHA = 0.05  # the smallest detectable difference: two-sided McNemar at this level...
+DETECT_POWER = 0.80  # ...with this power
+
+
+def stats_row(stats: pd.DataFrame, method: str, reference: str, test: str, metric: str) -> pd.Series:
+    """The one stats row for a comparison; its absence means the stats stage ran on another methods list."""
+    rows = stats[(stats["method"] == method) & (stats["reference"] == reference)
+                 & (stats["test"] == test) & (stats["metric"] == metric)]
+    if len(rows) != 1:
+        raise PeftqaError(f"report: {STATS_PATH} has {len(rows)} rows for {method} vs {reference} ({test}, {metric}), "
+                          "expected 1; it is stale. Run `dvc repro`.")
+    return rows.iloc[0]
+
+
+def dominant_prediction(preds: pd.DataFrame) -> tuple[str, float]:
+    """The most frequent prediction (unmapped counts as its own value) and its share of the items."""
+    shares = preds["pred"].fillna(UNMAPPED).value_counts(normalize=True)
+    return str(shares.index[0]), float(shares.iloc[0])
+
+
+def collapse_sentence(method: str, preds: pd.DataFrame) -> str:
+    """A warning when a method answers (nearly) always the same: its accuracy then only mirrors the class balance."""
+    label, share = dominant_prediction(preds)
+    if share <= COLLAPSE_SHARE:
+        return ""
+    return (f" Caution: {method} predicts '{label}' for {share:.0%} of the test items (majority-class collapse), so "
+            "its accuracy mostly reflects the class balance, not the questions.")
+
+
+def describe_method(method: str, baseline: str, metrics: dict[str, dict], stats: pd.DataFrame,
+                    confidence: float) -> str:
+    """One paragraph on `method` vs the baseline: 'better'/'worse' only when the CI of Δmacro-F1 excludes 0."""
+    boot = stats_row(stats, method, baseline, "paired_bootstrap", "macro_f1")
+    mcnemar = stats_row(stats, method, baseline, "mcnemar_exact", "accuracy")
+    ci = f"{confidence:.0%} bootstrap CI [{boot.ci_low:+.3f}, {boot.ci_high:+.3f}]"
+    text = (f"**{method}** vs **{baseline}**: test macro-F1 {metrics[method]['macro_f1']:.3f} vs "
+            f"{metrics[baseline]['macro_f1']:.3f} (Δ {boot.effect:+.3f}, {ci}). ")
+    if boot.ci_low > 0 or boot.ci_high < 0:
+        verdict = "better" if boot.ci_low > 0 else "worse"
+        text += (f"{method} is {verdict} than {baseline} on macro-F1: the CI excludes 0 (bootstrap "
+                 f"{p_clause(boot.p_value, boot.p_holm)}).")
+        if boot.p_holm >= 1 - confidence:
+            text += (f" After Holm correction across all comparisons p is {format_p(boot.p_holm)}, above "
+                     f"{1 - confidence:.2f}: treat this as suggestive.")
+    else:
+        text += (f"The difference is not distinguishable from noise at this test size (n={int(boot.n)}): "
+                 "the CI contains 0.")
+    text += (f" On accuracy (Δ {mcnemar.effect:+.3f}), {method} fixes b={int(mcnemar.b)} items {baseline} got wrong "
+             f"and regresses on c={int(mcnemar.c)} (exact McNemar "
+             f"{p_clause(mcnemar.p_value, mcnemar.p_holm)}).")
+    return text
+
+
+def describe_baseline(baseline: str, metrics: dict, preds: pd.DataFrame) -> str:
+    return (f"**{baseline}** (the baseline): test macro-F1 {metrics['macro_f1']:.3f}, accuracy "
+            f"{metrics['accuracy']:.3f}." + collapse_sentence(baseline, preds))
+
+
+def describe_against_references(method: str, references: Sequence[str], stats: pd.DataFrame,
+                                confidence: float) -> str:
+    """One sentence on `method` vs each reference row: 'beats' / 'is worse than' only when the paired bootstrap CI of
+    Δmacro-F1 excludes 0, otherwise 'is indistinguishable from'; '' without reference rows."""
+    clauses = []
+    for reference in references:
+        boot = stats_row(stats, method, reference, "paired_bootstrap", "macro_f1")
+        verdict = ("beats" if boot.ci_low > 0 else "is worse than" if boot.ci_high < 0
+                   else "is indistinguishable from")
+        caveat = (", suggestive only after Holm correction" if verdict != "is indistinguishable from"
+                  and boot.p_holm >= 1 - confidence else "")
+        clauses.append(f"{method} {verdict} {reference_label(reference)} (Δ macro-F1 {boot.effect:+.3f}, "
+                       f"{confidence:.0%} CI [{boot.ci_low:+.3f}, {boot.ci_high:+.3f}], "
+                       f"{p_clause(boot.p_value, boot.p_holm)}{caveat})")
+    if not clauses:
+        return ""
+    return " Against the reference rows: " + "; ".join(clauses) + "."
+
+
+def format_detectable(delta: float) -> str:
+    """A mcnemar_detectable_difference as printed: 'none' where no difference reaches the power (inf)."""
+    if math.isnan(delta):
+        return "not estimable (no discordant item)"
+    return "none" if math.isinf(delta) else f"{delta:.3f}"
+
+
+def detectable_difference_sentence(stats: pd.DataFrame, methods: Sequence[str], baseline: str,
+                                   references: Sequence[str], n_test: int) -> str:
+    """The smallest accuracy difference this test set can detect (mcnemar_detectable_difference), at the mean
+    discordance (b + c) / n observed over the comparisons against the baseline; with no tuned method, over the
+    baseline's comparisons against the reference rows. Each comparison's own value follows in parentheses."""
+    pairs = [(m, baseline) for m in methods if m != baseline] or [(baseline, r) for r in references]
+    if not pairs:
+        return ""
+    mcnemar = {pair: stats_row(stats, *pair, "mcnemar_exact", "accuracy") for pair in pairs}
+    rates = {pair: (row.b + row.c) / row.n for pair, row in mcnemar.items()}  # the discordance ψ of each comparison
+    deltas = {pair: mcnemar_detectable_difference(n_test, rate, DETECT_ALPHA, DETECT_POWER)
+              for pair, rate in rates.items()}
+    mean_rate = float(np.mean(list(rates.values())))
+    mean_delta = mcnemar_detectable_difference(n_test, mean_rate, DETECT_ALPHA, DETECT_POWER)
+    which = (f"the comparisons against the baseline `{baseline}`" if pairs[0][1] == baseline
+             else "the baseline's comparisons against the reference rows")
+    each = ", ".join(f"{comparison_name(m, r, baseline, references)} {rates[m, r]:.3f} → "
+                     f"{format_detectable(deltas[m, r])}" for m, r in pairs)
+    text = (f"Smallest detectable difference: with n = {n_test} test items, the smallest accuracy difference a "
+            f"two-sided McNemar test at α = {DETECT_ALPHA:.2f} detects with {DETECT_POWER:.0%} power is "
+            f"{format_detectable(mean_delta)}, at the discordance rate (b+c)/n = {mean_rate:.3f}, the mean over "
+            f"{which} (per comparison, (b+c)/n → smallest difference: {each}). It uses the normal approximation "
+            "n = [z_(α/2)√ψ + z_β√(ψ − δ²)]² / δ², solved for the accuracy difference δ at the discordance ψ. "
+            "A smaller true difference would most often go undetected, so 'indistinguishable' does not mean 'equal'.")
+    if any(math.isinf(delta) for delta in [mean_delta, *deltas.values()]):
+        text += (" 'none': even a method winning every discordant item would fall short of that power at this "
+                 "test size.")
+    return text
