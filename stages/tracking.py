@@ -28,6 +28,7 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_SOURCE_TYPE,
 )
 
+from stages import environment
 from stages.common import PeftqaError, project_root
 
 MAX_PARAM_CHARS = 6000  # MLflow 3's limit on a param value
@@ -127,7 +128,7 @@ def git_commit() -> str:
 
 def run_tags(stage: str, model: str, family: str, method: str, source: str) -> dict[str, str]:
     """A run's tags: MLflow's own source tags (the run page's Source and commit) and peftqa's (filterable in the UI).
-    `source` is the stage's module file, e.g. stages/train.py."""
+    `source` is the stage's module file, e.g. stages/train.py; env.* name the installed lock (stages/environment.py)."""
     commit = git_commit()
     return {
         MLFLOW_SOURCE_NAME: source,
@@ -138,6 +139,7 @@ def run_tags(stage: str, model: str, family: str, method: str, source: str) -> d
         "model": model,
         "family": family,
         "method": method,
+        **environment.environment_tags(),  # the lock the environment was installed from (make install)
     }
 
 

@@ -31,7 +31,7 @@ from mlflow.entities import Dataset
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from stages import common, scoring, serving, tracking
+from stages import common, environment, scoring, serving, tracking
 from stages.common import PeftqaError, read_split
 from stages.embed import features_for
 from stages.families import Backbone, Batch, load_backbone, resolve_model
@@ -337,6 +337,7 @@ def resolved_config(params: Params, method: str, backbone: Backbone, world_size:
     config.update(flatten(params.train, "train."))
     config.update(flatten(params.peft[method], f"peft.{method}."))
     config["world_size"] = world_size  # DDP: the effective batch is batch_size x grad_accum x this
+    config.update(environment.environment_tags())  # the installed lock: a result names the environment that made it
     peft_config = getattr(backbone.model, "peft_config", {}).get("default")
     if peft_config is not None:
         resolved = resolve_model(params.model.name_or_path)[0]

@@ -2,84 +2,36 @@
 the real train and evaluate stages have run on a tiny model."""
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from stages.params import _Loader  # the project's YAML loader: yes/no stay strings (they are labels)
-
+from pipeline_copy import make_repo_copy, params_dict, pipeline_environment, write_params_file
 from tiny_models import tiny_frame
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PARAMS_YAML = REPO_ROOT / "params.yaml"
-# what `dvc repro` needs from the repo (tests/ and data are not copied)
-REPO_FILES = ("dvc.yaml", "params.yaml", "stages", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
-              "pyproject.toml")
 
 
 @pytest.fixture
 def params_data():
-    """Factory: the repo's params.yaml as a fresh dict, with {"dotted.key": value} overrides applied."""
-
-    def make(overrides: dict[str, object] | None = None) -> dict:
-        data = yaml.load(PARAMS_YAML.read_text(encoding="utf-8"), Loader=_Loader)
-        for dotted, value in (overrides or {}).items():
-            *parents, leaf = dotted.split(".")
-            node = data
-            for name in parents:
-                node = node.setdefault(name, {})
-            node[leaf] = value
-        return data
-
-    return make
+    """Factory: params_dict as a fixture."""
+    return params_dict
 
 
 @pytest.fixture
-def write_params(params_data):
+def write_params():
     """Factory: write params.yaml (with overrides) into a folder and return its path."""
-
-    def write(folder: Path, overrides: dict[str, object] | None = None) -> Path:
-        path = Path(folder) / "params.yaml"
-        path.write_text(yaml.safe_dump(params_data(overrides), sort_keys=False), encoding="utf-8")
-        return path
-
-    return write
+    return write_params_file
 
 
 @pytest.fixture
 def pipeline_env() -> dict[str, str]:
-    """Environment for `dvc` / `python -m stages.*` subprocesses: this interpreter's bin first, a git identity."""
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.update(GIT_AUTHOR_NAME="peftqa tests", GIT_AUTHOR_EMAIL="tests@peftqa.invalid",
-               GIT_COMMITTER_NAME="peftqa tests", GIT_COMMITTER_EMAIL="tests@peftqa.invalid",
-               DVC_NO_ANALYTICS="1", PYTHONDONTWRITEBYTECODE="1")
-    env.pop("DVC_ROOT", None)
-    return env
+    return pipeline_environment()
 
 
 @pytest.fixture
 def repo_copy(tmp_path, pipeline_env) -> Path:
     """A fresh git repo in tmp_path/repo holding the pipeline files, with one commit (so `dvc exp` works too).
     Run dvc there with `env=pipeline_env`; PUBMEDQA_JSON passes through from the test's environment."""
-    root = tmp_path / "repo"
-    for name in REPO_FILES:
-        source, target = REPO_ROOT / name, root / name
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    git = ["git", "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"]
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "pipeline copy"]):
-        subprocess.run(git + args, cwd=root, env=pipeline_env, check=True, capture_output=True)
-    return root
+    return make_repo_copy(tmp_path / "repo", pipeline_env)
 
 
 @pytest.fixture
@@ -136,12 +88,12 @@ def trained(tmp_path, monkeypatch, write_params, tiny_model_paths):
     return make
 
 
-@pytest.hookimpl(trylast=True)  # after `-m "not slow"` has deselected what it deselects
-def pytest_collection_modifyitems(config, items):
-    """The fresh-virtualenv test installs a served model's requirements: start downloading their wheels now, in
-    the background, so the download overlaps the other tests (see tests/wheelhouse.py)."""
-    if any("fresh_virtualenv" in item.nodeid for item in items):
-        from wheelhouse import start_download
+# the longest modules first (seconds on 2 cores, `make test`): `--dist loadscope` hands whole modules to the two
+# workers in collection order, so the pipeline slice (about 400 s, one module) starts at once and the rest fills the
+# other worker around it
+LONGEST_FIRST = ("test_pipeline.py", "test_learning.py", "test_smollm2.py", "test_train.py", "test_hostile.py")
 
-        start_download()
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: file order otherwise kept

