@@ -4,7 +4,6 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
-STAMP := $(VENV)/.installed-$(TORCH)  # which lock is installed: switching TORCH reinstalls
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 # Offline default: the copy of PubMedQA beside this repo, when there is one (else fetch downloads by URL).
@@ -17,6 +16,8 @@ endif
 # of the same torch, from PyPI, for the FLAN-T5-XL and 7B profiles on a GPU). `make lock` writes both.
 TORCH ?= cpu
 LOCK := requirements/$(TORCH).txt
+# which lock is installed: switching TORCH reinstalls
+STAMP := $(VENV)/.installed-$(TORCH)
 # uv reads none of pip's configuration: give it pip's own find-links and extra indexes (on these machines, the folder
 # holding torch's CPU wheel and two local mirrors), through uv's environment variables, and let it take each pinned
 # file from whichever source has it (the hashes in the lock decide what is acceptable). Without a find-links folder,

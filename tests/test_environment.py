@@ -129,3 +129,15 @@ def test_runs_and_served_models_name_the_lock():
     assert specs[0] == "torch==2.13.0"
     assert all(spec == f"{name}=={pins[environment.normalize(name)]}" for name, spec in
                ((s.split("==")[0], s) for s in specs[1:]))
+
+
+def test_make_install_torch_cuda_syncs_the_cuda_lock_and_records_it():
+    """The GPU path, as a dry run (the CUDA build is a few GB): `make install TORCH=cuda` syncs requirements/cuda.txt
+    (with uv itself) into .venv, records the cuda variant, and leaves a stamp of its own, so switching back to cpu
+    reinstalls."""
+    dry = subprocess.run(["make", "-n", "-C", str(REPO_ROOT), "install", "TORCH=cuda"], capture_output=True,
+                         text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    sync = "pip sync --quiet --python .venv/bin/python --compile-bytecode requirements/cuda.txt requirements/tools.txt"
+    assert sync in dry.stdout
+    assert "stages.environment record cuda" in dry.stdout and "touch .venv/.installed-cuda" in dry.stdout
