@@ -88,9 +88,9 @@ def trained(tmp_path, monkeypatch, write_params, tiny_model_paths):
     return make
 
 
-# the longest modules first (seconds on 2 cores, `make test`): `--dist loadscope` hands whole modules to the two
-# workers in collection order, so the pipeline slice (about 400 s, one module) starts at once and the rest fills the
-# other worker around it
+# the longest modules first: `make test` (--dist loadscope --no-loadscope-reorder) hands whole modules to the two
+# workers in this order, so the pipeline slice (about 400 s, one module) starts at once and the rest fills the other
+# worker around it
 LONGEST_FIRST = ("test_pipeline.py", "test_learning.py", "test_smollm2.py", "test_train.py", "test_hostile.py")
 
 
