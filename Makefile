@@ -69,10 +69,10 @@ run: install  ## the main job: every stage of dvc.yaml that is out of date
 
 # two pytest-xdist workers with one torch thread each (more threads per worker oversubscribe the 2 cores). Each test
 # module goes whole to one worker (--dist loadscope), so a module's fixtures are built once: the pipeline slice of
-# tests/test_pipeline.py, SmolLM2's dequantised weights. --no-loadscope-reorder keeps conftest's order (longest
-# modules first; xdist would otherwise sort modules by their number of tests, and start the slice last). (loadgroup would be finer, but pytest 9.2 silently breaks its
-# grouping: pytest-xdist issue #1386.) UV_ENV: the fresh-virtualenv test installs a served model's requirements with
-# uv, from the cache `make install` filled.
+# tests/test_pipeline.py, SmolLM2's dequantised weights. --no-loadscope-reorder keeps conftest's order, longest modules
+# first (xdist would sort modules by their number of tests, and start the 6-test slice last). loadgroup would be
+# finer, but pytest 9.2 silently breaks its grouping (pytest-xdist issue #1386). UV_ENV: the fresh-virtualenv test
+# installs a served model's requirements with uv, from the cache `make install` filled.
 test: install  ## lint (ruff, configured in pyproject.toml), then every test, the slow end-to-end ones included
 	$(VENV)/bin/ruff check stages tests
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(UV_ENV) $(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
