@@ -52,7 +52,7 @@ $(STAMP): $(LOCK) requirements/tools.txt requirements/nodeps.txt pyproject.toml 
 	$(UV_ENV) $(UV) pip sync --quiet --python $(PY) --compile-bytecode $(LOCK) requirements/tools.txt
 	$(UV_ENV) $(UV) pip install --quiet --python $(PY) --no-deps -e .
 	$(UV_ENV) $(UV) pip install --quiet --python $(PY) --no-deps --require-hashes -r requirements/nodeps.txt
-	$(PY) -m stages.environment record $(TORCH)
+	$(PY) -m peftqa.environment record $(TORCH)
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 # after changing a dependency in pyproject.toml: `make lock`, then `make test` (which reinstalls from the new lock)
@@ -61,8 +61,8 @@ lock: install  ## re-resolve pyproject.toml into requirements/*.txt (exact versi
 	$(UV) pip compile pyproject.toml --extra test $(LOCK_FLAGS) -o requirements/cuda.txt  # PyPI's torch: the CUDA build
 	$(UV) pip compile requirements/tools.in $(LOCK_FLAGS) -o requirements/tools.txt
 	$(UV) pip compile requirements/nodeps.in --no-deps $(LOCK_FLAGS) -o requirements/nodeps.txt
-	$(PY) -m stages.environment stamp cpu
-	$(PY) -m stages.environment stamp cuda
+	$(PY) -m peftqa.environment stamp cpu
+	$(PY) -m peftqa.environment stamp cuda
 
 run: install  ## the main job: every stage of dvc.yaml that is out of date
 	dvc repro
@@ -78,21 +78,21 @@ test: install  ## lint (ruff, configured in pyproject.toml), then every test, th
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(UV_ENV) $(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 bench: install  ## print training throughput and inference speed of the params.yaml profile (not a test)
-	HF_HUB_OFFLINE=1 $(PY) -m stages.bench
+	HF_HUB_OFFLINE=1 $(PY) -m peftqa.cli.bench
 
 # FLAN-T5-XL's shape with random weights (no download): the full shape on a CUDA GPU, a small one on CPU
 bench-reference: install  ## time prompt and prefix tuning at the reference's scale (not a test); needs only torch, transformers, peft
-	HF_HUB_OFFLINE=1 $(PY) -m stages.bench_reference
+	HF_HUB_OFFLINE=1 $(PY) -m peftqa.cli.bench_reference
 
 # issue 12's sweep: every point of the committed grid as a queued DVC experiment, two workers at a time (hours on
 # 2 cores; one torch thread per worker so the two do not fight over the cores). Follow with `dvc queue status`.
 sweep: install  ## queue every point of reports/ablation/grid.yaml and start two workers in the background
-	HF_HUB_OFFLINE=1 $(PY) -m stages.sweep
+	HF_HUB_OFFLINE=1 $(PY) -m peftqa.cli.sweep
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 dvc queue start -j 2
 
 # ABLATION_REV: the commit the sweep was queued from, once HEAD has moved on (README names the one behind its tables)
 ablation: install  ## one val/test table per grid table, from `dvc exp show`, into reports/ablation/
-	$(PY) -m stages.ablation --grid reports/ablation/grid.yaml $(if $(ABLATION_REV),--rev $(ABLATION_REV))
+	$(PY) -m peftqa.cli.ablation --grid reports/ablation/grid.yaml $(if $(ABLATION_REV),--rev $(ABLATION_REV))
 
 # the UI's port: `make ui UI_PORT=5001` when 5000 is taken
 UI_PORT ?= 5000
@@ -109,4 +109,4 @@ pull: install  ## download them from the DVC remote into the workspace (then `dv
 	dvc pull
 
 clean: install  ## remove exactly the outputs dvc.yaml declares (not the venv, the MLflow store, the DVC cache)
-	$(PY) -m stages.clean
+	$(PY) -m peftqa.cli.clean

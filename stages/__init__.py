@@ -1,1 +1,1 @@
-"""peftqa: a DVC pipeline for PEFT on PubMedQA yes/no QA. One module per DVC stage, plus shared code."""
+"""The peftqa stages: one module per stage of dvc.yaml; each main reads its params, calls peftqa and writes its outputs."""

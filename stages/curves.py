@@ -19,31 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.common import PeftqaError, replace_dir_atomic, write_json_atomic
-from stages.params import load_params
+from peftqa.common import replace_dir_atomic, write_json_atomic
+from peftqa.history import METRICS, read_history
+from peftqa.params import load_params
+from peftqa.paths import CURVES_DIR
 
 log = logging.getLogger("peftqa.curves")
 
-MODELS_DIR = Path("models")
-CURVES_DIR = Path("reports/curves")
-METRICS = ("val_macro_f1", "train_loss", "val_loss")
 
 
-def read_history(method: str) -> pd.DataFrame:
-    """models/<method>/history.csv with the columns METRICS need; the one reader of it (stage report uses it too), so
-    a missing, empty or foreign history gets the same message whichever stage meets it."""
-    path = MODELS_DIR / method / "history.csv"
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise PeftqaError(f"{path} not found: train the method first (dvc repro train@{method})") from None
-    except pd.errors.EmptyDataError:
-        raise PeftqaError(f"{path}: empty file; retrain the method (dvc repro train@{method})") from None
-    missing = [column for column in ("epoch", *METRICS) if column not in frame.columns]
-    if missing:
-        raise PeftqaError(f"{path}: columns {missing} are missing (it has {list(frame.columns)}); it is not a "
-                          f"history written by stages/train.py: retrain the method (dvc repro train@{method})")
-    return frame
 
 
 def curve_rows(histories: dict[str, pd.DataFrame], metric: str) -> list[dict]:
@@ -70,6 +54,6 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from stages.common import run_cli
+    from peftqa.common import run_cli
 
     run_cli(main)

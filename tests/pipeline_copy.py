@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from stages.params import _Loader  # the project's YAML loader: yes/no stay strings (they are labels)
+from peftqa.params import _Loader  # the project's YAML loader: yes/no stay strings (they are labels)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_YAML = REPO_ROOT / "params.yaml"

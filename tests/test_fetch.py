@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from peftqa.common import PeftqaError
 from stages import fetch
-from stages.common import PeftqaError
 
 UNREACHABLE = "http://127.0.0.1:9/{}"  # the discard port: connection refused at once, no network needed
 RAW_BYTES = json.dumps(

@@ -34,12 +34,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_prepare import SOURCE, good_data, processed, record, stage_dir  # noqa: F401 (stage_dir: a fixture)
 
+from peftqa import tracking
+from peftqa.common import PeftqaError
+from peftqa.families import load_backbone
+from peftqa.params import ModelParams, PeftParams
 from stages import evaluate as evaluate_stage
-from stages import prepare, tracking
+from stages import prepare
 from stages import train as train_stage
-from stages.common import PeftqaError
-from stages.families import load_backbone
-from stages.params import ModelParams, PeftParams
 
 from tiny_models import ITEMS, tiny_frame
 
@@ -213,7 +214,7 @@ def test_debug_shows_the_traceback(tmp_path, cli, write_params, stage):
     result = cli([f"stages.{stage}", *args, "--debug"], env)
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("stages.common.PeftqaError: ")
+    assert result.stderr.strip().splitlines()[-1].startswith("peftqa.common.PeftqaError: ")
 
 
 @pytest.mark.parametrize("overrides, needles", [

@@ -33,9 +33,9 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from stages.embed import embed_frame
-from stages.families import Backbone, load_backbone
-from stages.methods import (
+from peftqa.families import Backbone, load_backbone
+from peftqa.features import embed_frame
+from peftqa.methods import (
     BaseMethodParams,
     Ia3Params,
     LoraParams,
@@ -43,9 +43,10 @@ from stages.methods import (
     PromptTuningParams,
     PTuningParams,
 )
-from stages.params import ModelParams, PeftParams, TrainParams
-from stages.probe import load_into_head, solve_probe
-from stages.train import fit, make_accelerator, set_seed, validate
+from peftqa.params import ModelParams, PeftParams, TrainParams
+from peftqa.probe import load_into_head, solve_probe
+from peftqa.training.distributed import make_accelerator
+from peftqa.training.loop import fit, set_seed, validate
 
 from tiny_models import build_word_tokenizer
 

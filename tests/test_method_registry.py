@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from peftqa import methods
+from peftqa.common import ParamsError
+from peftqa.methods import LoraParams, build_lora
+from peftqa.params import load_params
 from stages import evaluate as evaluate_stage
-from stages import methods
 from stages import train as train_stage
-from stages.methods import LoraParams, build_lora
-from stages.params import ParamsError, load_params
 
 from tiny_models import tiny_frame
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.params import Params, ParamsError, PeftParams, load_params, parse_params
+from peftqa.common import ParamsError
+from peftqa.params import Params, PeftParams, load_params, parse_params
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_]\w*):(?P<rest>.*)$")
@@ -160,8 +161,8 @@ def test_params_yaml_holds_the_val_chosen_row_of_every_committed_sweep_table():
     import pandas as pd
     import yaml
 
-    from stages.common import project_root
-    from stages.sweep import GRID_FILE, load_grid, lookup_dotted
+    from peftqa.cli.sweep import GRID_FILE, load_grid, lookup_dotted
+    from peftqa.common import project_root
 
     root = project_root()
     grid = load_grid(root / GRID_FILE)

@@ -29,8 +29,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from stages import environment, registry, serving
-from stages.report import FIGURE_CAPTIONS
+from peftqa import environment, serving
+from peftqa.cli import register as registry
+from peftqa.report.figures import FIGURE_CAPTIONS
 
 from mlflow_server import CHROMIUM, api, chromium, mlflow_server
 from pipeline_copy import REPO_ROOT, make_repo_copy, pipeline_environment, write_params_file
@@ -247,25 +248,25 @@ LOAD_AND_PREDICT = """
 import importlib.util, json, sys
 import pandas as pd
 import mlflow.pyfunc
-assert importlib.util.find_spec("stages") is None, "stages importable before the model is loaded"
+assert importlib.util.find_spec("peftqa") is None, "peftqa importable before the model is loaded"
 model = mlflow.pyfunc.load_model("models:/peftqa-lora@champion")
 out = model.predict(pd.read_json(sys.argv[1], orient="records"))
-import stages
+import peftqa
 print(json.dumps({"label": list(out["label"]), "p_yes": [float(p) for p in out["p_yes"]],
-                  "stages": stages.__file__, "prefix": sys.prefix}))
+                  "peftqa": peftqa.__file__, "prefix": sys.prefix}))
 """
 
 
 def test_the_champion_loads_and_predicts_in_a_fresh_virtualenv_from_its_own_requirements(pipeline, monkeypatch):
     """The slice's LoRA (the embedded MiniLM), registered; then, in a venv outside the repository with only the
     model's requirements.txt installed, models:/peftqa-lora@champion predicts what the repository's own code predicts
-    from the same adapter, with `stages` imported from the model's code folder. uv installs the requirements from
+    from the same adapter, with `peftqa` imported from the model's code folder. uv installs the requirements from
     the cache `make install` filled, constrained to the lock (so nothing newer is fetched)."""
     import mlflow.pyfunc
 
-    from stages.families import load_backbone
-    from stages.params import load_params
-    from stages.predict import predict_frame
+    from peftqa.evaluation import predict_frame
+    from peftqa.families import load_backbone
+    from peftqa.params import load_params
 
     root = pipeline.root
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -319,9 +320,9 @@ def test_the_champion_loads_and_predicts_in_a_fresh_virtualenv_from_its_own_requ
     got = json.loads(result.stdout.strip().splitlines()[-1])
 
     assert got["prefix"] == str(venv)
-    stages_file = Path(got["stages"])
-    assert stages_file.parent.name == "stages" and stages_file.parent.parent.name == "code"  # the model's code folder
-    assert REPO_ROOT not in stages_file.parents and venv not in stages_file.parents
+    package_file = Path(got["peftqa"])
+    assert package_file.parent.name == "peftqa" and package_file.parent.parent.name == "code"  # the model's code folder
+    assert REPO_ROOT not in package_file.parents and venv not in package_file.parents
     assert got["label"] == list(expected["pred"])
     assert got["p_yes"] == pytest.approx(list(expected["p_yes"]), abs=1e-5)
 

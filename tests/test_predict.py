@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import predict
-from stages.common import PeftqaError
+from peftqa.cli import predict
+from peftqa.common import PeftqaError
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -107,14 +107,14 @@ def test_a_bad_input_line_is_an_error_naming_its_line_and_field(bad_line, messag
 
 
 def test_the_console_script_reports_a_bad_line_in_one_line_and_exits_1(tmp_path, write_params):
-    """`python -m stages.predict predict` (what the `peftqa` script runs): no traceback, exit status 1. The input
+    """`python -m peftqa.cli.predict predict` (what the `peftqa` script runs): no traceback, exit status 1. The input
     is checked before any model is loaded, so this needs no trained adapter, only the folder."""
     (tmp_path / "models/lora/adapter").mkdir(parents=True)
     params = write_params(tmp_path)
     items = tmp_path / "items.jsonl"
     items.write_text(GOOD + "\n" + GOOD + "\n" + '{"question": "Q?"}\n')
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run([sys.executable, "-m", "stages.predict", "predict", "--method", "lora", "--input",
+    result = subprocess.run([sys.executable, "-m", "peftqa.cli.predict", "predict", "--method", "lora", "--input",
                              str(items), "--models-dir", str(tmp_path / "models"), "--params", str(params)],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 1 and result.stdout == ""

@@ -14,10 +14,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from stages import prepare
-from stages.common import PeftqaError
-from stages.params import PrepareParams
-from stages.prepare import (
+from peftqa.common import PeftqaError
+from peftqa.dataset import (
     Item,
     check_stratifiable,
     clean_items,
@@ -28,6 +26,8 @@ from stages.prepare import (
     validate_ground_truth,
     validate_records,
 )
+from peftqa.params import PrepareParams
+from stages import prepare
 
 SOURCE = "data/raw/ori_pqal.json"
 YES_NO = ("yes", "no")

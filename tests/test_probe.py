@@ -20,11 +20,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from transformers import AutoModel, AutoTokenizer
 
+from peftqa.params import _Loader
+from peftqa.probe import head_terms, solve_probe
 from stages import embed as embed_stage
 from stages import evaluate as evaluate_stage
 from stages import train as train_stage
-from stages.params import _Loader
-from stages.probe import head_terms, solve_probe
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -142,8 +142,8 @@ def test_embed_caches_features_that_the_probe_reuses(probe_dir, tiny_model_paths
 def test_a_tuned_encoder_method_starts_its_head_from_the_probe(probe_dir):
     train_stage.main(["base"])
     probe_head = load_file(str(probe_dir / "models/base/adapter/head.safetensors"))
-    from stages.families import load_backbone
-    from stages.params import load_params
+    from peftqa.families import load_backbone
+    from peftqa.params import load_params
 
     params = load_params()
     backbone = load_backbone(params.model, "lora", params.peft, params.prepare.labels, seed=0, device="cpu")
@@ -158,8 +158,8 @@ def test_a_tuned_encoder_method_starts_its_head_from_the_probe(probe_dir):
 def test_features_embedded_on_the_fly_are_the_frozen_encoders(probe_dir, method):
     """Without a cache (another model, another split), a tuned backbone's probe features come from the encoder alone,
     its adapter switched off: the same numbers stage embed caches."""
-    from stages.families import load_backbone
-    from stages.params import load_params
+    from peftqa.families import load_backbone
+    from peftqa.params import load_params
 
     params = load_params()
     val = pd.read_csv("data/processed/val.csv", dtype={"pmid": str})

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from test_train import mlflow_client
 
+from peftqa.common import PeftqaError
+from peftqa.params import load_params
 from stages import prepare, protocols
-from stages.common import PeftqaError
-from stages.params import load_params
 
 from tiny_models import tiny_frame
 

@@ -9,12 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import references
-from stages.common import PeftqaError
-from stages.metrics import classification_metrics
-from stages.params import ParamsError, ReferencesParams, parse_params
-from stages.references import (
-    PRED_COLUMNS,
+from peftqa.common import ParamsError, PeftqaError
+from peftqa.metrics import classification_metrics
+from peftqa.params import ReferencesParams, parse_params
+from peftqa.references import (
     TfidfSetting,
     check_split,
     choose_tfidf_setting,
@@ -25,6 +23,8 @@ from stages.references import (
     predict_tfidf_lr,
     tfidf_grid,
 )
+from stages import references
+from stages.references import PRED_COLUMNS
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 LABELS = ("yes", "no")

@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 WRITER = """
 import sys
 import pandas as pd
-from stages.common import write_csv_atomic
+from peftqa.common import write_csv_atomic
 frame = pd.DataFrame({"pmid": range(3_000_000), "text": ["x" * 20] * 3_000_000})
 write_csv_atomic(sys.argv[1], frame)
 """

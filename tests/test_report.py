@@ -1,6 +1,6 @@
 """Stage report on a tiny, consistent set of upstream files: figures exist, tables equal their sources, prose is honest.
 
-The inputs are written in the formats the upstream stages write, with metrics computed by stages.metrics so they
+The inputs are written in the formats the upstream stages write, with metrics computed by peftqa.metrics so they
 agree with the preds; the stats CSV is written by hand (the stats stage is not imported).
 """
 from __future__ import annotations
@@ -17,10 +17,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stages import protocols, report, report_abstention, report_figures, report_findings, report_tables
-from stages.common import PeftqaError
-from stages.metrics import abstention_curve, classification_metrics, confusion_frame, latency_summary
-from stages.stats import mcnemar_detectable_difference
+from peftqa.common import PeftqaError
+from peftqa.metrics import abstention_curve, classification_metrics, confusion_frame, latency_summary
+from peftqa.report import abstention as report_abstention
+from peftqa.report import figures as report_figures
+from peftqa.report import findings as report_findings
+from peftqa.report import tables as report_tables
+from peftqa.stats import mcnemar_detectable_difference
+from stages import protocols, report
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ("yes", "no")

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.common import PeftqaError
-from stages.families import GGUF_MODELS, CausalBackbone, load_backbone, resolve_model
-from stages.params import load_params
+from peftqa.common import PeftqaError
+from peftqa.families import GGUF_MODELS, CausalBackbone, load_backbone, resolve_model
+from peftqa.params import load_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")]
 

@@ -15,24 +15,23 @@ from hypothesis import strategies as st
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-from stages.common import PeftqaError
-from stages.metrics import classification_metrics
-from stages.params import StatsParams, load_params
-from stages.stats import (
+from peftqa.common import PeftqaError
+from peftqa.metrics import classification_metrics
+from peftqa.params import StatsParams, load_params
+from peftqa.stats import (
     STATS_COLUMNS,
     bootstrap_p_value,
     compare_methods,
     comparison_pairs,
     encode_labels,
     holm_adjust,
-    main,
     mcnemar_detectable_difference,
     mcnemar_exact,
     paired_bootstrap,
-    preds_path,
     resample_metrics,
     resample_weights,
 )
+from stages.stats import main, preds_path
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 METHODS = ("base", "prompt_tuning", "prefix_tuning", "lora")

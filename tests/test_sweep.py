@@ -1,4 +1,4 @@
-"""Tests for stages.sweep: the committed grid expands to one queued experiment per point, the baseline point is not
+"""Tests for peftqa.cli.sweep: the committed grid expands to one queued experiment per point, the baseline point is not
 queued, names are valid git refs that `dvc exp run -S` values parse back to the grid's values."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 import pytest
 import yaml
 
-from stages.common import PeftqaError, project_root
-from stages.sweep import GRID_FILE, load_grid, queue_commands
+from peftqa.cli.sweep import GRID_FILE, load_grid, queue_commands
+from peftqa.common import PeftqaError, project_root
 
 PARAMS = {"peft": {"lora": {"lr": 5e-4, "r": 8}, "prefix_tuning": {"lr": 1e-2, "prefix_projection": False}}}
 

@@ -6,13 +6,16 @@ copy that is thrown away. MLFLOW_TRACKING_URI overrides the store (and is redact
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import subprocess
 import tempfile
+import time
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -28,8 +31,9 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_SOURCE_TYPE,
 )
 
-from stages import environment
-from stages.common import PeftqaError, project_root
+from peftqa import environment, tracking
+from peftqa.common import PeftqaError, project_root
+from peftqa.probe import Probe
 
 MAX_PARAM_CHARS = 6000  # MLflow 3's limit on a param value
 WRITE_PROBE_TAG = "peftqa.write_probe"  # the experiment tag connect() writes: a store that takes no write fails there
@@ -128,7 +132,7 @@ def git_commit() -> str:
 
 def run_tags(stage: str, model: str, family: str, method: str, source: str) -> dict[str, str]:
     """A run's tags: MLflow's own source tags (the run page's Source and commit) and peftqa's (filterable in the UI).
-    `source` is the stage's module file, e.g. stages/train.py; env.* name the installed lock (stages/environment.py)."""
+    `source` is the stage's module file, e.g. stages/train.py; env.* name the installed lock (peftqa/environment.py)."""
     commit = git_commit()
     return {
         MLFLOW_SOURCE_NAME: source,
@@ -186,3 +190,49 @@ def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
 
 def log_folder(client: MlflowClient, run_id: str, folder: Path, artifact_path: str) -> None:
     client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+
+
+def log_metrics_row(client, run_id: str, row: dict) -> None:
+    """One history row into MLflow, at step=epoch, so MLflow and history.csv hold the same numbers."""
+    tracking.log_metrics(client, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"],
+                         timestamp_ms=int(time.time() * 1000))
+
+
+@contextlib.contextmanager
+def mlflow_run(client, experiment_id: str, resume: dict | None, *, run_name: str, tags: dict[str, str],
+               config: dict, datasets: dict[str, Dataset]) -> Iterator[str]:
+    """The training's MLflow run, its whole life. A new run gets the config as params and the splits as datasets;
+    resuming, the checkpoint's run is reopened and its epochs that never reached MLflow are logged. The run ends
+    FINISHED when the block completes and FAILED when it raises; a killed process leaves it RUNNING, to resume."""
+    if resume is None:
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        tracking.log_params(client, run_id, config)
+        tracking.log_datasets(client, run_id, datasets)
+    else:
+        run_id = resume["run_id"]
+        client.update_run(run_id, status="RUNNING")
+        logged = {m.step for m in client.get_metric_history(run_id, "val_macro_f1")}
+        for row in resume["history"]:  # epochs checkpointed but killed before they reached MLflow
+            if row["epoch"] not in logged:
+                log_metrics_row(client, run_id, row)
+    try:
+        yield run_id
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+
+
+def log_outputs(client, run_id: str, out_dir: Path, summary: dict, probe: Probe | None, dataset: Dataset) -> None:
+    """The best epoch's figures (linked to the logged model and the val split), the probe's grid, the files."""
+    tracking.log_metrics(client, run_id, {key: summary[key] for key in (
+        "best_epoch", "best_val_macro_f1", "trainable_params", "adapter_bytes", "train_seconds")},
+        step=summary["best_epoch"], timestamp_ms=int(time.time() * 1000), model_id=summary["mlflow_model_id"],
+        dataset=dataset)
+    if probe is not None:  # val macro-F1 per C tried, in grid order (step = position in peft.base.c_grid, sorted)
+        for step, row in enumerate(probe.grid):
+            tracking.log_metrics(client, run_id, {"probe_c": row["c"], "probe_val_macro_f1": row["val_macro_f1"]},
+                                 step=step, timestamp_ms=int(time.time() * 1000))
+    tracking.log_folder(client, run_id, out_dir / "adapter", "adapter")
+    for name in ("history.csv", "train_summary.json", "resolved_config.json"):
+        client.log_artifact(run_id, str(out_dir / name))

@@ -37,9 +37,9 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.utils import logging as hf_logging
 
-from stages import methods
-from stages.common import PeftqaError, atomic_path, log, write_json_atomic
-from stages.params import ModelParams, PeftParams
+from peftqa import methods
+from peftqa.common import PeftqaError, atomic_path, log, write_json_atomic
+from peftqa.params import ModelParams, PeftParams
 
 METADATA_FILE = "peftqa.json"  # {method, family, model, labels}: what an adapter folder was trained for
 HEAD_FILE = "head.safetensors"  # the encoder's classification head

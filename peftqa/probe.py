@@ -4,12 +4,10 @@ train@base (encoder family) fits it on the features of stage embed, choosing C o
 the encoder's head (a torch Linear), so evaluate, predict and the registry score it through the one code path. Every
 tuned encoder method starts its head from the same solution (linear probing, then fine-tuning).
 
-    python -m stages.probe --compare-truncation   # val macro-F1 of the probe under each model.truncation (README)
+    python -m peftqa.probe --compare-truncation   # val macro-F1 of the probe under each model.truncation (README)
 """
 from __future__ import annotations
 
-import argparse
-import itertools
 import logging
 from dataclasses import dataclass
 
@@ -90,56 +88,3 @@ def load_into_head(head: torch.nn.Linear, probe: Probe) -> None:
 
 # -----------------------------------------------------------------------------
 # the truncation comparison behind model.truncation's default (README, "Choosing the defaults")
-
-
-def compare_truncation(modes: tuple[str, ...] = ("start", "end", "both"),
-                       max_lengths: tuple[int, ...] = ()) -> list[dict[str, object]]:
-    """Embed train and val under each model.truncation (and max_length; default: params') and solve the probe:
-    val macro-F1 per setting. Test is not read."""
-    import dataclasses
-
-    import pandas as pd
-
-    from stages.embed import BATCH_SIZE, DATA_DIR, embed_frame
-    from stages.families import load_backbone
-    from stages.params import PeftParams, load_params
-
-    params = load_params()
-    labels = params.prepare.labels
-    frames = {split: pd.read_csv(DATA_DIR / f"{split}.csv", dtype={"pmid": str}) for split in ("train", "val")}
-    class_weight = "balanced" if params.train.class_weighting == "balanced" else None
-    rows = []
-    for mode, max_length in itertools.product(modes, max_lengths or (params.model.max_length,)):
-        model_params = dataclasses.replace(params.model, truncation=mode, max_length=max_length)
-        backbone = load_backbone(model_params, "base", PeftParams(), labels, seed=params.train.seed,
-                                 device=params.train.device)
-        x = {split: embed_frame(backbone, frame, BATCH_SIZE, desc=f"{mode} {max_length} {split}")
-             for split, frame in frames.items()}
-        probe = solve_probe(x["train"], frames["train"]["label"].to_numpy(),
-                            x["val"], frames["val"]["label"].to_numpy(),
-                            labels, params.peft.base.c_grid, class_weight)
-        best = max(probe.grid, key=lambda row: row["val_macro_f1"])
-        rows.append({"truncation": mode, "max_length": max_length, "c": probe.c,
-                     "val_macro_f1": round(best["val_macro_f1"], 4), "val_loss": round(best["val_loss"], 4)})
-        log.info("truncation %s, max_length %d: val macro-F1 %.4f (C=%g)", mode, max_length, best["val_macro_f1"],
-                 probe.c)
-    return rows
-
-
-def main(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.probe", description=__doc__.splitlines()[0])
-    parser.add_argument("--compare-truncation", action="store_true", help="val macro-F1 of the probe per truncation")
-    parser.add_argument("--modes", nargs="+", default=["start", "end", "both"], choices=["start", "end", "both"])
-    parser.add_argument("--max-lengths", nargs="+", type=int, default=[], help="default: model.max_length")
-    opts = parser.parse_args(args)
-    if not opts.compare_truncation:
-        parser.error("nothing to do: pass --compare-truncation (train@base fits the probe in the pipeline)")
-    import pandas as pd
-
-    print(pd.DataFrame(compare_truncation(tuple(opts.modes), tuple(opts.max_lengths))).to_markdown(index=False))
-
-
-if __name__ == "__main__":
-    from stages.common import run_cli
-
-    run_cli(main)

@@ -12,8 +12,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from stages.metrics import abstention_curve, top_label_probability
-from stages.report_tables import markdown_table
+from peftqa.metrics import abstention_curve, top_label_probability
+from peftqa.report.tables import markdown_table
 
 ABSTAIN_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9)  # --abstain-below P values tabulated; 0.5 answers all
 ABSTAIN_TARGET_ACCURACY = 0.7  # the report's worked example of choosing P on val: the lowest P reaching this...

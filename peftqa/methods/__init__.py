@@ -15,13 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
-from stages.common import ParamsError, PeftqaError, require
+from peftqa.common import ParamsError, PeftqaError, require
 
 if TYPE_CHECKING:
     import torch
     from peft import PeftConfig
 
-    from stages.families import Backbone
+    from peftqa.families import Backbone
 
 ResolvedModel = tuple[str, dict[str, str]]  # what from_pretrained gets, and its extra kwargs (gguf_file=)
 Builder = Callable[[Any, "type[Backbone]", ResolvedModel], "PeftConfig | None"]  # (knobs, family, model) -> config

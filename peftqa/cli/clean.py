@@ -5,7 +5,7 @@ own index, so the list cannot drift from dvc.yaml. Not removed: dvc.lock, the DV
 brings cached outputs back), .gitignore files, the venv, the MLflow store (mlflow.db, mlruns/), committed files that
 no stage writes (reports/ablation/, reports/seeds3/, ...), and models/<method>/checkpoint.pt (not an output).
 
-    python -m stages.clean [--dry-run]    (--dry-run: print what would be removed)
+    python -m peftqa.cli.clean [--dry-run]    (--dry-run: print what would be removed)
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from stages.common import PeftqaError
+from peftqa.common import PeftqaError
 
 
 def declared_outputs(root: str | Path = ".") -> list[Path]:
@@ -44,7 +44,7 @@ def main(args: list[str]) -> None:
     dry_run = "--dry-run" in args
     unknown = [a for a in args if a != "--dry-run"]
     if unknown:
-        raise PeftqaError(f"clean: unknown arguments {unknown}; usage: python -m stages.clean [--dry-run]")
+        raise PeftqaError(f"clean: unknown arguments {unknown}; usage: python -m peftqa.cli.clean [--dry-run]")
     root = Path.cwd()
     for path in declared_outputs(root):
         shown = os.path.relpath(path, root)
@@ -55,6 +55,6 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from stages.common import run_cli
+    from peftqa.common import run_cli
 
     run_cli(main)

@@ -5,7 +5,7 @@ Prints a markdown table of examples per second and per-example latency for:
   - inference, batched label scoring (the evaluate stage's default) against one-at-a-time scoring;
   - seq2seq/causal only: the reference's per-example greedy generate loop (max_new_tokens=2), as a ratio
     measured in the same run on the same items.
-Usage: python -m stages.bench [--items N] [--train-batches K]   (reads data/processed/test.csv and train.csv)
+Usage: python -m peftqa.cli.bench [--items N] [--train-batches K]   (reads data/processed/test.csv and train.csv)
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages import methods
-from stages.common import PeftqaError
-from stages.families import Backbone, load_backbone
-from stages.params import Params, load_params
-from stages.scoring import autocast, iterate_batches, score_frame, use_bf16
-from stages.train import set_seed
+from peftqa import methods
+from peftqa.common import PeftqaError
+from peftqa.families import Backbone, load_backbone
+from peftqa.params import Params, load_params
+from peftqa.scoring import autocast, iterate_batches, score_frame, use_bf16
+from peftqa.training.loop import set_seed
 
 DATA_DIR = Path("data/processed")
 
@@ -84,7 +84,7 @@ def bench_inference(params: Params, frame: pd.DataFrame) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m peftqa.cli.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=64, help="test items scored (default 64)")
     parser.add_argument("--train-batches", type=int, default=3, help="timed optimizer steps per method (default 3)")
     args = parser.parse_args(argv)
@@ -118,6 +118,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from stages.common import run_cli
+    from peftqa.common import run_cli
 
     run_cli(main)

@@ -16,9 +16,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from stages.common import atomic_path  # noqa: E402
-from stages.methods import METHODS  # noqa: E402
-from stages.metrics import UNMAPPED  # noqa: E402
+from peftqa.common import atomic_path  # noqa: E402
+from peftqa.methods import METHODS  # noqa: E402
+from peftqa.metrics import UNMAPPED  # noqa: E402
 
 DPI = 120  # sharp in a browser, small in git
 

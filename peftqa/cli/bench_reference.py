@@ -8,7 +8,7 @@ On CPU it runs a scaled-down shape (`--shape small`) and says so.
 
 It imports only torch, transformers, peft and the standard library (no MLflow, no DVC, no other stage), so it
 runs on any machine that has those three.
-Usage: python -m stages.bench_reference [--device auto|cpu|cuda] [--shape auto|full|small] [--steps N]
+Usage: python -m peftqa.cli.bench_reference [--device auto|cpu|cuda] [--shape auto|full|small] [--steps N]
                                         [--warmup N] [--peak-tflops X] [--json PATH]
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ SHAPES = {
     "small": Shape("small", d_model=256, d_ff=512, num_layers=2, num_heads=4, d_kv=64, batch_size=2, input_tokens=128),
 }
 
-# Own builders rather than stages/methods.py: that registry reads typed params (and with them the pipeline's
+# Own builders rather than peftqa/methods/__init__.py: that registry reads typed params (and with them the pipeline's
 # imports); this bench must run where only torch, transformers and peft are installed.
 METHODS: dict[str, Callable[[], PeftConfig]] = {
     "prompt_tuning": lambda: PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=NUM_VIRTUAL_TOKENS),
@@ -270,7 +270,7 @@ def choose_device(requested: str) -> torch.device:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m stages.bench_reference", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m peftqa.cli.bench_reference", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--shape", choices=("auto", *SHAPES), default="auto",
                         help="auto: full on CUDA, small on CPU (default auto)")
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_table(rows))
     result = {"environment": environment, "shape": asdict(shape), "bf16_autocast": bf16, "weights": "fp32",
               "warmup_steps": args.warmup, "peak_flops": peak_flops,
-              "command": " ".join(["python -m stages.bench_reference", *(sys.argv[1:] if argv is None else argv)]),
+              "command": " ".join(["python -m peftqa.cli.bench_reference", *(sys.argv[1:] if argv is None else argv)]),
               "methods": rows}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from stages.params import Params
-from stages.report_tables import markdown_table, mean_std, provenance_table, significance_table
+from peftqa.params import Params
+from peftqa.report.tables import markdown_table, mean_std, provenance_table, significance_table
 
 if TYPE_CHECKING:
-    from stages.report import ProtocolResults
+    from peftqa.report.inputs import ProtocolResults
 
 REFERENCE_DESCRIPTIONS = {
     "majority": "always answers the train split's most frequent label",

@@ -7,7 +7,7 @@ Outputs: JSON lines {"pmid"?, "label", "p_yes", "latency_s"} on stdout, one per 
          label is "abstain" when --abstain-below P is given and the top label's probability is below P.
 Usage:   peftqa predict --method lora [--models-dir models] [--input items.jsonl] [--abstain-below 0.7]
                         [--params params.yaml] [--batch-size 32]
-         python -m stages.predict predict ...    (the same, without installing the console script)
+         python -m peftqa.cli.predict predict ...    (the same, without installing the console script)
 """
 from __future__ import annotations
 
@@ -16,19 +16,16 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Iterable, Sequence, TextIO
+from typing import Iterable, TextIO
 
-import numpy as np
 import pandas as pd
 
-from stages.common import PeftqaError, run_cli
-from stages.evaluate import predict_batched, predictions_frame
-from stages.families import Backbone, load_backbone
-from stages.metrics import top_label_probability
-from stages.params import METHODS, load_params
-from stages.scoring import use_bf16
+from peftqa.common import PeftqaError, run_cli
+from peftqa.evaluation import predict_frame
+from peftqa.families import load_backbone
+from peftqa.params import METHODS, load_params
+from peftqa.scoring import use_bf16
 
-ABSTAIN = "abstain"  # the label written when the model is not confident enough (--abstain-below)
 INPUT_FIELDS = ("question", "context")  # required in every input line; "pmid" is optional
 
 # -----------------------------------------------------------------------------
@@ -67,11 +64,6 @@ def parse_items(lines: Iterable[str], source: str = "<stdin>") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["pmid", "question", "context"])
 
 
-def apply_abstention(preds: Sequence[str | None], log_probs: np.ndarray, abstain_below: float) -> list[str | None]:
-    """Replace a prediction by ABSTAIN where its top label probability, max over exp(log_probs) (N, n_labels),
-    is below `abstain_below`."""
-    p_max = top_label_probability(np.exp(log_probs))
-    return [ABSTAIN if p < abstain_below else pred for pred, p in zip(preds, p_max, strict=True)]
 
 
 def output_records(predictions: pd.DataFrame) -> list[dict[str, object]]:
@@ -110,29 +102,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # scoring: evaluate's own functions, batch by batch, so predict and evaluate cannot drift apart
 
 
-def predict_frame(backbone: Backbone, items: pd.DataFrame, batch_size: int, scoring: str, bf16: bool,
-                  abstain_below: float | None = None) -> pd.DataFrame:
-    """(pmid, pred, p_yes, latency_s) per item. latency_s is the item's share of its batch's wall time
-    (tokenisation included); with batch_size 1 it is the per-request latency."""
-    # evaluate's scoring passes gold labels to encode (for the loss it skips here): any valid label will do
-    frame = items.assign(label=backbone.labels[0])
-    preds, log_probs, latencies = [], [], []
-    for start in range(0, len(frame), batch_size):
-        chunk = frame.iloc[start : start + batch_size]
-        chunk_preds, chunk_log_probs, seconds = predict_batched(backbone, chunk, batch_size, scoring, bf16)
-        preds.extend(chunk_preds)
-        if chunk_log_probs is not None:
-            log_probs.append(chunk_log_probs)
-        latencies.extend([seconds / len(chunk)] * len(chunk))
-    log_probs = np.concatenate(log_probs) if log_probs else None
-    if abstain_below is not None:
-        if log_probs is None and len(frame):
-            raise PeftqaError("--abstain-below needs label probabilities, but model.scoring is 'generate'; "
-                              "use model.scoring: verbalizer")
-        preds = apply_abstention(preds, log_probs, abstain_below) if len(frame) else preds
-    out = predictions_frame(frame, preds, log_probs, backbone.labels, latencies)
-    out["pmid"] = items["pmid"].values  # keep None where the input gave no pmid
-    return out[["pmid", "pred", "p_yes", "latency_s"]]
 
 
 def write_json_lines(records: list[dict[str, object]], stream: TextIO) -> None:

@@ -1,7 +1,7 @@
 """The report's figures: performance, latency, parameter footprint, training curves, efficiency, abstention, seeds.
 
 One helper per kind of drawing (grouped bars, per-epoch lines, labelled points), shared by the figures that use it;
-methods keep their colours (stages.figures.method_color) and reference rows are grey. build_figures maps each file
+methods keep their colours (peftqa.figures.method_color) and reference rows are grey. build_figures maps each file
 name under reports/figures/ to its figure; FIGURE_CAPTIONS gives the fixed ones their captions in the report.
 """
 from __future__ import annotations
@@ -21,12 +21,12 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from stages.figures import method_color, plot_confusion  # noqa: E402
-from stages.report_abstention import abstention_frame, majority_class_accuracy, split_scored_methods  # noqa: E402
-from stages.report_tables import format_count, reference_label  # noqa: E402
+from peftqa.figures import method_color, plot_confusion  # noqa: E402
+from peftqa.report.abstention import abstention_frame, majority_class_accuracy, split_scored_methods  # noqa: E402
+from peftqa.report.tables import format_count, reference_label  # noqa: E402
 
 if TYPE_CHECKING:
-    from stages.report import ReportInputs
+    from peftqa.report.inputs import ReportInputs
 
 SERIES_STYLES = ({"alpha": 1.0}, {"alpha": 0.5, "hatch": "//"}, {"alpha": 0.3, "hatch": ".."})  # bars of one method
 REFERENCE_COLORS = {"majority": "0.8", "tfidf_lr": "0.55"}  # greys: reference rows are not methods (method_color)

@@ -2,8 +2,8 @@
 
 `make lock` resolves pyproject.toml's dependencies into requirements/<variant>.txt with uv (`uv pip compile`, exact
 versions and hashes), then stamps the lock with the digest of the dependency declaration it was made from
-(`python -m stages.environment stamp`). `make install` installs a lock into .venv and records which one
-(`python -m stages.environment record`, .venv/peftqa-lock.json). Training runs name that lock (`env.*` tags and
+(`python -m peftqa.environment stamp`). `make install` installs a lock into .venv and records which one
+(`python -m peftqa.environment record`, .venv/peftqa-lock.json). Training runs name that lock (`env.*` tags and
 resolved_config.json keys), and a served model's requirements.txt pins its versions.
 
 Variants: cpu (torch 2.13.0's CPU wheel, these machines) and cuda (the CUDA build of the same torch, from PyPI).
@@ -20,7 +20,7 @@ from functools import cache
 from importlib.metadata import distributions
 from pathlib import Path
 
-from stages.common import PeftqaError, sha256_file, write_json_atomic
+from peftqa.common import PeftqaError, sha256_file, write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCK_DIR = REPO_ROOT / "requirements"
@@ -133,7 +133,7 @@ def locked_version(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stages.environment", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m peftqa.environment", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name, what in (("stamp", "write pyproject.toml's dependency digest into a lock (make lock)"),
                        ("record", "record in the venv which lock was installed (make install)"),

@@ -12,9 +12,9 @@ Not a dvc.yaml stage: its input is the experiments themselves.
 Inputs:  `dvc exp show --json`, run in the repo root (or --json-file PATH, a saved dump of it).
 Outputs: reports/ablation/<name>.csv, reports/ablation/<name>.md (also printed), reports/ablation/<name>.png; <name>
          is the param (one --param), the params joined by '+' (several), or the table name (--grid).
-Usage:   python -m stages.ablation --param peft.lora.r [--param ...] [--method lora] [--metric macro_f1]
+Usage:   python -m peftqa.cli.ablation --param peft.lora.r [--param ...] [--method lora] [--metric macro_f1]
                                    [--select-on val] [--out reports/ablation] [--json-file PATH] [--rev REV] [--debug]
-         python -m stages.ablation --grid reports/ablation/grid.yaml [...]   # one table per table of the grid
+         python -m peftqa.cli.ablation --grid reports/ablation/grid.yaml [...]   # one table per table of the grid
 """
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from stages.common import PeftqaError, log, project_root, run_cli, write_csv_atomic, write_text_atomic  # noqa: E402
-from stages.figures import method_color, save_figure  # noqa: E402
-from stages.params import METHODS  # noqa: E402
-from stages.sweep import flatten_params, load_grid  # noqa: E402
+from peftqa.cli.sweep import flatten_params, load_grid  # noqa: E402
+from peftqa.common import PeftqaError, log, project_root, run_cli, write_csv_atomic, write_text_atomic  # noqa: E402
+from peftqa.figures import method_color, save_figure  # noqa: E402
+from peftqa.params import METHODS  # noqa: E402
 
 ABLATION_DIR = Path("reports/ablation")
 PARAMS_FILE = "params.yaml"  # the params file whose keys are written without a "<file>:" prefix
@@ -376,7 +376,7 @@ def read_exp_show(json_file: Path | None, root: Path, rev: str | None = None) ->
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m stages.ablation", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m peftqa.cli.ablation", description=__doc__.splitlines()[0])
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--param", action="append", help="a swept params.yaml key, dotted (e.g. peft.lora.r); "
                                                        "repeat it for a grid of several")

@@ -1,0 +1,133 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from mlflow.entities import Dataset
+from mlflow.tracking import MlflowClient
+from tqdm import tqdm
+
+from peftqa import tracking
+from peftqa.common import PeftqaError
+from peftqa.families import Backbone
+from peftqa.metrics import classification_metrics, latency_summary, top_label_probability
+from peftqa.scoring import autocast, iterate_batches, labels_from_log_probs, score_frame
+
+METRIC_PREFIX = "eval_"  # MLflow keys of the evaluated metrics: eval_val_macro_f1, eval_test_accuracy, ...
+
+
+@torch.no_grad()
+def predict_batched(backbone: Backbone, frame: pd.DataFrame, batch_size: int, scoring: str, bf16: bool
+                    ) -> tuple[list[str | None], np.ndarray | None, float]:
+    """Predicted labels, label log-probs (verbalizer only) and the batched run's wall time in seconds."""
+    start = time.perf_counter()
+    if scoring == "generate" and backbone.generates:
+        preds: list[str | None] = []
+        for questions, contexts, _ in iterate_batches(frame, batch_size):
+            with autocast(backbone.device, bf16):
+                preds.extend(backbone.generate(backbone.encode(questions, contexts)))
+        return preds, None, time.perf_counter() - start
+    _, log_probs = score_frame(backbone, frame, batch_size, with_loss=False, bf16=bf16)
+    return labels_from_log_probs(log_probs, backbone.labels), log_probs, time.perf_counter() - start
+
+
+@torch.no_grad()
+def time_per_example(backbone: Backbone, frame: pd.DataFrame, scoring: str, bf16: bool) -> list[float]:
+    """Seconds per item, scored one at a time (tokenisation included): what a single request would wait."""
+    latencies = []
+    for questions, contexts, _ in tqdm(iterate_batches(frame, 1), total=len(frame), desc="latency", unit="item"):
+        start = time.perf_counter()
+        batch = backbone.encode(questions, contexts)
+        with autocast(backbone.device, bf16):
+            backbone.generate(batch) if scoring == "generate" else backbone.score(batch)
+        if backbone.device.type == "cuda":
+            torch.cuda.synchronize()
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def predictions_frame(frame: pd.DataFrame, preds: list[str | None], log_probs: np.ndarray | None,
+                      labels: tuple[str, ...], latencies: list[float]) -> pd.DataFrame:
+    p_yes = np.exp(log_probs[:, labels.index("yes")]) if log_probs is not None and "yes" in labels else np.nan
+    latency = np.full(len(frame), np.nan)
+    latency[: len(latencies)] = latencies
+    return pd.DataFrame({"pmid": frame["pmid"].values, "gold": frame["label"].values, "pred": preds,
+                         "p_yes": p_yes, "latency_s": latency})
+
+
+def generation_metrics(backbone: Backbone, frame: pd.DataFrame, preds: list[str | None], scoring: str,
+                       batch_size: int, bf16: bool) -> dict[str, float]:
+    """Language models: the share of greedy answers (MAX_NEW_TOKENS) that map to a label, and under verbalizer
+    scoring the share where that answer is the verbalizer's prediction. Nothing for the encoder (no generation)."""
+    if not backbone.generates or not len(frame):
+        return {}
+    answers = preds if scoring == "generate" else predict_batched(backbone, frame, batch_size, "generate", bf16)[0]
+    metrics = {"generate_parse_rate": float(np.mean([answer is not None for answer in answers]))}
+    if scoring != "generate":
+        metrics["generate_agreement"] = float(np.mean([a == p for a, p in zip(answers, preds)]))
+    return metrics
+
+
+def split_metrics(preds: pd.DataFrame, labels: tuple[str, ...], seconds: float, summary: dict) -> dict[str, float]:
+    pred = [p if isinstance(p, str) else None for p in preds["pred"]]
+    metrics = classification_metrics(preds["gold"].tolist(), pred, labels)
+    metrics.update(latency_summary(preds["latency_s"].dropna().tolist()))
+    metrics["examples_per_s"] = len(preds) / seconds if seconds > 0 else float("nan")
+    metrics["trainable_params_m"] = summary["trainable_params"] / 1e6
+    metrics["adapter_mb"] = summary["adapter_bytes"] / 1e6
+    return metrics
+
+
+def log_to_training_run(client: MlflowClient, summary: dict, metrics_by_split: dict[str, dict],
+                        datasets: dict[str, Dataset], figures: dict[str, Figure]) -> None:
+    """Val/test metrics and the confusion-matrix figures go into the same MLflow run as the training, as
+    eval_<split>_<metric>: apart from the per-epoch curves (val_macro_f1, ...), which stay equal to history.csv.
+    They are linked to the run's logged model and to the split they were measured on; test joins the run's inputs."""
+    run_id = summary["mlflow_run_id"]
+    tracking.log_datasets(client, run_id, {"test": datasets["test"]})
+    for split, metrics in metrics_by_split.items():
+        tracking.log_metrics(client, run_id, {f"{METRIC_PREFIX}{split}_{key}": value for key, value in metrics.items()},
+                             step=summary["best_epoch"], timestamp_ms=int(time.time() * 1000),
+                             model_id=summary.get("mlflow_model_id"), dataset=datasets[split])
+    for name, figure in figures.items():
+        client.log_figure(run_id, figure, f"eval/{name}")
+
+
+def predict_frame(backbone: Backbone, items: pd.DataFrame, batch_size: int, scoring: str, bf16: bool,
+                  abstain_below: float | None = None) -> pd.DataFrame:
+    """(pmid, pred, p_yes, latency_s) per item. latency_s is the item's share of its batch's wall time
+    (tokenisation included); with batch_size 1 it is the per-request latency."""
+    # evaluate's scoring passes gold labels to encode (for the loss it skips here): any valid label will do
+    frame = items.assign(label=backbone.labels[0])
+    preds, log_probs, latencies = [], [], []
+    for start in range(0, len(frame), batch_size):
+        chunk = frame.iloc[start : start + batch_size]
+        chunk_preds, chunk_log_probs, seconds = predict_batched(backbone, chunk, batch_size, scoring, bf16)
+        preds.extend(chunk_preds)
+        if chunk_log_probs is not None:
+            log_probs.append(chunk_log_probs)
+        latencies.extend([seconds / len(chunk)] * len(chunk))
+    log_probs = np.concatenate(log_probs) if log_probs else None
+    if abstain_below is not None:
+        if log_probs is None and len(frame):
+            raise PeftqaError("--abstain-below needs label probabilities, but model.scoring is 'generate'; "
+                              "use model.scoring: verbalizer")
+        preds = apply_abstention(preds, log_probs, abstain_below) if len(frame) else preds
+    out = predictions_frame(frame, preds, log_probs, backbone.labels, latencies)
+    out["pmid"] = items["pmid"].values  # keep None where the input gave no pmid
+    return out[["pmid", "pred", "p_yes", "latency_s"]]
+
+
+def apply_abstention(preds: Sequence[str | None], log_probs: np.ndarray, abstain_below: float) -> list[str | None]:
+    """Replace a prediction by ABSTAIN where its top label probability, max over exp(log_probs) (N, n_labels),
+    is below `abstain_below`."""
+    p_max = top_label_probability(np.exp(log_probs))
+    return [ABSTAIN if p < abstain_below else pred for pred, p in zip(preds, p_max, strict=True)]
+
+
+ABSTAIN = "abstain"  # the label written when the model is not confident enough (--abstain-below)

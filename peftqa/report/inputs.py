@@ -1,0 +1,188 @@
+"""TODO docstring."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+import pandas as pd
+
+from peftqa.common import PeftqaError
+from peftqa.history import read_history
+from peftqa.params import Params
+from peftqa.paths import DATA_DIR, EVAL_DIR, MODELS_DIR, PROTOCOLS_DIR, REFERENCES_DIR
+from peftqa.report.findings import (
+    STATS_PATH,
+    stats_row,
+)
+
+REQUIRED_STATS = (("paired_bootstrap", "macro_f1"), ("mcnemar_exact", "accuracy"))  # per tuned method vs baseline
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ProtocolResults:
+    """The protocols stage's tables (reports/protocols/*.csv); empty frames when a protocol is off."""
+    seeds_test: pd.DataFrame
+    seeds_summary: pd.DataFrame
+    cv_folds: pd.DataFrame
+    cv_stats: pd.DataFrame
+    parent_runs: dict[str, str] = field(default_factory=dict)  # {protocol: MLflow parent run id} (parent_runs.json)
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything the report reads, per method where it is per method; the helpers below never open files."""
+    split_stats: pd.DataFrame
+    test_pmids: frozenset[str]
+    n_val: int  # the val items evaluate scored: split_stats.csv's, or evaluate.limit_items's first N
+    history: dict[str, pd.DataFrame]
+    summary: dict[str, dict]
+    metrics: dict[str, dict]
+    confusion: dict[str, pd.DataFrame]
+    preds: dict[str, pd.DataFrame]
+    preds_val: dict[str, pd.DataFrame]
+    stats: pd.DataFrame
+    protocols: ProtocolResults | None = None  # None: the protocols stage has not run (reports/protocols/ absent)
+    reference_metrics: dict[str, dict] = field(default_factory=dict)  # per reference row: its metrics_test.json
+    reference_preds: dict[str, pd.DataFrame] = field(default_factory=dict)  # per reference row: its preds_test.csv
+
+    @property
+    def n_test(self) -> int:
+        return len(self.test_pmids)
+
+
+def read_input(path: Path, reader: Callable[[Path], T]) -> T:
+    """Read one upstream output; a missing one means an upstream stage has not run, so say which file."""
+    try:
+        return reader(path)
+    except FileNotFoundError:
+        raise PeftqaError(f"report: {path} is missing; run `dvc repro` to produce it") from None
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """CSV with PMIDs kept as strings (they are identifiers, and the submission keys)."""
+    return pd.read_csv(path, dtype={"pmid": str})
+
+
+def read_inputs(methods: Sequence[str], references: Sequence[str] = (), limit_items: int = 0) -> ReportInputs:
+    """Everything the report reads; the test items are test.csv's first `limit_items` when evaluate scored only
+    those (evaluate.limit_items, a demo slice), so the freshness checks compare against what was scored."""
+    def per_method(folder: Path, name: str, reader: Callable[[Path], T], names: Sequence[str] = methods
+                   ) -> dict[str, T]:
+        return {m: read_input(folder / m / name, reader) for m in names}
+
+    test = read_input(DATA_DIR / "test.csv", read_csv)
+    test = test.iloc[:limit_items] if limit_items else test
+    split_stats = read_input(DATA_DIR / "split_stats.csv", pd.read_csv)
+    n_val = int(split_stats.set_index("split").loc["val", "n"])
+    return ReportInputs(
+        split_stats=split_stats,
+        test_pmids=frozenset(test["pmid"]),
+        n_val=min(n_val, limit_items) if limit_items else n_val,
+        history={m: read_history(m) for m in methods},  # the curves stage's reader: one message, columns checked
+        summary=per_method(MODELS_DIR, "train_summary.json", read_json),
+        metrics=per_method(EVAL_DIR, "metrics_test.json", read_json),
+        confusion=per_method(EVAL_DIR, "cm_test.csv", pd.read_csv),
+        preds=per_method(EVAL_DIR, "preds_test.csv", read_csv),
+        preds_val=per_method(EVAL_DIR, "preds_val.csv", read_csv),
+        stats=read_input(STATS_PATH, pd.read_csv),
+        protocols=read_protocols(),
+        reference_metrics=per_method(REFERENCES_DIR, "metrics_test.json", read_json, references),
+        reference_preds=per_method(REFERENCES_DIR, "preds_test.csv", read_csv, references),
+    )
+
+
+def read_protocols() -> ProtocolResults | None:
+    if not PROTOCOLS_DIR.exists():
+        return None
+    parents = PROTOCOLS_DIR / "parent_runs.json"
+    return ProtocolResults(**{name: read_input(PROTOCOLS_DIR / f"{name}.csv", pd.read_csv)
+                              for name in ("seeds_test", "seeds_summary", "cv_folds", "cv_stats")},
+                           parent_runs=read_input(parents, read_json) if parents.exists() else {})
+
+
+def check_protocols_fresh(results: ProtocolResults | None, params: Params, n_items: int) -> None:
+    """The protocol tables must come from the current seeds, folds and methods, and agree with their per-run rows."""
+    if results is None:
+        return
+
+    def stale(name: str, why: str) -> PeftqaError:
+        return PeftqaError(f"report: {PROTOCOLS_DIR / name} is stale ({why}); run `dvc repro protocols`")
+
+    runs, summary = results.seeds_test, results.seeds_summary
+    want = {(m, s) for m in params.methods for s in params.seeds}
+    if set(zip(runs["method"], runs["seed"])) != want or len(runs) != len(want):
+        raise stale("seeds_test.csv", f"it has {len(runs)} runs, params ask for seeds {list(params.seeds)} x "
+                                      f"methods {list(params.methods)}")
+    for row in summary.to_dict("records"):
+        of_method = runs.loc[runs["method"] == row["method"], "macro_f1"]
+        if row["n_seeds"] != len(of_method) or not math.isclose(row["macro_f1_mean"], of_method.mean(), abs_tol=1e-9):
+            raise stale("seeds_summary.csv", f"its {row['method']} row disagrees with seeds_test.csv")
+    folds = results.cv_folds
+    per_fold = folds.loc[folds["fold"].astype(str) != "pooled"]
+    rows_per_fold = len(params.methods) + len(params.references.names)  # the reference rows are refitted per fold
+    if len(per_fold) != params.prepare.folds * rows_per_fold * (params.prepare.folds > 0):
+        raise stale("cv_folds.csv", f"it has {len(per_fold)} fold rows, params ask for prepare.folds "
+                                    f"{params.prepare.folds} x ({len(params.methods)} methods + "
+                                    f"{len(params.references.names)} references)")
+    pooled = folds.loc[folds["fold"].astype(str) == "pooled"]
+    if len(pooled) and set(pooled["n"]) != {n_items}:
+        raise stale("cv_folds.csv", f"its pooled rows cover {sorted(set(pooled['n']))} items, the splits {n_items}")
+
+
+def check_method_fresh(inputs: ReportInputs, method: str) -> None:
+    """A method's preds and metrics must cover exactly the PMIDs of test.csv, or they predate the current split."""
+    pmids = inputs.preds[method]["pmid"]
+    missing, extra = inputs.test_pmids - set(pmids), set(pmids) - inputs.test_pmids
+    if missing or extra or len(pmids) != inputs.n_test:
+        raise PeftqaError(
+            f"report: method '{method}' is stale: reports/eval/{method}/preds_test.csv has {len(pmids)} rows, "
+            f"{len(missing)} PMIDs of data/processed/test.csv missing and {len(extra)} not in it "
+            f"(e.g. {sorted(missing | extra)[:3]}). Run `dvc repro` to re-evaluate it.")
+    if inputs.metrics[method]["n"] != inputs.n_test:
+        raise PeftqaError(f"report: method '{method}' is stale: its metrics_test.json has "
+                          f"n={inputs.metrics[method]['n']}, test.csv {inputs.n_test} items. Run `dvc repro`.")
+    if len(inputs.preds_val[method]) != inputs.n_val:
+        raise PeftqaError(f"report: method '{method}' is stale: reports/eval/{method}/preds_val.csv has "
+                          f"{len(inputs.preds_val[method])} rows, and {inputs.n_val} val items were to be scored "
+                          "(split_stats.csv, evaluate.limit_items). Run `dvc repro`.")
+
+
+def check_reference_fresh(inputs: ReportInputs, reference: str) -> None:
+    """A reference row's preds and metrics must cover exactly the PMIDs of test.csv, as a method's."""
+    pmids = inputs.reference_preds[reference]["pmid"]
+    unlike = set(pmids) ^ inputs.test_pmids
+    if unlike or len(pmids) != inputs.n_test or inputs.reference_metrics[reference]["n"] != inputs.n_test:
+        raise PeftqaError(
+            f"report: reference '{reference}' is stale: {REFERENCES_DIR / reference / 'preds_test.csv'} has "
+            f"{len(pmids)} rows and metrics_test.json n={inputs.reference_metrics[reference]['n']}, "
+            f"{len(unlike)} PMIDs differ from data/processed/test.csv ({inputs.n_test} items). "
+            "Run `dvc repro references`.")
+
+
+def check_inputs_fresh(inputs: ReportInputs, methods: Sequence[str], baseline: str,
+                       references: Sequence[str] = ()) -> None:
+    """Refuse to report numbers computed on another test set or by another model: those are stale DVC outputs."""
+    for method in methods:
+        check_method_fresh(inputs, method)
+    for reference in references:
+        check_reference_fresh(inputs, reference)
+    models = {m: (inputs.summary[m]["model"], inputs.summary[m]["family"]) for m in methods}
+    if len(set(models.values())) > 1:
+        raise PeftqaError(f"report: the methods were trained on different models {models}; some are stale. "
+                          "Run `dvc repro`.")
+    pairs = [(m, baseline) for m in methods if m != baseline] + [(m, r) for m in methods for r in references]
+    for method, reference in pairs:
+        for test, metric in REQUIRED_STATS:
+            if stats_row(inputs.stats, method, reference, test, metric)["n"] != inputs.n_test:
+                raise PeftqaError(f"report: {STATS_PATH} compares '{method}' on another test size than "
+                                  f"test.csv ({inputs.n_test}); it is stale. Run `dvc repro`.")
