@@ -13,9 +13,11 @@ import pytest
 import yaml
 from test_train import mlflow_client
 
+from peftqa import dataset as dataset_lib
+from peftqa import protocols as protocols_lib
 from peftqa.common import PeftqaError
 from peftqa.params import load_params
-from stages import prepare, protocols
+from stages import protocols
 
 from tiny_models import tiny_frame
 
@@ -25,9 +27,9 @@ LABELS = ("yes", "no")
 
 def test_plan_lists_seeds_then_folds_and_nothing_by_default(write_params, tmp_path):
     write_params(tmp_path)
-    assert protocols.plan(load_params(tmp_path / "params.yaml")) == []
+    assert protocols_lib.plan(load_params(tmp_path / "params.yaml")) == []
     write_params(tmp_path, {"seeds": [3, 1], "prepare.folds": 2, "methods": ["base", "lora"]})
-    units = protocols.plan(load_params(tmp_path / "params.yaml"))
+    units = protocols_lib.plan(load_params(tmp_path / "params.yaml"))
     assert [(u.protocol, u.method, u.index, u.name) for u in units] == [
         ("seeds", "base", 3, "seed_3"), ("seeds", "lora", 3, "seed_3"), ("seeds", "base", 1, "seed_1"),
         ("seeds", "lora", 1, "seed_1"), ("cv", "base", 0, "fold_0"), ("cv", "lora", 0, "fold_0"),
@@ -37,16 +39,16 @@ def test_plan_lists_seeds_then_folds_and_nothing_by_default(write_params, tmp_pa
 def test_unit_params_override_only_the_train_seed_of_a_seeds_unit(write_params, tmp_path):
     write_params(tmp_path, {"seeds": [7], "train.seed": 42})
     params = load_params(tmp_path / "params.yaml")
-    assert protocols.unit_params(params, protocols.Unit("seeds", "lora", 7)).train.seed == 7
-    assert protocols.unit_params(params, protocols.Unit("cv", "lora", 0)).train.seed == 42
-    changed = protocols.unit_params(params, protocols.Unit("seeds", "lora", 7))
+    assert protocols_lib.unit_params(params, protocols_lib.Unit("seeds", "lora", 7)).train.seed == 7
+    assert protocols_lib.unit_params(params, protocols_lib.Unit("cv", "lora", 0)).train.seed == 42
+    changed = protocols_lib.unit_params(params, protocols_lib.Unit("seeds", "lora", 7))
     assert dataclasses.replace(changed.train, seed=42) == params.train and changed.peft == params.peft
 
 
 def test_seeds_summary_mean_sample_std_and_paired_delta():
     runs = pd.DataFrame({"method": ["base", "lora", "base", "lora", "base", "lora"], "seed": [1, 1, 2, 2, 3, 3],
                          "accuracy": [0.5, 0.6, 0.5, 0.7, 0.5, 0.8], "macro_f1": [0.4, 0.5, 0.3, 0.6, 0.5, 0.6]})
-    table = protocols.seeds_summary(runs, "base").set_index("method")
+    table = protocols_lib.seeds_summary(runs, "base").set_index("method")
     assert table.loc["lora", "n_seeds"] == 3
     assert table.loc["lora", "accuracy_mean"] == pytest.approx(0.7)
     assert table.loc["lora", "accuracy_std"] == pytest.approx(0.1)  # sample std of 0.6, 0.7, 0.8
@@ -55,17 +57,17 @@ def test_seeds_summary_mean_sample_std_and_paired_delta():
     assert table.loc["lora", "delta_macro_f1_mean"] == pytest.approx(0.5 / 3)
     assert table.loc["lora", "delta_macro_f1_std"] == pytest.approx(pd.Series([0.1, 0.3, 0.1]).std())
     assert table.loc["base", "delta_macro_f1_mean"] == 0.0
-    assert protocols.seeds_summary(runs.iloc[:0], "base").empty
+    assert protocols_lib.seeds_summary(runs.iloc[:0], "base").empty
 
 
 def test_cv_fold_metrics_per_fold_and_pooled():
     preds = pd.DataFrame({"method": ["m"] * 4, "fold": [0, 0, 1, 1], "pmid": ["1", "2", "3", "4"],
                           "gold": ["yes", "no", "yes", "no"], "pred": ["yes", "no", "no", "no"], "p_yes": [.9] * 4})
-    table = protocols.cv_fold_metrics(preds, LABELS)
+    table = protocols_lib.cv_fold_metrics(preds, LABELS)
     assert table[["fold", "n", "accuracy"]].values.tolist() == [["0", 2, 1.0], ["1", 2, 0.5], ["pooled", 4, 0.75]]
     # pooled: yes P=1 R=.5 F1=2/3; no P=2/3 R=1 F1=.8; macro (2/3+.8)/2
     assert table.iloc[2]["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
-    metrics = protocols.metrics_json(protocols.seeds_summary(pd.DataFrame(columns=protocols.SEED_COLUMNS), "m"),
+    metrics = protocols_lib.metrics_json(protocols_lib.seeds_summary(pd.DataFrame(columns=protocols_lib.SEED_COLUMNS), "m"),
                                      table)
     assert metrics == {"cv": {"m": {"n": 4, "pooled_accuracy": 0.75, "pooled_macro_f1": pytest.approx(0.7333333),
                                     "fold_macro_f1_std": pytest.approx(table.iloc[:2]["macro_f1"].std())}}}
@@ -73,24 +75,24 @@ def test_cv_fold_metrics_per_fold_and_pooled():
 
 def test_fold_frames_hold_out_one_fold_and_stratify_val():
     pool = tiny_frame(40, 100)
-    items = [prepare.Item(pmid, "q", ("c",), label) for pmid, label in zip(pool["pmid"], pool["label"])]
-    folds = prepare.assign_folds(items, 4, 42, "raw.json")
+    items = [dataset_lib.Item(pmid, "q", ("c",), label) for pmid, label in zip(pool["pmid"], pool["label"])]
+    folds = dataset_lib.assign_folds(items, 4, 42, "raw.json")
     assert sorted(folds["fold"].value_counts()) == [10, 10, 10, 10]
     for label, group in folds.groupby("label"):  # stratified: each fold has its share of each label
         assert group["fold"].value_counts().max() - group["fold"].value_counts().min() <= 1, label
-    train, val, test = protocols.fold_frames(pool, folds, 2, 0.1, 42)
+    train, val, test = protocols_lib.fold_frames(pool, folds, 2, 0.1, 42)
     assert set(test["pmid"]) == set(folds.loc[folds["fold"] == 2, "pmid"])
     assert len(train) + len(val) == 30 and not set(train["pmid"]) & set(val["pmid"])
     assert not (set(train["pmid"]) | set(val["pmid"])) & set(test["pmid"])
     with pytest.raises(PeftqaError, match="cover different items.*dvc repro prepare"):
-        protocols.fold_frames(pool.iloc[1:], folds, 0, 0.1, 42)
+        protocols_lib.fold_frames(pool.iloc[1:], folds, 0, 0.1, 42)
 
 
 def test_too_many_folds_for_a_label_is_refused():
-    items = [prepare.Item(str(i), "q", ("c",), "yes" if i < 10 else "no") for i in range(12)]
+    items = [dataset_lib.Item(str(i), "q", ("c",), "yes" if i < 10 else "no") for i in range(12)]
     with pytest.raises(PeftqaError, match=r"raw.json: prepare.folds=3 needs at least 3 items of each label.*'no': 2"):
-        prepare.assign_folds(items, 3, 42, "raw.json")
-    assert prepare.assign_folds(items, 0, 42, "raw.json").empty
+        dataset_lib.assign_folds(items, 3, 42, "raw.json")
+    assert dataset_lib.assign_folds(items, 0, 42, "raw.json").empty
 
 
 def test_protocols_stage_runs_seeds_and_folds_end_to_end(stage_dir):  # noqa: F811
@@ -99,8 +101,8 @@ def test_protocols_stage_runs_seeds_and_folds_end_to_end(stage_dir):  # noqa: F8
     tiny_frame(8, 9000).to_csv(root / "data/processed/test.csv", index=False)
     pool = pd.concat([pd.read_csv(root / f"data/processed/{s}.csv", dtype={"pmid": str})
                       for s in ("train", "val", "test")])
-    items = [prepare.Item(pmid, "q", ("c",), label) for pmid, label in zip(pool["pmid"], pool["label"])]
-    prepare.assign_folds(items, 2, 42, "x").to_csv(root / "data/processed/folds.csv", index=False)
+    items = [dataset_lib.Item(pmid, "q", ("c",), label) for pmid, label in zip(pool["pmid"], pool["label"])]
+    dataset_lib.assign_folds(items, 2, 42, "x").to_csv(root / "data/processed/folds.csv", index=False)
 
     protocols.main([])
     out = root / "reports/protocols"

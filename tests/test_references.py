@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from peftqa import references as references_lib
 from peftqa.common import ParamsError, PeftqaError
 from peftqa.metrics import classification_metrics
 from peftqa.params import ReferencesParams, parse_params
@@ -86,8 +87,8 @@ def test_tfidf_lr_chooses_on_val_even_where_test_prefers_another_setting():
     setting, grid = choose_tfidf_setting(splits["train"], splits["val"], params, LABELS)
     assert setting == TfidfSetting(1, 0.01, "balanced")
 
-    train_texts, train_gold = references.input_texts(splits["train"]), splits["train"]["label"].tolist()
-    test_f1 = {s.class_weighting: references.score_predictions(
+    train_texts, train_gold = references_lib.input_texts(splits["train"]), splits["train"]["label"].tolist()
+    test_f1 = {s.class_weighting: references_lib.score_predictions(
         predict_tfidf_lr(fit_tfidf_lr(train_texts, train_gold, s), splits["test"]), LABELS)["macro_f1"]
         for s in tfidf_grid(params)}
     assert test_f1["none"] > test_f1["balanced"]  # the construction holds: test would have chosen 'none'
@@ -106,7 +107,7 @@ def test_tfidf_lr_ties_go_to_the_simplest_setting():
 
 def test_tfidf_lr_vocabulary_comes_from_train_alone():
     splits = make_splits()
-    model = fit_tfidf_lr(references.input_texts(splits["train"]), splits["train"]["label"].tolist(),
+    model = fit_tfidf_lr(references_lib.input_texts(splits["train"]), splits["train"]["label"].tolist(),
                          TfidfSetting(1, 1.0, "none"))
     vocabulary = set(model[0].vocabulary_)
     assert {"improved", "unchanged"} <= vocabulary and "worsened" not in vocabulary
