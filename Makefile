@@ -4,6 +4,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
+# the project's tools, as subcommands of one command (`$(PEFTQA) --help` lists them)
+PEFTQA := $(VENV)/bin/peftqa
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 # Offline default: the copy of PubMedQA beside this repo, when there is one (else fetch downloads by URL).
@@ -74,25 +76,25 @@ run: install  ## the main job: every stage of dvc.yaml that is out of date
 # finer, but pytest 9.2 silently breaks its grouping (pytest-xdist issue #1386). UV_ENV: the fresh-virtualenv test
 # installs a served model's requirements with uv, from the cache `make install` filled.
 test: install  ## lint (ruff, configured in pyproject.toml), then every test, the slow end-to-end ones included
-	$(VENV)/bin/ruff check stages tests
+	$(VENV)/bin/ruff check peftqa stages tests
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(UV_ENV) $(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 bench: install  ## print training throughput and inference speed of the params.yaml profile (not a test)
-	HF_HUB_OFFLINE=1 $(PY) -m peftqa.cli.bench
+	HF_HUB_OFFLINE=1 $(PEFTQA) bench
 
 # FLAN-T5-XL's shape with random weights (no download): the full shape on a CUDA GPU, a small one on CPU
 bench-reference: install  ## time prompt and prefix tuning at the reference's scale (not a test); needs only torch, transformers, peft
-	HF_HUB_OFFLINE=1 $(PY) -m peftqa.cli.bench_reference
+	HF_HUB_OFFLINE=1 $(PEFTQA) bench-reference
 
 # issue 12's sweep: every point of the committed grid as a queued DVC experiment, two workers at a time (hours on
 # 2 cores; one torch thread per worker so the two do not fight over the cores). Follow with `dvc queue status`.
 sweep: install  ## queue every point of reports/ablation/grid.yaml and start two workers in the background
-	HF_HUB_OFFLINE=1 $(PY) -m peftqa.cli.sweep
+	HF_HUB_OFFLINE=1 $(PEFTQA) sweep
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 dvc queue start -j 2
 
 # ABLATION_REV: the commit the sweep was queued from, once HEAD has moved on (README names the one behind its tables)
 ablation: install  ## one val/test table per grid table, from `dvc exp show`, into reports/ablation/
-	$(PY) -m peftqa.cli.ablation --grid reports/ablation/grid.yaml $(if $(ABLATION_REV),--rev $(ABLATION_REV))
+	$(PEFTQA) ablation --grid reports/ablation/grid.yaml $(if $(ABLATION_REV),--rev $(ABLATION_REV))
 
 # the UI's port: `make ui UI_PORT=5001` when 5000 is taken
 UI_PORT ?= 5000
@@ -109,4 +111,4 @@ pull: install  ## download them from the DVC remote into the workspace (then `dv
 	dvc pull
 
 clean: install  ## remove exactly the outputs dvc.yaml declares (not the venv, the MLflow store, the DVC cache)
-	$(PY) -m peftqa.cli.clean
+	$(PEFTQA) clean

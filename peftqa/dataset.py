@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""PubMedQA PQA-L as items: the raw JSON validated record by record, cleaned, and split (random or official, plus
+k folds).
+
+Every function takes data and returns data; a bad record raises a PeftqaError naming the file, the record (PMID)
+and the field. Stage prepare reads the files and writes the splits.
+"""
 from __future__ import annotations
 
 import json

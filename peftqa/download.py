@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Getting PubMedQA's raw files: a local copy (PUBMEDQA_JSON) or a URL, always checked against its sha256 before it
+is kept.
+"""
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""Scoring a saved adapter on a split, exactly as evaluate@<method> does: batched predictions, per-item latency,
+the predictions frame, the split's metrics, and logging them into the training's MLflow run.
+
+`peftqa predict` and the protocols stage score through the same functions, so a label means the same everywhere.
+"""
 from __future__ import annotations
 
 import time
@@ -7,18 +11,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.figure import Figure
-from mlflow.entities import Dataset
-from mlflow.tracking import MlflowClient
 from tqdm import tqdm
 
-from peftqa import tracking
 from peftqa.common import PeftqaError
 from peftqa.families import Backbone
 from peftqa.metrics import classification_metrics, latency_summary, top_label_probability
 from peftqa.scoring import autocast, iterate_batches, labels_from_log_probs, score_frame
 
-METRIC_PREFIX = "eval_"  # MLflow keys of the evaluated metrics: eval_val_macro_f1, eval_test_accuracy, ...
+ABSTAIN = "abstain"  # the label written when the model is not confident enough (--abstain-below)
 
 
 @torch.no_grad()
@@ -83,19 +83,6 @@ def split_metrics(preds: pd.DataFrame, labels: tuple[str, ...], seconds: float, 
     return metrics
 
 
-def log_to_training_run(client: MlflowClient, summary: dict, metrics_by_split: dict[str, dict],
-                        datasets: dict[str, Dataset], figures: dict[str, Figure]) -> None:
-    """Val/test metrics and the confusion-matrix figures go into the same MLflow run as the training, as
-    eval_<split>_<metric>: apart from the per-epoch curves (val_macro_f1, ...), which stay equal to history.csv.
-    They are linked to the run's logged model and to the split they were measured on; test joins the run's inputs."""
-    run_id = summary["mlflow_run_id"]
-    tracking.log_datasets(client, run_id, {"test": datasets["test"]})
-    for split, metrics in metrics_by_split.items():
-        tracking.log_metrics(client, run_id, {f"{METRIC_PREFIX}{split}_{key}": value for key, value in metrics.items()},
-                             step=summary["best_epoch"], timestamp_ms=int(time.time() * 1000),
-                             model_id=summary.get("mlflow_model_id"), dataset=datasets[split])
-    for name, figure in figures.items():
-        client.log_figure(run_id, figure, f"eval/{name}")
 
 
 def predict_frame(backbone: Backbone, items: pd.DataFrame, batch_size: int, scoring: str, bf16: bool,
@@ -128,6 +115,3 @@ def apply_abstention(preds: Sequence[str | None], log_probs: np.ndarray, abstain
     is below `abstain_below`."""
     p_max = top_label_probability(np.exp(log_probs))
     return [ABSTAIN if p < abstain_below else pred for pred, p in zip(preds, p_max, strict=True)]
-
-
-ABSTAIN = "abstain"  # the label written when the model is not confident enough (--abstain-below)

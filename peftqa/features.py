@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The frozen encoder's pooled features: embedded once by stage embed into data/features/<split>.npz, then read by
+PMID wherever the probe is solved (train@base, and the start of every tuned encoder head).
+"""
 from __future__ import annotations
 
 import json
@@ -14,16 +16,12 @@ from tqdm import tqdm
 from peftqa.common import PeftqaError, atomic_path
 from peftqa.families import EncoderBackbone
 from peftqa.params import ModelParams
+from peftqa.paths import FEATURES_DIR
 from peftqa.scoring import iterate_batches
 
 log = logging.getLogger(__name__)
 
-FEATURES_DIR = Path("data/features")
-
-
 SPLITS = ("train", "val", "test")
-
-
 BATCH_SIZE = 32  # items per forward pass; features do not depend on it beyond float rounding
 
 

@@ -1,10 +1,14 @@
-"""TODO docstring."""
+"""models/<method>/history.csv: one row per epoch (epoch 0 = the untrained start). The training writes it with
+these columns; the curves and report stages read it through read_history.
+"""
 from __future__ import annotations
 
 import pandas as pd
 
 from peftqa.common import PeftqaError
 from peftqa.paths import MODELS_DIR
+
+METRICS = ("val_macro_f1", "train_loss", "val_loss")  # what read_history requires, and the curves stage draws
 
 
 def history_columns(labels: tuple[str, ...]) -> list[str]:
@@ -27,6 +31,3 @@ def read_history(method: str) -> pd.DataFrame:
         raise PeftqaError(f"{path}: columns {missing} are missing (it has {list(frame.columns)}); it is not a "
                           f"history written by stages/train.py: retrain the method (dvc repro train@{method})")
     return frame
-
-
-METRICS = ("val_macro_f1", "train_loss", "val_loss")

@@ -4,7 +4,7 @@ train@base (encoder family) fits it on the features of stage embed, choosing C o
 the encoder's head (a torch Linear), so evaluate, predict and the registry score it through the one code path. Every
 tuned encoder method starts its head from the same solution (linear probing, then fine-tuning).
 
-    python -m peftqa.probe --compare-truncation   # val macro-F1 of the probe under each model.truncation (README)
+    peftqa probe --compare-truncation   # val macro-F1 of the probe under each model.truncation (README)
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The repeated-seed and k-fold cross-validation protocols: which units (method x seed or fold) to run, each
+trained and scored like the main run, its MLflow run a child of its protocol's parent run, finished units reused.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -14,25 +16,21 @@ from sklearn.model_selection import train_test_split
 
 from peftqa import tracking
 from peftqa.common import PeftqaError, read_split, write_csv_atomic, write_json_atomic
+from peftqa.evaluation import predict_batched, predictions_frame
 from peftqa.families import load_backbone
 from peftqa.metrics import classification_metrics
 from peftqa.params import Params, flatten
 from peftqa.paths import DATA_DIR, PROTOCOLS_DIR
 from peftqa.references import predict_references
+from peftqa.scoring import use_bf16
 from peftqa.training.run import train_method
 
 log = logging.getLogger(__name__)
 
 SOURCE = "stages/protocols.py"
-
-
 SEED_COLUMNS = ["method", "seed", "n", "accuracy", "macro_f1", "best_epoch", "best_val_macro_f1", "train_seconds",
                 "mlflow_run_id"]
-
-
 PRED_COLUMNS = ["method", "fold", "pmid", "gold", "pred", "p_yes"]
-
-
 FOLD_COLUMNS = ["method", "fold", "n", "accuracy", "macro_f1"]
 
 
@@ -86,9 +84,6 @@ def unit_stamp(params: Params, unit: Unit, data_hashes: dict[str, str]) -> dict[
 
 def predict_items(params: Params, method: str, adapter_dir: Path, items: pd.DataFrame) -> pd.DataFrame:
     """pmid, gold, pred, p_yes for `items`, batched (no latency pass: the main evaluate stage measures that)."""
-    from peftqa.evaluation import predict_batched, predictions_frame
-    from peftqa.scoring import use_bf16
-
     backbone = load_backbone(params.model, method, params.peft, params.prepare.labels, seed=params.train.seed,
                              device=params.train.device, adapter_dir=adapter_dir)
     bf16 = use_bf16(params.model.dtype, backbone.device)
@@ -160,12 +155,9 @@ def run_unit(params: Params, unit: Unit, train: pd.DataFrame, val: pd.DataFrame,
     test_source = (str(DATA_DIR / "test.csv") if unit.protocol == "seeds"
                    else f"{DATA_DIR / 'folds.csv'} (fold {unit.index})")
     test_set = tracking.split_dataset(test, "test", test_source)
-    client = tracking.make_client()
-    tracking.log_datasets(client, summary["mlflow_run_id"], {"test": test_set})
-    tracking.log_metrics(client, summary["mlflow_run_id"],
-                         {"eval_test_accuracy": metrics["accuracy"], "eval_test_macro_f1": metrics["macro_f1"]},
-                         step=summary["best_epoch"], timestamp_ms=int(time.time() * 1000),
-                         model_id=summary.get("mlflow_model_id"), dataset=test_set)
+    tracking.log_evaluation(tracking.make_client(), summary,
+                            {"test": {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}},
+                            {"test": test_set}, figures={})
     summary = {**summary, "n_test": len(preds), "test_accuracy": metrics["accuracy"],
                "test_macro_f1": metrics["macro_f1"]}
     write_csv_atomic(work / "preds_test.csv", preds)
@@ -236,8 +228,8 @@ def run_units(params: Params, units: list[Unit], splits: dict[str, pd.DataFrame]
         if params.train.limit_train:
             train = train.iloc[: params.train.limit_train]
         p = unit_params(params, unit)
-        preds, summary = run_unit(p, unit, train, val, test, PROTOCOLS_DIR / "runs" / unit.protocol / unit.method / unit.name,
-                                  unit_stamp(p, unit, hashes), parents)
+        work = PROTOCOLS_DIR / "runs" / unit.protocol / unit.method / unit.name
+        preds, summary = run_unit(p, unit, train, val, test, work, unit_stamp(p, unit, hashes), parents)
         if unit.protocol == "seeds":
             seed_rows.append({"method": unit.method, "seed": unit.index, "n": summary["n_test"],
                               "accuracy": summary["test_accuracy"], "macro_f1": summary["test_macro_f1"],

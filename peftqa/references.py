@@ -1,4 +1,7 @@
-"""TODO docstring."""
+"""Reference rows that involve no model training: the majority class, and TF-IDF + logistic regression with its
+setting chosen on val. Scored on the same items, in evaluate's prediction format, so stats and report treat them
+like methods.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -16,20 +19,11 @@ from peftqa.metrics import classification_metrics
 from peftqa.params import ReferencesParams
 
 SPLIT_COLUMNS = ("pmid", "question", "context", "label")  # what stages.prepare writes
-
-
+SCORED_SPLITS = ("val", "test")
 PRED_COLUMNS = ["pmid", "gold", "pred", "p_yes", "latency_s"]  # the columns of evaluate's preds_<split>.csv
-
-
 TFIDF_SUBLINEAR_TF = True  # 1 + log(tf): a word repeated in a long abstract does not swamp the question's words
-
-
 TFIDF_MIN_DF = 2  # drop terms seen in a single train item: with 712 items they are mostly noise (and PMID-like tokens)
-
-
 LR_MAX_ITER = 5000  # lbfgs iterations; enough to converge at the largest C of the grid
-
-
 SCORE_TOLERANCE = 1e-12  # val scores closer than this are a tie, won by the simpler setting (earlier in tfidf_grid)
 
 
@@ -155,6 +149,3 @@ def predict_references(splits: dict[str, pd.DataFrame], params: ReferencesParams
     results = {name: predictors[name]() for name in params.names}
     return ({name: preds for name, (preds, _) in results.items()},
             {name: choice for name, (_, choice) in results.items()})
-
-
-SCORED_SPLITS = ("val", "test")

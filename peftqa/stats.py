@@ -1,4 +1,7 @@
-"""TODO docstring."""
+"""Paired tests of each method against the baseline on the same items: McNemar's exact test on accuracy, a paired
+bootstrap on accuracy and macro-F1 (CIs of the difference), Holm's adjustment, and the smallest difference McNemar
+can detect at a given size. Pure functions over prediction frames; stage stats reads and writes the files.
+"""
 from __future__ import annotations
 
 import itertools
@@ -17,11 +20,7 @@ from peftqa.params import REFERENCES, StatsParams
 
 STATS_COLUMNS = ["method", "reference", "test", "metric", "n", "effect", "ci_low", "ci_high", "p_value", "p_holm",
                  "b", "c"]
-
-
 BOOTSTRAP_METRICS = ("accuracy", "macro_f1")  # what the paired bootstrap reports, in this row order
-
-
 UNMAPPED_CODE = -1  # label code of a prediction that is empty, NaN or not a label: never equal to a gold code
 
 

@@ -1,4 +1,5 @@
-"""MLflow plumbing: one absolute sqlite store per project, race-safe experiment creation, run tags.
+"""MLflow plumbing: one absolute sqlite store per project, race-safe experiment creation, run tags, and the whole
+life of a training's run: opened (or resumed) by mlflow_run, its epochs, outputs and evaluation logged here.
 
 The store is sqlite:///<DVC_ROOT>/mlflow.db with artifacts in <DVC_ROOT>/mlruns, always absolute: `dvc exp run
 --temp/--queue` runs stages in copies under .dvc (its temp folder), where a relative URI would silently write to a
@@ -15,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -31,11 +32,16 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_SOURCE_TYPE,
 )
 
-from peftqa import environment, tracking
+from peftqa import environment
 from peftqa.common import PeftqaError, project_root
-from peftqa.probe import Probe
+
+if TYPE_CHECKING:  # annotations only: tracking stays free of torch and matplotlib
+    from matplotlib.figure import Figure
+
+    from peftqa.probe import Probe
 
 MAX_PARAM_CHARS = 6000  # MLflow 3's limit on a param value
+METRIC_PREFIX = "eval_"  # MLflow keys of the evaluated metrics: eval_val_macro_f1, eval_test_accuracy, ...
 WRITE_PROBE_TAG = "peftqa.write_probe"  # the experiment tag connect() writes: a store that takes no write fails there
 
 
@@ -194,8 +200,8 @@ def log_folder(client: MlflowClient, run_id: str, folder: Path, artifact_path: s
 
 def log_metrics_row(client, run_id: str, row: dict) -> None:
     """One history row into MLflow, at step=epoch, so MLflow and history.csv hold the same numbers."""
-    tracking.log_metrics(client, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"],
-                         timestamp_ms=int(time.time() * 1000))
+    log_metrics(client, run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"],
+                timestamp_ms=int(time.time() * 1000))
 
 
 @contextlib.contextmanager
@@ -206,8 +212,8 @@ def mlflow_run(client, experiment_id: str, resume: dict | None, *, run_name: str
     FINISHED when the block completes and FAILED when it raises; a killed process leaves it RUNNING, to resume."""
     if resume is None:
         run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-        tracking.log_params(client, run_id, config)
-        tracking.log_datasets(client, run_id, datasets)
+        log_params(client, run_id, config)
+        log_datasets(client, run_id, datasets)
     else:
         run_id = resume["run_id"]
         client.update_run(run_id, status="RUNNING")
@@ -225,14 +231,29 @@ def mlflow_run(client, experiment_id: str, resume: dict | None, *, run_name: str
 
 def log_outputs(client, run_id: str, out_dir: Path, summary: dict, probe: Probe | None, dataset: Dataset) -> None:
     """The best epoch's figures (linked to the logged model and the val split), the probe's grid, the files."""
-    tracking.log_metrics(client, run_id, {key: summary[key] for key in (
+    log_metrics(client, run_id, {key: summary[key] for key in (
         "best_epoch", "best_val_macro_f1", "trainable_params", "adapter_bytes", "train_seconds")},
         step=summary["best_epoch"], timestamp_ms=int(time.time() * 1000), model_id=summary["mlflow_model_id"],
         dataset=dataset)
     if probe is not None:  # val macro-F1 per C tried, in grid order (step = position in peft.base.c_grid, sorted)
         for step, row in enumerate(probe.grid):
-            tracking.log_metrics(client, run_id, {"probe_c": row["c"], "probe_val_macro_f1": row["val_macro_f1"]},
-                                 step=step, timestamp_ms=int(time.time() * 1000))
-    tracking.log_folder(client, run_id, out_dir / "adapter", "adapter")
+            log_metrics(client, run_id, {"probe_c": row["c"], "probe_val_macro_f1": row["val_macro_f1"]},
+                        step=step, timestamp_ms=int(time.time() * 1000))
+    log_folder(client, run_id, out_dir / "adapter", "adapter")
     for name in ("history.csv", "train_summary.json", "resolved_config.json"):
         client.log_artifact(run_id, str(out_dir / name))
+
+
+def log_evaluation(client: MlflowClient, summary: dict, metrics_by_split: dict[str, dict],
+                   datasets: dict[str, Dataset], figures: dict[str, Figure]) -> None:
+    """Val/test metrics and the confusion-matrix figures go into the same MLflow run as the training, as
+    eval_<split>_<metric>: apart from the per-epoch curves (val_macro_f1, ...), which stay equal to history.csv.
+    They are linked to the run's logged model and to the split they were measured on; test joins the run's inputs."""
+    run_id = summary["mlflow_run_id"]
+    log_datasets(client, run_id, {"test": datasets["test"]})
+    for split, metrics in metrics_by_split.items():
+        log_metrics(client, run_id, {f"{METRIC_PREFIX}{split}_{key}": value for key, value in metrics.items()},
+                    step=summary["best_epoch"], timestamp_ms=int(time.time() * 1000),
+                    model_id=summary.get("mlflow_model_id"), dataset=datasets[split])
+    for name, figure in figures.items():
+        client.log_figure(run_id, figure, f"eval/{name}")

@@ -1,1 +1,1 @@
-"""The peftqa stages: one module per stage of dvc.yaml; each main reads its params, calls peftqa and writes its outputs."""
+"""The DVC stages of dvc.yaml, one module each: its main reads its params, calls peftqa and writes its outputs."""

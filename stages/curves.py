@@ -27,9 +27,6 @@ from peftqa.paths import CURVES_DIR
 log = logging.getLogger("peftqa.curves")
 
 
-
-
-
 def curve_rows(histories: dict[str, pd.DataFrame], metric: str) -> list[dict]:
     """One row per epoch (ascending) with each method's value of `metric`, None (JSON null) where it has none."""
     epochs = sorted({int(epoch) for frame in histories.values() for epoch in frame["epoch"]})

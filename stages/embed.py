@@ -18,28 +18,11 @@ import pandas as pd
 
 from peftqa.common import PeftqaError, replace_dir_atomic, write_json_atomic
 from peftqa.families import EncoderBackbone, load_backbone
-from peftqa.features import (
-    BATCH_SIZE,
-    SPLITS,
-    embed_frame,
-    features_key,
-    save_features,
-)
+from peftqa.features import BATCH_SIZE, SPLITS, embed_frame, features_key, save_features
 from peftqa.params import PeftParams, load_params
 from peftqa.paths import DATA_DIR, FEATURES_DIR
 
 log = logging.getLogger("peftqa.embed")
-
-
-
-
-
-
-
-
-
-
-
 
 
 def main(args: list[str]) -> None:

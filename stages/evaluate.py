@@ -16,14 +16,7 @@ import logging
 
 from peftqa import tracking
 from peftqa.common import PeftqaError, read_split, write_csv_atomic, write_json_atomic
-from peftqa.evaluation import (
-    generation_metrics,
-    log_to_training_run,
-    predict_batched,
-    predictions_frame,
-    split_metrics,
-    time_per_example,
-)
+from peftqa.evaluation import generation_metrics, predict_batched, predictions_frame, split_metrics, time_per_example
 from peftqa.families import load_backbone
 from peftqa.figures import plot_confusion
 from peftqa.metrics import confusion_frame
@@ -34,18 +27,6 @@ from peftqa.scoring import use_bf16
 log = logging.getLogger("peftqa.evaluate")
 
 SPLITS = ("val", "test")
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def main(args: list[str]) -> None:
@@ -88,7 +69,7 @@ def main(args: list[str]) -> None:
         figures[f"cm_{split}.png"] = plot_confusion(cm, labels, method, split)
         log.info("%s %s: accuracy %.4f macro-F1 %.4f, %.1f items/s batched, latency mean %.4f s", method, split,
                  metrics["accuracy"], metrics["macro_f1"], metrics["examples_per_s"], metrics["latency_mean_s"])
-    log_to_training_run(client, summary, metrics_by_split, datasets, figures)
+    tracking.log_evaluation(client, summary, metrics_by_split, datasets, figures)
 
 
 if __name__ == "__main__":

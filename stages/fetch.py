@@ -25,10 +25,6 @@ TRUTH_HINT = ("prepare.protocol: official needs PubMedQA's test_ground_truth.jso
               "point PUBMEDQA_GROUND_TRUTH_JSON at it (the random protocol does not need it).")
 
 
-
-
-
-
 def main(args: list[str]) -> None:
     all_params = load_params()
     params = all_params.fetch

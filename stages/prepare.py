@@ -32,48 +32,6 @@ log = logging.getLogger("peftqa.prepare")
 SPLITS = ("train", "val", "test")
 
 
-
-
-# -----------------------------------------------------------------------------
-# parsing and validation: every error names the file, the PMID and the field
-
-
-
-
-
-
-
-
-
-
-
-
-# -----------------------------------------------------------------------------
-# cleaning, as the reference study did it; each rule's drop count is reported
-
-
-
-
-
-
-# -----------------------------------------------------------------------------
-# splitting
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def main(args: list[str]) -> None:
     params = load_params().prepare
     raw = validate_records(parse_json(read_input(RAW_JSON), str(RAW_JSON)), str(RAW_JSON))

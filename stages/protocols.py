@@ -50,47 +50,6 @@ log = logging.getLogger("peftqa.protocols")
 PARENTS_JSON = PROTOCOLS_DIR / "parent_runs.json"  # {protocol: MLflow parent run id}, for the report's provenance
 
 
-
-
-
-
-# -----------------------------------------------------------------------------
-# data for one unit
-
-
-
-
-
-
-
-
-# -----------------------------------------------------------------------------
-# one unit: train, predict the held-out items, log the test metrics into the same MLflow run
-
-
-
-
-
-
-
-
-
-
-# -----------------------------------------------------------------------------
-# summaries: pure functions of the per-unit results
-
-
-
-
-
-
-
-
-# -----------------------------------------------------------------------------
-
-
-
-
 def main(args: list[str]) -> None:
     if args:
         raise PeftqaError(f"stages.protocols takes no arguments (it reads params.yaml), got {args}")

@@ -20,58 +20,11 @@ from pathlib import Path
 from peftqa.common import PeftqaError, read_split, replace_dir_atomic, run_cli, write_csv_atomic, write_json_atomic
 from peftqa.params import load_params
 from peftqa.paths import DATA_DIR, REFERENCES_DIR, REFERENCES_METRICS_JSON
-from peftqa.references import (
-    SCORED_SPLITS,
-    check_split,
-    predict_references,
-    score_predictions,
-)
+from peftqa.references import SCORED_SPLITS, check_split, predict_references, score_predictions
 
 log = logging.getLogger("peftqa.references")
 
 SPLITS = ("train", "val", "test")  # fitted on train, chosen on val, reported on val and test
-
-
-# -----------------------------------------------------------------------------
-# inputs
-
-
-
-
-
-
-
-
-
-
-# -----------------------------------------------------------------------------
-# majority: always the train split's most frequent label
-
-
-
-
-
-
-# -----------------------------------------------------------------------------
-# tfidf_lr: TF-IDF + LogisticRegression, settings chosen on val
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# -----------------------------------------------------------------------------
-# the stage
 
 
 def main(args: list[str]) -> None:
@@ -95,8 +48,9 @@ def main(args: list[str]) -> None:
         write_json_atomic(folder / "choices.json", choices)
 
     replace_dir_atomic(write_outputs, REFERENCES_DIR)  # a reference dropped from params leaves no stale folder
-    write_json_atomic(REFERENCES_METRICS_JSON, {name: {split: {key: by_split[split][key] for key in ("accuracy", "macro_f1")}
-                                            for split in SCORED_SPLITS} for name, by_split in metrics.items()})
+    summary = {name: {split: {key: by_split[split][key] for key in ("accuracy", "macro_f1")} for split in SCORED_SPLITS}
+               for name, by_split in metrics.items()}
+    write_json_atomic(REFERENCES_METRICS_JSON, summary)
     for name, by_split in metrics.items():
         log.info("%s: val macro-F1 %.4f; test accuracy %.4f, macro-F1 %.4f", name, by_split["val"]["macro_f1"],
                  by_split["test"]["accuracy"], by_split["test"]["macro_f1"])

@@ -24,60 +24,13 @@ import logging
 from peftqa.common import atomic_path, run_cli, write_json_atomic
 from peftqa.figures import save_figure
 from peftqa.params import load_params
-from peftqa.paths import (
-    FIGURES_DIR,
-    REPORTS_DIR,
-    SUBMISSION_DIR,
-)
+from peftqa.paths import FIGURES_DIR, REPORTS_DIR, SUBMISSION_DIR
 from peftqa.report.build import build_report, build_submission
 from peftqa.report.figures import FIGURE_CAPTIONS, build_figures
-from peftqa.report.inputs import (
-    check_inputs_fresh,
-    check_protocols_fresh,
-    read_inputs,
-)
-from peftqa.report.tables import (
-    performance_columns,
-)
+from peftqa.report.inputs import check_inputs_fresh, check_protocols_fresh, read_inputs
+from peftqa.report.tables import performance_columns
 
 log = logging.getLogger("peftqa.report")
-
-
-
-
-
-# -----------------------------------------------------------------------------
-# inputs: read once at the edge, then checked for staleness before any number is shown
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# -----------------------------------------------------------------------------
-# the report
-
-
-
-
 
 
 def main(args: list[str]) -> None:

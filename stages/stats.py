@@ -20,56 +20,7 @@ import pandas as pd
 from peftqa.common import PeftqaError, log, run_cli, write_csv_atomic, write_json_atomic, write_text_atomic
 from peftqa.params import load_params
 from peftqa.paths import STATS_DIR
-from peftqa.stats import (
-    compare_methods,
-    format_markdown,
-    preds_path,
-    summarize_comparisons,
-)
-
-# -----------------------------------------------------------------------------
-# tests on one pair of methods
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# -----------------------------------------------------------------------------
-# all comparisons: align the predictions, test each pair, adjust
-
-
-
-
-
-
-
-
-
-
-
-
-# -----------------------------------------------------------------------------
-# reports: markdown for people, JSON for `dvc metrics`
-
-
-
-
-
+from peftqa.stats import compare_methods, format_markdown, preds_path, summarize_comparisons
 
 # -----------------------------------------------------------------------------
 # the stage

@@ -10,88 +10,10 @@ Usage:   python -m stages.train <method> [--debug]
 """
 from __future__ import annotations
 
-import logging
-
 from peftqa.common import PeftqaError, read_split
 from peftqa.params import METHODS, load_params
 from peftqa.paths import DATA_DIR, MODELS_DIR
-from peftqa.training.run import (
-    train_method,
-)
-
-log = logging.getLogger("peftqa.train")
-
-
-
-# -----------------------------------------------------------------------------
-# helpers
-
-
-
-
-
-
-
-
-# -----------------------------------------------------------------------------
-# several processes: `accelerate launch` starts them, DDP averages their gradients, so their weights stay equal
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# -----------------------------------------------------------------------------
-# the MLflow run: one per training, named after the method
-
-
-
-
-
-
-
-
-# -----------------------------------------------------------------------------
-
-
-
-
-
-
+from peftqa.training.run import train_method
 
 
 def main(args: list[str]) -> None:

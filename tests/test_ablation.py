@@ -1,5 +1,6 @@
-"""Tests for peftqa.cli.ablation: pure tests on a hand-made `dvc exp show --json` (the DVC 3.67 shape), one error-path test
-per failure mode, and one run against a real throwaway git + DVC repo with three `dvc exp run -S peft.lora.r=...`."""
+"""Tests for `peftqa ablation` (peftqa/experiments.py, peftqa/ablation.py, peftqa/cli/ablation.py): pure tests on a
+hand-made `dvc exp show --json` (the DVC 3.67 shape), one error-path test per failure mode, and one run against a real
+throwaway git + DVC repo with three `dvc exp run -S peft.lora.r=...`."""
 from __future__ import annotations
 
 import copy
@@ -10,16 +11,10 @@ import sys
 import pandas as pd
 import pytest
 
-from peftqa.cli.ablation import (
-    build_ablation,
-    format_markdown,
-    main,
-    metrics_path,
-    parse_exp_show,
-    plot_ablation,
-    read_exp_show,
-)
+from peftqa.ablation import build_ablation, format_markdown, metrics_path, plot_ablation
+from peftqa.cli.ablation import main, read_exp_show
 from peftqa.common import PeftqaError
+from peftqa.experiments import parse_exp_show
 
 BASE_PARAMS = {"peft": {"lora": {"lr": 1e-3, "r": 8, "alpha": 16}, "prompt_tuning": {"init": "random"}},
                "train": {"epochs": 4, "seed": 42}}
@@ -304,7 +299,7 @@ def test_ablation_of_real_dvc_experiments(tmp_path, pipeline_env):
     for rank in (2, 4, 16):
         run("dvc", "exp", "run", "-q", "--name", f"r{rank}", "-S", f"peft.lora.r={rank}")
 
-    stdout = run(sys.executable, "-m", "peftqa.cli.ablation", "--param", "peft.lora.r")
+    stdout = run(sys.executable, "-m", "peftqa", "ablation", "--param", "peft.lora.r")
     table = pd.read_csv(root / "reports/ablation/peft.lora.r.csv")
     assert table["experiment"].tolist() == ["r2", "r4", "main", "r16"]  # the workspace (a copy of r16) is not listed
     assert table["peft.lora.r"].tolist() == [2, 4, 8, 16]

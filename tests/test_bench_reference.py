@@ -40,6 +40,7 @@ def test_cli_runs_small_shape_without_mlflow_or_dvc(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["environment"]["torch"] == torch.__version__
     assert [row["method"] for row in figures["methods"]] == list(METHODS)
+    assert figures["command"] == f"peftqa bench-reference --device cpu --shape small --steps 1 --warmup 0 --json {out}"
 
 
 def test_cli_rejects_zero_steps():

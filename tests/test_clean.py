@@ -1,4 +1,4 @@
-"""`make clean` (python -m peftqa.cli.clean): exactly the outputs dvc.yaml declares are removed, nothing else.
+"""`make clean` (peftqa clean): exactly the outputs dvc.yaml declares are removed, nothing else.
 
 No pipeline run: in a throwaway git + DVC copy of the repo, every declared output is created by hand (files and
 folders), beside files that are not outputs; then clean runs and the tree is compared file by file.
@@ -59,7 +59,7 @@ def test_clean_removes_exactly_the_declared_outputs(repo_copy, pipeline_env, wri
     before = files_under(repo_copy)
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "peftqa.cli.clean", *args], cwd=repo_copy, env=pipeline_env,
+        return subprocess.run([sys.executable, "-m", "peftqa", "clean", *args], cwd=repo_copy, env=pipeline_env,
                               capture_output=True, text=True, timeout=120)
 
     dry = run("--dry-run")

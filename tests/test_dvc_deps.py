@@ -1,60 +1,210 @@
-"""dvc.yaml lists, for every `python -m stages.<x>` stage, each stages/ module that <x> imports at module level,
-directly or through another module: a change to any of them re-runs the stage (dvc repro rebuilds what changed)."""
+"""dvc.yaml lists, for every `python -m stages.<x>` stage, exactly the .py files that running it imports at module
+level, directly or through another module: a change to any of them re-runs the stage (dvc repro rebuilds what
+changed), and a file it no longer imports is not listed.
+
+The closure runs through stages/ and peftqa/ alike, and counts the package faces an import runs first: importing
+`peftqa.training.run` also runs peftqa/__init__.py and peftqa/training/__init__.py, and `python -m stages.train`
+runs stages/__init__.py. Imports inside functions and under `if TYPE_CHECKING:` are left out: they are lazy or
+never run, so they do not decide a stage's output when it starts (params.py imports peftqa.families inside a check).
+
+Run as a script (`python tests/test_dvc_deps.py`), it prints each stage's .py deps as the closure implies them, the
+stage's own module first and the rest sorted, indented to paste under the stage's `deps:` in dvc.yaml.
+"""
 from __future__ import annotations
 
 import ast
 import re
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ROOT / "stages"
+Import = ast.Import | ast.ImportFrom
 
 
-def module_imports(path: Path) -> set[str]:
-    """The stages modules a file imports at module level (imports inside functions are left out: they are lazy)."""
-    found = set()
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.ImportFrom) and node.module == "stages":
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stages."):
-            found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("stages.")}
-    return {name for name in found if (STAGES / f"{name}.py").is_file()}
+def module_name(path: Path, root: Path) -> str:
+    """The dotted name of a file under root: peftqa/training/run.py -> peftqa.training.run, a package's __init__.py
+    -> the package."""
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def import_closure(module: str) -> set[str]:
-    seen, todo = set(), [module]
+def module_file(name: str, root: Path) -> Path | None:
+    """The file under root that holds module `name` (a module file or a package's __init__.py), None if none does."""
+    base = root.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def is_type_checking(node: ast.AST) -> bool:
+    """`if TYPE_CHECKING:` or `if typing.TYPE_CHECKING:`: its body never runs."""
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and ((isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+                                         or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def import_nodes(node: ast.AST, module_level_only: bool) -> Iterator[Import]:
+    """Every import statement below node; with module_level_only, those that run when the module is imported
+    (not inside a function, nor under `if TYPE_CHECKING:`; class bodies and `if __name__ == "__main__":` do run)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.Import, ast.ImportFrom)):
+            yield child
+        elif module_level_only and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        elif module_level_only and is_type_checking(child):
+            for statement in child.orelse:
+                yield from import_nodes(ast.Module(body=[statement], type_ignores=[]), module_level_only)
+        else:
+            yield from import_nodes(child, module_level_only)
+
+
+def import_targets(path: Path, root: Path, module_level_only: bool) -> set[str]:
+    """The absolute dotted names path's import statements name: `import a.b` -> a.b; `from a import b` -> a.b when
+    that is a module under root, else a. Relative imports are resolved against path's package."""
+    package = module_name(path, root) if path.name == "__init__.py" else module_name(path, root).rpartition(".")[0]
+    targets = set()
+    for node in import_nodes(ast.parse(path.read_text(encoding="utf-8")), module_level_only):
+        if isinstance(node, ast.Import):
+            targets |= {alias.name for alias in node.names}
+            continue
+        base = node.module or ""
+        if node.level:
+            anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+            base = ".".join(anchor + ([node.module] if node.module else []))
+        for alias in node.names:
+            submodule = f"{base}.{alias.name}"
+            targets.add(submodule if module_file(submodule, root) else base)
+    return targets
+
+
+def with_packages(name: str) -> list[str]:
+    """name and the packages importing it runs first: a.b.c -> a, a.b, a.b.c."""
+    parts = name.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def import_closure(module: str, root: Path = ROOT) -> set[str]:
+    """The files under root that importing `module` runs at module level (its package faces included), as paths
+    relative to root."""
+    seen: set[Path] = set()
+    todo = [module_file(name, root) for name in with_packages(module)]
     while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(module_imports(STAGES / f"{name}.py"))
-    return seen
+        path = todo.pop()
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        for target in import_targets(path, root, module_level_only=True):
+            todo.extend(module_file(name, root) for name in with_packages(target))
+    return {path.relative_to(root).as_posix() for path in seen}
 
 
-def stage_commands() -> dict[str, tuple[str, list[str]]]:
-    """{stage: (its stages module, its deps)} for every stage whose command runs a stages module."""
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+def stage_commands(root: Path = ROOT) -> dict[str, tuple[str, list[str], bool]]:
+    """{stage: (its stages module, its deps, whether it is a foreach stage)} for every stage whose command runs a
+    stages module."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     out = {}
     for name, stage in stages.items():
         body = stage.get("do", stage)
         match = re.search(r"python -m stages\.(\w+)", str(body["cmd"]))
         if match:
-            out[name] = (match.group(1), [next(iter(d)) if isinstance(d, dict) else d for d in body["deps"]])
+            deps = [next(iter(d)) if isinstance(d, dict) else d for d in body.get("deps", [])]
+            out[name] = (match.group(1), deps, "do" in stage)
+    return out
+
+
+def implied_deps(module: str, root: Path = ROOT) -> list[str]:
+    """The .py deps a stage running `module` should list: its own file first, then the rest of the closure sorted."""
+    own = f"stages/{module}.py"
+    return sorted(import_closure(f"stages.{module}", root), key=lambda path: (path != own, path))
+
+
+def package_files(folder: str, root: Path = ROOT) -> set[str]:
+    """Every .py file under a package folder that dvc.yaml names as one dep (DVC hashes the folder; .dvcignore
+    leaves out __pycache__)."""
+    return {path.relative_to(root).as_posix() for path in (root / folder).rglob("*.py")
+            if "__pycache__" not in path.parts}
+
+
+def listed_files(deps: list[str], root: Path = ROOT) -> set[str]:
+    """The code files a stage's deps cover: each .py dep, and every .py file of each package-folder dep."""
+    code = [dep for dep in deps if dep.endswith(".py") or (root / dep / "__init__.py").is_file()]
+    return {path for dep in code for path in ([dep] if dep.endswith(".py") else package_files(dep, root))}
+
+
+def collapsed_deps(paths: list[str], root: Path = ROOT) -> list[str]:
+    """`paths` with each subpackage of peftqa/ whose files are all in it written as its folder, first wins."""
+    folders = sorted({str(Path(path).parent) for path in paths if Path(path).parent.name != "peftqa"
+                      and path.startswith("peftqa/")})
+    whole = [folder for folder in folders if package_files(folder, root) <= set(paths)]
+    out = []
+    for path in paths:
+        folder = next((f for f in whole if path.startswith(f + "/")), None)
+        item = folder or path
+        if item not in out:
+            out.append(item)
     return out
 
 
 def test_the_static_reader_sees_module_level_imports_only():
-    assert {"common", "methods"} <= module_imports(STAGES / "params.py")
-    assert "families" not in module_imports(STAGES / "params.py")  # imported inside ModelParams, only when needed
+    serving, tracking = ROOT / "peftqa/serving.py", ROOT / "peftqa/tracking.py"
+    # `from peftqa import environment, tracking` names two submodules
+    assert {"peftqa.environment", "peftqa.tracking", "peftqa.params"} <= import_targets(serving, ROOT, True)
+    # imported inside the model's load_context, only where the model is loaded: not a dep, but still an import
+    assert "peftqa.families" not in import_targets(serving, ROOT, module_level_only=True)
+    assert "peftqa.families" in import_targets(serving, ROOT, module_level_only=False)
+    # under `if TYPE_CHECKING:`, for an annotation only
+    assert "peftqa.probe" not in import_targets(tracking, ROOT, module_level_only=True)
+    assert "peftqa.probe" in import_targets(tracking, ROOT, module_level_only=False)
+
+
+def test_the_closure_counts_package_faces_and_skips_lazy_and_type_only_imports(tmp_path):
+    files = {
+        "pkg/__init__.py": "",
+        "pkg/sub/__init__.py": "from . import leaf\n",  # a face importing its own submodule
+        "pkg/sub/leaf.py": "import os\nfrom .. import relative\n",
+        "pkg/top.py": ("from typing import TYPE_CHECKING\nfrom pkg.sub.leaf import os\n"
+                       "if TYPE_CHECKING:\n    from pkg import typed\nelse:\n    from pkg import fallback\n"
+                       "class A:\n    from pkg import in_class\n"
+                       "def f():\n    from pkg import lazy\n"),
+        **{f"pkg/{name}.py": "" for name in ("relative", "typed", "fallback", "in_class", "lazy")},
+    }
+    for relative, text in files.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(text, encoding="utf-8")
+    assert import_closure("pkg.top", tmp_path) == {
+        "pkg/__init__.py", "pkg/top.py", "pkg/sub/__init__.py", "pkg/sub/leaf.py", "pkg/relative.py",
+        "pkg/fallback.py", "pkg/in_class.py"}
 
 
 @pytest.mark.parametrize("stage", sorted(stage_commands()))
-def test_every_imported_stages_module_is_a_dep(stage):
-    module, deps = stage_commands()[stage]
-    missing = sorted(f"stages/{name}.py" for name in import_closure(module) if f"stages/{name}.py" not in deps)
+def test_every_imported_module_is_a_dep(stage):
+    module, deps, _ = stage_commands()[stage]
+    listed = listed_files(deps)
+    missing = [path for path in implied_deps(module) if path not in listed]
     assert not missing, f"dvc.yaml stage '{stage}' imports {missing} but does not list them under deps"
+
+
+@pytest.mark.parametrize("stage", sorted(stage_commands()))
+def test_every_listed_py_dep_is_imported(stage):
+    module, deps, _ = stage_commands()[stage]
+    closure = set(implied_deps(module))
+    stale = sorted(path for path in listed_files(deps) if path not in closure)
+    assert not stale, (f"dvc.yaml stage '{stage}' lists {stale} under deps, but python -m stages.{module} does not "
+                       f"import them at module level (or they do not exist)")
+
+
+def print_implied_deps() -> None:
+    """Each stage's .py deps as the closure implies them, shaped like dvc.yaml (a foreach stage's under `do:`)."""
+    for stage, (module, _, foreach) in stage_commands().items():
+        indent = "    " if foreach else "  "
+        print(f"  {stage}:" + ("\n    do:" if foreach else ""))
+        print(f"{indent}  deps:  # the .py files only: keep the stage's data deps above them")
+        print("\n".join(f"{indent}    - {path}" for path in collapsed_deps(implied_deps(module))))
+
+
+if __name__ == "__main__":
+    print_implied_deps()

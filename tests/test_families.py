@@ -1,4 +1,4 @@
-"""The backbone seam (peftqa/families/__init__.py) and the method registry (peftqa/methods/__init__.py), on tiny random models.
+"""The backbone seam (peftqa/families/) and the method registry (peftqa/methods/), on tiny random models.
 
 Every family x every method: a couple of optimizer steps, frozen weights untouched, save -> load gives the same
 scores, scores independent of padding. Then one test per failure mode, and the embedded MiniLM loaded for real.
@@ -14,16 +14,8 @@ from transformers import AutoConfig
 
 from peftqa import methods
 from peftqa.common import PeftqaError
-from peftqa.families import (
-    HEAD_FILE,
-    METADATA_FILE,
-    answer_to_label,
-    detect_family,
-    kept_positions,
-    load_backbone,
-    resolve_model_path,
-    verbalizer_token_ids,
-)
+from peftqa.families import HEAD_FILE, METADATA_FILE, backbone_class, detect_family, load_backbone, resolve_model_path
+from peftqa.families.tokens import answer_to_label, kept_positions, verbalizer_token_ids
 from peftqa.methods import METHODS, Ia3Params, LoraParams, PrefixTuningParams, PromptTuningParams, PTuningParams
 from peftqa.params import ModelParams, PeftParams
 
@@ -228,6 +220,14 @@ def test_adapter_trained_for_something_else_is_refused(tiny_paths, tmp_path, fie
         overrides["labels"] = ("yes", "no", "maybe")
     with pytest.raises(PeftqaError, match=rf"{folder}.*'{field}'"):
         load(tiny_paths, "bert", method, adapter_dir=folder, **overrides)
+
+
+def test_a_family_that_is_not_registered_is_refused_by_name():
+    """params cannot know the families (a plug-in may register one): the family is checked where it is chosen."""
+    with pytest.raises(PeftqaError, match=r"'model\.family' = 'decoder' is invalid: choose auto or one of "
+                                          r"\['encoder', 'seq2seq', 'causal'\]"):
+        load_backbone(ModelParams(family="decoder"), "base", TINY_PEFT, LABELS, seed=0, device="cpu")
+    assert backbone_class("causal", ("no-model-is-read", {})).family == "causal"  # a named family needs no config
 
 
 def test_folder_without_metadata_is_refused(tiny_paths, tmp_path):

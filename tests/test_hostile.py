@@ -164,8 +164,8 @@ def test_a_pmid_listed_twice_is_refused():
 
 
 # -----------------------------------------------------------------------------
-# every stage: a missing input names the file and the fix; on the command line, one paragraph and exit 1, and a
-# traceback only with --debug (a stage that imports torch takes about 8 s to start, so not every stage runs as a CLI)
+# every stage and tool: a missing input names the file and the fix; on the command line, one paragraph and exit 1, and
+# a traceback only with --debug (a stage that imports torch takes about 8 s to start, so not every stage runs as a CLI)
 
 STAGE_FAILURES = {  # stage: (arguments, params overrides, env, what the error must name: the file or key, and the fix)
     "fetch": ([], {}, {"PUBMEDQA_JSON": "missing.json"},
@@ -178,10 +178,11 @@ STAGE_FAILURES = {  # stage: (arguments, params overrides, env, what the error m
               ["reports/eval/base/preds_test.csv: not found", "run `dvc repro`"]),
     "report": ([], {}, {}, ["data/processed/test.csv is missing", "run `dvc repro`"]),
     "protocols": ([], {"seeds": [1, 2]}, {}, ["data/processed/folds.csv not found", "dvc repro prepare"]),
-    "registry": ([], {}, {}, ["no finished training run", "mlflow.db", "train them first"]),
+    "register": ([], {}, {}, ["no finished training run", "mlflow.db", "train them first"]),
     "bench": ([], {}, {}, ["data/processed/train.csv not found", "dvc repro prepare"]),
-    "predict": (["predict", "--method", "lora"], {}, {}, ["models/lora/adapter not found", "train the method first"]),
+    "predict": (["--method", "lora"], {}, {}, ["models/lora/adapter not found", "train the method first"]),
 }
+TOOLS = ("register", "bench", "predict")  # `peftqa <tool>` subcommands, in peftqa/cli/, not DVC stages
 CLI_STAGES = ("fetch", "prepare", "evaluate", "stats", "report")  # evaluate stands for the stages that import torch
 
 
@@ -196,9 +197,9 @@ def test_a_missing_input_names_the_file_and_the_fix(store_dir, write_params, mon
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(PeftqaError) as error:
-        importlib.import_module(f"stages.{stage}").main(args)
+        importlib.import_module(f"peftqa.cli.{stage}" if stage in TOOLS else f"stages.{stage}").main(args)
     assert_names(str(error.value), needles)
-    assert files_written(store_dir) <= ({"mlflow.db"} if stage == "registry" else set())  # registry opened the store
+    assert files_written(store_dir) <= ({"mlflow.db"} if stage == "register" else set())  # register opened the store
 
 
 @pytest.mark.parametrize("stage", CLI_STAGES)

@@ -81,7 +81,6 @@ def test_unknown_key_is_named(params_data, dotted):
     ("prepare.val_fraction", 1.5),
     ("prepare.limit", -5),
     ("fetch.sha256", "abc"),
-    ("model.family", "decoder"),
     ("model.template", "Question: {question}"),
     ("methods", ["base", "adapters"]),
     ("methods", ["base", "base"]),

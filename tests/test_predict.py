@@ -25,10 +25,10 @@ def json_lines(frame: pd.DataFrame, with_pmid: bool = True) -> str:
 
 
 def run_predict(capsys, monkeypatch, root: Path, method: str, text: str, *extra: str) -> list[dict]:
-    """main(["predict", ...]) on `text` as stdin; the JSON lines it writes, parsed."""
+    """predict.main([...]) on `text` as stdin; the JSON lines it writes, parsed."""
     capsys.readouterr()
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(text))
-    predict.main(["predict", "--method", method, "--models-dir", str(root / "models"),
+    predict.main(["--method", method, "--models-dir", str(root / "models"),
                   "--params", str(root / "params.yaml"), *extra])
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
@@ -107,14 +107,14 @@ def test_a_bad_input_line_is_an_error_naming_its_line_and_field(bad_line, messag
 
 
 def test_the_console_script_reports_a_bad_line_in_one_line_and_exits_1(tmp_path, write_params):
-    """`python -m peftqa.cli.predict predict` (what the `peftqa` script runs): no traceback, exit status 1. The input
-    is checked before any model is loaded, so this needs no trained adapter, only the folder."""
+    """`python -m peftqa predict` (what the `peftqa` script runs): no traceback, exit status 1. The input is checked
+    before any model is loaded, so this needs no trained adapter, only the folder."""
     (tmp_path / "models/lora/adapter").mkdir(parents=True)
     params = write_params(tmp_path)
     items = tmp_path / "items.jsonl"
     items.write_text(GOOD + "\n" + GOOD + "\n" + '{"question": "Q?"}\n')
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run([sys.executable, "-m", "peftqa.cli.predict", "predict", "--method", "lora", "--input",
+    result = subprocess.run([sys.executable, "-m", "peftqa", "predict", "--method", "lora", "--input",
                              str(items), "--models-dir", str(tmp_path / "models"), "--params", str(params)],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 1 and result.stdout == ""
@@ -125,4 +125,4 @@ def test_the_console_script_reports_a_bad_line_in_one_line_and_exits_1(tmp_path,
 def test_a_missing_adapter_is_an_error_that_says_to_train_first(tmp_path, write_params):
     params = write_params(tmp_path)
     with pytest.raises(PeftqaError, match=r"models/lora/adapter not found: train the method first"):
-        predict.main(["predict", "--method", "lora", "--models-dir", str(tmp_path / "models"), "--params", str(params)])
+        predict.main(["--method", "lora", "--models-dir", str(tmp_path / "models"), "--params", str(params)])

@@ -137,7 +137,7 @@ def test_embed_caches_features_that_the_probe_reuses(probe_dir, tiny_model_paths
     assert list(pmids) == list(pd.read_csv(probe_dir / "data/processed/val.csv", dtype={"pmid": str})["pmid"])
     np.testing.assert_allclose(features, independent_features(str(tiny_model_paths["encoder"]), pd.read_csv(
         probe_dir / "data/processed/val.csv")), atol=1e-5)
-    with caplog.at_level("INFO", logger="peftqa.embed"):
+    with caplog.at_level("INFO", logger="peftqa.features"):
         train_stage.main(["base"])
     assert "embedding them now" not in caplog.text  # read from the cache
 

@@ -67,8 +67,8 @@ def test_cv_fold_metrics_per_fold_and_pooled():
     assert table[["fold", "n", "accuracy"]].values.tolist() == [["0", 2, 1.0], ["1", 2, 0.5], ["pooled", 4, 0.75]]
     # pooled: yes P=1 R=.5 F1=2/3; no P=2/3 R=1 F1=.8; macro (2/3+.8)/2
     assert table.iloc[2]["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
-    metrics = protocols_lib.metrics_json(protocols_lib.seeds_summary(pd.DataFrame(columns=protocols_lib.SEED_COLUMNS), "m"),
-                                     table)
+    no_seeds = protocols_lib.seeds_summary(pd.DataFrame(columns=protocols_lib.SEED_COLUMNS), "m")
+    metrics = protocols_lib.metrics_json(no_seeds, table)
     assert metrics == {"cv": {"m": {"n": 4, "pooled_accuracy": 0.75, "pooled_macro_f1": pytest.approx(0.7333333),
                                     "fold_macro_f1_std": pytest.approx(table.iloc[:2]["macro_f1"].std())}}}
 

@@ -9,23 +9,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peftqa import references as references_lib
 from peftqa.common import ParamsError, PeftqaError
 from peftqa.metrics import classification_metrics
 from peftqa.params import ReferencesParams, parse_params
 from peftqa.references import (
+    PRED_COLUMNS,
     TfidfSetting,
     check_split,
     choose_tfidf_setting,
     fit_tfidf_lr,
+    input_texts,
     majority_label,
     predict_majority,
     predict_references,
     predict_tfidf_lr,
+    score_predictions,
     tfidf_grid,
 )
 from stages import references
-from stages.references import PRED_COLUMNS
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 LABELS = ("yes", "no")
@@ -87,8 +88,8 @@ def test_tfidf_lr_chooses_on_val_even_where_test_prefers_another_setting():
     setting, grid = choose_tfidf_setting(splits["train"], splits["val"], params, LABELS)
     assert setting == TfidfSetting(1, 0.01, "balanced")
 
-    train_texts, train_gold = references_lib.input_texts(splits["train"]), splits["train"]["label"].tolist()
-    test_f1 = {s.class_weighting: references_lib.score_predictions(
+    train_texts, train_gold = input_texts(splits["train"]), splits["train"]["label"].tolist()
+    test_f1 = {s.class_weighting: score_predictions(
         predict_tfidf_lr(fit_tfidf_lr(train_texts, train_gold, s), splits["test"]), LABELS)["macro_f1"]
         for s in tfidf_grid(params)}
     assert test_f1["none"] > test_f1["balanced"]  # the construction holds: test would have chosen 'none'
@@ -107,7 +108,7 @@ def test_tfidf_lr_ties_go_to_the_simplest_setting():
 
 def test_tfidf_lr_vocabulary_comes_from_train_alone():
     splits = make_splits()
-    model = fit_tfidf_lr(references_lib.input_texts(splits["train"]), splits["train"]["label"].tolist(),
+    model = fit_tfidf_lr(input_texts(splits["train"]), splits["train"]["label"].tolist(),
                          TfidfSetting(1, 1.0, "none"))
     vocabulary = set(model[0].vocabulary_)
     assert {"improved", "unchanged"} <= vocabulary and "worsened" not in vocabulary
@@ -129,7 +130,7 @@ def test_tfidf_lr_p_yes_agrees_with_its_prediction():
 
 @pytest.mark.parametrize("name", ["majority", "tfidf_lr"])
 def test_predictions_have_evaluates_columns(name):
-    from stages.evaluate import predictions_frame as evaluate_predictions_frame  # imports torch: only here
+    from peftqa.evaluation import predictions_frame as evaluate_predictions_frame  # imports torch: only here
 
     splits = make_splits()
     preds, _ = predict_references(splits, ReferencesParams(names=(name,)), LABELS)

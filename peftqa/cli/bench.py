@@ -5,7 +5,7 @@ Prints a markdown table of examples per second and per-example latency for:
   - inference, batched label scoring (the evaluate stage's default) against one-at-a-time scoring;
   - seq2seq/causal only: the reference's per-example greedy generate loop (max_new_tokens=2), as a ratio
     measured in the same run on the same items.
-Usage: python -m peftqa.cli.bench [--items N] [--train-batches K]   (reads data/processed/test.csv and train.csv)
+Usage: peftqa bench [--items N] [--train-batches K]   (reads data/processed/test.csv and train.csv)
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def bench_inference(params: Params, frame: pd.DataFrame) -> list[dict]:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m peftqa.cli.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="peftqa bench", description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=64, help="test items scored (default 64)")
     parser.add_argument("--train-batches", type=int, default=3, help="timed optimizer steps per method (default 3)")
     args = parser.parse_args(argv)
@@ -116,8 +116,3 @@ def main(argv: list[str]) -> None:
                                                "vs_batched": "speed vs batched"})
     print(table.to_markdown(index=False, floatfmt=".3f", missingval=""))
 
-
-if __name__ == "__main__":
-    from peftqa.common import run_cli
-
-    run_cli(main)

@@ -8,8 +8,8 @@ On CPU it runs a scaled-down shape (`--shape small`) and says so.
 
 It imports only torch, transformers, peft and the standard library (no MLflow, no DVC, no other stage), so it
 runs on any machine that has those three.
-Usage: python -m peftqa.cli.bench_reference [--device auto|cpu|cuda] [--shape auto|full|small] [--steps N]
-                                        [--warmup N] [--peak-tflops X] [--json PATH]
+Usage: peftqa bench-reference [--device auto|cpu|cuda] [--shape auto|full|small] [--steps N]
+                              [--warmup N] [--peak-tflops X] [--json PATH]
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -269,8 +268,8 @@ def choose_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m peftqa.cli.bench_reference", description=__doc__.splitlines()[0])
+def main(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(prog="peftqa bench-reference", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--shape", choices=("auto", *SHAPES), default="auto",
                         help="auto: full on CUDA, small on CPU (default auto)")
@@ -313,13 +312,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_table(rows))
     result = {"environment": environment, "shape": asdict(shape), "bf16_autocast": bf16, "weights": "fp32",
               "warmup_steps": args.warmup, "peak_flops": peak_flops,
-              "command": " ".join(["python -m peftqa.cli.bench_reference", *(sys.argv[1:] if argv is None else argv)]),
+              "command": " ".join(["peftqa bench-reference", *argv]),
               "methods": rows}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
 
-
-if __name__ == "__main__":
-    main()

@@ -1,14 +1,15 @@
-"""`make clean`: remove exactly the pipeline's outputs, as dvc.yaml declares them, and nothing else.
+"""Remove exactly the outputs that dvc.yaml declares, and nothing else (`make clean`).
 
 Every stage's outs, metrics and plots (foreach stages expanded for the methods in params.yaml), read through DVC's
 own index, so the list cannot drift from dvc.yaml. Not removed: dvc.lock, the DVC cache (`dvc checkout` or `dvc pull`
 brings cached outputs back), .gitignore files, the venv, the MLflow store (mlflow.db, mlruns/), committed files that
 no stage writes (reports/ablation/, reports/seeds3/, ...), and models/<method>/checkpoint.pt (not an output).
 
-    python -m peftqa.cli.clean [--dry-run]    (--dry-run: print what would be removed)
+Usage:   peftqa clean [--dry-run]    (--dry-run: print what would be removed)
 """
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 from pathlib import Path
@@ -41,10 +42,9 @@ def remove(path: Path) -> bool:
 
 
 def main(args: list[str]) -> None:
-    dry_run = "--dry-run" in args
-    unknown = [a for a in args if a != "--dry-run"]
-    if unknown:
-        raise PeftqaError(f"clean: unknown arguments {unknown}; usage: python -m peftqa.cli.clean [--dry-run]")
+    parser = argparse.ArgumentParser(prog="peftqa clean", description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
+    dry_run = parser.parse_args(args).dry_run
     root = Path.cwd()
     for path in declared_outputs(root):
         shown = os.path.relpath(path, root)
@@ -53,8 +53,3 @@ def main(args: list[str]) -> None:
         elif remove(path):
             print(f"removed {shown}")
 
-
-if __name__ == "__main__":
-    from peftqa.common import run_cli
-
-    run_cli(main)

@@ -1,4 +1,4 @@
-"""`peftqa predict`: label new PubMedQA-style questions with a trained adapter, scored exactly as evaluate scores.
+"""Label new PubMedQA-style questions with a trained adapter, scored exactly as evaluate scores.
 
 Inputs:  JSON lines {"question": str, "context": str or [str], optional "pmid"} from --input or stdin;
          models/<method>/adapter/ (the train stage's output); params: model, prepare.labels, train.seed,
@@ -7,7 +7,7 @@ Outputs: JSON lines {"pmid"?, "label", "p_yes", "latency_s"} on stdout, one per 
          label is "abstain" when --abstain-below P is given and the top label's probability is below P.
 Usage:   peftqa predict --method lora [--models-dir models] [--input items.jsonl] [--abstain-below 0.7]
                         [--params params.yaml] [--batch-size 32]
-         python -m peftqa.cli.predict predict ...    (the same, without installing the console script)
+         python -m peftqa predict ...    (the same, without the console script on PATH)
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Iterable, TextIO
 
 import pandas as pd
 
-from peftqa.common import PeftqaError, run_cli
+from peftqa.common import PeftqaError
 from peftqa.evaluation import predict_frame
 from peftqa.families import load_backbone
 from peftqa.params import METHODS, load_params
@@ -64,8 +64,6 @@ def parse_items(lines: Iterable[str], source: str = "<stdin>") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["pmid", "question", "context"])
 
 
-
-
 def output_records(predictions: pd.DataFrame) -> list[dict[str, object]]:
     """Rows of (pmid, pred, p_yes, latency_s) -> output dicts; no pmid key where the input had none, NaN -> null."""
     records = []
@@ -77,19 +75,21 @@ def output_records(predictions: pd.DataFrame) -> list[dict[str, object]]:
     return records
 
 
+# -----------------------------------------------------------------------------
+# the command: evaluate's own scoring (peftqa.evaluation.predict_frame), so predict and evaluate cannot drift apart
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="peftqa", description="peftqa command-line tools")
-    commands = parser.add_subparsers(dest="command", required=True)
-    predict = commands.add_parser("predict", help="label JSON lines of {question, context} with a trained adapter")
-    predict.add_argument("--method", required=True, choices=METHODS, help="which trained method (models/<method>/)")
-    predict.add_argument("--models-dir", type=Path, default=Path("models"), help="the train stage's output folder")
-    predict.add_argument("--input", default="-", help="a JSON-lines file; - (the default) reads stdin")
-    predict.add_argument("--abstain-below", type=float, default=None, metavar="P",
-                         help="write label 'abstain' when the top label's probability is below P (0 < P <= 1)")
-    predict.add_argument("--params", type=Path, default=Path("params.yaml"),
-                         help="the params the adapter was trained with")
-    predict.add_argument("--batch-size", type=int, default=None,
-                         help="items scored together (default: evaluate.batch_size)")
+    parser = argparse.ArgumentParser(prog="peftqa predict", description=__doc__.splitlines()[0])
+    parser.add_argument("--method", required=True, choices=METHODS, help="which trained method (models/<method>/)")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="the train stage's output folder")
+    parser.add_argument("--input", default="-", help="a JSON-lines file; - (the default) reads stdin")
+    parser.add_argument("--abstain-below", type=float, default=None, metavar="P",
+                        help="write label 'abstain' when the top label's probability is below P (0 < P <= 1)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="the params the adapter was trained with")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="items scored together (default: evaluate.batch_size)")
     args = parser.parse_args(argv)
     if args.abstain_below is not None and not 0 < args.abstain_below <= 1:
         raise PeftqaError(f"--abstain-below {args.abstain_below} is invalid: a probability in (0, 1] is needed")
@@ -98,27 +98,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-# -----------------------------------------------------------------------------
-# scoring: evaluate's own functions, batch by batch, so predict and evaluate cannot drift apart
-
-
-
-
 def write_json_lines(records: list[dict[str, object]], stream: TextIO) -> None:
     for record in records:
         stream.write(json.dumps(record) + "\n")
     stream.flush()
 
 
-# -----------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`peftqa predict ...`. Called without argv (the console script), it reads sys.argv and turns a PeftqaError
-    into a one-line message and exit status 1; called with argv (tests), errors propagate."""
-    if argv is None:
-        run_cli(main)
-        return
+def main(argv: list[str]) -> None:
     args = parse_args(argv)
     params = load_params(args.params)
     adapter_dir = args.models_dir / args.method / "adapter"
@@ -140,6 +126,3 @@ def main(argv: list[str] | None = None) -> None:
                                 use_bf16(params.model.dtype, backbone.device), args.abstain_below)
     write_json_lines(output_records(predictions), sys.stdout)
 
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,14 @@
-"""TODO docstring."""
+"""Compare truncations: val macro-F1 of the linear probe per model.truncation and max_length.
+
+For every mode (start, end, both) and max_length, embeds train and val with params.yaml's base model, solves the
+linear probe as train@base does (peftqa.probe.solve_probe, C chosen on val) and prints one row per setting; test is
+not read. Not a dvc.yaml stage: in the pipeline, train@base fits the probe for params.yaml's one setting.
+
+Inputs:  data/processed/{train,val}.csv; params: model, prepare.labels, train.seed, train.device,
+         train.class_weighting, peft.base.c_grid.
+Outputs: a markdown table on stdout: truncation, max_length, c, val_macro_f1, val_loss.
+Usage:   peftqa probe --compare-truncation [--modes start end both] [--max-lengths 128 256]
+"""
 from __future__ import annotations
 
 import argparse
@@ -46,7 +56,7 @@ def compare_truncation(modes: tuple[str, ...] = ("start", "end", "both"),
 
 
 def main(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m peftqa.probe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="peftqa probe", description=__doc__.splitlines()[0])
     parser.add_argument("--compare-truncation", action="store_true", help="val macro-F1 of the probe per truncation")
     parser.add_argument("--modes", nargs="+", default=["start", "end", "both"], choices=["start", "end", "both"])
     parser.add_argument("--max-lengths", nargs="+", type=int, default=[], help="default: model.max_length")

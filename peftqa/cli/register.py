@@ -1,4 +1,4 @@
-"""Register the best training run of each method in the MLflow model registry, as the pyfunc that run logged.
+"""Register each method's best training run in the MLflow model registry, as the pyfunc it logged.
 
 Inputs:  the MLflow store (tracking.tracking_uri()); its finished train@<method> runs of the main protocol (runs of
          the seeds and cv protocols, tagged `protocol`, are never registered), each with its logged model (an MLflow 3
@@ -12,10 +12,11 @@ Outputs: per method, a new version of registered model "peftqa-<method>" whose s
          and gives label, p_yes, as `peftqa predict` and the evaluate stage do; the model's requirements.txt lists
          what it needs (peftqa's own code travels inside the model). The base model itself is not copied:
          model.name_or_path must load where the pyfunc is loaded.
-Usage:   python -m peftqa.cli.register [method ...]     (default: every method in params.yaml)
+Usage:   peftqa register [method ...]     (default: every method in params.yaml)
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import tempfile
 from pathlib import Path
@@ -104,12 +105,22 @@ def register_run(client, run: Run, method: str) -> object:
     return model_version
 
 
-def main(args: list[str]) -> None:
-    unknown = [a for a in args if a not in METHODS]
+def parse_methods(argv: list[str]) -> list[str]:
+    """The methods named on the command line (none: every method in params.yaml); an unknown one is a PeftqaError."""
+    parser = argparse.ArgumentParser(prog="peftqa register", description=__doc__.splitlines()[0])
+    parser.add_argument("methods", nargs="*", metavar="method",
+                        help=f"default: every method in params.yaml; one of {', '.join(METHODS)}")
+    methods = parser.parse_args(argv).methods
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise PeftqaError(f"usage: python -m peftqa.cli.register [method ...], methods from {list(METHODS)}; got {unknown}")
+        raise PeftqaError(f"usage: peftqa register [method ...], methods from {list(METHODS)}; got {unknown}")
+    return methods
+
+
+def main(args: list[str]) -> None:
+    named = parse_methods(args)
     params = load_params()
-    methods = args or list(params.methods)
+    methods = named or list(params.methods)
     client, experiment_id = tracking.connect(params.mlflow.experiment)
     runs = client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=5000)
     best = pick_best_runs(runs, methods)
@@ -124,8 +135,3 @@ def main(args: list[str]) -> None:
                  model_version.version, CHAMPION, model_version.source, best[method].info.run_id, SELECTION_METRIC,
                  best[method].data.metrics[SELECTION_METRIC])
 
-
-if __name__ == "__main__":
-    from peftqa.common import run_cli
-
-    run_cli(main)

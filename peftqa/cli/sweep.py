@@ -7,7 +7,7 @@ the baseline row of `dvc exp show` already holds it. Not a dvc.yaml stage: its o
 Inputs:  reports/ablation/grid.yaml (or --grid PATH), params.yaml.
 Outputs: queued experiments named <table>-<value>-<value>... (`dvc queue status` lists them; `dvc queue start -j 2`
          runs them). --dry-run prints the commands instead.
-Usage:   python -m peftqa.cli.sweep [--grid reports/ablation/grid.yaml] [--only TABLE ...] [--dry-run] [--debug]
+Usage:   peftqa sweep [--grid reports/ablation/grid.yaml] [--only TABLE ...] [--dry-run] [--debug]
 """
 from __future__ import annotations
 
@@ -20,22 +20,10 @@ from pathlib import Path
 
 import yaml
 
-from peftqa.common import PeftqaError, log, project_root, run_cli
+from peftqa.common import PeftqaError, log, project_root
+from peftqa.experiments import flatten_params
 
 GRID_FILE = Path("reports/ablation/grid.yaml")
-
-
-def flatten_params(nested: dict, prefix: str = "") -> dict[str, object]:
-    """{"peft": {"lora": {"r": 8}}} -> {"peft.lora.r": 8}; lists and scalars are leaves. The one reader of dotted
-    params keys: the sweep's grid keys here, the experiments' params in peftqa.cli.ablation."""
-    flat = {}
-    for key, value in nested.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten_params(value, prefix=f"{dotted}."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def lookup_dotted(params: dict, key: str) -> object:
@@ -113,7 +101,7 @@ def queue_commands(grid: dict[str, dict[str, list]], params: dict, only: list[st
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m peftqa.cli.sweep", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="peftqa sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--grid", type=Path, default=GRID_FILE, help="the committed grid (relative to the repo root)")
     parser.add_argument("--only", nargs="+", help="queue only these tables of the grid")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, queue nothing")
@@ -136,6 +124,3 @@ def main(argv: list[str]) -> None:
     log.info("sweep: %d experiments %s; run them with `dvc queue start -j 2`, follow with `dvc queue status`",
              len(commands), "listed" if args.dry_run else "queued")
 
-
-if __name__ == "__main__":
-    run_cli(main)

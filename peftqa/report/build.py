@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""report.md assembled from its parts (tables, findings, sections), and the submission file of test labels."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -15,9 +15,7 @@ from peftqa.report.findings import (
     describe_method,
     detectable_difference_sentence,
 )
-from peftqa.report.inputs import (
-    ReportInputs,
-)
+from peftqa.report.inputs import ReportInputs
 from peftqa.report.sections import (
     cv_section,
     main_protocol_line,

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""What the report reads, as typed inputs: every method's and reference's predictions, metrics and summaries, the
+stats and the protocol results; and the freshness checks that refuse inputs made for other items or params.
+"""
 from __future__ import annotations
 
 import json
@@ -13,14 +15,9 @@ from peftqa.common import PeftqaError
 from peftqa.history import read_history
 from peftqa.params import Params
 from peftqa.paths import DATA_DIR, EVAL_DIR, MODELS_DIR, PROTOCOLS_DIR, REFERENCES_DIR
-from peftqa.report.findings import (
-    STATS_PATH,
-    stats_row,
-)
+from peftqa.report.findings import STATS_PATH, stats_row
 
 REQUIRED_STATS = (("paired_bootstrap", "macro_f1"), ("mcnemar_exact", "accuracy"))  # per tuned method vs baseline
-
-
 T = TypeVar("T")
 
 

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""What survives a kill: the state after each epoch (weights, optimizer, scheduler, RNG, history, early stopping),
+saved atomically and restored bit-identically when the same resolved config runs again.
+"""
 from __future__ import annotations
 
 import logging

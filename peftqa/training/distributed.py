@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Several processes: `accelerate launch` starts them and DDP averages their gradients, so their weights stay
+equal. A lone process (plain python) trains exactly as it would without accelerate.
+"""
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,7 @@
-"""TODO docstring."""
+"""The training loop: seeded epochs over train, AdamW with linear warmup and decay, validation after each epoch,
+early stopping on val macro-F1 with the best epoch restored. Reads top to bottom: set_seed, validate, one epoch,
+the optimizer, fit; validate_start for the frozen methods, which train no epoch.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -98,8 +101,6 @@ def parameter_groups(backbone: Backbone, lr: float, head_lr: float | None) -> li
               {"params": [p for p in backbone.trainable_parameters() if id(p) in head],
                "lr": lr if head_lr is None else head_lr}]
     return [group for group in groups if group["params"]]
-
-
 
 
 def make_optimizer(backbone: Backbone, accelerator: Accelerator, n_train: int, cfg: TrainParams, lr: float,

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""One training, from params to saved adapter: load the backbone, start the encoder's head from the probe, fit,
+write the adapter, history.csv, train_summary.json and resolved_config.json, and log it all to one MLflow run
+(its life is peftqa.tracking.mlflow_run). Stage train@<method> calls train_method once; the protocols stage once
+per seed or fold.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +18,7 @@ from accelerate.utils import broadcast_object_list
 
 from peftqa import common, environment, scoring, serving, tracking
 from peftqa.common import PeftqaError
-from peftqa.families import Backbone, load_backbone, resolve_model
+from peftqa.families import Backbone, load_backbone
 from peftqa.features import features_for
 from peftqa.history import history_columns
 from peftqa.params import Params, flatten
@@ -22,11 +26,7 @@ from peftqa.paths import DATA_DIR
 from peftqa.probe import Probe, load_into_head, solve_probe
 from peftqa.tracking import log_metrics_row, log_outputs, mlflow_run
 from peftqa.training.distributed import make_accelerator, rank_digests, shared_resume
-from peftqa.training.loop import (
-    fit,
-    set_seed,
-    validate_start,
-)
+from peftqa.training.loop import fit, set_seed, validate_start
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def resolved_config(params: Params, method: str, backbone: Backbone, world_size:
     config.update(environment.environment_tags())  # the installed lock: a result names the environment that made it
     peft_config = getattr(backbone.model, "peft_config", {}).get("default")
     if peft_config is not None:
-        resolved = resolve_model(params.model.name_or_path)[0]
+        resolved = backbone.source[0]  # the path load_backbone resolved params' model.name_or_path to
         config.update({key: params.model.name_or_path if value == resolved else value for key, value in flatten(
             json.loads(json.dumps(peft_config.to_dict(), default=_jsonable)), "peft_config.").items()})
     config.update(extra)  # protocol runs: which seed or fold this is, in the params as in the tags

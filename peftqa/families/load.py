@@ -1,0 +1,98 @@
+"""Loading a backbone: `load_backbone` picks the family (backbone_class), checks a saved adapter folder's
+peftqa.json, loads the weights and the tokenizer, attaches the peft adapter and picks the device."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from peft import PeftConfig, PeftModel, get_peft_model
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+
+from peftqa import methods
+from peftqa.common import PeftqaError, require
+from peftqa.families.base import BACKBONES, METADATA_FILE, Backbone, detect_family
+from peftqa.families.resolve import _from_pretrained, resolve_model
+from peftqa.methods import ResolvedModel
+from peftqa.params import ModelParams, PeftParams
+
+
+def _check_metadata(folder: Path, expected: dict[str, object]) -> None:
+    """Refuse a folder trained for another method, model or label set: its scores would silently mean something else."""
+    path = folder / METADATA_FILE
+    if not path.is_file():
+        raise PeftqaError(f"{folder}: no {METADATA_FILE}, so not a saved peftqa adapter; run the train stage first")
+    held = json.loads(path.read_text(encoding="utf-8"))
+    for field, wanted in expected.items():
+        if held.get(field) != wanted:
+            raise PeftqaError(f"{folder}: {METADATA_FILE} field '{field}' holds {held.get(field)!r} but params ask "
+                              f"for {wanted!r}; retrain it (dvc repro) or fix params.yaml")
+
+
+def _attach_adapter(model: torch.nn.Module, peft_config: PeftConfig | None, adapter_dir: Path | None, *,
+                    method: str, model_name: str) -> torch.nn.Module:
+    """Wrap the model with peft: the saved adapter for evaluation, a fresh one for training; as is without adapter."""
+    if peft_config is None:
+        return model
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    methods.check_target_modules(peft_config, model, method=method, model_name=model_name)
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as err:
+        raise PeftqaError(f"peft.{method}: peft rejects this config for model '{model_name}': {err}") from None
+
+
+def _load_tokenizer(model_path: str, **kwargs) -> PreTrainedTokenizerBase:
+    """The model's tokenizer; causal LMs often lack a pad token, and EOS is the usual stand-in."""
+    tokenizer = _from_pretrained(AutoTokenizer, model_path, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def backbone_class(family: str, source: ResolvedModel) -> type[Backbone]:
+    """The Backbone subclass of model.family; auto asks each registered family whether the model's config is theirs."""
+    require(family == "auto" or family in BACKBONES, "model.family", family, f"choose auto or one of {list(BACKBONES)}")
+    if family == "auto":
+        model_path, model_kwargs = source
+        family = detect_family(_from_pretrained(AutoConfig, model_path, **model_kwargs))
+    return BACKBONES[family]
+
+
+def load_backbone(model_params: ModelParams, method: str, peft_params: PeftParams, labels: tuple[str, ...], *,
+                  seed: int, device: str = "auto", gradient_checkpointing: bool = False,
+                  adapter_dir: Path | None = None) -> Backbone:
+    """A backbone to train (adapter_dir None: fresh adapter and head seeded with `seed`, train mode, base weights
+    frozen unless the method trains the whole model) or to evaluate (adapter_dir: the saved weights, eval mode,
+    nothing trainable)."""
+    source = resolve_model(model_params.name_or_path)  # (what from_pretrained gets, gguf_file= for a GGUF model)
+    model_path, model_kwargs = source
+    family = backbone_class(model_params.family, source)
+    if adapter_dir is not None:
+        adapter_dir = Path(adapter_dir)
+        _check_metadata(adapter_dir, {"method": method, "family": family.family, "model": model_params.name_or_path,
+                                      "labels": list(labels)})
+    peft_config = methods.build_peft_config(method, peft_params[method], family, source,
+                                            gradient_checkpointing=gradient_checkpointing)
+    whole_model = adapter_dir is not None and methods.get(method).whole_model  # saved whole, as safetensors
+    weights_path, weights_kwargs = (str(adapter_dir), {}) if whole_model else source
+    dtype = torch.bfloat16 if model_params.dtype == "bfloat16" else torch.float32  # auto: the loop autocasts on CUDA
+    model = _from_pretrained(family.auto_class, weights_path, dtype=dtype, **weights_kwargs)
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(seed)  # the adapter's and the head's initial weights
+    model = _attach_adapter(model, peft_config, adapter_dir, method=method, model_name=model_params.name_or_path)
+    backbone = family(model, _load_tokenizer(model_path, **model_kwargs), method=method, labels=tuple(labels),
+                      model_params=model_params, device=_pick_device(device), source=source)
+    if adapter_dir is None:
+        backbone.prepare_for_training()
+    else:
+        backbone.prepare_for_evaluation(adapter_dir)
+    return backbone

@@ -1,0 +1,44 @@
+"""Method prompt_tuning: a trained soft prompt of virtual tokens in front of the input (peft's PromptTuningConfig)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from peftqa.common import require
+from peftqa.methods.knobs import VirtualTokenKnobs
+from peftqa.methods.registry import Family, Method, ResolvedModel, register
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
+
+
+@dataclass(frozen=True)
+class PromptTuningParams(VirtualTokenKnobs):
+    lr: float = 3e-2
+    init: Literal["random", "text"] = "random"
+    init_text: str = "Is the answer to the biomedical question yes or no?"
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.init != "text" or bool(self.init_text.strip()), "init_text", self.init_text,
+                "must be non-empty when init is 'text'")
+
+
+def build_prompt_tuning(knobs: PromptTuningParams, family: Family, model: ResolvedModel) -> PeftConfig:
+    """Soft prompt; text init copies the embeddings of init_text, so peft loads the tokenizer (a GGUF one with its
+    gguf_file=)."""
+    from peft import PromptTuningConfig, PromptTuningInit
+
+    from_text = knobs.init == "text"
+    path, kwargs = model
+    return PromptTuningConfig(
+        task_type=family.task_type,
+        num_virtual_tokens=knobs.num_virtual_tokens,
+        prompt_tuning_init=PromptTuningInit.TEXT if from_text else PromptTuningInit.RANDOM,
+        prompt_tuning_init_text=knobs.init_text if from_text else None,
+        tokenizer_name_or_path=path if from_text else None,
+        tokenizer_kwargs=(kwargs or None) if from_text else None,
+    )
+
+
+register(Method("prompt_tuning", PromptTuningParams, build_prompt_tuning))
