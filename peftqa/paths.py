@@ -18,6 +18,7 @@ CURVES_DIR = REPORTS_DIR / "curves"  # stage curves: one file per metric, one co
 REFERENCES_DIR = REPORTS_DIR / "references"  # stage references: reports/references/<reference>/preds_<split>.csv
 REFERENCES_METRICS_JSON = REPORTS_DIR / "references_metrics.json"
 STATS_DIR = REPORTS_DIR / "stats"  # stage stats: paired tests of every method against the baseline
+STATS_CSV = STATS_DIR / "stats_eval_test.csv"  # one row per (method, reference, test, metric); the report reads it
 PROTOCOLS_DIR = REPORTS_DIR / "protocols"  # stage protocols: repeated seeds and k-fold CV
 PROTOCOLS_METRICS_JSON = REPORTS_DIR / "protocols_metrics.json"
 FIGURES_DIR = REPORTS_DIR / "figures"  # stage report: figures, report.md and the submission

@@ -19,7 +19,7 @@ import pandas as pd
 
 from peftqa.common import PeftqaError, log, run_cli, write_csv_atomic, write_json_atomic, write_text_atomic
 from peftqa.params import load_params
-from peftqa.paths import STATS_DIR
+from peftqa.paths import STATS_CSV, STATS_DIR
 from peftqa.stats import compare_methods, format_markdown, preds_path, summarize_comparisons
 
 # -----------------------------------------------------------------------------
@@ -48,7 +48,7 @@ def main(args: list[str]) -> None:
     table = compare_methods(preds, methods=params.methods, baseline=params.stats.baseline,
                             labels=params.prepare.labels, stats_params=params.stats, references=references)
 
-    write_csv_atomic(STATS_DIR / "stats_eval_test.csv", table)
+    write_csv_atomic(STATS_CSV, table)
     write_text_atomic(STATS_DIR / "stats_eval_test.md", format_markdown(table, params.stats))
     write_json_atomic(STATS_DIR / "stats_summary.json", summarize_comparisons(table))
     log.info("stats: %d rows (comparison x test x metric) -> %s", len(table), STATS_DIR)

@@ -16,8 +16,8 @@ from peftqa.params import _Loader  # the project's YAML loader: yes/no stay stri
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_YAML = REPO_ROOT / "params.yaml"
 # what `dvc repro` needs from the repo (tests/ and data are not copied)
-REPO_FILES = ("dvc.yaml", "params.yaml", "stages", "requirements", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
-              ".gitignore", "pyproject.toml")
+REPO_FILES = ("dvc.yaml", "params.yaml", "stages", "peftqa", "requirements", ".dvc/config", ".dvc/.gitignore",
+              ".dvcignore", ".gitignore", "pyproject.toml")
 
 
 def params_dict(overrides: dict[str, object] | None = None) -> dict:

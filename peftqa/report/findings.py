@@ -8,7 +8,6 @@ numbers come from the stats stage's rows (stats_row), which this module looks up
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -16,10 +15,10 @@ import pandas as pd
 
 from peftqa.common import PeftqaError
 from peftqa.metrics import UNMAPPED
+from peftqa.paths import STATS_CSV
 from peftqa.report.tables import comparison_name, format_p, p_clause, reference_label
 from peftqa.stats import mcnemar_detectable_difference
 
-STATS_PATH = Path("reports/stats/stats_eval_test.csv")  # read by stages/report.py; named when a row is missing
 COLLAPSE_SHARE = 0.95  # a method giving one label to more than this share of test items has collapsed to it
 DETECT_ALPHA = 0.05  # the smallest detectable difference: two-sided McNemar at this level...
 DETECT_POWER = 0.80  # ...with this power
@@ -30,7 +29,7 @@ def stats_row(stats: pd.DataFrame, method: str, reference: str, test: str, metri
     rows = stats[(stats["method"] == method) & (stats["reference"] == reference)
                  & (stats["test"] == test) & (stats["metric"] == metric)]
     if len(rows) != 1:
-        raise PeftqaError(f"report: {STATS_PATH} has {len(rows)} rows for {method} vs {reference} ({test}, {metric}), "
+        raise PeftqaError(f"report: {STATS_CSV} has {len(rows)} rows for {method} vs {reference} ({test}, {metric}), "
                           "expected 1; it is stale. Run `dvc repro`.")
     return rows.iloc[0]
 

@@ -14,8 +14,8 @@ import pandas as pd
 from peftqa.common import PeftqaError
 from peftqa.history import read_history
 from peftqa.params import Params
-from peftqa.paths import DATA_DIR, EVAL_DIR, MODELS_DIR, PROTOCOLS_DIR, REFERENCES_DIR
-from peftqa.report.findings import STATS_PATH, stats_row
+from peftqa.paths import DATA_DIR, EVAL_DIR, MODELS_DIR, PROTOCOLS_DIR, REFERENCES_DIR, STATS_CSV
+from peftqa.report.findings import stats_row
 
 REQUIRED_STATS = (("paired_bootstrap", "macro_f1"), ("mcnemar_exact", "accuracy"))  # per tuned method vs baseline
 T = TypeVar("T")
@@ -91,7 +91,7 @@ def read_inputs(methods: Sequence[str], references: Sequence[str] = (), limit_it
         confusion=per_method(EVAL_DIR, "cm_test.csv", pd.read_csv),
         preds=per_method(EVAL_DIR, "preds_test.csv", read_csv),
         preds_val=per_method(EVAL_DIR, "preds_val.csv", read_csv),
-        stats=read_input(STATS_PATH, pd.read_csv),
+        stats=read_input(STATS_CSV, pd.read_csv),
         protocols=read_protocols(),
         reference_metrics=per_method(REFERENCES_DIR, "metrics_test.json", read_json, references),
         reference_preds=per_method(REFERENCES_DIR, "preds_test.csv", read_csv, references),
@@ -181,5 +181,5 @@ def check_inputs_fresh(inputs: ReportInputs, methods: Sequence[str], baseline: s
     for method, reference in pairs:
         for test, metric in REQUIRED_STATS:
             if stats_row(inputs.stats, method, reference, test, metric)["n"] != inputs.n_test:
-                raise PeftqaError(f"report: {STATS_PATH} compares '{method}' on another test size than "
+                raise PeftqaError(f"report: {STATS_CSV} compares '{method}' on another test size than "
                                   f"test.csv ({inputs.n_test}); it is stale. Run `dvc repro`.")

@@ -3,7 +3,7 @@
 One place decides how a number is printed (format_number, format_p, p_clause, format_count, mean_std), and the tables
 are built from it: the performance table (its Column list follows the reference study; reference rows named by
 reference_label), the data splits, the stats stage's comparisons, training, and the MLflow provenance. Pure functions
-of the values they are given: stages/report.py reads the files and refuses stale ones first.
+of the values they are given: peftqa/report/inputs.py reads the files and refuses stale ones first.
 """
 from __future__ import annotations
 
