@@ -34,12 +34,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_prepare import SOURCE, good_data, processed, record, stage_dir  # noqa: F401 (stage_dir: a fixture)
 
-from peftqa import dataset as dataset_lib
-from peftqa import tracking
+from peftqa import dataset, tracking
 from peftqa.common import PeftqaError
 from peftqa.families import load_backbone
 from peftqa.params import ModelParams, PeftParams
-from peftqa.training import run as training_run_lib
+from peftqa.training import run as training_run
 from stages import evaluate as evaluate_stage
 from stages import prepare
 from stages import train as train_stage
@@ -159,7 +158,7 @@ def test_a_pmid_listed_twice_is_refused():
     text = '{"7": %s, "8": %s, "7": %s}' % (json.dumps(record(label="yes")), json.dumps(record(question="Other?")),
                                             json.dumps(record(label="no")))
     with pytest.raises(PeftqaError) as error:
-        dataset_lib.parse_json(text.encode(), SOURCE)
+        dataset.parse_json(text.encode(), SOURCE)
     assert_names(str(error.value), [SOURCE, "'7'", "twice"])
 
 
@@ -256,7 +255,7 @@ def test_a_locked_store_fails_fast_before_the_model_is_loaded(train_dir, tmp_pat
     MlflowClient(tracking_uri=f"sqlite:///{template / 'mlflow.db'}").create_experiment("tests")
     shutil.copy(template / "mlflow.db", train_dir / "mlflow.db")  # (MLflow caches a store per URI, a real CLI not)
     loaded = []
-    monkeypatch.setattr(training_run_lib, "load_backbone", lambda *a, **k: loaded.append(1))
+    monkeypatch.setattr(training_run, "load_backbone", lambda *a, **k: loaded.append(1))
     lock = sqlite3.connect(train_dir / "mlflow.db", isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     try:
@@ -295,7 +294,7 @@ def test_a_read_only_store_fails_before_the_model_is_loaded(train_dir, monkeypat
     tracking.connect("tests")  # the experiment exists: reads alone would pass
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///file:{store_path(train_dir)}?mode=ro&uri=true")
     loaded = []
-    monkeypatch.setattr(training_run_lib, "load_backbone", lambda *a, **k: loaded.append(1))
+    monkeypatch.setattr(training_run, "load_backbone", lambda *a, **k: loaded.append(1))
     with pytest.raises(PeftqaError) as error:
         train_stage.main(["lora"])
     assert_names(str(error.value), [store_path(train_dir), "attempt to write a readonly database",
@@ -326,7 +325,7 @@ def test_an_unusable_artifact_folder_fails_before_the_model_is_loaded(train_dir,
         MlflowClient(tracking_uri=f"sqlite:///{store_path(train_dir)}").create_experiment(
             "tests", artifact_location=folder.as_uri())
     loaded = []
-    monkeypatch.setattr(training_run_lib, "load_backbone", lambda *a, **k: loaded.append(1))
+    monkeypatch.setattr(training_run, "load_backbone", lambda *a, **k: loaded.append(1))
     with pytest.raises(PeftqaError) as error:
         train_stage.main(["lora"])
     assert_names(str(error.value), [f"artifact folder {folder} is not a writable folder",

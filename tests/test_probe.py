@@ -20,11 +20,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from transformers import AutoModel, AutoTokenizer
 
-from peftqa import features as features_lib
+from peftqa import features as features_module
 from peftqa.params import _Loader
 from peftqa.probe import head_terms, solve_probe
-from peftqa.training import loop as training_loop_lib
-from peftqa.training import run as training_run_lib
+from peftqa.training import loop
+from peftqa.training import run as training_run
 from stages import embed as embed_stage
 from stages import evaluate as evaluate_stage
 from stages import train as train_stage
@@ -133,7 +133,7 @@ def test_embed_caches_features_that_the_probe_reuses(probe_dir, tiny_model_paths
     embed_stage.main([])
     meta = json.loads((probe_dir / "data/features/features.json").read_text())
     assert meta["shapes"] == {"train": [60, 32], "val": [32, 32], "test": [8, 32]}
-    pmids, labels, features = features_lib.load_features("val")
+    pmids, labels, features = features_module.load_features("val")
     assert list(pmids) == list(pd.read_csv(probe_dir / "data/processed/val.csv", dtype={"pmid": str})["pmid"])
     np.testing.assert_allclose(features, independent_features(str(tiny_model_paths["encoder"]), pd.read_csv(
         probe_dir / "data/processed/val.csv")), atol=1e-5)
@@ -151,9 +151,9 @@ def test_a_tuned_encoder_method_starts_its_head_from_the_probe(probe_dir):
     params = load_params()
     backbone = load_backbone(params.model, "lora", params.peft, params.prepare.labels, seed=0, device="cpu")
     frames = {split: pd.read_csv(f"data/processed/{split}.csv", dtype={"pmid": str}) for split in ("train", "val")}
-    training_run_lib.start_head_from_probe(backbone, params, frames["train"], frames["val"])
+    training_run.start_head_from_probe(backbone, params, frames["train"], frames["val"])
     torch.testing.assert_close(backbone.head.weight, probe_head["weight"])  # LoRA starts as the identity: same features
-    groups = training_loop_lib.parameter_groups(backbone, lr=0.5, head_lr=0.25)
+    groups = loop.parameter_groups(backbone, lr=0.5, head_lr=0.25)
     assert [g["lr"] for g in groups] == [0.5, 0.25] and groups[1]["params"] == backbone.head_parameters()
 
 
@@ -168,7 +168,7 @@ def test_features_embedded_on_the_fly_are_the_frozen_encoders(probe_dir, method)
     val = pd.read_csv("data/processed/val.csv", dtype={"pmid": str})
     base = load_backbone(params.model, "base", params.peft, params.prepare.labels, seed=0, device="cpu")
     tuned = load_backbone(params.model, method, params.peft, params.prepare.labels, seed=0, device="cpu")
-    expected = features_lib.embed_frame(base, val, 8)
-    np.testing.assert_allclose(features_lib.features_for(tuned, val, params.model, probe_dir / "nowhere"), expected,
+    expected = features_module.embed_frame(base, val, 8)
+    np.testing.assert_allclose(features_module.features_for(tuned, val, params.model, probe_dir / "nowhere"), expected,
                                atol=1e-5)
     assert tuned.model is not tuned.model.get_base_model()  # the adapter is back in place afterwards

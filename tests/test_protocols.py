@@ -13,11 +13,10 @@ import pytest
 import yaml
 from test_train import mlflow_client
 
-from peftqa import dataset as dataset_lib
-from peftqa import protocols as protocols_lib
+from peftqa import dataset, protocols
 from peftqa.common import PeftqaError
 from peftqa.params import load_params
-from stages import protocols
+from stages import protocols as protocols_stage
 
 from tiny_models import tiny_frame
 
@@ -27,9 +26,9 @@ LABELS = ("yes", "no")
 
 def test_plan_lists_seeds_then_folds_and_nothing_by_default(write_params, tmp_path):
     write_params(tmp_path)
-    assert protocols_lib.plan(load_params(tmp_path / "params.yaml")) == []
+    assert protocols.plan(load_params(tmp_path / "params.yaml")) == []
     write_params(tmp_path, {"seeds": [3, 1], "prepare.folds": 2, "methods": ["base", "lora"]})
-    units = protocols_lib.plan(load_params(tmp_path / "params.yaml"))
+    units = protocols.plan(load_params(tmp_path / "params.yaml"))
     assert [(u.protocol, u.method, u.index, u.name) for u in units] == [
         ("seeds", "base", 3, "seed_3"), ("seeds", "lora", 3, "seed_3"), ("seeds", "base", 1, "seed_1"),
         ("seeds", "lora", 1, "seed_1"), ("cv", "base", 0, "fold_0"), ("cv", "lora", 0, "fold_0"),
@@ -39,16 +38,16 @@ def test_plan_lists_seeds_then_folds_and_nothing_by_default(write_params, tmp_pa
 def test_unit_params_override_only_the_train_seed_of_a_seeds_unit(write_params, tmp_path):
     write_params(tmp_path, {"seeds": [7], "train.seed": 42})
     params = load_params(tmp_path / "params.yaml")
-    assert protocols_lib.unit_params(params, protocols_lib.Unit("seeds", "lora", 7)).train.seed == 7
-    assert protocols_lib.unit_params(params, protocols_lib.Unit("cv", "lora", 0)).train.seed == 42
-    changed = protocols_lib.unit_params(params, protocols_lib.Unit("seeds", "lora", 7))
+    assert protocols.unit_params(params, protocols.Unit("seeds", "lora", 7)).train.seed == 7
+    assert protocols.unit_params(params, protocols.Unit("cv", "lora", 0)).train.seed == 42
+    changed = protocols.unit_params(params, protocols.Unit("seeds", "lora", 7))
     assert dataclasses.replace(changed.train, seed=42) == params.train and changed.peft == params.peft
 
 
 def test_seeds_summary_mean_sample_std_and_paired_delta():
     runs = pd.DataFrame({"method": ["base", "lora", "base", "lora", "base", "lora"], "seed": [1, 1, 2, 2, 3, 3],
                          "accuracy": [0.5, 0.6, 0.5, 0.7, 0.5, 0.8], "macro_f1": [0.4, 0.5, 0.3, 0.6, 0.5, 0.6]})
-    table = protocols_lib.seeds_summary(runs, "base").set_index("method")
+    table = protocols.seeds_summary(runs, "base").set_index("method")
     assert table.loc["lora", "n_seeds"] == 3
     assert table.loc["lora", "accuracy_mean"] == pytest.approx(0.7)
     assert table.loc["lora", "accuracy_std"] == pytest.approx(0.1)  # sample std of 0.6, 0.7, 0.8
@@ -57,42 +56,42 @@ def test_seeds_summary_mean_sample_std_and_paired_delta():
     assert table.loc["lora", "delta_macro_f1_mean"] == pytest.approx(0.5 / 3)
     assert table.loc["lora", "delta_macro_f1_std"] == pytest.approx(pd.Series([0.1, 0.3, 0.1]).std())
     assert table.loc["base", "delta_macro_f1_mean"] == 0.0
-    assert protocols_lib.seeds_summary(runs.iloc[:0], "base").empty
+    assert protocols.seeds_summary(runs.iloc[:0], "base").empty
 
 
 def test_cv_fold_metrics_per_fold_and_pooled():
     preds = pd.DataFrame({"method": ["m"] * 4, "fold": [0, 0, 1, 1], "pmid": ["1", "2", "3", "4"],
                           "gold": ["yes", "no", "yes", "no"], "pred": ["yes", "no", "no", "no"], "p_yes": [.9] * 4})
-    table = protocols_lib.cv_fold_metrics(preds, LABELS)
+    table = protocols.cv_fold_metrics(preds, LABELS)
     assert table[["fold", "n", "accuracy"]].values.tolist() == [["0", 2, 1.0], ["1", 2, 0.5], ["pooled", 4, 0.75]]
     # pooled: yes P=1 R=.5 F1=2/3; no P=2/3 R=1 F1=.8; macro (2/3+.8)/2
     assert table.iloc[2]["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
-    no_seeds = protocols_lib.seeds_summary(pd.DataFrame(columns=protocols_lib.SEED_COLUMNS), "m")
-    metrics = protocols_lib.metrics_json(no_seeds, table)
+    no_seeds = protocols.seeds_summary(pd.DataFrame(columns=protocols.SEED_COLUMNS), "m")
+    metrics = protocols.metrics_json(no_seeds, table)
     assert metrics == {"cv": {"m": {"n": 4, "pooled_accuracy": 0.75, "pooled_macro_f1": pytest.approx(0.7333333),
                                     "fold_macro_f1_std": pytest.approx(table.iloc[:2]["macro_f1"].std())}}}
 
 
 def test_fold_frames_hold_out_one_fold_and_stratify_val():
     pool = tiny_frame(40, 100)
-    items = [dataset_lib.Item(pmid, "q", ("c",), label) for pmid, label in zip(pool["pmid"], pool["label"])]
-    folds = dataset_lib.assign_folds(items, 4, 42, "raw.json")
+    items = [dataset.Item(pmid, "q", ("c",), label) for pmid, label in zip(pool["pmid"], pool["label"])]
+    folds = dataset.assign_folds(items, 4, 42, "raw.json")
     assert sorted(folds["fold"].value_counts()) == [10, 10, 10, 10]
     for label, group in folds.groupby("label"):  # stratified: each fold has its share of each label
         assert group["fold"].value_counts().max() - group["fold"].value_counts().min() <= 1, label
-    train, val, test = protocols_lib.fold_frames(pool, folds, 2, 0.1, 42)
+    train, val, test = protocols.fold_frames(pool, folds, 2, 0.1, 42)
     assert set(test["pmid"]) == set(folds.loc[folds["fold"] == 2, "pmid"])
     assert len(train) + len(val) == 30 and not set(train["pmid"]) & set(val["pmid"])
     assert not (set(train["pmid"]) | set(val["pmid"])) & set(test["pmid"])
     with pytest.raises(PeftqaError, match="cover different items.*dvc repro prepare"):
-        protocols_lib.fold_frames(pool.iloc[1:], folds, 0, 0.1, 42)
+        protocols.fold_frames(pool.iloc[1:], folds, 0, 0.1, 42)
 
 
 def test_too_many_folds_for_a_label_is_refused():
-    items = [dataset_lib.Item(str(i), "q", ("c",), "yes" if i < 10 else "no") for i in range(12)]
+    items = [dataset.Item(str(i), "q", ("c",), "yes" if i < 10 else "no") for i in range(12)]
     with pytest.raises(PeftqaError, match=r"raw.json: prepare.folds=3 needs at least 3 items of each label.*'no': 2"):
-        dataset_lib.assign_folds(items, 3, 42, "raw.json")
-    assert dataset_lib.assign_folds(items, 0, 42, "raw.json").empty
+        dataset.assign_folds(items, 3, 42, "raw.json")
+    assert dataset.assign_folds(items, 0, 42, "raw.json").empty
 
 
 def test_protocols_stage_runs_seeds_and_folds_end_to_end(stage_dir):  # noqa: F811
@@ -101,10 +100,10 @@ def test_protocols_stage_runs_seeds_and_folds_end_to_end(stage_dir):  # noqa: F8
     tiny_frame(8, 9000).to_csv(root / "data/processed/test.csv", index=False)
     pool = pd.concat([pd.read_csv(root / f"data/processed/{s}.csv", dtype={"pmid": str})
                       for s in ("train", "val", "test")])
-    items = [dataset_lib.Item(pmid, "q", ("c",), label) for pmid, label in zip(pool["pmid"], pool["label"])]
-    dataset_lib.assign_folds(items, 2, 42, "x").to_csv(root / "data/processed/folds.csv", index=False)
+    items = [dataset.Item(pmid, "q", ("c",), label) for pmid, label in zip(pool["pmid"], pool["label"])]
+    dataset.assign_folds(items, 2, 42, "x").to_csv(root / "data/processed/folds.csv", index=False)
 
-    protocols.main([])
+    protocols_stage.main([])
     out = root / "reports/protocols"
     seeds = pd.read_csv(out / "seeds_test.csv")
     assert sorted(zip(seeds["method"], seeds["seed"])) == [("base", 1), ("base", 2), ("lora", 1), ("lora", 2)]
@@ -150,12 +149,12 @@ def test_protocols_stage_runs_seeds_and_folds_end_to_end(stage_dir):  # noqa: F8
 
     # a second run reuses every finished training (and opens no parent run); dropping a seed deletes its runs
     before = (out / "seeds_test.csv").read_bytes()
-    protocols.main([])
+    protocols_stage.main([])
     assert len(client.search_runs([experiment_id])) == 8 + 2
     assert json.loads((out / "parent_runs.json").read_text()) == parents
     assert (out / "seeds_test.csv").read_bytes() == before
     data = yaml.safe_load((root / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump({**data, "seeds": [1]}, sort_keys=False))
-    protocols.main([])
+    protocols_stage.main([])
     assert sorted(p.name for p in (out / "runs/seeds/lora").iterdir()) == ["seed_1"]
     assert len(pd.read_csv(out / "seeds_test.csv")) == 2

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from peftqa import protocols as protocols_lib
+from peftqa import protocols
 from peftqa.common import PeftqaError
 from peftqa.metrics import abstention_curve, classification_metrics, confusion_frame, latency_summary
 from peftqa.report import abstention as report_abstention
@@ -545,8 +545,8 @@ def write_protocols(root: Path, seeds: list[int], folds: int) -> None:
                           "pred": [p for pred in rows.values() for p in pred], "p_yes": 0.5})
     folder = root / "reports/protocols"
     write_csv(folder / "seeds_test.csv", runs)
-    write_csv(folder / "seeds_summary.csv", protocols_lib.seeds_summary(runs, "base"))
-    write_csv(folder / "cv_folds.csv", protocols_lib.cv_fold_metrics(preds, LABELS))
+    write_csv(folder / "seeds_summary.csv", protocols.seeds_summary(runs, "base"))
+    write_csv(folder / "cv_folds.csv", protocols.cv_fold_metrics(preds, LABELS))
     write_csv(folder / "cv_stats.csv", pd.DataFrame(stats_rows("lora", "base", {
         "lora": {"accuracy": 0.875, "macro_f1": 0.87}, "base": {"accuracy": 0.5, "macro_f1": 0.333}}, (0.4, 0.6)))
         .assign(n=200))

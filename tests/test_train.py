@@ -16,10 +16,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from peftqa import common as common_lib
-from peftqa import tracking as tracking_lib
-from peftqa.training import loop as training_loop_lib
-from peftqa.training import run as training_run_lib
+from peftqa import tracking
+from peftqa.common import PeftqaError
+from peftqa.training import loop
+from peftqa.training import run as training_run
 from stages import train as train_stage
 
 from tiny_models import tiny_frame
@@ -91,7 +91,7 @@ def test_the_run_records_source_commit_datasets_and_a_logged_model_that_holds_th
         "pubmedqa-pqal/train": "training", "pubmedqa-pqal/val": "validation", "pubmedqa-pqal/test": "test"}
     assert json.loads(inputs["pubmedqa-pqal/train"][0].profile)["num_rows"] == 16
     other = tiny_frame(16, 2000)  # other items: another digest
-    assert inputs["pubmedqa-pqal/train"][0].digest != tracking_lib.split_dataset(other, "train", "x").digest
+    assert inputs["pubmedqa-pqal/train"][0].digest != tracking.split_dataset(other, "train", "x").digest
 
     models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert [m.model_id for m in models] == [summary["mlflow_model_id"]] and models[0].source_run_id == run.info.run_id
@@ -112,7 +112,7 @@ def test_early_stopping_restores_the_best_epoch(stage_dir, monkeypatch):
     epoch 2."""
     stage_dir(**{"train.epochs": 6, "train.patience": 2})
     scripted = iter([0.4, 0.5, 0.7, 0.6, 0.6, 0.9, 0.9])
-    real_validate = training_loop_lib.validate
+    real_validate = loop.validate
     snapshots = {}
 
     def scripted_validate(backbone, *args, **kwargs):
@@ -121,7 +121,7 @@ def test_early_stopping_restores_the_best_epoch(stage_dir, monkeypatch):
         snapshots[epoch] = [p.detach().clone() for p in backbone.trainable_parameters()]
         return {**metrics, "val_macro_f1": next(scripted)}
 
-    monkeypatch.setattr(training_loop_lib, "validate", scripted_validate)
+    monkeypatch.setattr(loop, "validate", scripted_validate)
     train_stage.main(["lora"])
     summary = json.loads(Path("models/lora/train_summary.json").read_text())
     history = pd.read_csv("models/lora/history.csv")
@@ -146,7 +146,7 @@ def test_zero_shot_base_trains_nothing_and_records_epoch_zero(stage_dir):
 
 def test_unknown_method_is_a_usage_error(stage_dir):
     stage_dir()
-    with pytest.raises(common_lib.PeftqaError, match="usage"):
+    with pytest.raises(PeftqaError, match="usage"):
         train_stage.main(["lorra"])
 
 
@@ -161,8 +161,8 @@ def test_unusable_mlflow_store_fails_before_training(stage_dir, monkeypatch, tmp
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:secret@127.0.0.1:9")
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     loaded = []
-    monkeypatch.setattr(training_run_lib, "load_backbone", lambda *a, **k: loaded.append(1))
-    with pytest.raises(common_lib.PeftqaError, match="MLflow store") as error:
+    monkeypatch.setattr(training_run, "load_backbone", lambda *a, **k: loaded.append(1))
+    with pytest.raises(PeftqaError, match="MLflow store") as error:
         train_stage.main(["lora"])
     assert not loaded
     assert "secret" not in str(error.value)  # the password is redacted
