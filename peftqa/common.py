@@ -139,9 +139,10 @@ def _find_up(start: Path, name: str) -> Path | None:
 # the command-line wrapper every stage's __main__ goes through
 
 
-def run_cli(main: Callable[[list[str]], None]) -> None:
-    """Run `main(args)`; a PeftqaError becomes one paragraph on stderr and exit 1 (traceback with --debug)."""
-    args = sys.argv[1:]
+def run_cli(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
+    """Run `main(args)` with argv (default: sys.argv[1:]) less --debug; a PeftqaError becomes one paragraph on stderr
+    and exit 1 (traceback with --debug)."""
+    args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args or os.environ.get("PEFTQA_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

@@ -50,12 +50,7 @@ def run_subcommand(name: str, args: list[str]) -> None:
         return
     from peftqa.common import run_cli
 
-    saved = sys.argv
-    sys.argv = [*saved[:1], *args]  # run_cli reads the arguments, and --debug, from sys.argv
-    try:
-        run_cli(module.main)
-    finally:
-        sys.argv = saved
+    run_cli(module.main, args)
 
 
 def main(argv: list[str] | None = None) -> None:
