@@ -1,10 +1,10 @@
 """Compare two runs' pipeline outputs: `python tests/compare_outputs.py OLD_ROOT NEW_ROOT`.
 
-Each root is a project checkout after `dvc repro` (or `make run`). Every output file below is compared byte for
-byte, apart from the fields that change from run to run whatever the code does (timings, MLflow ids, dates),
-named in IGNORED_* below. Prints one line per file (`same`, `same apart from ignored fields: ...` or `DIFFERENT:
-<the first difference>`), the files present on one side only, then a summary; exits 0 when everything is the
-same apart from ignored fields, 1 otherwise.
+Each root is a project checkout after `dvc repro` (or `make run`). Every file of every out its dvc.lock records is
+compared byte for byte, apart from the fields that change from run to run whatever the code does (timings, MLflow
+ids, dates), named in IGNORED_* below. Prints one line per file (`same`, `same apart from ignored fields: ...` or
+`DIFFERENT: <the first difference>`), the files present on one side only, then a summary; exits 0 when everything
+is the same apart from ignored fields, 1 otherwise.
 """
 from __future__ import annotations
 
@@ -15,25 +15,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-OUTPUTS = {  # glob below a root -> what writes it (the DVC-cached ones are there only after a repro or `dvc pull`)
-    "data/processed/*": "prepare: train/val/test/folds.csv (DVC-cached), split_stats.csv, prepare_metrics.json",
-    "data/features/*": "embed: {train,val,test}.npz (zip members dated 1980 by numpy: byte-stable), features.json",
-    "models/*/adapter/*": "train: adapter weights, adapter_config.json, peftqa.json, head, peft's README.md",
-    "models/*/history.csv": "train: one row per epoch",
-    "models/*/train_summary.json": "train: the dvc metrics of a training",
-    "models/*/resolved_config.json": "train: the whole resolved config",
-    "reports/eval/**/*": "evaluate: preds_{val,test}.csv, cm_{val,test}.csv, metrics_{val,test}.json",
-    "reports/curves/*": "curves: one JSON per metric, one column per method",
-    "reports/references/**/*": "references: choices.json, <reference>/preds_*.csv and metrics_*.json",
-    "reports/references_metrics.json": "references: its dvc metrics",
-    "reports/stats/*": "stats: stats_eval_test.csv/.md, stats_summary.json",
-    "reports/protocols/**/*": "protocols: seeds_*.csv, cv_*.csv, parent_runs.json",
-    "reports/protocols_metrics.json": "protocols: its dvc metrics",
-    "reports/report.md": "report: the report",
-    "reports/submission/*": "report: {pmid: answer} per method",
-    "reports/figures/*": "report: the PNG figures",
-}
 IGNORED_COLUMNS = {  # CSV columns dropped before comparing -> why
     "latency_s": "wall-clock seconds per item (evaluate's and references' preds_*.csv)",
     "seconds": "wall-clock seconds per epoch (models/*/history.csv)",
@@ -69,9 +52,13 @@ Ignored = set[tuple[str, str, str]]  # (where, field, value): what was left out 
 
 
 def output_files(root: Path) -> set[str]:
-    """The OUTPUTS files below root, as posix paths relative to it (dot files such as .gitignore left out)."""
-    return {path.relative_to(root).as_posix() for pattern in OUTPUTS for path in root.glob(pattern)
-            if path.is_file() and not path.name.startswith(".")}
+    """Every file of every out in root's dvc.lock (dvc.yaml's outs, metrics and plots, foreach stages resolved), as
+    posix paths relative to root: a folder out gives the files below it, dot files (.gitignore) left out."""
+    lock = root / "dvc.lock"
+    stages = yaml.safe_load(lock.read_text(encoding="utf-8")).get("stages", {}) if lock.is_file() else {}
+    outs = [root / out["path"] for stage in stages.values() for out in stage.get("outs", [])]
+    files = [path for out in outs for path in ([out] if out.is_file() else out.rglob("*"))]
+    return {path.relative_to(root).as_posix() for path in files if path.is_file() and not path.name.startswith(".")}
 
 
 def ignored_key(key: str) -> bool:

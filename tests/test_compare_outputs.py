@@ -34,7 +34,9 @@ FILES = {  # a tiny run's outputs, one of each kind the script reads
     "reports/report.md": REPORT,
     "reports/figures/latency_bar_test.png": "PNG the latencies",
     "reports/figures/cm_lora_test.png": "PNG a confusion matrix",
+    "notes.txt": "a file of the checkout that no stage writes",
 }
+LOCK = "stages:\n  run:\n    outs:\n    - path: data/processed\n    - path: models\n    - path: reports\n"  # folders
 
 
 def write_run(root: Path, edit: tuple[str, str, str] | None = None) -> Path:
@@ -45,6 +47,7 @@ def write_run(root: Path, edit: tuple[str, str, str] | None = None) -> Path:
             text = text.replace(edit[1], edit[2])
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text, encoding="utf-8")
+    (root / "dvc.lock").write_text(LOCK, encoding="utf-8")
     return root
 
 
@@ -58,7 +61,12 @@ def compare(tmp_path: Path, edit: tuple[str, str, str] | None, capsys) -> tuple[
 def test_two_identical_runs_are_the_same(tmp_path, capsys):
     code, verdicts = compare(tmp_path, None, capsys)
     assert code == 0
-    assert verdicts == {name: "same" for name in FILES if not name.endswith(".gitignore")}
+    assert verdicts == {name: "same" for name in FILES if not name.endswith((".gitignore", "notes.txt"))}
+
+
+def test_only_the_outs_of_dvc_lock_are_compared(tmp_path, capsys):
+    code, verdicts = compare(tmp_path, ("notes.txt", "no stage", "nothing"), capsys)  # outside every out
+    assert "notes.txt" not in verdicts and code == 0
 
 
 @pytest.mark.parametrize("edit, fields", [
