@@ -20,7 +20,7 @@ from functools import cache
 from importlib.metadata import distributions
 from pathlib import Path
 
-from peftqa.common import PeftqaError, sha256_file, write_json_atomic
+from peftqa.common import PeftqaError, sha256_file, write_json_atomic, write_text_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOCK_DIR = REPO_ROOT / "requirements"
@@ -83,7 +83,7 @@ def stamp(lock: Path, pyproject: Path = REPO_ROOT / "pyproject.toml") -> None:
     """Put the dependency digest of pyproject.toml into the lock's header, after uv's two lines (replacing any)."""
     lines = [line for line in lock.read_text(encoding="utf-8").splitlines() if not line.startswith(DIGEST_LINE)]
     lines.insert(2, DIGEST_LINE + dependency_digest(pyproject))
-    lock.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text_atomic(lock, "\n".join(lines) + "\n")
 
 
 def installed_versions() -> dict[str, str]:
