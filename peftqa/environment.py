@@ -122,11 +122,17 @@ def environment_tags() -> dict[str, str]:
     return {"env.lock": lock["variant"], "env.lock_sha256": lock["sha256"], "env.matches_lock": lock["matches"]}
 
 
-def locked_version(name: str) -> str:
-    """The exact version of `name` in the installed lock (the cpu lock when none was recorded)."""
+@cache
+def installed_pins() -> tuple[Path, dict[str, str]]:
+    """(the installed lock, its pins), read once per process (the cpu lock when none was recorded)."""
     variant = installed_lock()["variant"]
     lock = lock_path(variant if variant in VARIANTS else DEFAULT_VARIANT)
-    pins = read_pins(lock)
+    return lock, read_pins(lock)
+
+
+def locked_version(name: str) -> str:
+    """The exact version of `name` in the installed lock (the cpu lock when none was recorded)."""
+    lock, pins = installed_pins()
     if normalize(name) not in pins:
         raise PeftqaError(f"{name} is not in {lock}; add it to pyproject.toml's dependencies and run `make lock`")
     return pins[normalize(name)]
