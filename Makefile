@@ -79,8 +79,13 @@ test: install  ## lint (ruff, configured in pyproject.toml), then every test, th
 	$(VENV)/bin/ruff check peftqa stages tests
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(UV_ENV) $(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
+# `make bench BENCH=smollm2`: SmolLM2-135M-Instruct at 256 tokens, batch 8, 16 test items, 3 timed steps per method;
+# the causal family's rows time the code before its speed-ups too, in the same run. BENCH_ARGS adds options.
+BENCH ?=
+BENCH_smollm2 := --items 16 --train-batches 3 --set model.name_or_path=smollm2-135m-instruct \
+	--set model.max_length=256 --set train.batch_size=8
 bench: install  ## print training throughput and inference speed of the params.yaml profile (not a test)
-	HF_HUB_OFFLINE=1 $(PEFTQA) bench
+	HF_HUB_OFFLINE=1 $(PEFTQA) bench $(BENCH_$(BENCH)) $(BENCH_ARGS)
 
 # FLAN-T5-XL's shape with random weights (no download): the full shape on a CUDA GPU, a small one on CPU
 bench-reference: install  ## time prompt and prefix tuning at the reference's scale (not a test); needs only torch, transformers, peft

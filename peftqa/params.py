@@ -11,7 +11,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import yaml
 
@@ -19,7 +19,8 @@ from peftqa.common import InvalidValue, ParamsError, require
 from peftqa.methods import METHODS, REGISTRY, check_gradient_checkpointing
 
 KNOWN_LABELS = ("yes", "no", "maybe")
-REFERENCES = ("majority", "tfidf_lr")  # non-trained reference rows (stage references), never training methods
+BASE_CALIBRATED = "base_calibrated"  # the zero-shot base plus one val-chosen offset: the label prior's best fix
+REFERENCES = ("majority", "tfidf_lr", BASE_CALIBRATED)  # non-trained reference rows (stage references), not methods
 CLASS_WEIGHTINGS = ("none", "balanced")
 
 
@@ -97,6 +98,7 @@ class TrainParams:
     limit_train: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every_epoch: bool = True
+    checkpoint_every_steps: int = 0
 
     def __post_init__(self):
         require(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")
@@ -107,6 +109,11 @@ class TrainParams:
         require(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
         require(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm, "must be >= 0 (0 = off)")
         require(self.limit_train >= 0, "train.limit_train", self.limit_train, "must be >= 0 (0 = all)")
+        require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", self.checkpoint_every_steps,
+                "must be >= 0 (0 = off)")
+        require(self.checkpoint_every_epoch or not self.checkpoint_every_steps, "train.checkpoint_every_steps",
+                self.checkpoint_every_steps, "needs train.checkpoint_every_epoch: true (the checkpoint a killed run "
+                "resumes from is kept only then); set it to 0 or turn checkpoint_every_epoch on")
 
 
 class PeftParams(Mapping):
@@ -206,6 +213,12 @@ class ReferencesParams:
                     f"'{weighting}' is not one of {CLASS_WEIGHTINGS}")
         require(len(set(self.tfidf_class_weighting)) == len(self.tfidf_class_weighting),
                 "references.tfidf_class_weighting", self.tfidf_class_weighting, "a weighting is listed twice")
+
+    @property
+    def per_fold(self) -> tuple[str, ...]:
+        """The references the protocols stage refits on each CV fold: all but base_calibrated, which calibrates
+        evaluate@base's predictions and so exists for the main split only."""
+        return tuple(name for name in self.names if name != BASE_CALIBRATED)
 
 
 @dataclass(frozen=True)
@@ -325,8 +338,9 @@ def parse_params(data: dict, source: str = "params.yaml") -> Params:
         raise ParamsError(f"{source}: {err}") from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml (the file DVC tracks)."""
+def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> Params:
+    """Read and validate params.yaml (the file DVC tracks), with each KEY=VALUE of `overrides` applied first (VALUE
+    read as YAML, as `dvc exp run -S` reads it: a tool's --set)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -334,9 +348,25 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"{path}: not found; run from the repository root (where dvc.yaml is)") from None
     try:
         data = yaml.load(text, Loader=_Loader)
+        for setting in overrides:
+            _override(data, setting, path)
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(data, str(path))
+    return parse_params(data, f"{path} with {' '.join(overrides)}" if overrides else str(path))
+
+
+def _override(data: dict, setting: str, path: Path) -> None:
+    """Set one dotted KEY=VALUE in the parsed params, inside an existing section."""
+    key, found, value = setting.partition("=")
+    if not found:
+        raise ParamsError(f"{setting}: expected KEY=VALUE, e.g. model.max_length=256")
+    *parents, leaf = key.split(".")
+    node = data
+    for depth, part in enumerate(parents):
+        if not isinstance(node, dict) or not isinstance(node.get(part), dict):
+            raise ParamsError(f"{setting}: {path} has no section {'.'.join(parents[: depth + 1])!r}")
+        node = node[part]
+    node[leaf] = yaml.load(value, Loader=_Loader)
 
 
 def flatten(obj: object, prefix: str = "") -> dict[str, object]:

@@ -17,6 +17,8 @@ EVAL_DIR = REPORTS_DIR / "eval"  # stage evaluate@<method>: reports/eval/<method
 CURVES_DIR = REPORTS_DIR / "curves"  # stage curves: one file per metric, one column per method
 REFERENCES_DIR = REPORTS_DIR / "references"  # stage references: reports/references/<reference>/preds_<split>.csv
 REFERENCES_METRICS_JSON = REPORTS_DIR / "references_metrics.json"
+REFERENCES_CHOICES_JSON = REFERENCES_DIR / "choices.json"  # per reference: what was chosen on val, or why it is
+                                                        # not defined for this run ({"not_defined": why})
 STATS_DIR = REPORTS_DIR / "stats"  # stage stats: paired tests of every method against the baseline
 STATS_CSV = STATS_DIR / "stats_eval_test.csv"  # one row per (method, reference, test, metric); the report reads it
 PROTOCOLS_DIR = REPORTS_DIR / "protocols"  # stage protocols: repeated seeds and k-fold CV

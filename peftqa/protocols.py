@@ -237,7 +237,7 @@ def run_units(params: Params, units: list[Unit], splits: dict[str, pd.DataFrame]
                                                          "mlflow_run_id")}})
         else:
             cv_preds.append(preds.assign(method=unit.method, fold=unit.index)[PRED_COLUMNS])
-            if unit.index not in fold_references:  # the reference rows, fitted on this fold's train and val
+            if unit.index not in fold_references:  # references.per_fold, fitted on this fold's train and val
                 fold_references.add(unit.index)
                 refs, _ = predict_references({"train": train, "val": val, "test": test}, params.references,
                                              params.prepare.labels)

@@ -1,6 +1,6 @@
-"""Reference rows that involve no model training: the majority class, and TF-IDF + logistic regression with its
-setting chosen on val. Scored on the same items, in evaluate's prediction format, so stats and report treat them
-like methods.
+"""Reference rows that involve no model training: the majority class, TF-IDF + logistic regression with its
+setting chosen on val, and base_calibrated: the zero-shot base's scores with one offset chosen on val. Scored on the
+same items, in evaluate's prediction format, so stats and report treat them like methods.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 
 from peftqa.common import PeftqaError
 from peftqa.metrics import classification_metrics
-from peftqa.params import ReferencesParams
+from peftqa.params import BASE_CALIBRATED, ReferencesParams
 
 SPLIT_COLUMNS = ("pmid", "question", "context", "label")  # what stages.prepare writes
 SCORED_SPLITS = ("val", "test")
@@ -25,6 +25,10 @@ TFIDF_SUBLINEAR_TF = True  # 1 + log(tf): a word repeated in a long abstract doe
 TFIDF_MIN_DF = 2  # drop terms seen in a single train item: with 712 items they are mostly noise (and PMID-like tokens)
 LR_MAX_ITER = 5000  # lbfgs iterations; enough to converge at the largest C of the grid
 SCORE_TOLERANCE = 1e-12  # val scores closer than this are a tie, won by the simpler setting (earlier in tfidf_grid)
+P_YES_CLIP = 1e-12  # p_yes is clipped to [this, 1 - this] before its logit: evaluate's float32 p_yes is exactly 1
+                   # past a margin of about 17; such items keep a finite margin, tied as they are in the file
+OUTER_MARGIN = 1.0  # base_calibrated's all-yes and all-no candidates: the threshold this far beyond the extreme margins
+GENERATIVE_FAMILIES = ("seq2seq", "causal")  # where base is the zero-shot model (the encoder's base is a trained probe)
 
 
 def check_split(frame: pd.DataFrame, path: Path, labels: Sequence[str]) -> pd.DataFrame:
@@ -141,11 +145,118 @@ def predict_tfidf_reference(splits: dict[str, pd.DataFrame], params: ReferencesP
     return preds, choice
 
 
-def predict_references(splits: dict[str, pd.DataFrame], params: ReferencesParams,
-                       labels: Sequence[str]) -> tuple[dict[str, dict[str, pd.DataFrame]], dict[str, dict]]:
-    """Per reference in params.names: its val and test predictions, and its choice record."""
+# -----------------------------------------------------------------------------
+# base_calibrated: the zero-shot base, its margin moved by one offset chosen on val
+
+
+def base_calibrated_undefined(methods: Sequence[str], labels: Sequence[str], scoring: str,
+                              family: str | None = None) -> str | None:
+    """Why base_calibrated is not defined for this run (the sentence the report prints), or None when it is. Without
+    `family` (train@base's, in its train_summary.json) only params are checked: the stage reads base's files once
+    they allow the row. `scoring` (model.scoring) matters to the generative families alone."""
+    if sorted(labels) != ["no", "yes"]:
+        return (f"not defined for prepare.labels {list(labels)}: it needs exactly the two labels yes and no (its "
+                "margin is log p(yes) - log p(no))")
+    if "base" not in methods:
+        return "not defined: base is not in methods, so there is no zero-shot prediction to calibrate"
+    if family is None:
+        return None
+    if family == "encoder":
+        return "not defined for the encoder family: its base is a trained probe, not a zero-shot model"
+    if family not in GENERATIVE_FAMILIES:
+        raise PeftqaError(f"models/base/train_summary.json: family '{family}' is none of encoder, "
+                          f"{', '.join(GENERATIVE_FAMILIES)}; it is stale, run `dvc repro train@base`")
+    if scoring == "generate":
+        return "not defined under model.scoring: generate: the zero-shot base writes no p_yes to calibrate"
+    return None
+
+
+def margins_from_p_yes(p_yes: Sequence[float]) -> np.ndarray:
+    """log p(yes) - log p(no) of the two-label verbalizer, whose label probabilities sum to 1: logit(p_yes)."""
+    p = np.clip(np.asarray(p_yes, dtype=float), P_YES_CLIP, 1 - P_YES_CLIP)
+    return np.log(p) - np.log1p(-p)
+
+
+def offset_candidates(margins: np.ndarray) -> np.ndarray:
+    """Every offset δ worth trying, in tie-break order (smallest |δ| first, then the smaller δ): 0, and -t for each
+    threshold t at a midpoint between sorted distinct margins, below them all (all yes) and above them all (all no).
+    Any other δ predicts the items exactly as one of these."""
+    distinct = np.unique(margins)
+    thresholds = np.concatenate([[distinct[0] - OUTER_MARGIN], (distinct[:-1] + distinct[1:]) / 2,
+                                 [distinct[-1] + OUTER_MARGIN]])
+    deltas = np.unique(np.concatenate([[0.0], -thresholds]))
+    return deltas[np.lexsort((deltas, np.abs(deltas)))]
+
+
+def predict_with_offset(margins: np.ndarray, delta: float) -> list[str]:
+    return np.where(margins + delta > 0, "yes", "no").tolist()
+
+
+def choose_offset(margins: np.ndarray, gold: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    """The δ with the best macro-F1 of `gold` (ties: the earliest in offset_candidates' order, so δ = 0, the zero-shot
+    model as it is, wins any tie it is in), its macro-F1, and the macro-F1 at δ = 0."""
+    candidates = offset_candidates(margins)
+    scores = [classification_metrics(gold, predict_with_offset(margins, delta), labels)["macro_f1"]
+              for delta in candidates]
+    best = 0
+    for i, score in enumerate(scores):
+        if score > scores[best] + SCORE_TOLERANCE:
+            best = i
+    return {"delta": float(candidates[best]), "macro_f1": scores[best], "macro_f1_at_zero": scores[0],
+            "candidates": len(candidates)}
+
+
+def aligned_p_yes(base: pd.DataFrame, frame: pd.DataFrame, split: str) -> np.ndarray:
+    """evaluate@base's p_yes in the split's item order; predictions of other items or gold labels are stale."""
+    path = f"reports/eval/base/preds_{split}.csv"
+    by_pmid = base.assign(pmid=base["pmid"].astype(str)).drop_duplicates("pmid").set_index("pmid")
+    pmids = frame["pmid"].astype(str)
+    if len(base) != len(frame) or set(by_pmid.index) != set(pmids):
+        raise PeftqaError(f"{path} scores other items than data/processed/{split}.csv ({len(base)} rows, the split "
+                          f"{len(frame)} items); it is stale: run `dvc repro evaluate@base`")
+    if (by_pmid.loc[pmids, "gold"].astype(str).values != frame["label"].astype(str).values).any():
+        raise PeftqaError(f"{path}: gold labels differ from data/processed/{split}.csv; run `dvc repro evaluate@base`")
+    p_yes = by_pmid.loc[pmids, "p_yes"].to_numpy(dtype=float)
+    if np.isnan(p_yes).any():
+        raise PeftqaError(f"{path}: {int(np.isnan(p_yes).sum())} of {len(p_yes)} items have no p_yes, which "
+                          "base_calibrated needs (model.scoring: verbalizer writes it for every item); it is stale, "
+                          "run `dvc repro evaluate@base`")
+    return p_yes
+
+
+def predict_base_calibrated(splits: dict[str, pd.DataFrame], base_preds: dict[str, pd.DataFrame],
+                            labels: Sequence[str]) -> tuple[dict[str, pd.DataFrame], dict]:
+    """δ chosen on val alone (choose_offset), then applied to val and test: yes where margin + δ > 0, p_yes =
+    sigmoid(margin + δ). Test's scores are read only after δ is fixed."""
+    val = splits["val"]
+    val_margins = margins_from_p_yes(aligned_p_yes(base_preds["val"], val, "val"))
+    offset = choose_offset(val_margins, val["label"].astype(str).tolist(), labels)
+    preds = {}
+    for split in SCORED_SPLITS:
+        margins = margins_from_p_yes(aligned_p_yes(base_preds[split], splits[split], split))
+        preds[split] = predictions_frame(splits[split], predict_with_offset(margins, offset["delta"]),
+                                         1 / (1 + np.exp(-(margins + offset["delta"]))))
+    choice = {"delta": offset["delta"], "val_macro_f1": offset["macro_f1"],
+              "val_macro_f1_at_zero": offset["macro_f1_at_zero"], "candidates": offset["candidates"],
+              "selected_on": "val macro_f1 over the offsets 0, and the midpoints between sorted distinct val margins "
+                             "and one below and one above them all (ties: the smallest |delta|, then the smaller)",
+              "margin": "logit(p_yes) = log p(yes) - log p(no) of reports/eval/base/preds_<split>.csv",
+              "rule": "yes where margin + delta > 0; p_yes = sigmoid(margin + delta)"}
+    return preds, choice
+
+
+# -----------------------------------------------------------------------------
+# every reference
+
+
+def predict_references(splits: dict[str, pd.DataFrame], params: ReferencesParams, labels: Sequence[str],
+                       base_preds: dict[str, pd.DataFrame] | None = None
+                       ) -> tuple[dict[str, dict[str, pd.DataFrame]], dict[str, dict]]:
+    """Per reference in params.names: its val and test predictions, and its choice record. base_calibrated needs
+    evaluate@base's val and test predictions (`base_preds`); without them it is left out (its caller says why)."""
     predictors = {"majority": lambda: predict_majority(splits, labels),
-                  "tfidf_lr": lambda: predict_tfidf_reference(splits, params, labels)}
-    results = {name: predictors[name]() for name in params.names}
+                  "tfidf_lr": lambda: predict_tfidf_reference(splits, params, labels),
+                  BASE_CALIBRATED: lambda: predict_base_calibrated(splits, base_preds, labels)}
+    results = {name: predictors[name]() for name in params.names if name != BASE_CALIBRATED or base_preds is not None}
     return ({name: preds for name, (preds, _) in results.items()},
             {name: choice for name, (_, choice) in results.items()})

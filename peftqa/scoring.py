@@ -37,8 +37,11 @@ def score_frame(backbone: Backbone, frame: pd.DataFrame, batch_size: int,
         batch = backbone.encode(questions, contexts, labels)
         with autocast(backbone.device, bf16):
             if with_loss:
-                losses.append(float(backbone.loss(batch, class_weights)) * len(questions))
-            log_probs.append(backbone.score(batch).float().cpu().numpy())
+                loss, scores = backbone.loss_and_score(batch, class_weights)
+                losses.append(float(loss) * len(questions))
+            else:
+                scores = backbone.score(batch)
+            log_probs.append(scores.float().cpu().numpy())
     mean_loss = sum(losses) / len(frame) if with_loss and len(frame) else float("nan")
     return mean_loss, np.concatenate(log_probs) if log_probs else np.zeros((0, len(backbone.labels)))
 

@@ -17,6 +17,7 @@ from scipy.stats import binom, norm
 from peftqa.common import PeftqaError
 from peftqa.metrics import classification_metrics
 from peftqa.params import REFERENCES, StatsParams
+from peftqa.paths import REFERENCES_CHOICES_JSON
 
 STATS_COLUMNS = ["method", "reference", "test", "metric", "n", "effect", "ci_low", "ci_high", "p_value", "p_holm",
                  "b", "c"]
@@ -309,3 +310,14 @@ def preds_path(method: str) -> Path:
 def producing_stage(name: str) -> str:
     """The DVC stage that writes preds_path(name), for the hint in an error message."""
     return "references" if name in REFERENCES else f"evaluate@{name}"
+
+
+def defined_references(names: Sequence[str], choices: Mapping[str, dict]) -> list[str]:
+    """The references of `names` (params' references.names) that the references stage wrote a row for, in that
+    order: choices.json gives each a choice record, or {"not_defined": why} (base_calibrated on an encoder run). A name
+    it does not list is stale output."""
+    missing = [name for name in names if name not in choices]
+    if missing:
+        raise PeftqaError(f"{REFERENCES_CHOICES_JSON} lists no {missing} of references.names {list(names)}: it is "
+                          "stale, run `dvc repro references`")
+    return [name for name in names if "not_defined" not in choices[name]]

@@ -5,7 +5,8 @@ With 89 test items, one run's difference between two methods is mostly noise. Tw
 - cv (prepare.folds = k >= 2): every cleaned item is tested once, by a model trained on the other k-1 folds (a
   stratified val_fraction of them held out for early stopping). The per-fold predictions are pooled, so the paired
   tests against the baseline run on all items instead of 89. The reference rows (stage references: majority,
-  tfidf_lr) are refitted per fold on the same train/val, pooled alike, and compared with every method.
+  tfidf_lr) are refitted per fold on the same train/val, pooled alike, and compared with every method;
+  base_calibrated is not (it calibrates evaluate@base's val predictions, which exist for the main split only).
 Each training is a full train@<method> run (train.train_method): MLflow run, checkpoints, resume after a kill.
 
 Inputs:  data/processed/{train,val,test,folds}.csv; params: seeds, prepare, methods, model, train, peft, mlflow,
@@ -77,9 +78,9 @@ def main(args: list[str]) -> None:
     seeds = pd.DataFrame(seed_rows, columns=SEED_COLUMNS)
     pooled = pd.concat(cv_preds, ignore_index=True) if cv_preds else pd.DataFrame(columns=PRED_COLUMNS)
     folds = cv_fold_metrics(pooled, params.prepare.labels)
-    of = {m: pooled.loc[pooled["method"] == m] for m in (*params.methods, *params.references.names)}
+    of = {m: pooled.loc[pooled["method"] == m] for m in (*params.methods, *params.references.per_fold)}
     stats = (compare_methods(of, params.methods, params.stats.baseline, params.prepare.labels, params.stats,
-                             references={name: of[name] for name in params.references.names})
+                             references={name: of[name] for name in params.references.per_fold})
              if cv_preds else pd.DataFrame(columns=STATS_COLUMNS))
     summary = seeds_summary(seeds, params.stats.baseline)
     write_csv_atomic(PROTOCOLS_DIR / "seeds_test.csv", seeds)

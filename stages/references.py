@@ -2,29 +2,77 @@
 
 They answer "does a method beat something that needs no training?": `majority` always gives the train split's most
 frequent label; `tfidf_lr` is TF-IDF + LogisticRegression on question + context, fitted on train only, with its
-n-gram range, C and class weighting chosen on val macro-F1 (test is never used to choose). They are not training
-methods: no adapter, no MLflow run; stats and report show them as reference rows.
+n-gram range, C and class weighting chosen on val macro-F1 (test is never used to choose); `base_calibrated` is the
+zero-shot base (seq2seq or causal family, labels yes/no) with one offset on its margin log p(yes) - log p(no),
+chosen on val macro-F1: all a model gains by learning the label prior. It is not defined for the encoder family
+(base is a trained probe there), for three labels, without base in methods, or without p_yes: no row is written,
+and choices.json says why. They are not training methods: no adapter, no MLflow run; stats and report show them as
+reference rows.
 
-Inputs:  data/processed/{train,val,test}.csv (pmid, question, context, label); params: references, prepare.labels.
+Inputs:  data/processed/{train,val,test}.csv (pmid, question, context, label); params: references, prepare.labels,
+         methods, model.scoring; for base_calibrated models/base/train_summary.json (its family) and
+         reports/eval/base/preds_{val,test}.csv (its p_yes).
 Outputs: reports/references/<r>/preds_<split>.csv     pmid, gold, pred, p_yes, latency_s (evaluate's columns;
                                                        latency_s is NaN: nothing is timed)
          reports/references/<r>/metrics_<split>.json  classification_metrics of those predictions
-         reports/references/choices.json              per reference: what was chosen, and every grid point's val score
+         reports/references/choices.json              per reference: what was chosen, and every grid point's val
+                                                       score (base_calibrated: delta and its val macro-F1), or
+                                                       {"not_defined": why}
          reports/references_metrics.json              (DVC metrics) val and test accuracy and macro-F1 per reference
+                                                       written (base_calibrated: and its delta)
 """
 from __future__ import annotations
 
+import json
 import logging
+from functools import partial
 from pathlib import Path
+from typing import Callable, TypeVar
+
+import pandas as pd
 
 from peftqa.common import PeftqaError, read_split, replace_dir_atomic, run_cli, write_csv_atomic, write_json_atomic
-from peftqa.params import load_params
-from peftqa.paths import DATA_DIR, REFERENCES_DIR, REFERENCES_METRICS_JSON
-from peftqa.references import SCORED_SPLITS, check_split, predict_references, score_predictions
+from peftqa.params import BASE_CALIBRATED, Params, load_params
+from peftqa.paths import DATA_DIR, EVAL_DIR, MODELS_DIR, REFERENCES_DIR, REFERENCES_METRICS_JSON
+from peftqa.references import (
+    SCORED_SPLITS,
+    base_calibrated_undefined,
+    check_split,
+    predict_references,
+    score_predictions,
+)
 
 log = logging.getLogger("peftqa.references")
 
 SPLITS = ("train", "val", "test")  # fitted on train, chosen on val, reported on val and test
+T = TypeVar("T")
+
+
+def read_base(path: Path, reader: Callable[[Path], T]) -> T:
+    """One of train@base's or evaluate@base's outputs; a missing one names the stage that writes it."""
+    try:
+        return reader(path)
+    except FileNotFoundError:
+        raise PeftqaError(f"{path} not found: base_calibrated calibrates the zero-shot base's predictions; run "
+                          "`dvc repro evaluate@base` (it trains base first), or drop base_calibrated from "
+                          "references.names") from None
+
+
+def read_zero_shot_base(params: Params) -> tuple[dict[str, pd.DataFrame] | None, str | None]:
+    """evaluate@base's val and test predictions for base_calibrated, or why that row is not defined (None, None when
+    it is not asked for). Base's files are read only when params alone allow the row."""
+    if BASE_CALIBRATED not in params.references.names:
+        return None, None
+    check = partial(base_calibrated_undefined, params.methods, params.prepare.labels, params.model.scoring)
+    why = check()
+    if why is None:
+        summary = read_base(MODELS_DIR / "base" / "train_summary.json", lambda path: json.loads(path.read_text()))
+        why = check(summary["family"])
+    if why:
+        log.info("%s: %s; no row is written", BASE_CALIBRATED, why)
+        return None, why
+    return {split: read_base(EVAL_DIR / "base" / f"preds_{split}.csv",
+                             lambda path: pd.read_csv(path, dtype={"pmid": str})) for split in SCORED_SPLITS}, None
 
 
 def main(args: list[str]) -> None:
@@ -36,7 +84,10 @@ def main(args: list[str]) -> None:
     limits = {split: 0 if split == "train" else params.evaluate.limit_items for split in SPLITS}  # as the methods
     splits = {split: check_split(read_split(DATA_DIR / f"{split}.csv", limits[split]), DATA_DIR / f"{split}.csv",
                                  labels) for split in SPLITS}
-    preds, choices = predict_references(splits, params.references, labels)
+    base_preds, not_defined = read_zero_shot_base(params)
+    preds, choices = predict_references(splits, params.references, labels, base_preds)
+    if not_defined:
+        choices[BASE_CALIBRATED] = {"not_defined": not_defined}
     metrics = {name: {split: score_predictions(frames[split], labels) for split in SCORED_SPLITS}
                for name, frames in preds.items()}
 
@@ -50,6 +101,8 @@ def main(args: list[str]) -> None:
     replace_dir_atomic(write_outputs, REFERENCES_DIR)  # a reference dropped from params leaves no stale folder
     summary = {name: {split: {key: by_split[split][key] for key in ("accuracy", "macro_f1")} for split in SCORED_SPLITS}
                for name, by_split in metrics.items()}
+    if BASE_CALIBRATED in summary:
+        summary[BASE_CALIBRATED]["delta"] = choices[BASE_CALIBRATED]["delta"]
     write_json_atomic(REFERENCES_METRICS_JSON, summary)
     for name, by_split in metrics.items():
         log.info("%s: val macro-F1 %.4f; test accuracy %.4f, macro-F1 %.4f", name, by_split["val"]["macro_f1"],

@@ -5,8 +5,10 @@ Inputs (columns in each writing stage's docstring), for every method m in params
   models/<m>/history.csv, models/<m>/train_summary.json,
   reports/eval/<m>/metrics_test.json, reports/eval/<m>/cm_test.csv, reports/eval/<m>/preds_test.csv,
   reports/eval/<m>/preds_val.csv (abstention thresholds are chosen on val), reports/stats/stats_eval_test.csv,
-  for every reference r in params.references.names reports/references/<r>/metrics_test.json and preds_test.csv
-  (reference rows: in the performance table and figure, the significance table and each method's findings),
+  reports/references/choices.json (what each reference chose, or why it is not defined for this run: base_calibrated
+  on an encoder run) and, for every reference r in params.references.names with a row,
+  reports/references/<r>/metrics_test.json and preds_test.csv (reference rows: in the performance table and
+  figure, the significance table and each method's findings),
   and reports/protocols/*.csv when the protocols stage has run.
 Outputs: reports/figures/*.png (names in FIGURE_CAPTIONS, plus cm_<m>_test.png and SEEDS_FIGURE), reports/report.md,
   and under prepare.protocol: official, reports/submission/<m>.json (PMID -> predicted label; unmapped predictions
@@ -36,7 +38,7 @@ log = logging.getLogger("peftqa.report")
 def main(args: list[str]) -> None:
     params = load_params()
     inputs = read_inputs(params.methods, params.references.names, params.evaluate.limit_items)
-    check_inputs_fresh(inputs, params.methods, params.stats.baseline, params.references.names)
+    check_inputs_fresh(inputs, params.methods, params.stats.baseline, inputs.references)
     check_protocols_fresh(inputs.protocols, params, int(inputs.split_stats["n"].sum()))
     for name, figure in build_figures(inputs, params.prepare.labels).items():
         save_figure(figure, FIGURES_DIR / name)

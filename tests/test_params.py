@@ -75,6 +75,8 @@ def test_unknown_key_is_named(params_data, dotted):
     ("train.epochs", "four"),
     ("train.epochs", 2.5),
     ("train.gradient_checkpointing", "yes"),  # a bare yes is a string here, not true
+    ("train.checkpoint_every_steps", -1),
+    ("train.checkpoint_every_steps", 2.5),
     ("prepare.protocol", "foo"),
     ("prepare.labels", ["yes", "perhaps"]),
     ("prepare.labels", ["yes"]),
@@ -99,6 +101,14 @@ def test_prefix_tuning_with_gradient_checkpointing_is_refused(params_data):
         parse_params(data)
     data["methods"] = ["base", "lora"]
     assert parse_params(data).train.gradient_checkpointing is True
+
+
+def test_step_checkpoints_without_epoch_checkpoints_are_refused(params_data):
+    data = params_data({"train.checkpoint_every_steps": 50, "train.checkpoint_every_epoch": False})
+    with pytest.raises(ParamsError, match="train.checkpoint_every_steps.*checkpoint_every_epoch: true"):
+        parse_params(data)
+    data["train"]["checkpoint_every_epoch"] = True
+    assert parse_params(data).train.checkpoint_every_steps == 50
 
 
 def test_missing_section_and_wrong_top_level(params_data):

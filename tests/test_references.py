@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,11 +16,16 @@ from peftqa.params import ReferencesParams, parse_params
 from peftqa.references import (
     PRED_COLUMNS,
     TfidfSetting,
+    base_calibrated_undefined,
     check_split,
+    choose_offset,
     choose_tfidf_setting,
     fit_tfidf_lr,
     input_texts,
     majority_label,
+    margins_from_p_yes,
+    offset_candidates,
+    predict_base_calibrated,
     predict_majority,
     predict_references,
     predict_tfidf_lr,
@@ -46,6 +52,28 @@ def make_splits() -> dict[str, pd.DataFrame]:
     return {"train": make_split(["yes"] * 8 + ["no"] * 4),
             "val": make_split(["yes", "no"] * 3, start=100),
             "test": make_split(["yes"] * 4 + ["no"] * 2, start=200)}
+
+
+def base_preds(frame: pd.DataFrame, p_yes: Sequence[float]) -> pd.DataFrame:
+    """evaluate@base's preds_<split>.csv for `frame`: the zero-shot base's p_yes and its argmax prediction."""
+    p_yes = np.asarray(p_yes, dtype=float)
+    return pd.DataFrame({"pmid": frame["pmid"].values, "gold": frame["label"].values,
+                         "pred": np.where(p_yes >= 0.5, "yes", "no"), "p_yes": p_yes, "latency_s": 0.01})
+
+
+def zero_shot_case(seed: int = 0) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """Splits of 30 val and 30 test items and a zero-shot base that says 'no' too often: its margin is the label's
+    signal (+-1, noisy) minus 2.5, so a positive offset helps on val. Test's labels are mostly 'no', so a chooser that
+    also looked at test would pick another offset."""
+    rng = np.random.default_rng(seed)
+    gold = {"val": ["yes"] * 20 + ["no"] * 10, "test": ["yes"] * 8 + ["no"] * 22}
+    splits = {"train": make_split(["yes"] * 8 + ["no"] * 4),
+              **{split: make_split(labels, start=100 * (i + 1)) for i, (split, labels) in enumerate(gold.items())}}
+    preds = {}
+    for split, labels in gold.items():
+        margin = np.where(np.array(labels) == "yes", 1.0, -1.0) + rng.normal(0, 1.2, len(labels)) - 2.5
+        preds[split] = base_preds(splits[split], 1 / (1 + np.exp(-margin)))
+    return splits, preds
 
 
 # -----------------------------------------------------------------------------
@@ -125,15 +153,124 @@ def test_tfidf_lr_p_yes_agrees_with_its_prediction():
 
 
 # -----------------------------------------------------------------------------
+# base_calibrated
+
+
+def calibrated_delta(splits: dict[str, pd.DataFrame], base: dict[str, pd.DataFrame]) -> float:
+    return predict_base_calibrated(splits, base, LABELS)[1]["delta"]
+
+
+def leaky_delta(splits: dict[str, pd.DataFrame], base: dict[str, pd.DataFrame]) -> float:
+    """The mistake the tests below must catch: an offset chosen on val and test together."""
+    margins = margins_from_p_yes(np.concatenate([base["val"]["p_yes"], base["test"]["p_yes"]]))
+    return choose_offset(margins, [*splits["val"]["label"], *splits["test"]["label"]], LABELS)["delta"]
+
+
+def deltas_under_test_edits(chooser: Callable[[dict, dict], float], seed: int = 0) -> list[float]:
+    """δ as `chooser` picks it from the zero-shot case, then with test's p_yes permuted, mirrored (1 - p_yes) and
+    replaced by noise."""
+    splits, base = zero_shot_case(seed)
+    rng = np.random.default_rng(seed + 1)
+    test = base["test"]
+    edits = [test, test.assign(p_yes=rng.permutation(test["p_yes"].to_numpy())), test.assign(p_yes=1 - test["p_yes"]),
+             test.assign(p_yes=rng.uniform(0.01, 0.99, len(test)))]
+    return [chooser(splits, {**base, "test": edited}) for edited in edits]
+
+
+SEEDS = (0, 1, 2)  # zero-shot cases the val-only check runs on, and its negative control with it
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_base_calibrated_offset_is_chosen_on_val_alone(seed):
+    """Permuting, mirroring or replacing test's scores leaves δ as it was; moving val's scores moves it."""
+    deltas = deltas_under_test_edits(calibrated_delta, seed)
+    assert len(set(deltas)) == 1 and deltas[0] > 0  # base says 'no' too often: the offset leans to 'yes'
+    splits, base = zero_shot_case(seed)
+    shifted = base["val"].assign(p_yes=1 / (1 + np.exp(-(margins_from_p_yes(base["val"]["p_yes"]) + 2.0))))
+    assert calibrated_delta(splits, {**base, "val": shifted}) != deltas[0]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_val_only_check_catches_a_chooser_that_looks_at_test(seed):
+    """Negative control of the test above: on the same cases, an offset chosen on val + test moves when test's
+    scores move, and differs from the val-only one."""
+    leaky = deltas_under_test_edits(leaky_delta, seed)
+    assert len(set(leaky)) > 1
+    assert leaky[0] != deltas_under_test_edits(calibrated_delta, seed)[0]
+
+
+def test_base_calibrated_applies_one_offset_to_the_margin():
+    splits, base = zero_shot_case()
+    preds, choice = predict_base_calibrated(splits, base, LABELS)
+    for split in ("val", "test"):
+        margin = margins_from_p_yes(base[split]["p_yes"])
+        shifted = margin + choice["delta"]
+        assert preds[split]["pred"].tolist() == np.where(shifted > 0, "yes", "no").tolist()
+        assert preds[split]["p_yes"].to_numpy() == pytest.approx(1 / (1 + np.exp(-shifted)))
+    val = score_predictions(preds["val"], LABELS)["macro_f1"]
+    assert choice["val_macro_f1"] == val >= choice["val_macro_f1_at_zero"]
+    at_zero = classification_metrics(splits["val"]["label"].tolist(), base["val"]["pred"].tolist(), LABELS)
+    assert choice["val_macro_f1_at_zero"] == pytest.approx(at_zero["macro_f1"])  # δ = 0 is the base as it is
+    assert choice["val_macro_f1"] > choice["val_macro_f1_at_zero"]
+
+
+def test_offset_ties_go_to_the_smallest_absolute_offset():
+    """Val margins -3, -1, 1, 3 with gold no, no, yes, yes: every threshold in (-1, 1) is perfect, δ = 0 among them;
+    candidates run 0, then by |δ| (and the smaller δ first), and cover all-yes and all-no."""
+    margins = np.array([-3.0, -1.0, 1.0, 3.0])
+    assert offset_candidates(margins).tolist() == [0.0, -2.0, 2.0, -4.0, 4.0]
+    assert choose_offset(margins, ["no", "no", "yes", "yes"], LABELS)["delta"] == 0.0
+    assert choose_offset(margins + 5, ["no", "no", "yes", "yes"], LABELS)["delta"] == -5.0  # the nearest perfect one
+    # margins -1, 1 with gold yes, no: δ = 0 gets both wrong; all-no (δ = -2) and all-yes (δ = 2) tie at 1/3
+    tied = choose_offset(np.array([-1.0, 1.0]), ["yes", "no"], LABELS)
+    assert (tied["delta"], tied["macro_f1"], tied["macro_f1_at_zero"]) == (-2.0, pytest.approx(1 / 3), 0.0)
+
+
+def test_margins_survive_saturated_probabilities():
+    margins = margins_from_p_yes([0.0, 0.5, 1.0, 0.75])
+    assert np.isfinite(margins).all() and margins[1] == 0.0 and margins[3] == pytest.approx(np.log(3))
+    assert margins[0] == pytest.approx(-margins[2], rel=1e-5)  # 1 - 1e-12 is not exact in floating point
+
+
+@pytest.mark.parametrize(("methods", "labels", "scoring", "family", "why"), [
+    (("base", "lora"), ("yes", "no"), "verbalizer", None, None),
+    (("base", "lora"), ("yes", "no"), "verbalizer", "causal", None),
+    (("base", "lora"), ("no", "yes"), "verbalizer", "seq2seq", None),
+    (("base", "lora"), ("yes", "no"), "verbalizer", "encoder", "not defined for the encoder family: its base is a "
+                                                               "trained probe, not a zero-shot model"),
+    (("base", "lora"), ("yes", "no", "maybe"), "verbalizer", "causal", "not defined for prepare.labels "
+                                                                      "['yes', 'no', 'maybe']: it needs exactly"),
+    (("lora",), ("yes", "no"), "verbalizer", None, "not defined: base is not in methods"),
+    (("base",), ("yes", "no"), "generate", "causal", "not defined under model.scoring: generate"),
+    (("base",), ("yes", "no"), "generate", "encoder", "not defined for the encoder family"),  # scoring: LMs only
+])
+def test_base_calibrated_is_defined_only_for_a_zero_shot_yes_no_base(methods, labels, scoring, family, why):
+    found = base_calibrated_undefined(methods, labels, scoring, family)
+    assert found == why if why is None else found.startswith(why)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda f: f.iloc[1:], r"reports/eval/base/preds_val.csv scores other items.*dvc repro evaluate@base"),
+    (lambda f: f.assign(gold="no"), r"reports/eval/base/preds_val.csv: gold labels differ"),
+    (lambda f: f.assign(p_yes=[np.nan, *f["p_yes"][1:]]), r"preds_val.csv: 1 of 30 items have no p_yes"),
+])
+def test_stale_base_predictions_name_the_file(edit, message):
+    splits, base = zero_shot_case()
+    with pytest.raises(PeftqaError, match=message):
+        predict_base_calibrated(splits, {**base, "val": edit(base["val"])}, LABELS)
+
+
+# -----------------------------------------------------------------------------
 # outputs in evaluate's format
 
 
-@pytest.mark.parametrize("name", ["majority", "tfidf_lr"])
+@pytest.mark.parametrize("name", ["majority", "tfidf_lr", "base_calibrated"])
 def test_predictions_have_evaluates_columns(name):
     from peftqa.evaluation import predictions_frame as evaluate_predictions_frame  # imports torch: only here
 
     splits = make_splits()
-    preds, _ = predict_references(splits, ReferencesParams(names=(name,)), LABELS)
+    base = {split: base_preds(splits[split], np.linspace(0.1, 0.9, len(splits[split]))) for split in ("val", "test")}
+    preds, _ = predict_references(splits, ReferencesParams(names=(name,)), LABELS, base)
     evaluate_columns = list(evaluate_predictions_frame(splits["test"], ["yes"] * 6, None, LABELS, []).columns)
     for split in ("val", "test"):
         frame = preds[name][split]
@@ -180,26 +317,75 @@ def test_bad_references_params_name_the_key(params_data, section, key):
 # the stage
 
 
-def test_main_writes_preds_metrics_and_choices(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    shutil.copy(REPO_PARAMS, "params.yaml")
-    for split, frame in make_splits().items():
-        Path("data/processed").mkdir(parents=True, exist_ok=True)
+def write_stage_inputs(splits: dict[str, pd.DataFrame], family: str,
+                       base: dict[str, pd.DataFrame] | None = None) -> None:
+    """The splits, train@base's summary (its family) and, when given, evaluate@base's predictions, in the cwd."""
+    Path("data/processed").mkdir(parents=True, exist_ok=True)
+    for split, frame in splits.items():
         frame.to_csv(f"data/processed/{split}.csv", index=False)
+    Path("models/base").mkdir(parents=True, exist_ok=True)
+    Path("models/base/train_summary.json").write_text(json.dumps({"method": "base", "family": family}))
+    for split, frame in (base or {}).items():
+        Path("reports/eval/base").mkdir(parents=True, exist_ok=True)
+        frame.to_csv(f"reports/eval/base/preds_{split}.csv", index=False)
+
+
+def check_written(names: Sequence[str], labels: Sequence[str] = LABELS) -> tuple[dict, dict]:
+    """Every written reference's preds and metrics agree; returns choices.json and references_metrics.json."""
+    choices = json.loads(Path("reports/references/choices.json").read_text())
+    summary = json.loads(Path("reports/references_metrics.json").read_text())
+    assert sorted(p.name for p in Path("reports/references").iterdir() if p.is_dir()) == sorted(names)
+    assert set(summary) == set(names)
+    for name in names:
+        for split in ("val", "test"):
+            preds = pd.read_csv(f"reports/references/{name}/preds_{split}.csv", dtype={"pmid": str})
+            assert list(preds.columns) == PRED_COLUMNS
+            metrics = json.loads(Path(f"reports/references/{name}/metrics_{split}.json").read_text())
+            expected = classification_metrics(preds["gold"].tolist(), preds["pred"].tolist(), labels)
+            assert metrics == pytest.approx(expected) and list(metrics) == list(expected)
+            assert summary[name][split] == {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+    return choices, summary
+
+
+@pytest.mark.parametrize(("family", "labels", "why"), [
+    ("encoder", LABELS, "not defined for the encoder family: its base is a trained probe, not a zero-shot model"),
+    ("causal", ("yes", "no", "maybe"), "not defined for prepare.labels ['yes', 'no', 'maybe']: it needs exactly the "
+                                       "two labels yes and no (its margin is log p(yes) - log p(no))"),
+])
+def test_main_writes_preds_metrics_and_choices(tmp_path, monkeypatch, write_params, family, labels, why):
+    """The default encoder profile (base is a trained probe) and a three-label run: base_calibrated gets no row,
+    and choices.json says why."""
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, {"prepare.labels": list(labels)})
+    write_stage_inputs(make_splits(), family=family)  # no base preds: they are not read
     stale = Path("reports/references/old_reference")
     stale.mkdir(parents=True)
 
     references.main([])
 
     assert not stale.exists()  # the folder is replaced whole
-    choices = json.loads(Path("reports/references/choices.json").read_text())
-    assert set(choices) == {"majority", "tfidf_lr"}
-    summary = json.loads(Path("reports/references_metrics.json").read_text())
-    for name in ("majority", "tfidf_lr"):
-        for split in ("val", "test"):
-            preds = pd.read_csv(f"reports/references/{name}/preds_{split}.csv", dtype={"pmid": str})
-            assert list(preds.columns) == PRED_COLUMNS
-            metrics = json.loads(Path(f"reports/references/{name}/metrics_{split}.json").read_text())
-            expected = classification_metrics(preds["gold"].tolist(), preds["pred"].tolist(), LABELS)
-            assert metrics == pytest.approx(expected) and list(metrics) == list(expected)
-            assert summary[name][split] == {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+    choices, _ = check_written(["majority", "tfidf_lr"], labels)
+    assert list(choices) == ["majority", "tfidf_lr", "base_calibrated"]
+    assert choices["base_calibrated"] == {"not_defined": why}
+
+
+def test_main_calibrates_a_generative_base_and_records_its_offset(tmp_path, monkeypatch, write_params):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, {"references.names": ["majority", "base_calibrated"]})
+    splits, base = zero_shot_case()
+    write_stage_inputs(splits, family="causal", base=base)
+
+    references.main([])
+
+    choices, summary = check_written(["majority", "base_calibrated"])
+    delta = predict_base_calibrated(splits, base, LABELS)[1]["delta"]
+    assert choices["base_calibrated"]["delta"] == summary["base_calibrated"]["delta"] == delta
+    assert choices["base_calibrated"]["val_macro_f1"] == summary["base_calibrated"]["val"]["macro_f1"]
+
+
+def test_main_without_base_predictions_names_the_file_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO_PARAMS, "params.yaml")
+    write_stage_inputs(make_splits(), family="seq2seq")
+    with pytest.raises(PeftqaError, match=r"reports/eval/base/preds_val.csv not found.*`dvc repro evaluate@base`"):
+        references.main([])

@@ -23,6 +23,7 @@ from peftqa.metrics import abstention_curve, classification_metrics, confusion_f
 from peftqa.report import abstention as report_abstention
 from peftqa.report import figures as report_figures
 from peftqa.report import findings as report_findings
+from peftqa.report import sections as report_sections
 from peftqa.report import tables as report_tables
 from peftqa.stats import mcnemar_detectable_difference
 from stages import report
@@ -41,8 +42,15 @@ PREDS = {
 CONFIDENCE = [0.505 + 0.02 * i for i in range(len(GOLD))]
 # 95% CI of Δmacro-F1 vs base: lora's excludes 0, prompt_tuning's contains it
 CIS = {"prompt_tuning": (-0.10, 0.30), "lora": (0.15, 0.55)}
-REFERENCES = ("majority", "tfidf_lr")
-REFERENCE_PREDS = {"majority": ["yes"] * 20, "tfidf_lr": ["yes"] * 9 + ["no"] * 3 + ["no"] * 6 + ["yes"] * 2}
+REFERENCES = ("majority", "tfidf_lr")  # the rows of every run (refitted per CV fold too)
+CALIBRATED = "base_calibrated"  # a row only when base is zero-shot (seq2seq, causal); params.yaml lists it
+REFERENCE_PREDS = {"majority": ["yes"] * 20, "tfidf_lr": ["yes"] * 9 + ["no"] * 3 + ["no"] * 6 + ["yes"] * 2,
+                   CALIBRATED: ["yes"] * 10 + ["no"] * 2 + ["no"] * 5 + ["yes"] * 3}
+ENCODER_WHY = "not defined for the encoder family: its base is a trained probe, not a zero-shot model"
+CALIBRATED_CHOICE = {"delta": 2.5, "val_macro_f1": 0.62, "val_macro_f1_at_zero": 0.375, "candidates": 21}
+# a generative run: base is worse than base_calibrated, prompt_tuning's CI against it contains 0, lora beats it
+CALIBRATED_CIS = {("base", CALIBRATED): (-0.45, -0.05), ("prompt_tuning", CALIBRATED): (-0.20, 0.25),
+                  ("lora", CALIBRATED): (0.05, 0.40)}
 # 95% CI of Δmacro-F1 (method minus reference): base is the majority (identical: [0, 0]) and worse than tfidf_lr;
 # lora beats majority; every other CI contains 0 (so prompt_tuning's paragraph says neither better nor worse)
 REFERENCE_CIS = {("base", "majority"): (0.0, 0.0), ("base", "tfidf_lr"): (-0.40, -0.05),
@@ -74,7 +82,7 @@ def write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj), encoding="utf-8")
 
 
-def write_method(root: Path, method: str, pmids: list[str], index: int) -> dict:
+def write_method(root: Path, method: str, pmids: list[str], index: int, family: str = "encoder") -> dict:
     """history, train summary, preds, confusion and metrics of one method; returns its metrics."""
     trainable = 770 if method == "base" else 10_000 * (index + 1) ** 2
     val_macro_f1 = [0.40 + 0.10 * index, 0.45 + 0.12 * index, 0.44 + 0.16 * index]
@@ -84,7 +92,7 @@ def write_method(root: Path, method: str, pmids: list[str], index: int) -> dict:
                             "seconds": [10.0, 10.5, 9.8]})
     write_csv(root / f"models/{method}/history.csv", history)
     write_json(root / f"models/{method}/train_summary.json", {
-        "method": method, "family": "encoder", "model": "tiny-encoder", "trainable_params": trainable,
+        "method": method, "family": family, "model": f"tiny-{family}", "trainable_params": trainable,
         "total_params": 22_700_000, "adapter_bytes": 4 * trainable, "best_val_macro_f1": max(val_macro_f1),
         "best_epoch": 1 + val_macro_f1.index(max(val_macro_f1)),
         "epochs_run": 3, "train_seconds": 30.3 * (index + 1), "examples_per_s": 70.0, "mlflow_run_id": f"run{index}abc",
@@ -132,8 +140,16 @@ def write_reference(root: Path, name: str, pmids: list[str]) -> dict:
     return metrics
 
 
-def write_inputs(root: Path, protocol: str = "official") -> dict[str, dict]:
-    """Every input of the report stage under `root`; returns the metrics per method and per reference row."""
+def write_choices(root: Path, family: str) -> None:
+    """choices.json: base_calibrated has a row only on a generative run, the encoder's base being a trained probe."""
+    write_json(root / "reports/references/choices.json", {
+        "majority": {"label": "yes"}, "tfidf_lr": {"chosen": {"ngram_max": 1}},
+        CALIBRATED: {"not_defined": ENCODER_WHY} if family == "encoder" else CALIBRATED_CHOICE})
+
+
+def write_inputs(root: Path, protocol: str = "official", family: str = "encoder") -> dict[str, dict]:
+    """Every input of the report stage under `root`; returns the metrics per method and per reference row. On a
+    seq2seq or causal run (`family`) base_calibrated is a reference row too."""
     write_params(root, protocol)
     pmids = [str(10_000_001 + i) for i in range(len(GOLD))]
     write_csv(root / "data/processed/test.csv", pd.DataFrame(
@@ -141,12 +157,14 @@ def write_inputs(root: Path, protocol: str = "official") -> dict[str, dict]:
     write_csv(root / "data/processed/split_stats.csv", pd.DataFrame(
         {"split": ["train", "val", "test"], "n": [160, 20, 20], "yes": [96, 12, 12], "no": [64, 8, 8],
          "yes_pct": [60.0, 60.0, 60.0], "no_pct": [40.0, 40.0, 40.0]}))
-    metrics = {m: write_method(root, m, pmids, i) for i, m in enumerate(METHODS)}
-    metrics.update({r: write_reference(root, r, pmids) for r in REFERENCES})
+    metrics = {m: write_method(root, m, pmids, i, family) for i, m in enumerate(METHODS)}
+    rows_of = {**REFERENCE_CIS, **(CALIBRATED_CIS if family != "encoder" else {})}
+    metrics.update({r: write_reference(root, r, pmids) for r in dict.fromkeys(r for _, r in rows_of)})
+    write_choices(root, family)
     rows = [*stats_rows("prompt_tuning", "base", metrics, CIS["prompt_tuning"]),
             *stats_rows("lora", "base", metrics, CIS["lora"]),
             *stats_rows("lora", "prompt_tuning", metrics, (-0.05, 0.2)),
-            *(row for (m, r), ci in REFERENCE_CIS.items() for row in stats_rows(m, r, metrics, ci))]
+            *(row for (m, r), ci in rows_of.items() for row in stats_rows(m, r, metrics, ci))]
     write_csv(root / "reports/stats/stats_eval_test.csv", pd.DataFrame(rows))
     return metrics
 
@@ -275,6 +293,81 @@ def test_reference_verdict_follows_ci(ci: tuple[float, float], verdict: str) -> 
     assert f"lora {verdict} majority (reference)" in text
     assert sum(word in text for word in ("beats", "worse", "indistinguishable")) == 1
     assert report_findings.describe_against_references("lora", [], stats, confidence=0.95) == ""
+
+
+# -----------------------------------------------------------------------------
+# base_calibrated: a row on a generative run, a sentence saying why not on an encoder run
+
+
+@pytest.fixture(scope="module")
+def ran_generative(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
+    """One run of the stage on a causal run's inputs: base is zero-shot, so base_calibrated is a reference row."""
+    root = tmp_path_factory.mktemp("report_generative")
+    metrics = write_inputs(root, protocol="random", family="causal")
+    run_report(root)
+    return root, metrics
+
+
+def test_encoder_report_says_why_base_calibrated_has_no_row(ran: tuple[Path, dict]) -> None:
+    markdown = (ran[0] / "reports/report.md").read_text()
+    assert f" `{CALIBRATED}`: {ENCODER_WHY}." in paragraph(markdown, "Unmapped predictions")  # under the table
+    assert f"{CALIBRATED} (reference)" not in markdown and "label prior?" not in markdown
+
+
+def test_generative_report_has_base_calibrated_in_every_table(ran_generative: tuple[Path, dict]) -> None:
+    root, metrics = ran_generative
+    markdown = (root / "reports/report.md").read_text()
+    tables = parse_tables(markdown)
+    performance = {row["Method"]: row for row in tables["Macro-F1"]}
+    row = performance[f"{CALIBRATED} (reference)"]
+    assert float(row["Macro-F1"]) == round(metrics[CALIBRATED]["macro_f1"], 3)
+    assert (row["Latency mean / p95 (s)"], row["Trainable Params (M)"]) == ("n/a / n/a", "n/a")
+    label = f"{CALIBRATED} (reference)"
+    against = [row["Tuned Method"] for row in tables["Test"] if row["Tuned Method"].endswith(label)]
+    assert against == [f"{m} vs {label}" for m in METHODS for _ in range(3)]  # 3 tests each
+    note = paragraph(markdown, "Unmapped predictions")  # under the performance table
+    assert (f"`{CALIBRATED}` is the zero-shot base with one offset δ = +2.500 on its margin log p(yes) − log p(no)"
+            in note and "(0.620 there, 0.375 at δ = 0), never on test" in note and "not defined" not in note)
+
+
+def test_generative_findings_say_whether_each_method_learned_more_than_the_prior(
+        ran_generative: tuple[Path, dict]) -> None:
+    markdown = (ran_generative[0] / "reports/report.md").read_text()
+    label = f"{CALIBRATED} (reference)"
+    base = paragraph(markdown, "**base** (the baseline)")
+    assert f"base is worse than {label}" in base and "label prior?" not in base  # base_calibrated is built from it
+    lora = paragraph(markdown, "**lora** vs")
+    assert f"Learned more than the label prior? yes: lora beats {label} (Δ macro-F1" in lora
+    assert lora.count(label) == 1  # said once, as the claim, not again among the other reference rows
+    tuned = paragraph(markdown, "**prompt_tuning** vs")
+    assert (f"Learned more than the label prior? undecidable at this size (n=20): the CI of prompt_tuning against "
+            f"{label} contains 0 (Δ macro-F1" in tuned)
+
+
+@pytest.mark.parametrize(("ci", "p_holm", "answer"), [
+    ((0.05, 0.2), 0.0001, "yes: lora beats base_calibrated (reference)"),
+    ((-0.3, -0.02), 0.0001, "no: lora is worse than base_calibrated (reference)"),
+    ((-0.1, 0.2), 0.0001, "undecidable at this size (n=20)"),
+    ((0.0, 0.0), 0.0001, "undecidable at this size (n=20)"),
+    ((0.05, 0.2), 0.2, "yes: lora beats base_calibrated (reference)"),
+])
+def test_learned_more_than_the_prior_follows_the_ci(ci: tuple[float, float], p_holm: float, answer: str) -> None:
+    metrics = {"lora": {"macro_f1": 0.5, "accuracy": 0.7}, CALIBRATED: {"macro_f1": 0.4, "accuracy": 0.6}}
+    stats = pd.DataFrame(stats_rows("lora", CALIBRATED, metrics, ci)).assign(p_holm=p_holm)
+    text = report_findings.describe_against_prior("lora", [CALIBRATED], stats, confidence=0.95)
+    assert text.startswith(f" Learned more than the label prior? {answer}")
+    assert ("suggestive only after Holm correction" in text) == (p_holm > 0.05)
+    assert report_findings.describe_against_prior("lora", ["majority"], stats, confidence=0.95) == ""
+    assert report_findings.describe_against_prior("base", [CALIBRATED], stats, confidence=0.95) == ""
+
+
+def test_references_note_says_why_a_reference_is_not_defined() -> None:
+    why = "not defined for prepare.labels ['yes', 'no', 'maybe']: it needs exactly the two labels yes and no"
+    note = report_sections.references_note(["majority"], {"majority": {"label": "yes"},
+                                                          CALIBRATED: {"not_defined": why}})
+    assert note.startswith(" Reference rows (stage `references`) are not trained methods: `majority` always answers")
+    assert note.endswith(f" `{CALIBRATED}`: {why}.")
+    assert report_sections.references_note([], {CALIBRATED: {"not_defined": why}}) == f" `{CALIBRATED}`: {why}."
 
 
 def test_report_states_the_smallest_detectable_difference(ran: tuple[Path, dict]) -> None:
@@ -582,6 +675,7 @@ def test_repeated_seeds_and_cv_tables_come_from_the_protocols_stage(tmp_path: Pa
     assert (cv["lora"]["n"], cv["lora"]["Pooled accuracy"]) == ("200", "0.875")
     assert cv["majority (reference)"]["Pooled accuracy"] == "0.500"  # the reference rows, refitted per fold
     assert "stratified 2-fold cross-validation over all n = 200 cleaned items" in markdown
+    assert f"`{CALIBRATED}` is not (it calibrates evaluate@base's val predictions" in markdown
     assert "Paired tests on the pooled predictions (same protocol, n = 200)" in markdown
     assert (tmp_path / "reports/figures/seeds_macro_f1_test.png").stat().st_size > 0
     assert "(figures/seeds_macro_f1_test.png)" in markdown

@@ -23,6 +23,7 @@ from peftqa.stats import (
     bootstrap_p_value,
     compare_methods,
     comparison_pairs,
+    defined_references,
     encode_labels,
     holm_adjust,
     mcnemar_detectable_difference,
@@ -302,6 +303,14 @@ def test_reference_preds_of_another_split_name_the_reference_file():
         compare_methods(preds, METHODS, "base", YES_NO, FAST_STATS, references={"tfidf_lr": reference})
 
 
+def write_choices(names, not_defined=()) -> None:
+    """choices.json as the references stage writes it: a record per reference, {"not_defined": why} for some."""
+    path = Path("reports/references/choices.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({name: {"not_defined": "not defined for the encoder family"} if name in not_defined
+                                else {"chosen": {}} for name in names}))
+
+
 def test_missing_reference_preds_name_the_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copy(REPO_PARAMS, "params.yaml")
@@ -309,29 +318,46 @@ def test_missing_reference_preds_name_the_file(tmp_path, monkeypatch):
     for method, frame in make_preds(methods=params.methods).items():
         preds_path(method).parent.mkdir(parents=True)
         frame.to_csv(preds_path(method), index=False)
+    with pytest.raises(PeftqaError, match=r"reports/references/choices.json: not found; run `dvc repro references`"):
+        main([])
+    write_choices(params.references.names)
     with pytest.raises(PeftqaError, match="reports/references/majority/preds_test.csv: not found.*references.names"):
         main([])
+
+
+def test_defined_references_are_those_choices_json_gives_a_row():
+    choices = {"majority": {"label": "yes"}, "tfidf_lr": {"chosen": {}}, "base_calibrated": {"not_defined": "why"}}
+    assert defined_references(("majority", "base_calibrated", "tfidf_lr"), choices) == ["majority", "tfidf_lr"]
+    with pytest.raises(PeftqaError, match=r"choices.json lists no \['tfidf_lr'\].*stale, run `dvc repro references`"):
+        defined_references(("majority", "tfidf_lr"), {"majority": {}})
 
 
 # -----------------------------------------------------------------------------
 # end to end
 
 
-def test_main_writes_csv_markdown_and_summary_that_agree(tmp_path, monkeypatch):
+@pytest.mark.parametrize("not_defined", [(), ("base_calibrated",)])
+def test_main_writes_csv_markdown_and_summary_that_agree(tmp_path, monkeypatch, not_defined):
+    """Every method against each reference row, base_calibrated included on a generative run, and left out when the
+    references stage says it is not defined (an encoder run)."""
     monkeypatch.chdir(tmp_path)
     shutil.copy(REPO_PARAMS, "params.yaml")
     params = load_params()
-    names = (*params.methods, *params.references.names)
-    for method, frame in make_preds(methods=names, labels=params.prepare.labels).items():
+    rows = [name for name in params.references.names if name not in not_defined]
+    assert "base_calibrated" in params.references.names
+    for method, frame in make_preds(methods=(*params.methods, *rows), labels=params.prepare.labels).items():
         preds_path(method).parent.mkdir(parents=True)
         frame.to_csv(preds_path(method), index=False)  # None -> empty cell, as evaluate writes an unmapped generation
+    write_choices(params.references.names, not_defined)
 
     main([])
 
     table = pd.read_csv("reports/stats/stats_eval_test.csv")
     assert list(table.columns) == STATS_COLUMNS
-    pairs = comparison_pairs(params.methods, params.stats.baseline, params.references.names)
-    assert len(table) == 3 * len(pairs) and set(table["reference"]) >= set(params.references.names)
+    pairs = comparison_pairs(params.methods, params.stats.baseline, rows)
+    assert len(table) == 3 * len(pairs) and set(table["reference"]) - set(params.methods) == set(rows)
+    against = set(table.loc[table["reference"] == "base_calibrated", "method"])
+    assert against == (set() if not_defined else set(params.methods))  # every method against it, where defined
     markdown = Path("reports/stats/stats_eval_test.md").read_text()
     assert markdown.count("\n| ") == len(table) + 1  # header + one line per row
     summary = json.loads(Path("reports/stats/stats_summary.json").read_text())

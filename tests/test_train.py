@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,35 +173,58 @@ def test_unusable_mlflow_store_fails_before_training(stage_dir, monkeypatch, tmp
 # kill and resume, determinism (subprocesses: the real command DVC runs)
 
 
-def run_stage(root: Path, method: str) -> subprocess.CompletedProcess:
+def stage_env(root: Path) -> dict[str, str]:
     env = {**os.environ, "DVC_ROOT": str(root), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "stages.train", method], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return env
+
+
+def run_stage(root: Path, method: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stages.train", method], cwd=root, env=stage_env(root),
+                          capture_output=True, text=True, timeout=300)
+
+
+def kill_after_checkpoints(root: Path, method: str, writes: int) -> Path:
+    """Start the real train command in root and SIGKILL it as soon as its checkpoint has been written `writes`
+    times (each write renames a new file into place: a new inode); returns the checkpoint's path."""
+    process = subprocess.Popen([sys.executable, "-m", "stages.train", method], cwd=root, env=stage_env(root),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = root / f"models/{method}/checkpoint.pt"
+    seen, last = 0, None
+    deadline = time.time() + 240
+    while seen < writes and process.poll() is None and time.time() < deadline:
+        try:
+            version = (checkpoint.stat().st_ino, checkpoint.stat().st_mtime_ns)
+        except FileNotFoundError:
+            version = None
+        if version is not None and version != last:
+            seen, last = seen + 1, version
+        else:
+            time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.exists(), "training ended before its checkpoint could be interrupted"
+    assert not (root / f"models/{method}/train_summary.json").exists()
+    return checkpoint
+
+
+def trained_outputs(root: Path, method: str) -> tuple[bytes, pd.DataFrame]:
+    """What a resumed run must reproduce bit for bit: the adapter's bytes and the history (timings aside)."""
+    history = pd.read_csv(root / f"models/{method}/history.csv")
+    return ((root / f"models/{method}/adapter/adapter_model.safetensors").read_bytes(),
+            history[[c for c in history.columns if c != "seconds"]])
 
 
 def test_killed_training_resumes_to_the_same_result(stage_dir, tmp_path):
     """SIGKILL after the first checkpoint; the re-run resumes, continues the same MLflow run, and ends with
     bytes identical to an uninterrupted run (CPU is deterministic)."""
     root = stage_dir(n_train=160, **{"train.epochs": 3, "train.patience": 5})
-    env = {**os.environ, "DVC_ROOT": str(root), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    process = subprocess.Popen([sys.executable, "-m", "stages.train", "lora"], cwd=root, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = root / "models/lora/checkpoint.pt"
-    deadline = time.time() + 240
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert checkpoint.exists(), "training ended before its first checkpoint could be interrupted"
-    assert not (root / "models/lora/train_summary.json").exists()
+    checkpoint = kill_after_checkpoints(root, "lora", writes=1)
 
     resumed = run_stage(root, "lora")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr and not checkpoint.exists(), resumed.stderr[:3000]
-    resumed_bytes = (root / "models/lora/adapter/adapter_model.safetensors").read_bytes()
-    resumed_history = pd.read_csv(root / "models/lora/history.csv")
+    resumed_bytes, resumed_history = trained_outputs(root, "lora")
 
     client = mlflow_client(root)
     run = only_run(client, "lora")  # no duplicate run
@@ -215,7 +239,89 @@ def test_killed_training_resumes_to_the_same_result(stage_dir, tmp_path):
         subprocess.run(["cp", "-r", str(root / name), str(fresh / name)], check=True)
     clean = run_stage(fresh, "lora")
     assert clean.returncode == 0, clean.stderr
-    assert (fresh / "models/lora/adapter/adapter_model.safetensors").read_bytes() == resumed_bytes
-    clean_history = pd.read_csv(fresh / "models/lora/history.csv")
-    columns = [c for c in clean_history.columns if c != "seconds"]
-    pd.testing.assert_frame_equal(clean_history[columns], resumed_history[columns])
+    clean_bytes, clean_history = trained_outputs(fresh, "lora")
+    assert clean_bytes == resumed_bytes
+    pd.testing.assert_frame_equal(clean_history, resumed_history)
+
+
+# 156 items in micro-batches of 4: 39 per epoch, 20 optimizer steps of 2 (the last of 1), a checkpoint every 2 steps
+MID_EPOCH = {"train.epochs": 2, "train.patience": 5, "train.grad_accum_steps": 2, "train.checkpoint_every_steps": 2}
+
+
+def train_in_process(root: Path, monkeypatch, keep_step: int = 0) -> list[torch.Tensor]:
+    """train@lora in root, in this process. Returns the weights after its last epoch, from the checkpoint written
+    then: the saved adapter is the best epoch's, on these tiny splits epoch 0 (the probe's head already scores val
+    perfectly), so only these show the trained epochs' weights. With keep_step, the checkpoint written after that
+    optimizer step inside an epoch is copied to root/mid_epoch.pt."""
+    real_save, written = loop.save_checkpoint, []
+
+    def save_and_keep(path: Path, state: dict) -> None:
+        real_save(path, state)
+        written.append(state["parameters"])  # clones, unlike the state's optimizer tensors
+        if keep_step and state.get("position", {}).get("optimizer_steps") == keep_step:
+            shutil.copy(path, root / "mid_epoch.pt")
+
+    with monkeypatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("DVC_ROOT", str(root))
+        patch.setattr(loop, "save_checkpoint", save_and_keep)
+        train_stage.main(["lora"])
+    return written[-1]
+
+
+def same_weights(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_training_killed_mid_epoch_resumes_at_its_next_micro_batch(stage_dir, monkeypatch, caplog):
+    """SIGKILL right after a checkpoint inside epoch 1; the re-run goes on at the next micro-batch of that epoch (same
+    order, RNG, optimizer, scheduler, accumulation position), continues the MLflow run, and ends bit-identical to an
+    uninterrupted run: adapter, history and the last epoch's weights."""
+    root = stage_dir(n_train=156, **MID_EPOCH)
+    checkpoint = kill_after_checkpoints(root, "lora", writes=2)  # the first write is epoch 0's, the second inside 1
+    position = torch.load(checkpoint, weights_only=False).get("position")
+    assert position is not None and position["epoch"] == 1, "the kill came after epoch 1's end"
+    assert 0 < position["micro_steps"] < 39, "the kill came after epoch 1's last micro-batch"
+    assert position["micro_steps"] % 4 == 0  # a checkpoint every 2 optimizer steps of 2 micro-batches
+
+    with caplog.at_level("INFO", logger="peftqa"):
+        resumed_weights = train_in_process(root, monkeypatch)
+    assert (f"in epoch 1 after micro-batch {position['micro_steps']} (optimizer step "
+            f"{position['optimizer_steps']})") in caplog.text
+    assert not checkpoint.exists()
+    client = mlflow_client(root)
+    run = only_run(client, "lora")
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_macro_f1")) == [0, 1, 2]
+
+    fresh = root / "uninterrupted"  # the same params and data, trained in one go
+    fresh.mkdir()
+    shutil.copy(root / "params.yaml", fresh)
+    shutil.copytree(root / "data", fresh / "data")
+    clean_weights = train_in_process(fresh, monkeypatch)
+    assert same_weights(clean_weights, resumed_weights)
+    (clean_bytes, clean_history), (resumed_bytes, resumed_history) = (trained_outputs(r, "lora") for r in (fresh, root))
+    assert clean_bytes == resumed_bytes
+    pd.testing.assert_frame_equal(clean_history, resumed_history)
+
+
+@pytest.mark.parametrize("fault", ["restart the epoch", "reshuffle"])
+def test_a_mid_epoch_resume_that_loses_its_place_ends_elsewhere(stage_dir, monkeypatch, fault):
+    """The negative control of the test above: a resume that discards the checkpoint's step position (the epoch
+    restarts at its first micro-batch) or draws another order for the rest of the epoch ends with other weights and
+    another history, which that test's comparison catches. Its checkpoint is the one an uninterrupted run writes
+    after optimizer step 4 of epoch 1, put back as if that run had been killed there."""
+    root = stage_dir(n_train=156, **MID_EPOCH)
+    clean_weights = train_in_process(root, monkeypatch, keep_step=4)
+    _, clean_history = trained_outputs(root, "lora")
+    shutil.copy(root / "mid_epoch.pt", root / "models/lora/checkpoint.pt")
+
+    if fault == "restart the epoch":
+        real_position = loop.resume_position
+        monkeypatch.setattr(loop, "resume_position", lambda *args: loop.EpochPosition(real_position(*args).epoch))
+    else:
+        real_rows = loop.epoch_rows
+        monkeypatch.setattr(loop, "epoch_rows", lambda accelerator, n, seed: real_rows(accelerator, n, seed + 1000))
+    faulty_weights = train_in_process(root, monkeypatch)
+    _, faulty_history = trained_outputs(root, "lora")
+    assert not same_weights(faulty_weights, clean_weights)
+    assert not faulty_history.equals(clean_history)

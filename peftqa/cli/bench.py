@@ -5,14 +5,20 @@ Prints a markdown table of examples per second and per-example latency for:
   - inference, batched label scoring (the evaluate stage's default) against one-at-a-time scoring;
   - seq2seq/causal only: the reference's per-example greedy generate loop (max_new_tokens=2), as a ratio
     measured in the same run on the same items.
-Usage: peftqa bench [--items N] [--train-batches K]   (reads data/processed/test.csv and train.csv)
+For the causal family each measurement runs twice in the same process: "before", the code as it was before the LM
+head ran only where it is read and greedy decoding kept a key/value cache (peftqa/causal_before.py), and
+today's, with the speed-up between them.
+Usage: peftqa bench [--items N] [--train-batches K] [--set KEY=VALUE ...]   (reads data/processed/test.csv and
+       train.csv; --set overrides a params.yaml key for this bench only, as `dvc exp run -S` does)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -21,6 +27,8 @@ import torch
 from peftqa import methods
 from peftqa.common import PeftqaError
 from peftqa.families import Backbone, load_backbone
+from peftqa.families.causal import CausalBackbone
+from peftqa.causal_before import computed_as_before
 from peftqa.params import Params, load_params
 from peftqa.scoring import autocast, iterate_batches, score_frame, use_bf16
 from peftqa.training.loop import set_seed
@@ -60,26 +68,62 @@ def time_one_at_a_time(backbone: Backbone, frame: pd.DataFrame, how: str, bf16: 
     return np.asarray(seconds)
 
 
+def as_before_and_now(backbone: Backbone) -> Iterator[tuple[str, contextlib.AbstractContextManager]]:
+    """("before", the old code) then ("", today's) for the causal family; only today's for the others."""
+    if isinstance(backbone, CausalBackbone):
+        yield "before", computed_as_before(backbone)
+    yield "", contextlib.nullcontext()
+
+
+def measured(name: str, rates: dict[str, float], seconds: np.ndarray | None = None, batched: float = float("nan")
+             ) -> dict:
+    """One table row: today's examples/s, the old code's and the speed-up where it was timed too."""
+    rate, before = rates[""], rates.get("before", float("nan"))
+    return {"what": name, "examples_per_s": rate, "before_examples_per_s": before, "speedup": rate / before,
+            "latency_mean_s": seconds.mean() if seconds is not None else float("nan"),
+            "latency_p95_s": float(np.percentile(seconds, 95)) if seconds is not None else float("nan"),
+            "vs_batched": rate / batched}
+
+
 def bench_inference(params: Params, frame: pd.DataFrame) -> list[dict]:
     labels = params.prepare.labels
     backbone = load_backbone(params.model, "base", params.peft, labels, seed=params.train.seed,
                              device=params.train.device)
     bf16 = use_bf16(params.model.dtype, backbone.device)
     score_frame(backbone, frame.iloc[:2], 2, with_loss=False, bf16=bf16)  # warm-up
-    start = time.perf_counter()
-    score_frame(backbone, frame, params.evaluate.batch_size, with_loss=False, bf16=bf16)
-    batched = len(frame) / (time.perf_counter() - start)
-    rows = [{"what": f"inference: batched label scoring (batch {params.evaluate.batch_size})",
-             "examples_per_s": batched, "latency_mean_s": float("nan"), "latency_p95_s": float("nan"),
-             "vs_batched": 1.0}]
+    batched = {}
+    for when, code in as_before_and_now(backbone):
+        with code:
+            start = time.perf_counter()
+            score_frame(backbone, frame, params.evaluate.batch_size, with_loss=False, bf16=bf16)
+            batched[when] = len(frame) / (time.perf_counter() - start)
+    rows = [measured(f"inference: batched label scoring (batch {params.evaluate.batch_size})", batched,
+                     batched=batched[""])]
     loops = [("score", "inference: label scoring, one item at a time")]
     if backbone.generates:
-        loops.append(("generate", "inference: reference generate loop (greedy, 2 new tokens), one at a time"))
+        loops.append(("generate", "inference: greedy generate loop (2 new tokens), one at a time"))
     for how, name in loops:
-        seconds = time_one_at_a_time(backbone, frame, how, bf16)
-        rate = len(seconds) / seconds.sum()
-        rows.append({"what": name, "examples_per_s": rate, "latency_mean_s": seconds.mean(),
-                     "latency_p95_s": float(np.percentile(seconds, 95)), "vs_batched": rate / batched})
+        rates, seconds = {}, None
+        for when, code in as_before_and_now(backbone):
+            with code:
+                seconds = time_one_at_a_time(backbone, frame, how, bf16)
+            rates[when] = len(seconds) / seconds.sum()
+        rows.append(measured(name, rates, seconds, batched[""]))
+    return rows
+
+
+def bench_training(params: Params, train: pd.DataFrame, batches: int) -> list[dict]:
+    rows = []
+    for method in params.methods:
+        if methods.get(method).frozen:
+            continue  # zero-shot, or the encoder's probe (solved by LogisticRegression): no training loop to time
+        backbone = load_backbone(params.model, method, params.peft, params.prepare.labels, seed=params.train.seed,
+                                 device=params.train.device)
+        rates = {}
+        for when, code in as_before_and_now(backbone):
+            with code:
+                rates[when] = time_training(backbone, train, params.train.batch_size, params.peft[method].lr, batches)
+        rows.append(measured(f"training: {method} (batch {params.train.batch_size})", rates))
     return rows
 
 
@@ -87,32 +131,25 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="peftqa bench", description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=64, help="test items scored (default 64)")
     parser.add_argument("--train-batches", type=int, default=3, help="timed optimizer steps per method (default 3)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a params.yaml key for this bench, e.g. --set model.max_length=256")
     args = parser.parse_args(argv)
-    params = load_params()
+    params = load_params(overrides=args.set)
     for split in ("train", "test"):
         if not (DATA_DIR / f"{split}.csv").exists():
             raise PeftqaError(f"{DATA_DIR / split}.csv not found: run `dvc repro prepare` (or `make run`) first")
     test = pd.read_csv(DATA_DIR / "test.csv", dtype={"pmid": str}).iloc[: args.items]
     train = pd.read_csv(DATA_DIR / "train.csv", dtype={"pmid": str})
     set_seed(params.train.seed)
-
-    rows = []
-    for method in params.methods:
-        if methods.get(method).frozen:
-            continue  # zero-shot, or the encoder's probe (solved by LogisticRegression): no training loop to time
-        backbone = load_backbone(params.model, method, params.peft, params.prepare.labels, seed=params.train.seed,
-                                 device=params.train.device)
-        rate = time_training(backbone, train, params.train.batch_size, params.peft[method].lr,
-                             args.train_batches)
-        rows.append({"what": f"training: {method} (batch {params.train.batch_size})", "examples_per_s": rate,
-                     "latency_mean_s": float("nan"), "latency_p95_s": float("nan"), "vs_batched": float("nan")})
-    rows += bench_inference(params, test)
+    rows = bench_training(params, train, args.train_batches) + bench_inference(params, test)
 
     device = "cuda" if torch.cuda.is_available() and params.train.device != "cpu" else f"cpu ({os.cpu_count()} cores)"
     print(f"\nmodel {params.model.name_or_path}, max_length {params.model.max_length}, {len(test)} test items, "
           f"device {device}, torch threads {torch.get_num_threads()}\n")
     table = pd.DataFrame(rows).rename(columns={"what": "measurement", "examples_per_s": "examples/s",
+                                               "before_examples_per_s": "before (examples/s)",
+                                               "speedup": "speed-up",
                                                "latency_mean_s": "latency mean (s)", "latency_p95_s": "latency p95 (s)",
                                                "vs_batched": "speed vs batched"})
-    print(table.to_markdown(index=False, floatfmt=".3f", missingval=""))
+    print(table.astype(object).where(table.notna(), None).to_markdown(index=False, floatfmt=".3f", missingval=""))
 

@@ -115,16 +115,23 @@ class Backbone:
 
     def loss(self, batch: Batch, class_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Scalar training loss: the mean of per-example losses, weighted by class_weights[label] when given."""
-        losses = self._example_losses(batch)
-        if class_weights is None:
-            return losses.mean()
-        weights = class_weights.to(losses.device, losses.dtype)[batch["label_ids"]]
-        return (weights * losses).sum() / weights.sum()
+        return _weighted_mean(self._example_losses(batch), batch, class_weights)
 
     @torch.no_grad()
     def score(self, batch: Batch) -> torch.Tensor:
         """(B, n_labels) log-probabilities renormalised over the labels; p_yes is exp of the "yes" column."""
         return torch.log_softmax(self._label_logits(batch).float(), dim=-1)
+
+    @torch.no_grad()
+    def loss_and_score(self, batch: Batch, class_weights: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`loss` and `score` of one labelled batch (validation reads both): from one forward pass where the family
+        can (the causal LM scores at the prompt's end, the first position its loss reads)."""
+        losses, logits = self._losses_and_label_logits(batch)
+        return _weighted_mean(losses, batch, class_weights), torch.log_softmax(logits.float(), dim=-1)
+
+    def _losses_and_label_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._example_losses(batch), self._label_logits(batch)
 
     def generate(self, batch: Batch) -> list[str | None]:
         """The predicted label per example (here the best score; the language models override this with generation)."""
@@ -182,3 +189,11 @@ class Backbone:
                 raise PeftqaError(f"label {unknown[0]!r} is not one of prepare.labels {list(self.labels)}")
             batch["label_ids"] = torch.tensor([self.labels.index(label) for label in labels])
         return {key: value.to(self.device) for key, value in batch.items()}
+
+
+def _weighted_mean(losses: torch.Tensor, batch: Batch, class_weights: torch.Tensor | None) -> torch.Tensor:
+    """The mean of per-example losses (B,), weighted by class_weights[label] when given."""
+    if class_weights is None:
+        return losses.mean()
+    weights = class_weights.to(losses.device, losses.dtype)[batch["label_ids"]]
+    return (weights * losses).sum() / weights.sum()

@@ -3,7 +3,7 @@ greedy answers are decoded by hand on right-padded rows."""
 from __future__ import annotations
 
 import torch
-from peft import TaskType
+from peft import PeftType, TaskType
 from transformers import AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
@@ -65,32 +65,82 @@ class CausalBackbone(LanguageModelBackbone):
         """Padded rows plus "prompt_lengths" (B,): where each prompt ends, i.e. where the answer is predicted."""
         return {**_padded_inputs(rows, self.tokenizer.pad_token_id), "prompt_lengths": torch.tensor(prompt_lengths)}
 
-    def _logits(self, batch: Batch) -> torch.Tensor:
-        """(B, T, V) next-token logits of the real positions (prompt/p-tuning prepend virtual ones)."""
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return logits[:, -batch["input_ids"].shape[1]:]
+    def _virtual_positions(self) -> int:
+        """How many virtual tokens prompt and p-tuning prepend to the sequence the model sees (prefix tuning's sit in
+        the key/value cache instead): the shift between a real token's index and its position there."""
+        config = getattr(self.model, "active_peft_config", None)
+        if config is None or not config.is_prompt_learning or config.peft_type == PeftType.PREFIX_TUNING:
+            return 0
+        return config.num_virtual_tokens
+
+    def _position_offset(self) -> int:
+        """The position id of the first real token: prompt learning's virtual tokens (prepended, or prefix tuning's
+        cache) come first."""
+        config = getattr(self.model, "active_peft_config", None)
+        return config.num_virtual_tokens if config is not None and config.is_prompt_learning else 0
+
+    def _logits_at(self, batch: Batch, positions: torch.Tensor) -> torch.Tensor:
+        """(B, K) next-token logits at `positions` (B, K), indices of real tokens: the LM head (vocabulary x hidden)
+        runs there alone, through transformers' logits_to_keep, not at every position."""
+        keep = positions + self._virtual_positions()
+        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          logits_to_keep=keep).logits
 
     def _prompt_end_logits(self, batch: Batch) -> torch.Tensor:
         """(B, V) logits of the token that follows each prompt."""
-        last = batch["prompt_lengths"] - 1  # (B,)
-        return self._logits(batch)[torch.arange(last.shape[0], device=last.device), last]
+        return self._logits_at(batch, (batch["prompt_lengths"] - 1)[:, None])[:, 0]
 
     def _label_logits(self, batch: Batch) -> torch.Tensor:
         return self._verbalize(self._prompt_end_logits(batch))
 
+    def _answer_positions(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K) indices of the answer tokens and the tokens there, K the longest answer (the shorter answers'
+        extra places hold IGNORE_INDEX)."""
+        targets, starts = batch["target_ids"], batch["prompt_lengths"]  # (B, T), (B,): the answer starts there
+        width = int((targets != IGNORE_INDEX).sum(dim=1).max())
+        index = starts[:, None] + torch.arange(width, device=starts.device)
+        inside = index < targets.shape[1]
+        index = index.clamp(max=targets.shape[1] - 1)
+        return index, torch.where(inside, targets.gather(1, index), IGNORE_INDEX)
+
     def _example_losses(self, batch: Batch) -> torch.Tensor:
-        return _token_nll(self._logits(batch)[:, :-1], batch["target_ids"][:, 1:])
+        """The answer tokens' NLL, each predicted from the position before it."""
+        index, answer = self._answer_positions(batch)
+        return _token_nll(self._logits_at(batch, index - 1), answer)
+
+    def _losses_and_label_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass: the answer's first token is predicted at the prompt's end, where scoring reads (the
+        answer after it cannot change that position's logits)."""
+        index, answer = self._answer_positions(batch)
+        logits = self._logits_at(batch, index - 1)  # (B, K, V)
+        return _token_nll(logits, answer), self._verbalize(logits[:, 0])
 
     @torch.no_grad()
     def _generated_texts(self, batch: Batch) -> list[str]:
-        """Greedy decoding by hand on right-padded rows: HF generate needs left padding, and peft's prompt learning
-        drops the position ids that correct for it (GPT-2's absolute positions would shift with the padding)."""
-        lengths = batch["prompt_lengths"].tolist()
-        rows = [row[:n].tolist() for row, n in zip(batch["input_ids"].cpu(), lengths)]
-        for _ in range(MAX_NEW_TOKENS):
-            step = {k: v.to(self.device) for k, v in self._rows_to_batch(rows, [len(r) for r in rows]).items()}
-            for row, token in zip(rows, self._prompt_end_logits(step).argmax(dim=-1).tolist()):
-                row.append(token)
-        answers = [row[n:] for row, n in zip(rows, lengths)]
+        """Greedy decoding on right-padded rows with a key/value cache: the prompt runs once (as scoring runs it),
+        then each new token alone. HF generate needs left padding, and peft's prompt learning drops the position ids
+        that correct for it, so the steps go to the underlying transformers model, with each row's own positions
+        and the padding masked out."""
+        lengths = batch["prompt_lengths"]  # (B,)
+        keep = (lengths - 1)[:, None] + self._virtual_positions()
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep,
+                         use_cache=True)
+        tokens = out.logits[:, 0].argmax(dim=-1)  # (B,)
+        answers, cache = [tokens], out.cache
+        mask = batch["attention_mask"]
+        if self._position_offset():  # the virtual tokens are attended to
+            mask = torch.cat([torch.ones(mask.shape[0], self._position_offset(), dtype=mask.dtype,
+                                         device=mask.device), mask], dim=1)
+        decoder = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        for step in range(MAX_NEW_TOKENS - 1):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = (lengths + self._position_offset() + step)[:, None]
+            out = decoder(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions,
+                          cache=cache, use_cache=True, logits_to_keep=1)
+            tokens, cache = out.logits[:, -1].argmax(dim=-1), out.cache
+            answers.append(tokens)
         eos = self.tokenizer.eos_token_id
-        return [self.tokenizer.decode(a[: a.index(eos)] if eos in a else a, skip_special_tokens=True) for a in answers]
+        texts = []
+        for row in torch.stack(answers, dim=1).tolist():
+            texts.append(self.tokenizer.decode(row[: row.index(eos)] if eos in row else row, skip_special_tokens=True))
+        return texts

@@ -10,6 +10,7 @@ from peftqa.report.abstention import abstention_section
 from peftqa.report.figures import FIGURE_CAPTIONS, SEEDS_FIGURE, confusion_figure_name
 from peftqa.report.findings import (
     collapse_sentence,
+    describe_against_prior,
     describe_against_references,
     describe_baseline,
     describe_method,
@@ -46,11 +47,13 @@ def build_report(inputs: ReportInputs, params: Params, columns: Sequence[Column]
     baseline, confidence = params.stats.baseline, params.stats.confidence
     first = next(iter(inputs.summary.values()))
     tuned = [m for m in params.methods if m != baseline]
-    references = list(inputs.reference_metrics)
+    references = inputs.references
     findings = [describe_baseline(baseline, inputs.metrics[baseline], inputs.preds[baseline])
-                + describe_against_references(baseline, references, inputs.stats, confidence)]
+                + describe_against_references(baseline, references, inputs.stats, confidence)
+                + describe_against_prior(baseline, references, inputs.stats, confidence)]
     findings += [describe_method(m, baseline, inputs.metrics, inputs.stats, confidence)
                  + describe_against_references(m, references, inputs.stats, confidence)
+                 + describe_against_prior(m, references, inputs.stats, confidence)
                  + collapse_sentence(m, inputs.preds[m]) for m in tuned]
     captions = {**FIGURE_CAPTIONS, **{confusion_figure_name(m): f"Test confusion matrix: {m}" for m in params.methods}}
     if inputs.protocols is not None and not inputs.protocols.seeds_test.empty:
@@ -63,7 +66,7 @@ def build_report(inputs: ReportInputs, params: Params, columns: Sequence[Column]
         "## Data splits\n\n" + split_table(inputs.split_stats),
         "## Test performance\n\n" + main_protocol + "\n\n"
         + performance_table(performance_rows(inputs.metrics, inputs.reference_metrics, columns), columns) + "\n\n"
-        + unmapped_note(inputs.metrics) + references_note(references),
+        + unmapped_note(inputs.metrics) + references_note(references, inputs.reference_choices),
         "## Significance\n\n" + main_protocol + " Each tuned method against the baseline, then tuned methods "
         "pairwise, then every method against each reference row. b = items the "
         "reference got wrong and the method right (fixes), c = the reverse (regressions).\n\n"

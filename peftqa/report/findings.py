@@ -1,7 +1,8 @@
 """The report's findings prose: what the numbers allow us to say, and nothing more.
 
 Each method against the baseline (describe_method: 'better' or 'worse' only when the bootstrap CI of Δmacro-F1
-excludes 0, with McNemar's fixes and regressions on accuracy), every method against each reference row, a warning
+excludes 0, with McNemar's fixes and regressions on accuracy), every method against each reference row, whether each
+trained method learned more than the label prior (against base_calibrated, where that row is defined), a warning
 when a method has collapsed onto one label, and the smallest accuracy difference the test set can detect. The
 numbers come from the stats stage's rows (stats_row), which this module looks up and never recomputes.
 """
@@ -15,6 +16,7 @@ import pandas as pd
 
 from peftqa.common import PeftqaError
 from peftqa.metrics import UNMAPPED
+from peftqa.params import BASE_CALIBRATED
 from peftqa.paths import STATS_CSV
 from peftqa.report.tables import comparison_name, format_p, p_clause, reference_label
 from peftqa.stats import mcnemar_detectable_difference
@@ -78,12 +80,21 @@ def describe_baseline(baseline: str, metrics: dict, preds: pd.DataFrame) -> str:
             f"{metrics['accuracy']:.3f}." + collapse_sentence(baseline, preds))
 
 
+def judged_against_prior(method: str, references: Sequence[str]) -> bool:
+    """Whether describe_against_prior speaks of `method` (then describe_against_references leaves base_calibrated
+    to it): every method but base, the model base_calibrated is built from, when that row exists."""
+    return BASE_CALIBRATED in references and method != "base"
+
+
 def describe_against_references(method: str, references: Sequence[str], stats: pd.DataFrame,
                                 confidence: float) -> str:
     """One sentence on `method` vs each reference row: 'beats' / 'is worse than' only when the paired bootstrap CI of
-    Δmacro-F1 excludes 0, otherwise 'is indistinguishable from'; '' without reference rows."""
+    Δmacro-F1 excludes 0, otherwise 'is indistinguishable from'; '' without reference rows. base_calibrated is left
+    to describe_against_prior where that one speaks (judged_against_prior)."""
     clauses = []
     for reference in references:
+        if reference == BASE_CALIBRATED and judged_against_prior(method, references):
+            continue
         boot = stats_row(stats, method, reference, "paired_bootstrap", "macro_f1")
         verdict = ("beats" if boot.ci_low > 0 else "is worse than" if boot.ci_high < 0
                    else "is indistinguishable from")
@@ -95,6 +106,29 @@ def describe_against_references(method: str, references: Sequence[str], stats: p
     if not clauses:
         return ""
     return " Against the reference rows: " + "; ".join(clauses) + "."
+
+
+def describe_against_prior(method: str, references: Sequence[str], stats: pd.DataFrame, confidence: float) -> str:
+    """Did `method` learn more than the label prior? Its paired bootstrap Δmacro-F1 against base_calibrated (the
+    zero-shot base with one val-chosen offset: the best a model does by learning the prior alone) says 'yes' or 'no'
+    only when its CI excludes 0, and 'undecidable at this size' otherwise. '' without that row, and for base itself,
+    the model base_calibrated is built from."""
+    if not judged_against_prior(method, references):
+        return ""
+    boot = stats_row(stats, method, BASE_CALIBRATED, "paired_bootstrap", "macro_f1")
+    label = reference_label(BASE_CALIBRATED)
+    numbers = (f"Δ macro-F1 {boot.effect:+.3f}, {confidence:.0%} CI [{boot.ci_low:+.3f}, {boot.ci_high:+.3f}], "
+               f"{p_clause(boot.p_value, boot.p_holm)}")
+    if boot.ci_low > 0:
+        answer = f"yes: {method} beats {label} ({numbers})"
+    elif boot.ci_high < 0:
+        answer = f"no: {method} is worse than {label} ({numbers}), which only moves the zero-shot threshold"
+    else:
+        answer = (f"undecidable at this size (n={int(boot.n)}): the CI of {method} against {label} contains 0 "
+                  f"({numbers})")
+    if (boot.ci_low > 0 or boot.ci_high < 0) and boot.p_holm >= 1 - confidence:
+        answer += ", suggestive only after Holm correction"
+    return f" Learned more than the label prior? {answer}."
 
 
 def format_detectable(delta: float) -> str:

@@ -14,8 +14,17 @@ import pandas as pd
 from peftqa.common import PeftqaError
 from peftqa.history import read_history
 from peftqa.params import Params
-from peftqa.paths import DATA_DIR, EVAL_DIR, MODELS_DIR, PROTOCOLS_DIR, REFERENCES_DIR, STATS_CSV
+from peftqa.paths import (
+    DATA_DIR,
+    EVAL_DIR,
+    MODELS_DIR,
+    PROTOCOLS_DIR,
+    REFERENCES_CHOICES_JSON,
+    REFERENCES_DIR,
+    STATS_CSV,
+)
 from peftqa.report.findings import stats_row
+from peftqa.stats import defined_references
 
 REQUIRED_STATS = (("paired_bootstrap", "macro_f1"), ("mcnemar_exact", "accuracy"))  # per tuned method vs baseline
 T = TypeVar("T")
@@ -47,10 +56,17 @@ class ReportInputs:
     protocols: ProtocolResults | None = None  # None: the protocols stage has not run (reports/protocols/ absent)
     reference_metrics: dict[str, dict] = field(default_factory=dict)  # per reference row: its metrics_test.json
     reference_preds: dict[str, pd.DataFrame] = field(default_factory=dict)  # per reference row: its preds_test.csv
+    # per reference in references.names: its entry of choices.json, {"not_defined": why} for one with no row
+    reference_choices: dict[str, dict] = field(default_factory=dict)
 
     @property
     def n_test(self) -> int:
         return len(self.test_pmids)
+
+    @property
+    def references(self) -> list[str]:
+        """The reference rows (those of references.names that the references stage defined for this run)."""
+        return list(self.reference_metrics)
 
 
 def read_input(path: Path, reader: Callable[[Path], T]) -> T:
@@ -72,7 +88,8 @@ def read_csv(path: Path) -> pd.DataFrame:
 
 def read_inputs(methods: Sequence[str], references: Sequence[str] = (), limit_items: int = 0) -> ReportInputs:
     """Everything the report reads; the test items are test.csv's first `limit_items` when evaluate scored only
-    those (evaluate.limit_items, a demo slice), so the freshness checks compare against what was scored."""
+    those (evaluate.limit_items, a demo slice), so the freshness checks compare against what was scored. Of
+    `references` (references.names), the rows are those choices.json does not mark not defined."""
     def per_method(folder: Path, name: str, reader: Callable[[Path], T], names: Sequence[str] = methods
                    ) -> dict[str, T]:
         return {m: read_input(folder / m / name, reader) for m in names}
@@ -81,6 +98,8 @@ def read_inputs(methods: Sequence[str], references: Sequence[str] = (), limit_it
     test = test.iloc[:limit_items] if limit_items else test
     split_stats = read_input(DATA_DIR / "split_stats.csv", pd.read_csv)
     n_val = int(split_stats.set_index("split").loc["val", "n"])
+    choices = read_input(REFERENCES_CHOICES_JSON, read_json) if references else {}
+    rows = defined_references(references, choices)
     return ReportInputs(
         split_stats=split_stats,
         test_pmids=frozenset(test["pmid"]),
@@ -93,8 +112,9 @@ def read_inputs(methods: Sequence[str], references: Sequence[str] = (), limit_it
         preds_val=per_method(EVAL_DIR, "preds_val.csv", read_csv),
         stats=read_input(STATS_CSV, pd.read_csv),
         protocols=read_protocols(),
-        reference_metrics=per_method(REFERENCES_DIR, "metrics_test.json", read_json, references),
-        reference_preds=per_method(REFERENCES_DIR, "preds_test.csv", read_csv, references),
+        reference_metrics=per_method(REFERENCES_DIR, "metrics_test.json", read_json, rows),
+        reference_preds=per_method(REFERENCES_DIR, "preds_test.csv", read_csv, rows),
+        reference_choices={name: choices[name] for name in references},
     )
 
 
@@ -126,11 +146,11 @@ def check_protocols_fresh(results: ProtocolResults | None, params: Params, n_ite
             raise stale("seeds_summary.csv", f"its {row['method']} row disagrees with seeds_test.csv")
     folds = results.cv_folds
     per_fold = folds.loc[folds["fold"].astype(str) != "pooled"]
-    rows_per_fold = len(params.methods) + len(params.references.names)  # the reference rows are refitted per fold
+    rows_per_fold = len(params.methods) + len(params.references.per_fold)  # those references are refitted per fold
     if len(per_fold) != params.prepare.folds * rows_per_fold * (params.prepare.folds > 0):
         raise stale("cv_folds.csv", f"it has {len(per_fold)} fold rows, params ask for prepare.folds "
                                     f"{params.prepare.folds} x ({len(params.methods)} methods + "
-                                    f"{len(params.references.names)} references)")
+                                    f"{len(params.references.per_fold)} references)")
     pooled = folds.loc[folds["fold"].astype(str) == "pooled"]
     if len(pooled) and set(pooled["n"]) != {n_items}:
         raise stale("cv_folds.csv", f"its pooled rows cover {sorted(set(pooled['n']))} items, the splits {n_items}")

@@ -6,9 +6,9 @@ what the reference rows are), the protocol and provenance section, and the offic
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
-from peftqa.params import Params
+from peftqa.params import BASE_CALIBRATED, Params
 from peftqa.report.tables import markdown_table, mean_std, provenance_table, significance_table
 
 if TYPE_CHECKING:
@@ -18,6 +18,10 @@ REFERENCE_DESCRIPTIONS = {
     "majority": "always answers the train split's most frequent label",
     "tfidf_lr": "is TF-IDF + LogisticRegression on question + context, fitted on train, its n-grams, C and class "
                 "weighting chosen on val macro-F1",
+    BASE_CALIBRATED: "is the zero-shot base with one offset δ = {delta:+.3f} on its margin log p(yes) − log p(no) "
+                     "(yes where margin + δ > 0), δ chosen on val macro-F1 ({val_macro_f1:.3f} there, "
+                     "{val_macro_f1_at_zero:.3f} at δ = 0), never on test: the most a model gains by learning the "
+                     "label prior alone, so a method that beats it learned more than the prior",
 }
 
 
@@ -69,7 +73,9 @@ def cv_section(results: ProtocolResults | None, params: Params) -> str:
         f"seed {params.prepare.seed}). Each item is tested once, by a model (train seed {params.train.seed}) trained "
         f"on the other folds, {params.prepare.val_fraction:.0%} of them held out for early stopping. Pooled metrics "
         "are over all n predictions. The reference rows are refitted on each fold's train (their settings chosen on "
-        "its val), like the methods.\n\n"
+        "its val), like the methods"
+        + (f"; `{BASE_CALIBRATED}` is not (it calibrates evaluate@base's val predictions, made for the main split "
+           "only)" if BASE_CALIBRATED in params.references.names else "") + ".\n\n"
         + markdown_table(["Method", "n", "Pooled accuracy", "Pooled macro-F1", "Fold macro-F1 (mean ± std)"], rows))
     if not results.cv_stats.empty:
         text += ("\n\nPaired tests on the pooled predictions (same protocol, n = " + str(n) + "):\n\n"
@@ -78,13 +84,16 @@ def cv_section(results: ProtocolResults | None, params: Params) -> str:
     return text
 
 
-def references_note(references: Sequence[str]) -> str:
-    """What the reference rows are, after the performance table; '' without any."""
-    if not references:
-        return ""
-    return (" Reference rows (stage `references`) are not trained methods: "
-            + "; ".join(f"`{r}` {REFERENCE_DESCRIPTIONS[r]}" for r in references)
-            + " (choices in `reports/references/choices.json`). Their latency and trainable parameters are n/a.")
+def references_note(references: Sequence[str], choices: Mapping[str, dict]) -> str:
+    """What the reference rows are, after the performance table, with what each chose (`choices`, choices.json's
+    entries), then one sentence per reference that is not defined for this run; '' without either."""
+    text = ""
+    if references:
+        text = (" Reference rows (stage `references`) are not trained methods: "
+                + "; ".join(f"`{r}` {REFERENCE_DESCRIPTIONS[r].format(**choices.get(r, {}))}" for r in references)
+                + " (choices in `reports/references/choices.json`). Their latency and trainable parameters are n/a.")
+    return text + "".join(f" `{name}`: {choice['not_defined']}." for name, choice in choices.items()
+                          if "not_defined" in choice)
 
 
 def unmapped_note(metrics: dict[str, dict]) -> str:

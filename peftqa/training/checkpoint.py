@@ -1,4 +1,5 @@
 """What survives a kill: the state after each epoch (weights, optimizer, scheduler, RNG, history, early stopping),
+and with train.checkpoint_every_steps also every N optimizer steps inside one (plus how far that epoch has got),
 saved atomically and restored bit-identically when the same resolved config runs again.
 """
 from __future__ import annotations
@@ -28,7 +29,12 @@ def load_checkpoint(path: Path, config: dict) -> dict | None:
     if state.get("config") != config:
         log.warning("ignoring %s: it was saved by a different config", path)
         return None
-    log.info("resuming from %s after epoch %d", path, state["history"][-1]["epoch"])
+    position = state.get("position")
+    if position is None:
+        log.info("resuming from %s after epoch %d", path, state["history"][-1]["epoch"])
+    else:
+        log.info("resuming from %s in epoch %d after micro-batch %d (optimizer step %d)", path, position["epoch"],
+                 position["micro_steps"], position["optimizer_steps"])
     return state
 
 
@@ -44,10 +50,44 @@ def restore_state(resume: dict, parameters: list[torch.Tensor], optimizer: torch
 
 def training_state(parameters: list[torch.Tensor], optimizer: torch.optim.Optimizer, scheduler, history: list[dict],
                    best: BestEpoch) -> dict:
-    """What save_checkpoint writes after an epoch, and restore_state reads back."""
+    """What save_checkpoint writes after an epoch, and restore_state reads back; a mid-epoch checkpoint adds
+    position_state's "position"."""
     return {"parameters": [p.detach().clone() for p in parameters], "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "history": history,
             "best_epoch": best.epoch, "best_f1": best.f1, "best_state": best.state, "stale": best.stale}
+
+
+@dataclass
+class EpochPosition:
+    """How far an epoch has got: what a mid-epoch checkpoint adds, taken at an optimizer-step boundary (no gradient
+    is half accumulated there). The data order needs no saving: it is a function of train.seed and the epoch."""
+    epoch: int
+    micro_steps: int = 0  # micro-batches of this process's share done; the next one is micro-batch micro_steps + 1
+    loss_sum: float = 0.0  # this process's training loss x items over them, for the epoch's mean
+    items: int = 0  # this process's items over them
+    seconds: float = 0.0  # the epoch's wall time before the kill
+
+
+def position_state(position: EpochPosition, grad_accum_steps: int, sums_by_rank: list[tuple[float, int]]) -> dict:
+    """The checkpoint's "position"; every process's (loss_sum, items), in rank order, since each has its own."""
+    return {"epoch": position.epoch, "micro_steps": position.micro_steps, "seconds": position.seconds,
+            "optimizer_steps": -(-position.micro_steps // grad_accum_steps), "sums_by_rank": sums_by_rank}
+
+
+def resume_position(resume: dict | None, rank: int) -> EpochPosition | None:
+    """Where this process goes on in the epoch a mid-epoch checkpoint was taken in; None after a whole epoch."""
+    position = (resume or {}).get("position")
+    if position is None:
+        return None
+    loss_sum, items = position["sums_by_rank"][rank]
+    return EpochPosition(position["epoch"], position["micro_steps"], loss_sum, items, position["seconds"])
+
+
+def resumed_seconds(resume: dict | None) -> float:
+    """Training time a resumed run had already spent: its finished epochs and the part of the one it was killed in."""
+    if resume is None:
+        return 0.0
+    return sum(row["seconds"] for row in resume["history"]) + (resume.get("position") or {}).get("seconds", 0.0)
 
 
 @dataclass

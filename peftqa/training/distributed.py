@@ -59,8 +59,10 @@ def shared_resume(checkpoint: Path | None, config: dict) -> dict | None:
     """The checkpoint to continue from, read by every process; on several machines models/ must be one shared
     folder, or the ranks would start from different epochs."""
     state = load_checkpoint(checkpoint, config) if checkpoint else None
-    epochs = gather_object([len(state["history"]) if state else 0])  # per rank: epochs done
-    if len(set(epochs)) > 1:
-        raise PeftqaError(f"{checkpoint}: the training processes see different checkpoints (epochs done by rank: "
-                          f"{epochs}); put models/ on a folder every machine shares, or delete the checkpoint")
+    done = (len(state["history"]), (state.get("position") or {}).get("micro_steps", 0)) if state else (0, 0)
+    progress = gather_object([done])  # per rank: (epochs done, micro-batches done of the next one)
+    if len(set(progress)) > 1:
+        raise PeftqaError(f"{checkpoint}: the training processes see different checkpoints ((epochs, micro-batches) "
+                          f"done by rank: {progress}); put models/ on a folder every machine shares, or delete the "
+                          "checkpoint")
     return state

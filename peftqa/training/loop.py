@@ -1,21 +1,23 @@
 """The training loop: seeded epochs over train, AdamW with linear warmup and decay, validation after each epoch,
 early stopping on val macro-F1 with the best epoch restored. Reads top to bottom: set_seed, validate, one epoch,
-the optimizer, fit; validate_start for the frozen methods, which train no epoch.
+a mid-epoch checkpoint, the optimizer, fit; validate_start for the frozen methods, which train no epoch.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -24,7 +26,15 @@ from peftqa.families import Backbone
 from peftqa.metrics import classification_metrics
 from peftqa.params import TrainParams
 from peftqa.probe import Probe
-from peftqa.training.checkpoint import BestEpoch, restore_state, save_checkpoint, training_state
+from peftqa.training.checkpoint import (
+    BestEpoch,
+    EpochPosition,
+    position_state,
+    restore_state,
+    resume_position,
+    save_checkpoint,
+    training_state,
+)
 from peftqa.training.distributed import TrainingLoss
 
 log = logging.getLogger(__name__)
@@ -49,22 +59,32 @@ def validate(backbone: Backbone, val: pd.DataFrame, batch_size: int, class_weigh
     return out
 
 
-def train_one_epoch(backbone: Backbone, model: torch.nn.Module, accelerator: Accelerator, train: pd.DataFrame,
-                    optimizer: torch.optim.Optimizer, scheduler, cfg: TrainParams, class_weights: torch.Tensor | None,
-                    epoch: int, bf16: bool) -> float:
-    """One pass over a seeded shuffle of train, this process's share of it; `model` is TrainingLoss as prepared
-    (DDP under several processes). Returns the mean (weighted) training loss per item, over all processes."""
-    backbone.model.train()
-    order = np.random.default_rng(cfg.seed + epoch).permutation(len(train))  # the same on every process
+def epoch_rows(accelerator: Accelerator, n_train: int, seed: int) -> np.ndarray:
+    """This process's share of an epoch's seeded shuffle of train (seed: train.seed + epoch), as row positions: the
+    same on every process and again in a resumed epoch, so a checkpoint needs to save only how far it got."""
+    order = np.random.default_rng(seed).permutation(n_train)
     # contiguous shares; the last is padded with the last row, so every process takes the same steps (DDP syncs each)
     with accelerator.split_between_processes(order.tolist(), apply_padding=True) as share:
-        rows = np.asarray(share)
+        return np.asarray(share)
+
+
+def train_one_epoch(backbone: Backbone, model: torch.nn.Module, accelerator: Accelerator, train: pd.DataFrame,
+                    optimizer: torch.optim.Optimizer, scheduler, cfg: TrainParams, class_weights: torch.Tensor | None,
+                    position: EpochPosition, bf16: bool,
+                    save: Callable[[EpochPosition], None] | None = None) -> float:
+    """One pass over a seeded shuffle of train, this process's share of it; `model` is TrainingLoss as prepared
+    (DDP under several processes). Goes on from `position` (a fresh one: the epoch's start) and keeps it up to date;
+    `save(position)` runs every train.checkpoint_every_steps optimizer steps. Returns the mean (weighted) training
+    loss per item, over all processes."""
+    backbone.model.train()
+    rows = epoch_rows(accelerator, len(train), cfg.seed + position.epoch)
     parameters = backbone.trainable_parameters()
     n_batches = -(-len(rows) // cfg.batch_size)
-    total, seen = 0.0, 0
-    bar = tqdm(scoring.iterate_batches(train, cfg.batch_size, rows), total=n_batches, desc=f"epoch {epoch}",
-               unit="batch", dynamic_ncols=True, file=sys.stderr, disable=not accelerator.is_main_process)
-    for micro_step, (questions, contexts, labels) in enumerate(bar, start=1):
+    done = position.micro_steps  # resumed mid-epoch: skip the micro-batches done before the kill, in the same order
+    bar = tqdm(scoring.iterate_batches(train, cfg.batch_size, rows[done * cfg.batch_size:]), initial=done,
+               total=n_batches, desc=f"epoch {position.epoch}", unit="batch", dynamic_ncols=True, file=sys.stderr,
+               disable=not accelerator.is_main_process)
+    for micro_step, (questions, contexts, labels) in enumerate(bar, start=done + 1):
         batch = backbone.encode(questions, contexts, labels)
         step = micro_step % cfg.grad_accum_steps == 0 or micro_step == n_batches
         # gradients are all-reduced once per optimizer step, on its last micro-batch
@@ -78,12 +98,25 @@ def train_one_epoch(backbone: Backbone, model: torch.nn.Module, accelerator: Acc
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        total += float(loss.detach()) * len(questions)
-        seen += len(questions)
-        bar.set_postfix(loss=f"{total / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-    sums = torch.tensor([total, seen], dtype=torch.float64, device=backbone.device)  # (2,) loss sum, items
+        position.micro_steps = micro_step
+        position.loss_sum += float(loss.detach()) * len(questions)
+        position.items += len(questions)
+        bar.set_postfix(loss=f"{position.loss_sum / position.items:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if step and save is not None and -(-micro_step // cfg.grad_accum_steps) % cfg.checkpoint_every_steps == 0:
+            save(position)
+    sums = torch.tensor([position.loss_sum, position.items], dtype=torch.float64, device=backbone.device)  # (2,)
     total, seen = accelerator.reduce(sums, reduction="sum").tolist()
     return total / max(seen, 1)
+
+
+def save_mid_epoch(checkpoint: Path, accelerator: Accelerator, grad_accum_steps: int, state: Callable[[], dict],
+                   start: float, position: EpochPosition) -> None:
+    """A checkpoint inside an epoch, at an optimizer-step boundary: `state()` (the stamp and training_state) and
+    `position`. Every process calls it, to send its own loss sums; the main one writes."""
+    position.seconds = time.perf_counter() - start
+    sums_by_rank = gather_object([(position.loss_sum, position.items)])
+    if accelerator.is_main_process:
+        save_checkpoint(checkpoint, {**state(), "position": position_state(position, grad_accum_steps, sums_by_rank)})
 
 
 def class_weights(train: pd.DataFrame, backbone: Backbone, cfg: TrainParams) -> torch.Tensor | None:
@@ -120,22 +153,33 @@ def fit(backbone: Backbone, accelerator: Accelerator, train: pd.DataFrame, val: 
     """AdamW + linear warmup/decay, early stopping on val macro-F1, best epoch restored. Returns (history, best).
     Epoch 0 is the untrained start, validated like the others. The adapter learns at `lr`, a classification head at
     `head_lr` (None: `lr`).
-    With `checkpoint`, the state after each epoch is saved there, with `stamp` (config, MLflow run id) beside it;
-    `resume` is such a state to continue from. Under several processes each trains on its share of every batch
-    round (DDP averages the gradients), the main process validates, and all follow its early-stopping decisions."""
+    With `checkpoint`, the state after each epoch is saved there, with `stamp` (config, MLflow run id) beside it,
+    and with train.checkpoint_every_steps every N optimizer steps inside one too; `resume` is such a state to continue
+    from, after its epoch or at the next micro-batch of it. Under several processes each trains on its share of
+    every batch round (DDP averages the gradients), the main process validates, and all follow its early-stopping
+    decisions."""
     weights = class_weights(train, backbone, cfg)
     parameters = backbone.trainable_parameters()
     optimizer, scheduler = make_optimizer(backbone, accelerator, len(train), cfg, lr, head_lr)
     history, best = restore_state(resume, parameters, optimizer, scheduler) if resume else ([], BestEpoch())
     model, optimizer = accelerator.prepare(TrainingLoss(backbone), optimizer)  # one process: returned as they are
-    # a resumed run goes on after its last epoch, or not at all if it had stopped already
+
+    def state() -> dict:  # what every checkpoint holds; a mid-epoch one adds its position
+        return {**(stamp or {}), **training_state(parameters, optimizer, scheduler, history, best)}
+
+    # a resumed run goes on after its last epoch (killed mid-epoch: in the next one, where it was), or not at all if
+    # it had stopped already
     first = (history[-1]["epoch"] + 1 if history else 0) if best.stale < cfg.patience else cfg.epochs + 1
+    resumed = resume_position(resume, accelerator.process_index)
     for epoch in range(first, cfg.epochs + 1):
-        start = time.perf_counter()
+        position = resumed if resumed and resumed.epoch == epoch else EpochPosition(epoch)
+        start = time.perf_counter() - position.seconds
+        save = functools.partial(save_mid_epoch, checkpoint, accelerator, cfg.grad_accum_steps, state, start) if (
+            checkpoint is not None and cfg.checkpoint_every_steps) else None
         # epoch 0 trains nothing: the starting point (a fresh adapter, a head from the probe) is a candidate too,
         # so training that only hurts val ends where it began
         train_loss = float("nan") if epoch == 0 else train_one_epoch(
-            backbone, model, accelerator, train, optimizer, scheduler, cfg, weights, epoch, bf16)
+            backbone, model, accelerator, train, optimizer, scheduler, cfg, weights, position, bf16, save)
         row = None
         if accelerator.is_main_process:
             row = {"epoch": epoch, "train_loss": train_loss, **validate(backbone, val, cfg.batch_size, weights, bf16),
@@ -147,8 +191,7 @@ def fit(backbone: Backbone, accelerator: Accelerator, train: pd.DataFrame, val: 
         best.update(epoch, row["val_macro_f1"], parameters)
         # saved before the epoch is logged, so a resumed run logs each epoch once; one process saves for all
         if checkpoint is not None and accelerator.is_main_process:
-            save_checkpoint(checkpoint, {**(stamp or {}),
-                                         **training_state(parameters, optimizer, scheduler, history, best)})
+            save_checkpoint(checkpoint, state())
         log_epoch(row)
         if best.stale >= cfg.patience:
             log.info("early stop: no val macro-F1 gain for %d epochs; best epoch %d", best.stale, best.epoch)

@@ -25,6 +25,7 @@ from peftqa.params import Params, flatten
 from peftqa.paths import DATA_DIR
 from peftqa.probe import Probe, load_into_head, solve_probe
 from peftqa.tracking import log_metrics_row, log_outputs, mlflow_run
+from peftqa.training.checkpoint import resumed_seconds
 from peftqa.training.distributed import make_accelerator, rank_digests, shared_resume
 from peftqa.training.loop import fit, set_seed, validate_start
 
@@ -157,7 +158,7 @@ def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataF
         digests = rank_digests(backbone.trainable_parameters())  # the best epoch's weights, one digest per process
         if not main_process:  # the main process writes and logs the one result, then shares its summary
             return broadcast_object_list([None])[0]
-        seconds = time.perf_counter() - start + (sum(r["seconds"] for r in resume["history"]) if resume else 0.0)
+        seconds = time.perf_counter() - start + resumed_seconds(resume)
         summary = write_outputs(backbone, out_dir, config, history, best_epoch, seconds, len(train), probe, {
             "client": client, "mlflow_run_id": run_id, "mlflow_experiment_id": experiment_id,
             "rank_param_sha256": digests})
