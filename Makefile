@@ -85,7 +85,7 @@ BENCH ?=
 BENCH_smollm2 := --items 16 --train-batches 3 --set model.name_or_path=smollm2-135m-instruct \
 	--set model.max_length=256 --set train.batch_size=8
 bench: install  ## print training throughput and inference speed of the params.yaml profile (not a test)
-	HF_HUB_OFFLINE=1 $(PEFTQA) bench $(BENCH_$(BENCH)) $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(strip $(PEFTQA) bench $(BENCH_$(BENCH)) $(BENCH_ARGS))
 
 # FLAN-T5-XL's shape with random weights (no download): the full shape on a CUDA GPU, a small one on CPU
 bench-reference: install  ## time prompt and prefix tuning at the reference's scale (not a test); needs only torch, transformers, peft

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftqa.families import causal
 from peftqa.causal_before import computed_as_before
+from peftqa.families import causal
 
 from test_families import encode_items, load, tiny_paths  # noqa: F401  (tiny_paths: the fixture)
 from tiny_models import ITEMS

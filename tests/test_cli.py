@@ -100,3 +100,6 @@ def test_the_makefile_tool_targets_call_the_subcommands():
                     "peftqa ablation --grid reports/ablation/grid.yaml --rev abc1234", "peftqa clean"):
         assert f".venv/bin/{command}\n" in dry_run.stdout, command
     assert "peftqa.cli" not in dry_run.stdout
+    smollm2 = subprocess.run(["make", "-n", "-C", str(REPO_ROOT), "bench", "BENCH=smollm2"], capture_output=True,
+                             text=True, timeout=60)
+    assert "peftqa bench --items 16 --train-batches 3 --set model.name_or_path=smollm2-135m-instruct" in smollm2.stdout

@@ -25,10 +25,10 @@ import pandas as pd
 import torch
 
 from peftqa import methods
+from peftqa.causal_before import computed_as_before
 from peftqa.common import PeftqaError
 from peftqa.families import Backbone, load_backbone
 from peftqa.families.causal import CausalBackbone
-from peftqa.causal_before import computed_as_before
 from peftqa.params import Params, load_params
 from peftqa.scoring import autocast, iterate_batches, score_frame, use_bf16
 from peftqa.training.loop import set_seed
