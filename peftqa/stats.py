@@ -146,6 +146,20 @@ def paired_bootstrap(gold: Sequence[str], pred_reference: Sequence[str | None], 
     return results
 
 
+def bootstrap_interval(gold: Sequence[str], pred: Sequence[str | None], labels: Sequence[str], n_resamples: int,
+                       seed: int, confidence: float) -> dict[str, tuple[float, float]]:
+    """One method's percentile bootstrap interval of accuracy and macro-F1 at `confidence`, keyed by metric: the
+    uncertainty of its own score on these items (the performance bars'), not of a difference (paired_bootstrap's)."""
+    gold_codes = encode_labels(gold, labels)
+    if np.any(gold_codes == UNMAPPED_CODE):
+        raise ValueError(f"a gold label is not one of {list(labels)}")
+    resampled = resample_metrics(resample_weights(len(gold_codes), n_resamples, seed), gold_codes,
+                                 encode_labels(pred, labels), len(labels))
+    tail = (1.0 - confidence) / 2
+    return {metric: tuple(float(q) for q in np.quantile(resampled[metric], [tail, 1.0 - tail]))
+            for metric in BOOTSTRAP_METRICS}
+
+
 def holm_adjust(p_values: Sequence[float]) -> list[float]:
     """Holm step-down adjusted p-values, in the input order: monotone in the raw p-values and capped at 1.
 

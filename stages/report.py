@@ -40,7 +40,7 @@ def main(args: list[str]) -> None:
     inputs = read_inputs(params.methods, params.references.names, params.evaluate.limit_items)
     check_inputs_fresh(inputs, params.methods, params.stats.baseline, inputs.references)
     check_protocols_fresh(inputs.protocols, params, int(inputs.split_stats["n"].sum()))
-    for name, figure in build_figures(inputs, params.prepare.labels).items():
+    for name, figure in build_figures(inputs, params.prepare.labels, params.stats).items():
         save_figure(figure, FIGURES_DIR / name)
     left_out = {}  # written under every protocol; a valid PubMedQA submission only under the official one
     for method in params.methods:

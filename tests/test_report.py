@@ -25,7 +25,7 @@ from peftqa.report import figures as report_figures
 from peftqa.report import findings as report_findings
 from peftqa.report import sections as report_sections
 from peftqa.report import tables as report_tables
-from peftqa.stats import mcnemar_detectable_difference
+from peftqa.stats import bootstrap_interval, mcnemar_detectable_difference
 from stages import report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -405,6 +405,24 @@ def test_performance_figure_shows_the_reference_rows() -> None:
     assert [t.get_text() for t in ax.get_xticklabels()] == ["base", "lora", "majority\n(reference)",
                                                             "tfidf_lr\n(reference)"]
     assert "0.375" in [t.get_text() for t in ax.texts]
+    report_figures.plt.close(figure)
+
+
+def test_performance_bars_carry_each_rows_bootstrap_interval() -> None:
+    """The interval drawn is bootstrap_interval's, around each bar's value; 40 items, 30 right: accuracy 0.75."""
+    gold = ["yes"] * 20 + ["no"] * 20
+    pred = ["yes"] * 20 + ["no"] * 10 + ["yes"] * 10
+    interval = bootstrap_interval(gold, pred, ("yes", "no"), 2000, 0, 0.95)
+    low, high = interval["accuracy"]
+    assert low < 0.75 < high and 0.1 < high - low < 0.4  # about ±1.96 * sqrt(.75 * .25 / 40) = ±0.134
+    assert bootstrap_interval(gold, gold, ("yes", "no"), 2000, 0, 0.95)["macro_f1"] == (1.0, 1.0)
+    metrics = {"lora": {"accuracy": 0.75, "macro_f1": 0.7333}}
+    figure = report_figures.plot_performance(metrics, 40, None, {"lora": interval}, 0.95)
+    ax = figure.axes[0]
+    caps = [line for line in ax.lines if len(line.get_ydata()) == 1]  # an error bar's caps: one point each
+    assert sorted(round(float(line.get_ydata()[0]), 6) for line in caps)[:2] == sorted(
+        [round(interval["accuracy"][0], 6), round(interval["macro_f1"][0], 6)])
+    assert "95% bootstrap intervals" in ax.get_title()
     report_figures.plt.close(figure)
 
 

@@ -24,14 +24,17 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from peftqa.figures import method_color, plot_confusion  # noqa: E402
 from peftqa.report.abstention import abstention_frame, majority_class_accuracy, split_scored_methods  # noqa: E402
 from peftqa.report.tables import format_count, reference_label  # noqa: E402
+from peftqa.stats import bootstrap_interval  # noqa: E402
 
 if TYPE_CHECKING:
+    from peftqa.params import StatsParams
     from peftqa.report.inputs import ReportInputs
 
 SERIES_STYLES = ({"alpha": 1.0}, {"alpha": 0.5, "hatch": "//"}, {"alpha": 0.3, "hatch": ".."})  # bars of one method
 REFERENCE_COLORS = {"majority": "0.8", "tfidf_lr": "0.55", "base_calibrated": "0.35"}  # greys: not methods
 FIGURE_CAPTIONS = {  # the fixed figures; one confusion matrix per method comes on top (confusion_figure_name)
-    "performance_bar_test.png": "Test accuracy and macro-F1 per method and reference row (grey)",
+    "performance_bar_test.png": "Test accuracy and macro-F1 per method and reference row (grey), with each one's "
+                                "bootstrap interval",
     "latency_bar_test.png": "Per-example test latency, mean and p95",
     "param_footprint_bar.png": "Trainable parameters per method (log scale)",
     "eval_macro_f1_per_epoch.png": "Validation macro-F1 per epoch (star: the kept epoch)",
@@ -51,10 +54,12 @@ def clip_for_log(values: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def draw_grouped_bars(ax: Axes, table: pd.DataFrame, value_format: Callable[[float], str],
-                      log_scale: bool = False, colors: Sequence[object] | None = None) -> None:
+                      log_scale: bool = False, colors: Sequence[object] | None = None,
+                      intervals: np.ndarray | None = None) -> None:
     """One cluster per method (row) in the method's colour (or `colors`, one per row), one bar per series (column)
     told apart by hatching; every bar carries its value. On a log axis a zero sits at the floor and is still labelled
-    with its true value."""
+    with its true value. `intervals` (methods, series, 2), low and high, are drawn as error bars; the values then sit
+    inside the bars, clear of them."""
     values = table.to_numpy(dtype=float)  # (methods, series)
     heights, floor = clip_for_log(values) if log_scale else (values, 0.0)
     n_series = values.shape[1]
@@ -62,15 +67,23 @@ def draw_grouped_bars(ax: Axes, table: pd.DataFrame, value_format: Callable[[flo
     x = np.arange(len(table))
     colors = [method_color(m) for m in table.index] if colors is None else list(colors)
     for j, style in zip(range(n_series), SERIES_STYLES):
-        bars = ax.bar(x + (j - (n_series - 1) / 2) * width, heights[:, j], width, color=colors, edgecolor="black",
-                      linewidth=0.5, **style)
-        ax.bar_label(bars, labels=[value_format(v) for v in values[:, j]], padding=2, fontsize=8)
+        centres = x + (j - (n_series - 1) / 2) * width
+        bars = ax.bar(centres, heights[:, j], width, color=colors, edgecolor="black", linewidth=0.5, **style)
+        labels = [value_format(v) for v in values[:, j]]
+        if intervals is None:
+            ax.bar_label(bars, labels=labels, padding=2, fontsize=8)
+            continue
+        errors = np.abs(intervals[:, j, :].T - values[:, j])  # (2, methods): below and above the value
+        ax.errorbar(centres, values[:, j], yerr=errors, fmt="none", ecolor="black", elinewidth=1, capsize=3)
+        ax.bar_label(bars, labels=labels, label_type="center", fontsize=8,
+                     bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     ax.set_xticks(x, table.index)
     if log_scale:
         ax.set_yscale("log")
         ax.set_ylim(floor, np.nanmax(heights) * 10)  # headroom for the labels, a decade up
     else:
-        ax.set_ylim(0, np.nanmax(heights) * 1.18)
+        top = np.nanmax(heights) if intervals is None else max(np.nanmax(heights), np.nanmax(intervals))
+        ax.set_ylim(0, top * 1.18)
     if n_series > 1:
         handles = [Patch(facecolor="lightgrey", edgecolor="black", label=s, **st)
                    for s, st in zip(table.columns, SERIES_STYLES)]
@@ -82,18 +95,35 @@ def new_bar_figure(n_methods: int) -> tuple[Figure, Axes]:
     return plt.subplots(figsize=(1.5 * n_methods + 2.5, 4.2), layout="constrained")
 
 
-def plot_performance(metrics: dict[str, dict], n_test: int, reference_metrics: dict[str, dict] | None = None
+def plot_performance(metrics: dict[str, dict], n_test: int, reference_metrics: dict[str, dict] | None = None,
+                     intervals: dict[str, dict[str, tuple[float, float]]] | None = None, confidence: float = 0.95
                      ) -> Figure:
-    """The methods in their colours, then the reference rows in grey, named '<r>\n(reference)'."""
+    """The methods in their colours, then the reference rows in grey, named '<r>\n(reference)'; with `intervals`
+    (per method or reference row, per metric: low, high), each bar's bootstrap interval as an error bar."""
     rows = {**metrics, **(reference_metrics or {})}
     names = [*metrics, *(reference_label(r).replace(" (", "\n(") for r in reference_metrics or {})]
     table = pd.DataFrame({"accuracy": [m["accuracy"] for m in rows.values()],
                           "macro-F1": [m["macro_f1"] for m in rows.values()]}, index=names)
     colors = [method_color(m) for m in metrics] + [REFERENCE_COLORS[r] for r in reference_metrics or {}]
+    bounds = None if intervals is None else np.array(
+        [[intervals[name][metric] for metric in ("accuracy", "macro_f1")] for name in rows])  # (rows, 2, 2)
     fig, ax = new_bar_figure(len(table))
-    draw_grouped_bars(ax, table, lambda v: f"{v:.3f}", colors=colors)
-    ax.set(title=f"Test accuracy and macro-F1 (n={n_test})", xlabel="method or reference row", ylabel="score")
+    draw_grouped_bars(ax, table, lambda v: f"{v:.3f}", colors=colors, intervals=bounds)
+    title = f"Test accuracy and macro-F1 (n={n_test})"
+    if intervals is not None:
+        title += f", {confidence:.0%} bootstrap intervals"
+    ax.set(title=title, xlabel="method or reference row", ylabel="score")
     return fig
+
+
+def performance_intervals(inputs: ReportInputs, labels: Sequence[str], stats_params: StatsParams
+                          ) -> dict[str, dict[str, tuple[float, float]]]:
+    """Each method's and reference row's percentile bootstrap interval on the test items (stats' resamples and seed)."""
+    preds = {**inputs.preds, **inputs.reference_preds}
+    return {name: bootstrap_interval(frame["gold"].astype(str).tolist(),
+                                     [p if isinstance(p, str) else None for p in frame["pred"]], labels,
+                                     stats_params.n_bootstrap, stats_params.seed, stats_params.confidence)
+            for name, frame in preds.items()}
 
 
 def plot_latency(metrics: dict[str, dict]) -> Figure:
@@ -215,9 +245,11 @@ def confusion_figure_name(method: str) -> str:
     return f"cm_{method}_test.png"
 
 
-def build_figures(inputs: ReportInputs, labels: Sequence[str]) -> dict[str, Figure]:
+def build_figures(inputs: ReportInputs, labels: Sequence[str], stats_params: StatsParams) -> dict[str, Figure]:
     figures = {
-        "performance_bar_test.png": plot_performance(inputs.metrics, inputs.n_test, inputs.reference_metrics),
+        "performance_bar_test.png": plot_performance(
+            inputs.metrics, inputs.n_test, inputs.reference_metrics,
+            performance_intervals(inputs, labels, stats_params), stats_params.confidence),
         "latency_bar_test.png": plot_latency(inputs.metrics),
         "param_footprint_bar.png": plot_param_footprint(inputs.summary),
         "eval_macro_f1_per_epoch.png": plot_val_macro_f1(inputs.history, inputs.summary),
