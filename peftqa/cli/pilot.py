@@ -53,8 +53,9 @@ def copy_outputs(grid: PilotGrid, root: Path, folder: Path) -> None:
 
 
 def run_pilot(grid: PilotGrid, grid_dir: Path, root: Path, dry_run: bool) -> None:
-    if not dry_run and changed_paths(root):
-        raise PeftqaError(f"the workspace has uncommitted changes ({', '.join(changed_paths(root)[:5])}); the pilot's "
+    changed = [] if dry_run else changed_paths(root)
+    if changed:
+        raise PeftqaError(f"the workspace has uncommitted changes ({', '.join(changed[:5])}); the pilot's "
                           "experiments run in it and put it back as HEAD has it: commit or stash them first")
     try:
         for run in range(grid.runs):

@@ -1,0 +1,109 @@
+"""Generated blocks in the docs: tables and verdicts rendered from committed outputs, never typed.
+
+A block is a region of README.md or of a page under docs/ between two marker lines:
+
+    <!-- peftqa:begin smollm2:performance -->
+    ...rendered markdown...
+    <!-- peftqa:end smollm2:performance -->
+
+Its name is `<source>:<block>`: a folder of committed outputs (SOURCES: its reader and the blocks it renders) and
+one of those blocks.
+`peftqa docs` rewrites every block from its study; `peftqa docs --check` renders them and fails, naming the file, the
+line and the block, where a committed block differs from what its outputs give. The prose around a block may read it,
+but quotes no number of its own.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from peftqa.common import PeftqaError
+from peftqa.study import BLOCKS, SMOLLM2_DIR, Study, load_study, require_full_scale
+
+
+def load_result_study(folder: Path) -> Study:
+    """A study rendered as a result: full scale, with the calibrated zero-shot."""
+    study = load_study(folder)
+    require_full_scale(study)
+    return study
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a block's numbers come from: a folder (relative to the project root), how it is read (once per
+    rendering), and the blocks rendered from what was read."""
+    folder: Path
+    read: Callable[[Path], object]
+    blocks: Mapping[str, Callable[[object], str]]
+
+
+SOURCES = {"smollm2": Source(SMOLLM2_DIR, load_result_study, BLOCKS)}  # by a block name's prefix
+DOC_FILES = ("README.md", "docs/*.md")  # where blocks may sit, relative to the project root
+MARKER = re.compile(r"^<!-- peftqa:(?P<kind>begin|end) (?P<name>\S+) -->$")
+
+
+def doc_files(root: Path) -> list[Path]:
+    return sorted({path for pattern in DOC_FILES for path in root.glob(pattern) if path.is_file()})
+
+
+@functools.lru_cache(maxsize=None)
+def _read(prefix: str, folder: Path) -> object:
+    return SOURCES[prefix].read(folder)
+
+
+def render_block(root: Path, name: str, where: str) -> str:
+    """The markdown of block `name` (`<source>:<block>`); `where` (file:line) names the marker in any error."""
+    prefix, _, block = name.partition(":")
+    source = SOURCES.get(prefix)
+    if source is None or block not in source.blocks:
+        known = sorted(source.blocks) if source else sorted(f"{p}:…" for p in SOURCES)
+        raise PeftqaError(f"{where}: unknown block '{name}'; a block is <source>:<block>, one of {known}")
+    return source.blocks[block](_read(prefix, (root / source.folder).resolve())).strip("\n")
+
+
+def render_text(text: str, root: Path, source: str) -> str:
+    """`text` with every block's body replaced by its rendering; the markers and everything outside stay as they
+    are. An end without its begin, a begin left open, or a block inside a block is an error naming the line."""
+    out, open_name, open_line = [], None, 0
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
+        match = MARKER.match(line.rstrip("\n"))
+        if match is None:
+            if open_name is None:
+                out.append(line)
+            continue
+        where = f"{source}:{number}"
+        if match["kind"] == "begin":
+            if open_name is not None:
+                raise PeftqaError(f"{where}: block '{match['name']}' begins inside block '{open_name}' "
+                                  f"(opened at line {open_line}); close that one first")
+            open_name, open_line = match["name"], number
+            out += [line, render_block(root, open_name, where) + "\n"]
+        elif open_name != match["name"]:
+            raise PeftqaError(f"{where}: end of block '{match['name']}' without its begin"
+                              + (f" (block '{open_name}' is open)" if open_name else ""))
+        else:
+            out.append(line)
+            open_name = None
+    if open_name is not None:
+        raise PeftqaError(f"{source}:{open_line}: block '{open_name}' has no end marker "
+                          f"'<!-- peftqa:end {open_name} -->'")
+    return "".join(out)
+
+
+def stale_files(root: Path) -> dict[Path, tuple[str, str]]:
+    """Each doc file whose blocks differ from their rendering: its rendered text, and a unified diff from the
+    committed one."""
+    stale = {}
+    for path in doc_files(root):
+        name = str(path.relative_to(root))
+        text = path.read_text(encoding="utf-8")
+        rendered = render_text(text, root, name)
+        if rendered != text:
+            diff = difflib.unified_diff(text.splitlines(keepends=True), rendered.splitlines(keepends=True),
+                                        f"{name} (committed)", f"{name} (rendered)")
+            stale[path] = (rendered, "".join(diff))
+    return stale

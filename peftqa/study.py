@@ -1,0 +1,339 @@
+"""A committed study, and the tables and verdict that `peftqa docs` renders from it.
+
+A study is one whole pipeline run copied out of its DVC experiment into a folder laid out like the project root
+(reports/smollm2/: params.yaml, dvc.lock, run.json, models/<method>/..., reports/...), so that its numbers outlive the
+workspace that made them. This module reads such a folder and renders its tables; it never recomputes what the
+pipeline wrote, except each row's own bootstrap interval, drawn as the report's performance bars draw it (the stats
+stage's resamples and seed).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from peftqa.common import PeftqaError
+from peftqa.params import BASE_CALIBRATED, Params, load_params
+from peftqa.paths import DATA_DIR, EVAL_DIR, MODELS_DIR, REFERENCES_CHOICES_JSON, REFERENCES_DIR, STATS_CSV
+from peftqa.report.findings import DETECT_ALPHA, DETECT_POWER, dominant_prediction, format_detectable, stats_row
+from peftqa.report.tables import markdown_table, p_clause, reference_label
+from peftqa.stats import bootstrap_interval, defined_references, mcnemar_detectable_difference
+
+SMOLLM2_DIR = Path("reports/smollm2")
+RUN_JSON = "run.json"  # what made the study: the command, the commit, the machine, when and how long
+# The reference study's table as it publishes it (test split of 89 items): accuracy, macro-F1, trainable params.
+# Not a peftqa output: shown beside ours, never compared with a test.
+REFERENCE_STUDY = {"model": "FLAN-T5-XL (2.78B parameters, seq2seq)",
+                   "rows": {"base": (0.449, 0.389, 0), "prompt_tuning": (0.719, 0.648, 204_800),
+                            "prefix_tuning": (0.742, 0.703, 4_915_200)},
+                   # what differs, the reference's side: what our sources say of it, and where they are silent, what
+                   # peftqa's flan-t5-xl profile (README, GPU profiles) runs
+                   "setup": {"weights": "the released checkpoint", "hardware": "not stated in our sources (a GPU "
+                             "for 2.78B parameters)", "epochs": "not stated in our sources; peftqa's flan-t5-xl "
+                             "profile runs 5", "max_length": "not stated; the profile uses 512",
+                             "virtual tokens": "50 (what gives its 204,800 and 4,915,200 parameters)"}}
+CV_FOLDS = 5  # what would decide: the k-fold protocol tests every one of the 890 items once
+
+
+@dataclass(frozen=True)
+class Study:
+    """One copied run: its params and run record, and per row (method or reference row) what the pipeline wrote."""
+    root: Path
+    run: dict
+    params: Params
+    metrics: dict[str, dict[str, dict]]  # {split: {row: metrics_<split>.json}}
+    preds: dict[str, pd.DataFrame]  # {row: preds_test.csv}
+    summary: dict[str, dict]  # {method: train_summary.json}
+    history: dict[str, pd.DataFrame]  # {method: history.csv}
+    stats: pd.DataFrame
+    references: tuple[str, ...]  # the reference rows the run defined
+    split_stats: pd.DataFrame  # data/processed/split_stats.csv: n per split
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return self.params.methods
+
+    @property
+    def baseline(self) -> str:
+        return self.params.stats.baseline
+
+    @property
+    def tuned(self) -> list[str]:
+        return [m for m in self.methods if m != self.baseline]
+
+    @property
+    def n_test(self) -> int:
+        return int(self.metrics["test"][self.baseline]["n"])
+
+    def n_split(self, split: str) -> int:
+        return int(self.split_stats.loc[split, "n"])
+
+
+def read_file(root: Path, relative: str | Path, reader: Callable[[Path], object]) -> object:
+    """One file of the study; a missing one names the study and the file (the copy is incomplete)."""
+    path = root / relative
+    try:
+        return reader(path)
+    except FileNotFoundError:
+        raise PeftqaError(f"study {root}: {relative} is missing; copy it from the experiment's workspace "
+                          f"(see {root / 'README.md'})") from None
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"pmid": str})
+
+
+def load_study(root: str | Path) -> Study:
+    """Read a copied run: params.yaml, run.json, and every method's and reference row's outputs."""
+    root = Path(root)
+    params = read_file(root, "params.yaml", load_params)
+    choices = read_file(root, REFERENCES_CHOICES_JSON, read_json)
+    references = tuple(defined_references(params.references.names, choices))
+    folders = {**{m: EVAL_DIR / m for m in params.methods}, **{r: REFERENCES_DIR / r for r in references}}
+    return Study(
+        root=root, run=read_file(root, RUN_JSON, read_json), params=params,
+        metrics={split: {row: read_file(root, folder / f"metrics_{split}.json", read_json)
+                         for row, folder in folders.items()} for split in ("val", "test")},
+        preds={row: read_file(root, folder / "preds_test.csv", read_csv) for row, folder in folders.items()},
+        summary={m: read_file(root, MODELS_DIR / m / "train_summary.json", read_json) for m in params.methods},
+        history={m: read_file(root, MODELS_DIR / m / "history.csv", pd.read_csv) for m in params.methods},
+        stats=read_file(root, STATS_CSV, pd.read_csv), references=references,
+        split_stats=read_file(root, DATA_DIR / "split_stats.csv", pd.read_csv).set_index("split"))
+
+
+# -----------------------------------------------------------------------------
+# the blocks: each a function of the study, returning markdown
+
+
+def row_label(study: Study, row: str) -> str:
+    if row in study.references:
+        return reference_label(row)
+    return f"{row} (zero-shot)" if row == study.baseline and not study.summary[row]["trainable_params"] else row
+
+
+def duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def provenance(study: Study) -> str:
+    """Which run the tables come from, and its settings that a reader must know to read them."""
+    run, params = study.run, study.params
+    lrs = ", ".join(f"{m} {params.peft[m].lr:g}" for m in study.tuned)
+    limit = params.train.limit_train or "all"
+    return (f"From the DVC experiment `{run['experiment']}`, run from commit `{run['commit'][:7]}` on "
+            f"{run['started'][:10]} ({run['started'][11:16]} to {run['finished'][11:16]} UTC, "
+            f"{duration(run['wall_s'])} wall) on {run['machine']}: `{params.model.name_or_path}`, "
+            f"train.limit_train {params.train.limit_train} ({limit} train items), evaluate.limit_items "
+            f"{params.evaluate.limit_items} ({study.metrics['val'][study.baseline]['n']} val and {study.n_test} test "
+            f"items), {params.train.epochs} epoch(s) after the validated start, max_length {params.model.max_length}, "
+            f"batch {params.train.batch_size}, learning rates {lrs}. Command:\n\n```bash\n{run['command']}\n```")
+
+
+def row_intervals(study: Study) -> dict[str, dict[str, tuple[float, float]]]:
+    """Each row's percentile bootstrap interval on the test items, as the report's performance bars draw it."""
+    stats = study.params.stats
+    return {row: bootstrap_interval(frame["gold"].astype(str).tolist(),
+                                    [p if isinstance(p, str) else None for p in frame["pred"]],
+                                    study.params.prepare.labels, stats.n_bootstrap, stats.seed, stats.confidence)
+            for row, frame in study.preds.items()}
+
+
+def performance(study: Study) -> str:
+    """Test accuracy and macro-F1 with each row's bootstrap interval, val macro-F1, and what each method trained."""
+    intervals = row_intervals(study)
+    level = f"{study.params.stats.confidence:.0%}"
+
+    def scored(row: str, metric: str) -> str:
+        low, high = intervals[row][metric]
+        return f"{study.metrics['test'][row][metric]:.3f} [{low:.3f}, {high:.3f}]"
+
+    rows = []
+    for row in [*study.methods, *study.references]:
+        summary = study.summary.get(row)
+        label, share = dominant_prediction(study.preds[row])
+        rows.append([row_label(study, row), f"{summary['trainable_params']:,}" if summary else "—",
+                     summary["best_epoch"] if summary else "—", f"{study.metrics['val'][row]['macro_f1']:.3f}",
+                     scored(row, "accuracy"), scored(row, "macro_f1"), f"{label} {share:.0%}"])
+    return markdown_table(["row", "trainable params", "best epoch", "val macro-F1", f"test accuracy [{level} CI]",
+                           f"test macro-F1 [{level} CI]", "its most frequent test answer"], rows)
+
+
+def answer(boot: pd.Series, confidence: float, short: bool = False) -> str:
+    """'lift' / 'below' only when the paired bootstrap CI of the difference excludes 0, else 'undecidable at this
+    size (n=…)' ('undecidable' when `short`); Holm's caveat where the adjusted p is not below 1 - confidence."""
+    if boot.ci_low <= 0 <= boot.ci_high:
+        return "undecidable" if short else f"undecidable at this size (n={int(boot.n)})"
+    word = "lift" if boot.ci_low > 0 else "below"
+    return word + (" (suggestive only after Holm)" if boot.p_holm >= 1 - confidence else "")
+
+
+def comparators(study: Study) -> list[str]:
+    return [study.baseline, *study.references]
+
+
+def verdict_summary(study: Study) -> str:
+    """One row per tuned method, one column per comparator: the answer on macro-F1, then on accuracy."""
+    confidence = study.params.stats.confidence
+
+    def cell(method: str, other: str) -> str:
+        f1, accuracy = (answer(stats_row(study.stats, method, other, "paired_bootstrap", metric), confidence, True)
+                        for metric in ("macro_f1", "accuracy"))
+        return f"{f1} / {accuracy}"
+
+    rows = [[method, *(cell(method, other) for other in comparators(study))] for method in study.tuned]
+    return markdown_table(["method (macro-F1 / accuracy)", *(f"over {row_label(study, other)}"
+                                                            for other in comparators(study))], rows)
+
+
+def effect_ci(row: pd.Series) -> str:
+    return f"{row.effect:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
+
+
+def verdict_detail(study: Study) -> str:
+    """Every tuned method against the baseline and each reference row: Δ with CIs, McNemar, Holm, the answer."""
+    confidence = study.params.stats.confidence
+    rows = []
+    for method in study.tuned:
+        for other in comparators(study):
+            boot = stats_row(study.stats, method, other, "paired_bootstrap", "macro_f1")
+            accuracy = stats_row(study.stats, method, other, "paired_bootstrap", "accuracy")
+            mcnemar = stats_row(study.stats, method, other, "mcnemar_exact", "accuracy")
+            rows.append([method, row_label(study, other), effect_ci(boot), effect_ci(accuracy),
+                         f"{int(mcnemar.b)} / {int(mcnemar.c)}", p_clause(mcnemar.p_value, mcnemar.p_holm),
+                         answer(boot, confidence)])
+    level = f"{confidence:.0%}"
+    return markdown_table(["method", "against", f"Δ macro-F1 [{level} CI]", f"Δ accuracy [{level} CI]",
+                           "b / c", "McNemar exact", "answer"], rows)
+
+
+def mcnemar_exact_floor(alpha: float) -> int:
+    """The fewest discordant items for which the two-sided exact McNemar test can reach p <= alpha: all of them one
+    way, b = k and c = 0, gives p = 2 * 0.5**k."""
+    k = 1
+    while 2 * 0.5**k > alpha:
+        k += 1
+    return k
+
+
+def detectable(study: Study) -> str:
+    """What 89 items can decide: the exact McNemar floor, and per comparison the smallest accuracy difference found
+    with 80% power at its observed discordance, on this test split and on all items under k-fold CV."""
+    n, n_all = study.n_test, int(study.split_stats["n"].sum())  # k-fold CV tests every item once
+    floor = mcnemar_exact_floor(DETECT_ALPHA)
+    rows = []
+    for method in study.tuned:
+        for other in comparators(study):
+            row = stats_row(study.stats, method, other, "mcnemar_exact", "accuracy")
+            rate = (row.b + row.c) / n
+            boot = stats_row(study.stats, method, other, "paired_bootstrap", "macro_f1")
+            rows.append([method, row_label(study, other), f"{rate:.3f}",
+                         format_detectable(mcnemar_detectable_difference(n, rate, DETECT_ALPHA, DETECT_POWER)),
+                         format_detectable(mcnemar_detectable_difference(n_all, rate, DETECT_ALPHA, DETECT_POWER)),
+                         f"{boot.ci_high - boot.ci_low:.3f}"])
+    table = markdown_table(["method", "against", "discordance (b+c)/n",
+                            f"smallest detectable Δ accuracy, n={n}", f"the same, n={n_all} ({CV_FOLDS}-fold CV)",
+                            "width of the Δ macro-F1 CI"], rows)
+    return (f"The exact McNemar test at α = {DETECT_ALPHA:.2f} needs at least {floor} discordant items, all one "
+            f"way, to call any difference: on n = {n} that is an accuracy gap of {floor / n:.3f} at the very least. "
+            f"The table gives, per comparison, the smallest accuracy difference a two-sided McNemar test detects "
+            f"with {DETECT_POWER:.0%} power at the discordance observed here ('none': not even a method winning "
+            f"every discordant item), on this test split and on all {n_all} items.\n\n{table}\n\n"
+            f"{CV_FOLDS}-fold cross-validation (`prepare.folds: {CV_FOLDS}`) tests all {n_all} items once, and trains "
+            f"every method {CV_FOLDS} times: about {CV_FOLDS} × this run's {duration(study.run['wall_s'])}, "
+            f"{duration(CV_FOLDS * study.run['wall_s'])} on the same machine.")
+
+
+def generate(study: Study) -> str:
+    """The greedy answers: the share that map to a label, and the share that agree with the verbalizer."""
+    def share(row: str, split: str, key: str) -> str:
+        value = study.metrics[split][row].get(key)
+        return "n/a" if value is None else f"{value:.3f}"
+
+    rows = [[m, *(share(m, split, key) for split in ("val", "test")
+                  for key in ("generate_parse_rate", "generate_agreement"))] for m in study.methods]
+    return markdown_table(["method", "val parse rate", "val agreement", "test parse rate", "test agreement"], rows)
+
+
+def training(study: Study) -> str:
+    """Per method: val macro-F1 at the start and at the kept epoch, a flag where the start was kept, and time. An
+    epoch's seconds in history.csv include its val pass; epoch 0's are that pass alone, so the training itself is
+    the difference, per item of the train split."""
+    n_train = study.params.train.limit_train or study.n_split("train")
+    rows = []
+    for method in study.methods:
+        summary, history = study.summary[method], study.history[method].set_index("epoch")
+        val_seconds = history.loc[0, "seconds"]
+        trained = history.loc[history.index > 0, "seconds"]
+        per_item = f"{(trained.mean() - val_seconds) / n_train:.2f}" if len(trained) else "—"
+        kept_start = summary["best_epoch"] == 0 and summary["epochs_run"] > 0
+        rows.append([method, summary["epochs_run"], f"{history.loc[0, 'val_macro_f1']:.3f}",
+                     f"{summary['best_val_macro_f1']:.3f}", summary["best_epoch"],
+                     "**kept its untrained start**" if kept_start else "", f"{summary['train_seconds']:.0f}",
+                     f"{val_seconds:.0f}", per_item])
+    return markdown_table(["method", "epochs run", "val macro-F1 at the start", "best val macro-F1", "best epoch",
+                           "note", "train seconds", "one val pass (s)", "s per trained item"], rows)
+
+
+def speed(study: Study) -> str:
+    """Seconds per item scored: batched (the whole split) and one at a time (the timed first items)."""
+    rows = [[m, *(f"{1 / study.metrics[split][m]['examples_per_s']:.2f}" for split in ("val", "test")),
+             f"{study.metrics['test'][m]['latency_mean_s']:.2f}", f"{study.metrics['test'][m]['latency_p95_s']:.2f}"]
+            for m in study.methods]
+    return markdown_table(["method", "val s/item (batched)", "test s/item (batched)", "one at a time: mean (s)",
+                           "p95 (s)"], rows)
+
+
+def beside_reference(study: Study) -> str:
+    """The reference study's published rows beside this study's, method by method (no test between them), then
+    what differs between the two setups."""
+    rows = []
+    for method in study.methods:
+        published = REFERENCE_STUDY["rows"].get(method)
+        ours = study.metrics["test"][method]
+        rows.append([method, f"{published[0]:.3f} / {published[1]:.3f}" if published else "—",
+                     f"{published[2]:,}" if published else "—", f"{ours['accuracy']:.3f} / {ours['macro_f1']:.3f}",
+                     f"{study.summary[method]['trainable_params']:,}"])
+    params, setup = study.params, REFERENCE_STUDY["setup"]
+    tokens = sorted({params.peft[m].num_virtual_tokens for m in study.tuned if hasattr(params.peft[m],
+                                                                                        "num_virtual_tokens")})
+    total = study.summary[study.baseline]["total_params"]
+    differs = [["model", REFERENCE_STUDY["model"], f"{params.model.name_or_path} ({total / 1e6:.1f}M parameters, "
+                f"{study.summary[study.baseline]['family']})"],
+               ["weights", setup["weights"], study.run["weights"]],
+               ["hardware", setup["hardware"], study.run["machine"]],
+               ["epochs", setup["epochs"], str(params.train.epochs)],
+               ["max_length", setup["max_length"], str(params.model.max_length)],
+               ["virtual tokens", setup["virtual tokens"], ", ".join(map(str, tokens))]]
+    return "\n\n".join([
+        markdown_table(["method", f"reference: {REFERENCE_STUDY['model']}, accuracy / macro-F1",
+                        "its trainable params", f"here: {params.model.name_or_path}, accuracy / macro-F1",
+                        "trainable params here"], rows),
+        markdown_table(["", "the reference", "here"], differs)])
+
+
+BLOCKS: dict[str, Callable[[Study], str]] = {  # the blocks a study renders, by the name after the study's prefix
+    "provenance": provenance, "performance": performance, "verdict": verdict_summary, "verdict-detail": verdict_detail,
+    "detectable": detectable, "generate": generate, "training": training, "speed": speed,
+    "beside-reference": beside_reference,
+}
+
+
+def require_full_scale(study: Study, names: Sequence[str] = ("train.limit_train", "evaluate.limit_items")) -> None:
+    """A study rendered as a result must be full scale: a shortened run has no place in these blocks' titles."""
+    limits = {"train.limit_train": study.params.train.limit_train,
+              "evaluate.limit_items": study.params.evaluate.limit_items}
+    short = [f"{name} {limits[name]}" for name in names if limits[name]]
+    if short:
+        raise PeftqaError(f"study {study.root}: params.yaml has {', '.join(short)}: a shortened run, not a result; "
+                          "label it demo scale instead of rendering it as the study")
+    if BASE_CALIBRATED not in study.references:
+        raise PeftqaError(f"study {study.root}: no {BASE_CALIBRATED} row (reports/references/choices.json): the "
+                          "verdict needs the calibrated zero-shot")
