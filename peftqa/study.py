@@ -8,7 +8,6 @@ stage's resamples and seed).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,9 +17,11 @@ import pandas as pd
 from peftqa.common import PeftqaError
 from peftqa.params import BASE_CALIBRATED, Params, load_params
 from peftqa.paths import DATA_DIR, EVAL_DIR, MODELS_DIR, REFERENCES_CHOICES_JSON, REFERENCES_DIR, STATS_CSV
+from peftqa.report.figures import performance_intervals
 from peftqa.report.findings import DETECT_ALPHA, DETECT_POWER, dominant_prediction, format_detectable, stats_row
+from peftqa.report.inputs import read_csv, read_json
 from peftqa.report.tables import markdown_table, p_clause, reference_label
-from peftqa.stats import bootstrap_interval, defined_references, mcnemar_detectable_difference
+from peftqa.stats import defined_references, mcnemar_detectable_difference
 
 SMOLLM2_DIR = Path("reports/smollm2")
 RUN_JSON = "run.json"  # what made the study: the command, the commit, the machine, when and how long
@@ -82,14 +83,6 @@ def read_file(root: Path, relative: str | Path, reader: Callable[[Path], object]
                           f"(see {root / 'README.md'})") from None
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def read_csv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"pmid": str})
-
-
 def load_study(root: str | Path) -> Study:
     """Read a copied run: params.yaml, run.json, and every method's and reference row's outputs."""
     root = Path(root)
@@ -137,18 +130,9 @@ def provenance(study: Study) -> str:
             f"batch {params.train.batch_size}, learning rates {lrs}. Command:\n\n```bash\n{run['command']}\n```")
 
 
-def row_intervals(study: Study) -> dict[str, dict[str, tuple[float, float]]]:
-    """Each row's percentile bootstrap interval on the test items, as the report's performance bars draw it."""
-    stats = study.params.stats
-    return {row: bootstrap_interval(frame["gold"].astype(str).tolist(),
-                                    [p if isinstance(p, str) else None for p in frame["pred"]],
-                                    study.params.prepare.labels, stats.n_bootstrap, stats.seed, stats.confidence)
-            for row, frame in study.preds.items()}
-
-
 def performance(study: Study) -> str:
     """Test accuracy and macro-F1 with each row's bootstrap interval, val macro-F1, and what each method trained."""
-    intervals = row_intervals(study)
+    intervals = performance_intervals(study.preds, study.params.prepare.labels, study.params.stats)
     level = f"{study.params.stats.confidence:.0%}"
 
     def scored(row: str, metric: str) -> str:

@@ -7,7 +7,7 @@ name under reports/figures/ to its figure; FIGURE_CAPTIONS gives the fixed ones 
 from __future__ import annotations
 
 import textwrap
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import matplotlib
 
@@ -116,10 +116,10 @@ def plot_performance(metrics: dict[str, dict], n_test: int, reference_metrics: d
     return fig
 
 
-def performance_intervals(inputs: ReportInputs, labels: Sequence[str], stats_params: StatsParams
+def performance_intervals(preds: Mapping[str, pd.DataFrame], labels: Sequence[str], stats_params: StatsParams
                           ) -> dict[str, dict[str, tuple[float, float]]]:
-    """Each method's and reference row's percentile bootstrap interval on the test items (stats' resamples and seed)."""
-    preds = {**inputs.preds, **inputs.reference_preds}
+    """Each row's (method's or reference row's) percentile bootstrap interval on its test predictions, by name
+    (stats' resamples and seed). The report's bars and peftqa.study's tables both draw them here."""
     return {name: bootstrap_interval(frame["gold"].astype(str).tolist(),
                                      [p if isinstance(p, str) else None for p in frame["pred"]], labels,
                                      stats_params.n_bootstrap, stats_params.seed, stats_params.confidence)
@@ -249,7 +249,8 @@ def build_figures(inputs: ReportInputs, labels: Sequence[str], stats_params: Sta
     figures = {
         "performance_bar_test.png": plot_performance(
             inputs.metrics, inputs.n_test, inputs.reference_metrics,
-            performance_intervals(inputs, labels, stats_params), stats_params.confidence),
+            performance_intervals({**inputs.preds, **inputs.reference_preds}, labels, stats_params),
+            stats_params.confidence),
         "latency_bar_test.png": plot_latency(inputs.metrics),
         "param_footprint_bar.png": plot_param_footprint(inputs.summary),
         "eval_macro_f1_per_epoch.png": plot_val_macro_f1(inputs.history, inputs.summary),
