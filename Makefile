@@ -97,7 +97,7 @@ sweep: install  ## queue every point of reports/ablation/grid.yaml and start two
 	HF_HUB_OFFLINE=1 $(PEFTQA) sweep
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 dvc queue start -j 2
 
-# ABLATION_REV: the commit the sweep was queued from, once HEAD has moved on (README names the one behind its tables)
+# ABLATION_REV: the commit the sweep was queued from, once HEAD has moved on (docs/results.md's sweep provenance names the one behind the committed tables)
 ablation: install  ## one val/test table per grid table, from `dvc exp show`, into reports/ablation/
 	$(PEFTQA) ablation --grid reports/ablation/grid.yaml $(if $(ABLATION_REV),--rev $(ABLATION_REV))
 

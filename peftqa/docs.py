@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+from peftqa import results
 from peftqa.common import PeftqaError
 from peftqa.study import BLOCKS, SMOLLM2_DIR, Study, load_study, require_full_scale
 
@@ -41,9 +42,22 @@ class Source:
     blocks: Mapping[str, Callable[[object], str]]
 
 
-SOURCES = {"smollm2": Source(SMOLLM2_DIR, load_result_study, BLOCKS)}  # by a block name's prefix
+SOURCES = {  # by a block name's prefix
+    "smollm2": Source(SMOLLM2_DIR, load_result_study, BLOCKS),
+    "default": Source(results.DEFAULT_DIR, load_study, results.DEFAULT_BLOCKS),
+    "cv5": Source(results.CV5_DIR, results.read_protocol_copy, results.PROTOCOL_BLOCKS),
+    "seeds3": Source(results.SEEDS3_DIR, results.read_protocol_copy, results.PROTOCOL_BLOCKS),
+    "ablation": Source(results.ABLATION_DIR, results.read_sweeps, results.ABLATION_BLOCKS),
+    "pilot": Source(results.PILOT_DIR, results.read_pilot, {"table": results.pilot_table}),
+    "measured": Source(results.BENCH_DIR, Path, results.MEASURED_BLOCKS),
+}
 DOC_FILES = ("README.md", "docs/*.md")  # where blocks may sit, relative to the project root
 MARKER = re.compile(r"^<!-- peftqa:(?P<kind>begin|end) (?P<name>\S+) -->$")
+# a result as the pipeline prints it (0.643, 1.000): typed outside a block, it is a number no check keeps true
+LINK = re.compile(r"\]\((?P<target>[^)\s#]*)(?:#(?P<anchor>[^)\s]+))?\)")  # a markdown link: [text](path#anchor)
+TYPED_RESULT = re.compile(r"(?<![\w.-])[01]\.\d{3}(?![\w.])")
+# a commit as a session types it (`4ddfe1d`): only a provenance line rendered from an output's record may name one
+TYPED_COMMIT = re.compile(r"`(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}`")
 
 
 def doc_files(root: Path) -> list[Path]:
@@ -107,3 +121,46 @@ def stale_files(root: Path) -> dict[Path, tuple[str, str]]:
                                         f"{name} (committed)", f"{name} (rendered)")
             stale[path] = (rendered, "".join(diff))
     return stale
+
+
+def typed_results(root: Path) -> list[str]:
+    """`file:line: text` for each result-like number (three decimals) or commit hash in the prose or tables of a doc
+    file, outside its generated blocks and code blocks: a number or commit quoted there must come from a block."""
+    found = []
+    for path in doc_files(root):
+        inside = fenced = False
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            match = MARKER.match(line)
+            if match:
+                inside = match["kind"] == "begin"
+            elif line.startswith("```"):
+                fenced = not fenced
+            elif not (inside or fenced):
+                found += [f"{path.relative_to(root)}:{number}: {m.group()}"
+                          for pattern in (TYPED_RESULT, TYPED_COMMIT) for m in pattern.finditer(line)]
+    return found
+
+
+def heading_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.lstrip("#").strip().lower()).replace(" ", "-")
+
+
+def broken_links(root: Path) -> list[str]:
+    """`file: link (why)` for each relative link of a doc file whose file, or whose heading in a markdown file, does
+    not exist."""
+    broken = []
+    for path in doc_files(root):
+        for match in LINK.finditer(path.read_text(encoding="utf-8")):
+            target, anchor = match["target"], match["anchor"]
+            if re.match(r"[a-z]+:", target):  # http:, mailto:: not checked here
+                continue
+            linked = (path.parent / target).resolve() if target else path
+            where = f"{path.relative_to(root)}: {match.group()[2:-1]}"
+            if not linked.exists():
+                broken.append(f"{where} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in {
+                    heading_anchor(line) for line in linked.read_text(encoding="utf-8").splitlines()
+                    if line.startswith("#")}:
+                broken.append(f"{where} (no such heading)")
+    return broken

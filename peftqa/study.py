@@ -31,7 +31,7 @@ REFERENCE_STUDY = {"model": "FLAN-T5-XL (2.78B parameters, seq2seq)",
                    "rows": {"base": (0.449, 0.389, 0), "prompt_tuning": (0.719, 0.648, 204_800),
                             "prefix_tuning": (0.742, 0.703, 4_915_200)},
                    # what differs, the reference's side: what our sources say of it, and where they are silent, what
-                   # peftqa's flan-t5-xl profile (README, GPU profiles) runs
+                   # peftqa's flan-t5-xl profile (docs/gpu.md) runs
                    "setup": {"weights": "the released checkpoint", "hardware": "not stated in our sources (a GPU "
                              "for 2.78B parameters)", "epochs": "not stated in our sources; peftqa's flan-t5-xl "
                              "profile runs 5", "max_length": "not stated; the profile uses 512",
@@ -43,7 +43,7 @@ CV_FOLDS = 5  # what would decide: the k-fold protocol tests every one of the 89
 class Study:
     """One copied run: its params and run record, and per row (method or reference row) what the pipeline wrote."""
     root: Path
-    run: dict
+    run: dict  # run.json; {} where there is none
     params: Params
     metrics: dict[str, dict[str, dict]]  # {split: {row: metrics_<split>.json}}
     preds: dict[str, pd.DataFrame]  # {row: preds_test.csv}
@@ -84,14 +84,15 @@ def read_file(root: Path, relative: str | Path, reader: Callable[[Path], object]
 
 
 def load_study(root: str | Path) -> Study:
-    """Read a copied run: params.yaml, run.json, and every method's and reference row's outputs."""
+    """Read a copied run: params.yaml, run.json (optional: the project root's own run has none; dvc.lock and git
+    record it), and every method's and reference row's outputs."""
     root = Path(root)
     params = read_file(root, "params.yaml", load_params)
     choices = read_file(root, REFERENCES_CHOICES_JSON, read_json)
     references = tuple(defined_references(params.references.names, choices))
     folders = {**{m: EVAL_DIR / m for m in params.methods}, **{r: REFERENCES_DIR / r for r in references}}
     return Study(
-        root=root, run=read_file(root, RUN_JSON, read_json), params=params,
+        root=root, run=read_file(root, RUN_JSON, read_json) if (root / RUN_JSON).exists() else {}, params=params,
         metrics={split: {row: read_file(root, folder / f"metrics_{split}.json", read_json)
                          for row, folder in folders.items()} for split in ("val", "test")},
         preds={row: read_file(root, folder / "preds_test.csv", read_csv) for row, folder in folders.items()},
@@ -225,14 +226,15 @@ def detectable(study: Study) -> str:
     table = markdown_table(["method", "against", "discordance (b+c)/n",
                             f"smallest detectable Δ accuracy, n={n}", f"the same, n={n_all} ({CV_FOLDS}-fold CV)",
                             "width of the Δ macro-F1 CI"], rows)
+    cost = (f" and trains every method {CV_FOLDS} times: about {CV_FOLDS} × this run's "
+            f"{duration(study.run['wall_s'])}, {duration(CV_FOLDS * study.run['wall_s'])} on the same machine"
+            if "wall_s" in study.run else f" and trains every method {CV_FOLDS} times")
     return (f"The exact McNemar test at α = {DETECT_ALPHA:.2f} needs at least {floor} discordant items, all one "
             f"way, to call any difference: on n = {n} that is an accuracy gap of {floor / n:.3f} at the very least. "
             f"The table gives, per comparison, the smallest accuracy difference a two-sided McNemar test detects "
             f"with {DETECT_POWER:.0%} power at the discordance observed here ('none': not even a method winning "
             f"every discordant item), on this test split and on all {n_all} items.\n\n{table}\n\n"
-            f"{CV_FOLDS}-fold cross-validation (`prepare.folds: {CV_FOLDS}`) tests all {n_all} items once, and trains "
-            f"every method {CV_FOLDS} times: about {CV_FOLDS} × this run's {duration(study.run['wall_s'])}, "
-            f"{duration(CV_FOLDS * study.run['wall_s'])} on the same machine.")
+            f"{CV_FOLDS}-fold cross-validation (`prepare.folds: {CV_FOLDS}`) tests all {n_all} items once{cost}.")
 
 
 def generate(study: Study) -> str:

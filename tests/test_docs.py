@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,14 +27,58 @@ def fresh_studies():
     docs._read.cache_clear()
 
 
+DOC_INPUTS = ("README.md", "dvc.yaml", "params.yaml", "docs", "reports", "models", "data/processed")
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A copy of what the docs read: README.md, docs/ and the committed study; dvc.yaml marks the project root."""
-    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
-    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
-    shutil.copytree(ROOT / "docs", tmp_path / "docs")
-    shutil.copytree(ROOT / SMOLLM2_DIR, tmp_path / SMOLLM2_DIR)
+    """A copy of what the docs read, as git has it: README.md, docs/, params.yaml and every committed output (the
+    default run's, the studies', the benches'); dvc.yaml marks the project root."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", *DOC_INPUTS],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for relative in listed:
+        if (ROOT / relative).is_file():
+            (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / relative, tmp_path / relative)
     return tmp_path
+
+
+def block_bodies(text: str) -> dict[str, str]:
+    """{block name: its body} of a doc file's generated blocks."""
+    found = re.findall(r"^<!-- peftqa:begin (\S+) -->\n(.*?)^<!-- peftqa:end \1 -->$", text, re.M | re.S)
+    return dict(found)
+
+
+def edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    edit(data)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def edit_csv(path: Path, column: str, value: object) -> None:
+    frame = pd.read_csv(path)
+    frame.loc[frame.index[-1], column] = value
+    frame.to_csv(path, index=False)
+
+
+# one committed output per source, and a block that renders it: changing the output must change the block
+EDITS = {
+    "default:performance": lambda root: edit_json(root / "reports/eval/lora/metrics_test.json",
+                                                  lambda m: m.update(accuracy=0.987654)),
+    "default:references": lambda root: edit_json(root / "reports/references/choices.json",
+                                                 lambda c: c["tfidf_lr"]["chosen"].update(c=123.0)),
+    "cv5:cv": lambda root: edit_csv(root / "reports/cv5/cv_folds.csv", "accuracy", 0.987654),
+    "cv5:cv-comparisons": lambda root: edit_csv(root / "reports/cv5/cv_stats.csv", "ci_high", 0.987654),
+    "seeds3:seeds": lambda root: edit_csv(root / "reports/seeds3/seeds_summary.csv", "accuracy_mean", 0.987654),
+    "ablation:lora": lambda root: edit_csv(root / "reports/ablation/lora.csv", "test_accuracy", 0.987654),
+    "pilot:table": lambda root: edit_csv(root / "reports/smollm2-pilot/table.csv", "val_accuracy", 0.987654),
+    "measured:default": lambda root: edit_json(root / "reports/bench/default.json",
+                                               lambda b: b["rows"][0].update(examples_per_s=987.654)),
+    "measured:truncation": lambda root: edit_json(root / "reports/probe/truncation.json",
+                                                  lambda t: t["rows"][-1].update(val_loss=9.87654)),
+    "measured:reference": lambda root: edit_json(root / "reports/bench/reference_small_cpu.json",
+                                                 lambda r: r["methods"][0].update(step_s_median=9.87654)),
+}
 
 
 def peftqa_docs(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -67,6 +112,55 @@ def test_a_changed_output_fails_the_check_and_rerendering_mends_it(project: Path
     after = (project / "docs/results.md").read_text(encoding="utf-8")
     assert "0.988" in after and "0.988" not in before
     assert peftqa_docs(project, "--check").returncode == 0
+
+
+def test_every_source_s_blocks_follow_their_outputs(project: Path):
+    """Negative controls, one per source: edit one committed output each, and exactly the blocks that render it
+    change, each showing the edited value."""
+    committed = {name: body for path in docs.doc_files(project)
+                 for name, body in block_bodies(path.read_text(encoding="utf-8")).items()}
+    assert set(EDITS) <= set(committed), "a block these controls edit is missing from the docs"
+    for edit in EDITS.values():
+        edit(project)
+    rendered = {name: body for path in docs.doc_files(project) for name, body in
+                block_bodies(docs.render_text(path.read_text(encoding="utf-8"), project, path.name)).items()}
+    for name in EDITS:
+        assert rendered[name] != committed[name], f"{name} did not follow its edited output"
+        assert re.search(r"0\.988|987\.65|9\.87|= 123\b", rendered[name]), name
+    unchanged = {name for name in committed if name.split(":")[0] == "smollm2"}
+    assert all(rendered[name] == committed[name] for name in unchanged)
+
+
+def test_a_typed_result_outside_the_blocks_fails_the_check(project: Path):
+    """The prose may read a table but not quote it: a result-like number or a commit outside every block and code
+    block fails `--check` naming its file and line; the same number inside a code block, or a version, does not."""
+    assert docs.typed_results(project) == []
+    page = project / "docs/results.md"
+    text = page.read_text(encoding="utf-8")
+    page.write_text(text + "\n```\nprobe 0.643\n```\nFlan-T5 0.205M, torch 2.13.0, peft 0.21.2\n", encoding="utf-8")
+    assert docs.typed_results(project) == []
+    page.write_text(text + "\nThe probe scores 0.643 on test (commit `4ddfe1d`).\n", encoding="utf-8")
+    line = len(text.splitlines()) + 2
+    assert docs.typed_results(project) == [f"docs/results.md:{line}: 0.643", f"docs/results.md:{line}: `4ddfe1d`"]
+    failed = peftqa_docs(project, "--check")
+    assert failed.returncode == 1 and f"docs/results.md:{line}: 0.643" in failed.stderr
+
+
+def test_a_broken_link_fails_the_check(project: Path):
+    assert docs.broken_links(project) == []
+    page = project / "docs/models.md"
+    text = page.read_text(encoding="utf-8")
+    page.write_text(text + "\nSee [gone](nothing.md), [a heading](gpu.md#no-such-heading) and [fine](gpu.md).\n",
+                    encoding="utf-8")
+    assert docs.broken_links(project) == ["docs/models.md: nothing.md (no such file)",
+                                          "docs/models.md: gpu.md#no-such-heading (no such heading)"]
+    assert peftqa_docs(project, "--check").returncode == 1
+
+
+def test_a_protocol_copy_without_its_run_record_is_named(project: Path):
+    (project / "reports/cv5/run.json").unlink()
+    with pytest.raises(PeftqaError, match="reports/cv5: run.json is missing"):
+        docs.render_text("<!-- peftqa:begin cv5:cv -->\n<!-- peftqa:end cv5:cv -->\n", project, "p.md")
 
 
 def test_rendering_keeps_everything_outside_the_blocks(project: Path):

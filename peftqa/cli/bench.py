@@ -8,8 +8,10 @@ Prints a markdown table of examples per second and per-example latency for:
 For the causal family each measurement runs twice in the same process: "before", the code as it was before the LM
 head ran only where it is read and greedy decoding kept a key/value cache (peftqa/causal_before.py), and
 today's, with the speed-up between them.
-Usage: peftqa bench [--items N] [--train-batches K] [--set KEY=VALUE ...]   (reads data/processed/test.csv and
-       train.csv; --set overrides a params.yaml key for this bench only, as `dvc exp run -S` does)
+Usage: peftqa bench [--items N] [--train-batches K] [--set KEY=VALUE ...] [--json PATH]   (reads
+       data/processed/test.csv and train.csv; --set overrides a params.yaml key for this bench only, as
+       `dvc exp run -S` does; --json also writes the rows, the settings and the environment, as
+       reports/bench/default.json, which docs/models.md renders, was written)
 """
 from __future__ import annotations
 
@@ -25,8 +27,10 @@ import pandas as pd
 import torch
 
 from peftqa import methods
+from peftqa.bench_tables import format_bench_table
 from peftqa.causal_before import computed_as_before
-from peftqa.common import PeftqaError
+from peftqa.cli.bench_reference import describe_environment
+from peftqa.common import PeftqaError, write_json_atomic
 from peftqa.families import Backbone, load_backbone
 from peftqa.families.causal import CausalBackbone
 from peftqa.params import Params, load_params
@@ -133,6 +137,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--train-batches", type=int, default=3, help="timed optimizer steps per method (default 3)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params.yaml key for this bench, e.g. --set model.max_length=256")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows and how they were made here")
     args = parser.parse_args(argv)
     params = load_params(overrides=args.set)
     for split in ("train", "test"):
@@ -146,10 +151,11 @@ def main(argv: list[str]) -> None:
     device = "cuda" if torch.cuda.is_available() and params.train.device != "cpu" else f"cpu ({os.cpu_count()} cores)"
     print(f"\nmodel {params.model.name_or_path}, max_length {params.model.max_length}, {len(test)} test items, "
           f"device {device}, torch threads {torch.get_num_threads()}\n")
-    table = pd.DataFrame(rows).rename(columns={"what": "measurement", "examples_per_s": "examples/s",
-                                               "before_examples_per_s": "before (examples/s)",
-                                               "speedup": "speed-up",
-                                               "latency_mean_s": "latency mean (s)", "latency_p95_s": "latency p95 (s)",
-                                               "vs_batched": "speed vs batched"})
-    print(table.astype(object).where(table.notna(), None).to_markdown(index=False, floatfmt=".3f", missingval=""))
-
+    print(format_bench_table(rows))
+    if args.json:
+        write_json_atomic(args.json, {
+            "command": " ".join(["peftqa bench", *argv]), "environment": describe_environment(torch.device("cpu")),
+            "model": params.model.name_or_path, "max_length": params.model.max_length, "items": len(test),
+            "train_batches": args.train_batches, "device": device, "torch_threads": torch.get_num_threads(),
+            "rows": [{key: None if value != value else value for key, value in row.items()}  # NaN (none): null
+                     for row in rows]})

@@ -32,6 +32,8 @@ import transformers
 from peft import PeftConfig, PeftModel, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 from transformers import T5Config, T5ForConditionalGeneration
 
+from peftqa.bench_tables import format_reference_table
+
 # -----------------------------------------------------------------------------
 # the reference setup
 TRAIN_ITEMS = 712  # PubMedQA-L training items in the reference split
@@ -246,20 +248,6 @@ def describe_environment(device: torch.device) -> dict:
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
 
 
-def format_table(rows: list[dict]) -> str:
-    """A markdown table of the headline figures."""
-    header = ("| method | trainable params | s / step (median) | peak memory (GiB) | model TFLOP / step "
-              "| TFLOP/s | MFU | projected 712 x 5 epochs |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    lines = [header]
-    for row in rows:
-        mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
-        lines.append(f"| {row['method']} | {row['trainable_params']:,} | {row['step_s_median']:.4f} "
-                     f"| {row['peak_memory_gib']:.2f} | {row['model_tflop_per_step']:.4g} "
-                     f"| {row['achieved_tflops']:.3g} | {mfu} "
-                     f"| {row['projected_712x5_s'] / 60:.1f} min ({row['steps_for_712x5']} steps) |")
-    return "\n".join(lines)
-
-
 def choose_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -309,13 +297,15 @@ def main(argv: list[str]) -> dict:
         print(f"{method}: " + ", ".join(f"{key} {value}" for key, value in row.items() if key != "method"), flush=True)
     print("\nFLOPs: 4 x matmul params x tokens for linear layers (frozen base: no weight-gradient matmuls; 2x for a "
           "stack with no backward) + 3 x attention forward (4 x T_q x T_k x heads x d_kv per layer).\n")
-    print(format_table(rows))
+    print(format_reference_table(rows))
     result = {"environment": environment, "shape": asdict(shape), "bf16_autocast": bf16, "weights": "fp32",
               "warmup_steps": args.warmup, "peak_flops": peak_flops,
               "command": " ".join(["peftqa bench-reference", *argv]),
               "methods": rows}
-    if args.json:
+    if args.json:  # renamed into place whole; not peftqa.common's writer, which imports pandas
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        partial = args.json.with_name(f".{args.json.name}.tmp")
+        partial.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        os.replace(partial, args.json)
     return result
 

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from peftqa.common import PeftqaError, project_root, write_text_atomic
-from peftqa.docs import doc_files, stale_files
+from peftqa.docs import broken_links, doc_files, stale_files, typed_results
 
 
 def main(args: list[str]) -> None:
@@ -24,6 +24,13 @@ def main(args: list[str]) -> None:
     root = project_root()
     stale = stale_files(root)
     if options.check:
+        typed, broken = typed_results(root), broken_links(root)
+        if typed:
+            raise PeftqaError(f"docs: {len(typed)} result-like number(s) or commit(s) typed outside a generated block ("
+                              + "; ".join(typed) + "): render them in a block from the output they come from, or "
+                              "drop them")
+        if broken:
+            raise PeftqaError(f"docs: {len(broken)} broken link(s): " + "; ".join(broken))
         if stale:
             sys.stdout.write("".join(diff for _, diff in stale.values()))
             raise PeftqaError(f"docs: {len(stale)} file(s) hold blocks that differ from their committed outputs: "

@@ -6,14 +6,18 @@ not read. Not a dvc.yaml stage: in the pipeline, train@base fits the probe for p
 
 Inputs:  data/processed/{train,val}.csv; params: model, prepare.labels, train.seed, train.device,
          train.class_weighting, peft.base.c_grid.
-Outputs: a markdown table on stdout: truncation, max_length, c, val_macro_f1, val_loss.
-Usage:   peftqa probe --compare-truncation [--modes start end both] [--max-lengths 128 256]
+Outputs: a markdown table on stdout: truncation, max_length, c, val_macro_f1, val_loss; with --json PATH also the
+         rows, the command and when and where it ran (reports/probe/truncation.json is the committed one, which
+         docs/models.md renders).
+Usage:   peftqa probe --compare-truncation [--modes start end both] [--max-lengths 128 256] [--json PATH]
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import logging
+import time
+from pathlib import Path
 
 from peftqa.probe import solve_probe
 
@@ -60,9 +64,19 @@ def main(args: list[str]) -> None:
     parser.add_argument("--compare-truncation", action="store_true", help="val macro-F1 of the probe per truncation")
     parser.add_argument("--modes", nargs="+", default=["start", "end", "both"], choices=["start", "end", "both"])
     parser.add_argument("--max-lengths", nargs="+", type=int, default=[], help="default: model.max_length")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows and how they were made here")
     opts = parser.parse_args(args)
     if not opts.compare_truncation:
         parser.error("nothing to do: pass --compare-truncation (train@base fits the probe in the pipeline)")
     import pandas as pd
+    import torch
 
-    print(pd.DataFrame(compare_truncation(tuple(opts.modes), tuple(opts.max_lengths))).to_markdown(index=False))
+    from peftqa.cli.bench_reference import describe_environment
+    from peftqa.common import write_json_atomic
+
+    environment, started = describe_environment(torch.device("cpu")), time.time()
+    rows = compare_truncation(tuple(opts.modes), tuple(opts.max_lengths))
+    print(pd.DataFrame(rows).to_markdown(index=False))
+    if opts.json:
+        write_json_atomic(opts.json, {"command": " ".join(["peftqa probe", *args]), "environment": environment,
+                                      "wall_s": round(time.time() - started), "rows": rows})
