@@ -52,13 +52,13 @@ def logged_models(client, run):
     return client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
 
 
-def assert_champion_predicts_what_evaluate_predicted(root: Path) -> None:
-    """models:/peftqa-lora@champion on test.csv gives the labels and p_yes of evaluate's preds_test.csv."""
+def assert_champion_predicts_what_evaluate_predicted(root: Path, method: str = "lora") -> None:
+    """models:/peftqa-<method>@champion on test.csv gives the labels and p_yes of evaluate's preds_test.csv."""
     import mlflow.pyfunc
 
     test = pd.read_csv(root / "data/processed/test.csv", dtype={"pmid": str})
-    expected = pd.read_csv(root / "reports/eval/lora/preds_test.csv", dtype={"pmid": str})
-    out = mlflow.pyfunc.load_model("models:/peftqa-lora@champion").predict(test[["question", "context"]])
+    expected = pd.read_csv(root / f"reports/eval/{method}/preds_test.csv", dtype={"pmid": str})
+    out = mlflow.pyfunc.load_model(f"models:/peftqa-{method}@champion").predict(test[["question", "context"]])
     assert list(out["label"]) == list(expected["pred"])
     assert list(out["p_yes"]) == pytest.approx(list(expected["p_yes"]), abs=1e-6)
 
@@ -89,6 +89,17 @@ def test_the_registered_champion_is_the_runs_logged_model_and_predicts_what_eval
     assert mlflow.get_tracking_uri() == uri_before  # no global tracking URI left behind
 
     assert_champion_predicts_what_evaluate_predicted(root)
+
+
+@pytest.mark.parametrize("method", ["bottleneck", "bitfit"])
+def test_a_native_method_s_champion_predicts_what_evaluate_predicted(trained, monkeypatch, method):
+    """A method written here (not a peft config) saves its own files, and the logged pyfunc loads them."""
+    root = trained(method)
+    saved = {p.name for p in (root / f"models/{method}/adapter").iterdir()}
+    assert f"{method}.safetensors" in saved and "adapter_config.json" not in saved  # PeftModel cannot load it
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    registry.main([method])
+    assert_champion_predicts_what_evaluate_predicted(root, method)
 
 
 def test_a_run_without_a_logged_model_gets_one_logged_from_its_artifacts(trained, monkeypatch):

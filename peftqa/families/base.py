@@ -71,6 +71,10 @@ class Backbone:
     query_value_layers: tuple[str, ...]  # attention query and value projections: LoRA's default targets
     key_value_layers: tuple[str, ...]  # attention key and value projections: with the next, IA3's default targets
     feedforward_layers: tuple[str, ...]  # feed-forward output layers (IA3 scales their input)
+    # exact module paths (regexes of the whole name) of the attention and feed-forward output projections: where
+    # bottleneck adapters go (a suffix such as BERT's output.dense would also match attention.output.dense)
+    attention_output_layers: tuple[str, ...]
+    feedforward_output_layers: tuple[str, ...]
     generates: bool = True  # answers by greedy generation too (a language model); else only by label scores
 
     @classmethod
@@ -79,10 +83,12 @@ class Backbone:
         raise NotImplementedError
 
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *, method: str,
-                 labels: tuple[str, ...], model_params: ModelParams, device: torch.device, source: ResolvedModel):
+                 labels: tuple[str, ...], model_params: ModelParams, device: torch.device, source: ResolvedModel,
+                 knobs: object = None):
         self.model, self.tokenizer = model, tokenizer
         self.method, self.labels = method, tuple(labels)
         self.entry = methods.get(method)  # what the method trains and saves
+        self.knobs = knobs  # its peft.<method> section: how a native method (entry.native) saves itself
         self.model_name = model_params.name_or_path  # as params spell it: recorded in peftqa.json
         self.source = source  # resolve_model's (what from_pretrained got, its gguf_file=): the machine's path
         self.max_length = model_params.max_length
@@ -160,8 +166,11 @@ class Backbone:
         return {"method": self.method, "family": self.family, "model": self.model_name, "labels": list(self.labels)}
 
     def _save_weights(self, folder: Path) -> None:
-        """peft's save_pretrained: the adapter, or the whole model; a frozen backbone has no weight of its own."""
-        if not self.entry.frozen:
+        """peft's save_pretrained: the adapter, or the whole model; a native method's own save; a frozen backbone has
+        no weight of its own."""
+        if self.entry.native is not None:
+            self.entry.native.save(self.model, folder, self.knobs, type(self))
+        elif not self.entry.frozen:
             self.model.save_pretrained(folder)
 
     def _load_weights(self, folder: Path) -> None:

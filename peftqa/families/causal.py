@@ -27,6 +27,8 @@ class CausalBackbone(LanguageModelBackbone):
     query_value_layers = ("q_proj", "v_proj")  # Llama's layer names (GPT-2 fuses them: set target_modules c_attn)
     key_value_layers = ("k_proj", "v_proj")
     feedforward_layers = ("down_proj",)
+    attention_output_layers = (r"model\.layers\.\d+\.self_attn\.o_proj", r"transformer\.h\.\d+\.attn\.c_proj")
+    feedforward_output_layers = (r"model\.layers\.\d+\.mlp\.down_proj", r"transformer\.h\.\d+\.mlp\.c_proj")
 
     @classmethod
     def claims(cls, config: PretrainedConfig) -> bool:

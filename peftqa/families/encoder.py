@@ -37,6 +37,8 @@ class EncoderBackbone(Backbone):
     query_value_layers = ("query", "value")  # BERT's layer names
     key_value_layers = ("key", "value")
     feedforward_layers = ("output.dense",)
+    attention_output_layers = (r"encoder\.layer\.\d+\.attention\.output\.dense",)
+    feedforward_output_layers = (r"encoder\.layer\.\d+\.output\.dense",)
     generates = False
 
     @classmethod

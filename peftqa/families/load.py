@@ -30,8 +30,14 @@ def _check_metadata(folder: Path, expected: dict[str, object]) -> None:
 
 
 def _attach_adapter(model: torch.nn.Module, peft_config: PeftConfig | None, adapter_dir: Path | None, *,
-                    method: str, model_name: str) -> torch.nn.Module:
-    """Wrap the model with peft: the saved adapter for evaluation, a fresh one for training; as is without adapter."""
+                    method: str, model_name: str, knobs: object = None, family: type[Backbone] | None = None
+                    ) -> torch.nn.Module:
+    """Wrap the model with peft: the saved adapter for evaluation, a fresh one for training; as is without adapter.
+    A native method (no peft config) attaches or loads its own."""
+    native = methods.get(method).native
+    if native is not None:
+        return native.attach(model, knobs, family) if adapter_dir is None else native.load(model, adapter_dir,
+                                                                                            knobs, family)
     if peft_config is None:
         return model
     if adapter_dir is not None:
@@ -88,8 +94,10 @@ def load_backbone(model_params: ModelParams, method: str, peft_params: PeftParam
     if gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(seed)  # the adapter's and the head's initial weights
-    model = _attach_adapter(model, peft_config, adapter_dir, method=method, model_name=model_params.name_or_path)
+    model = _attach_adapter(model, peft_config, adapter_dir, method=method, model_name=model_params.name_or_path,
+                            knobs=peft_params[method], family=family)
     backbone = family(model, _load_tokenizer(model_path, **model_kwargs), method=method, labels=tuple(labels),
+                      knobs=peft_params[method],
                       model_params=model_params, device=_pick_device(device), source=source)
     if adapter_dir is None:
         backbone.prepare_for_training()

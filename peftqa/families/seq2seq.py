@@ -19,6 +19,8 @@ class Seq2SeqBackbone(LanguageModelBackbone):
     query_value_layers = ("q", "v")  # T5's layer names
     key_value_layers = ("k", "v")
     feedforward_layers = ("wo",)
+    attention_output_layers = (r"(encoder|decoder)\.block\.\d+\.layer\.0\.SelfAttention\.o",)  # self-attention
+    feedforward_output_layers = (r"(encoder|decoder)\.block\.\d+\.layer\.\d+\.DenseReluDense\.wo",)
 
     @classmethod
     def claims(cls, config: PretrainedConfig) -> bool:

@@ -1,8 +1,9 @@
 """The PEFT methods: one registry entry per method, holding its knobs and its builder; one module per method.
 
-registry holds Method, REGISTRY/METHODS, register, get and the checks; knobs the knobs' shared bases; base,
-prompt_tuning, prefix_tuning, p_tuning, lora, ia3 and full_finetune each hold one method's knobs dataclass, its
-builder and its register() call. Importing a method module registers it, so the import order below is METHODS' order.
+registry holds Method, Native, REGISTRY/METHODS, register, get and the checks; knobs the knobs' shared bases; base,
+prompt_tuning, prefix_tuning, p_tuning, lora, ia3, bottleneck, bitfit and full_finetune each hold one method's knobs
+dataclass, its builder (and a native method's own attach, save and load) and its register() call. Importing a method
+module registers it, so the import order below is METHODS' order.
 peft is imported when a config is built, not here, so that params (which every stage loads) stays light.
 """
 # isort: off
@@ -12,6 +13,8 @@ from peftqa.methods.prefix_tuning import PrefixTuningParams, build_prefix_tuning
 from peftqa.methods.p_tuning import PTuningParams, build_p_tuning
 from peftqa.methods.lora import LoraParams, build_lora
 from peftqa.methods.ia3 import Ia3Params, build_ia3
+from peftqa.methods.bottleneck import BottleneckParams
+from peftqa.methods.bitfit import BitfitParams
 from peftqa.methods.full_finetune import FullFinetuneParams
 # isort: on
 from peftqa.methods.knobs import TrainedKnobs, VirtualTokenKnobs
@@ -21,6 +24,7 @@ from peftqa.methods.registry import (
     Builder,
     Family,
     Method,
+    Native,
     ResolvedModel,
     build_peft_config,
     check_gradient_checkpointing,
@@ -30,9 +34,9 @@ from peftqa.methods.registry import (
 )
 
 __all__ = [
-    "METHODS", "REGISTRY", "BaseMethodParams", "Builder", "Family", "FullFinetuneParams", "Ia3Params", "LoraParams",
-    "Method", "PTuningParams", "PrefixTuningParams", "PromptTuningParams", "ResolvedModel", "TrainedKnobs",
-    "VirtualTokenKnobs", "build_ia3", "build_lora", "build_no_adapter", "build_p_tuning", "build_peft_config",
-    "build_prefix_tuning", "build_prompt_tuning", "check_gradient_checkpointing", "check_target_modules", "get",
-    "register",
+    "METHODS", "REGISTRY", "BaseMethodParams", "BitfitParams", "BottleneckParams", "Builder", "Family",
+    "FullFinetuneParams", "Ia3Params", "LoraParams", "Method", "Native", "PTuningParams", "PrefixTuningParams",
+    "PromptTuningParams", "ResolvedModel", "TrainedKnobs", "VirtualTokenKnobs", "build_ia3", "build_lora",
+    "build_no_adapter", "build_p_tuning", "build_peft_config", "build_prefix_tuning", "build_prompt_tuning",
+    "check_gradient_checkpointing", "check_target_modules", "get", "register",
 ]

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class PromptTuningParams(VirtualTokenKnobs):
     lr: float = 3e-2
-    init: Literal["random", "text"] = "random"
+    init: Literal["random", "text", "sample_vocab"] = "random"  # sample_vocab: rows of the embedding, drawn at random
     init_text: str = "Is the answer to the biomedical question yes or no?"
 
     def __post_init__(self):
@@ -31,10 +31,12 @@ def build_prompt_tuning(knobs: PromptTuningParams, family: Family, model: Resolv
 
     from_text = knobs.init == "text"
     path, kwargs = model
+    init = {"random": PromptTuningInit.RANDOM, "text": PromptTuningInit.TEXT,
+            "sample_vocab": PromptTuningInit.SAMPLE_VOCAB}[knobs.init]
     return PromptTuningConfig(
         task_type=family.task_type,
         num_virtual_tokens=knobs.num_virtual_tokens,
-        prompt_tuning_init=PromptTuningInit.TEXT if from_text else PromptTuningInit.RANDOM,
+        prompt_tuning_init=init,
         prompt_tuning_init_text=knobs.init_text if from_text else None,
         tokenizer_name_or_path=path if from_text else None,
         tokenizer_kwargs=(kwargs or None) if from_text else None,

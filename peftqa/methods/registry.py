@@ -14,6 +14,7 @@ peftqa.families (which imports it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from peftqa.common import ParamsError, PeftqaError
@@ -33,9 +34,21 @@ class Family(Protocol):
     query_value_layers: tuple[str, ...]  # attention query and value projections: LoRA's default targets
     key_value_layers: tuple[str, ...]  # attention key and value projections: with the next, IA3's default targets
     feedforward_layers: tuple[str, ...]  # feed-forward output layers (IA3 scales their input)
+    attention_output_layers: tuple[str, ...]  # exact module paths (regexes, whole name) of attention output projections
+    feedforward_output_layers: tuple[str, ...]  # ... and of feed-forward output projections (bottleneck adapters)
 
 
 Builder = Callable[[Any, Family, ResolvedModel], "PeftConfig | None"]  # (knobs, family, model) -> config
+
+
+@dataclass(frozen=True)
+class Native:
+    """A method written here rather than a peft config (its builder returns None): how it joins a fresh model (seeded
+    by the caller; it freezes what does not train), how its weights are saved into the adapter folder, and how a
+    saved folder is attached and loaded again. Each gets the method's knobs and the family."""
+    attach: Callable[[torch.nn.Module, Any, Family], torch.nn.Module]
+    save: Callable[[torch.nn.Module, Path, Any, Family], None]
+    load: Callable[[torch.nn.Module, Path, Any, Family], torch.nn.Module]
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,7 @@ class Method:
     frozen: bool = False  # nothing of the backbone trains: at most the encoder's head (a linear probe)
     whole_model: bool = False  # every weight trains, so the whole model is saved, not an adapter
     gradient_checkpointing: bool = True  # whether it can train under train.gradient_checkpointing
+    native: Native | None = None  # a method written here, not a peft config: its attach, save and load
 
     def describe(self, has_head: bool) -> str:
         if not has_head and self.note_without_head:

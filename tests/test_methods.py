@@ -1,0 +1,138 @@
+"""The methods' own mechanics, beyond what every method shares (test_families, test_learning): where bottleneck
+adapters go in each family, that they start as the identity, that a saved folder is refused when params ask for
+other adapters, that bitfit trains exactly the biases (and is refused without any), and prompt tuning's
+sample_vocab init."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+from peftqa.common import PeftqaError
+from peftqa.families import BACKBONES
+from peftqa.methods import bitfit, bottleneck
+from peftqa.methods.bottleneck import BottleneckParams
+
+from tiny_models import make_tiny_model
+
+# tiny model kind: (family, auto class, layers that get a feed-forward adapter, and an attention one too)
+KINDS = {"bert": ("encoder", AutoModel, 2, 2), "t5": ("seq2seq", AutoModelForSeq2SeqLM, 4, 4),
+         "gpt2": ("causal", AutoModelForCausalLM, 2, 2), "llama": ("causal", AutoModelForCausalLM, 2, 2)}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_bottleneck")
+    return {kind: make_tiny_model(family, root / kind, kind) for kind, (family, *_) in KINDS.items()}
+
+
+def fresh(tiny: dict[str, Path], kind: str) -> torch.nn.Module:
+    return KINDS[kind][1].from_pretrained(tiny[kind]).eval()
+
+
+def adapters(model: torch.nn.Module) -> list[str]:
+    return [name.removesuffix(".bottleneck") for name, _ in model.named_modules() if name.endswith(".bottleneck")]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_placement_adapts_the_family_s_exact_projections(tiny, kind):
+    family, _, feedforward, attention = KINDS[kind]
+    family_class = BACKBONES[family]
+    pfeiffer = adapters(bottleneck.attach(fresh(tiny, kind), BottleneckParams(placement="pfeiffer"), family_class))
+    houlsby = adapters(bottleneck.attach(fresh(tiny, kind), BottleneckParams(placement="houlsby"), family_class))
+    assert len(pfeiffer) == feedforward and len(houlsby) == feedforward + attention
+    assert set(pfeiffer) < set(houlsby)
+    # the negative control: matching the feed-forward projection by its last names, as a suffix, also catches the
+    # attention output in BERT (attention.output.dense ends with output.dense), so pfeiffer would become houlsby
+    if kind == "bert":
+        suffix = [name for name, _ in fresh(tiny, kind).named_modules() if name.endswith("output.dense")]
+        assert sorted(suffix) == sorted(houlsby) != sorted(pfeiffer)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_fresh_adapter_is_the_identity_and_its_training_changes_the_output(tiny, kind):
+    inputs = {"input_ids": torch.tensor([[5, 6, 7, 8, 9]]), "attention_mask": torch.ones(1, 5, dtype=torch.long)}
+    if KINDS[kind][0] == "seq2seq":
+        inputs["decoder_input_ids"] = torch.tensor([[0, 5]])
+    model = fresh(tiny, kind)
+    first = lambda out: out[0]  # noqa: E731 - last hidden state or logits
+
+    model.requires_grad_(False)  # as attach leaves it: a frozen T5 takes other kernels, which differ in the last bit
+    before = first(model(**inputs)).detach()
+    torch.manual_seed(0)
+    bottleneck.attach(model, BottleneckParams(placement="houlsby", reduction_factor=2), BACKBONES[KINDS[kind][0]])
+    torch.testing.assert_close(first(model(**inputs)), before, atol=0, rtol=0)  # up-projections start at 0
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == {
+        name for name, _ in model.named_parameters() if ".bottleneck." in name}  # only the adapters train
+    for name, parameter in model.named_parameters():
+        if name.endswith("bottleneck.2.weight"):
+            parameter.data.normal_(0, 0.1)
+    assert not torch.allclose(first(model(**inputs)), before)
+
+
+def test_a_saved_adapter_is_refused_when_params_ask_for_another_one(tiny, tmp_path):
+    family = BACKBONES["encoder"]
+    torch.manual_seed(0)
+    model = bottleneck.attach(fresh(tiny, "bert"), BottleneckParams(), family)
+    bottleneck.save(model, tmp_path, BottleneckParams(), family)
+    saved = json.loads((tmp_path / bottleneck.CONFIG).read_text())
+    assert saved["placement"] == "pfeiffer" and len(saved["paths"]) == 2
+    loaded = bottleneck.load(fresh(tiny, "bert"), tmp_path, BottleneckParams(), family)
+    for (name, a), (_, b) in zip(bottleneck.adapter_state(model).items(), bottleneck.adapter_state(loaded).items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(PeftqaError, match=re.escape("field 'placement' holds 'pfeiffer' but params ask for "
+                                                    "peft.bottleneck.placement = 'houlsby'")):
+        bottleneck.load(fresh(tiny, "bert"), tmp_path, BottleneckParams(placement="houlsby"), family)
+    (tmp_path / bottleneck.CONFIG).unlink()
+    with pytest.raises(PeftqaError, match="no bottleneck.json, so not a saved bottleneck adapter"):
+        bottleneck.load(fresh(tiny, "bert"), tmp_path, BottleneckParams(), family)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("placement", "after", "choose houlsby or pfeiffer"), ("reduction_factor", 0, "must be >= 1"),
+    ("non_linearity", "softplus", "choose one of"),
+])
+def test_bad_bottleneck_knobs_are_refused_naming_the_key(key, value, message):
+    with pytest.raises(Exception, match=f"{key}.*{message}"):
+        BottleneckParams(**{key: value})
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_bitfit_trains_exactly_the_biases(tiny, kind):
+    model = bitfit.attach(fresh(tiny, kind), bitfit.BitfitParams(), BACKBONES[KINDS[kind][0]])
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trained and trained == {name for name, _ in model.named_parameters() if name.endswith("bias")}
+
+
+@pytest.mark.parametrize("kind", ["t5", "llama"])
+def test_bitfit_is_refused_for_a_model_without_biases(tiny, kind):
+    family = KINDS[kind][0]
+    with pytest.raises(PeftqaError, match=f"bitfit cannot serve this {family} model .*no bias parameters"):
+        bitfit.attach(fresh(tiny, kind), bitfit.BitfitParams(), BACKBONES[family])
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_a_sample_vocab_prompt_starts_as_rows_of_the_embedding(tiny, kind):
+    """prompt_tuning init sample_vocab (peft's SAMPLE_VOCAB): every virtual token starts as some real token's
+    embedding, unlike a random init."""
+    from peftqa.families import load_backbone
+    from peftqa.methods import PromptTuningParams
+    from peftqa.params import ModelParams, PeftParams
+
+    def prompt_rows(init: str) -> tuple[torch.Tensor, torch.Tensor]:
+        peft_params = PeftParams(prompt_tuning=PromptTuningParams(num_virtual_tokens=4, init=init))
+        backbone = load_backbone(ModelParams(name_or_path=str(tiny[kind]), max_length=64), "prompt_tuning",
+                                 peft_params, ("yes", "no"), seed=0, device="cpu")
+        model = backbone.model
+        return model.prompt_encoder["default"].embedding.weight, model.get_input_embeddings().weight
+
+    def all_are_vocab_rows(rows: torch.Tensor, vocab: torch.Tensor) -> bool:
+        gap = (rows[:, None, :] - vocab[None, :, :]).abs().amax(dim=-1)  # (virtual tokens, vocab): max |difference|
+        return bool(gap.min(dim=1).values.max() == 0)
+
+    assert all_are_vocab_rows(*prompt_rows("sample_vocab"))
+    assert not all_are_vocab_rows(*prompt_rows("random"))  # the control: a random init is no embedding row
