@@ -27,6 +27,7 @@ from peftqa.families.tokens import answer_to_label, kept_positions, verbalizer_t
 from peftqa.methods import (
     METHODS,
     BottleneckParams,
+    DoraParams,
     Ia3Params,
     LoraParams,
     PrefixTuningParams,
@@ -51,6 +52,7 @@ REFUSED = {("bitfit", "t5"): "bitfit cannot serve this seq2seq model", ("bitfit"
            "this causal model"}
 GPT2_PEFT = TINY_PEFT.replace(  # GPT-2 names its layers differently from the Llama defaults for causal
     lora=LoraParams(target_modules=("c_attn",)),
+    dora=DoraParams(target_modules=("c_attn",)),
     ia3=Ia3Params(target_modules=("c_attn", "mlp.c_proj"), feedforward_modules=("mlp.c_proj",)),
 )
 

@@ -38,6 +38,7 @@ from peftqa.features import embed_frame
 from peftqa.methods import (
     BaseMethodParams,
     BottleneckParams,
+    DoraParams,
     Ia3Params,
     LoraParams,
     PrefixTuningParams,
@@ -65,7 +66,8 @@ N_TRAIN, N_VAL = 1024, 128  # items; both balanced
 BATCH_SIZE = 32
 HEAD_ALONE_MAX = 0.7  # val accuracy the head alone must not exceed: the task is not solvable without the adapter
 LEARNED_MIN = 0.9  # val accuracy every trained method must reach
-TRAINED_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning", "lora", "ia3", "bottleneck", "bitfit", "full_finetune")
+TRAINED_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning", "lora", "dora", "ia3", "bottleneck", "bitfit",
+                   "full_finetune")
 KINDS = {"encoder": "bert", "seq2seq": "t5", "causal": "gpt2"}  # tiny model kind per family
 
 PEFT = {  # per family: no LoRA dropout; 20 virtual tokens where 8 learn too slowly; LoRA on all of T5's attention
@@ -74,17 +76,19 @@ PEFT = {  # per family: no LoRA dropout; 20 virtual tokens where 8 learn too slo
     "encoder": PeftParams(prompt_tuning=PromptTuningParams(num_virtual_tokens=8),
                           prefix_tuning=PrefixTuningParams(num_virtual_tokens=8),
                           p_tuning=PTuningParams(num_virtual_tokens=8, encoder_hidden_size=64),
-                          lora=LoraParams(dropout=0.0),
+                          lora=LoraParams(dropout=0.0), dora=DoraParams(dropout=0.0),
                           bottleneck=BottleneckParams(placement="houlsby", reduction_factor=2)),
     "seq2seq": PeftParams(prompt_tuning=PromptTuningParams(num_virtual_tokens=20),
                           prefix_tuning=PrefixTuningParams(num_virtual_tokens=20),
                           p_tuning=PTuningParams(num_virtual_tokens=20, encoder_hidden_size=64),
                           lora=LoraParams(dropout=0.0, target_modules=("q", "k", "v", "o")),
+                          dora=DoraParams(dropout=0.0, target_modules=("q", "k", "v", "o")),
                           bottleneck=BottleneckParams(placement="houlsby", reduction_factor=2)),
     "causal": PeftParams(prompt_tuning=PromptTuningParams(num_virtual_tokens=20),
                          prefix_tuning=PrefixTuningParams(num_virtual_tokens=8),
                          p_tuning=PTuningParams(num_virtual_tokens=8, encoder_hidden_size=64),
                          lora=LoraParams(dropout=0.0, target_modules=("c_attn",)),
+                         dora=DoraParams(dropout=0.0, target_modules=("c_attn",)),
                          ia3=Ia3Params(target_modules=("c_attn", "mlp.c_proj"),
                                        feedforward_modules=("mlp.c_proj",)),
                          bottleneck=BottleneckParams(placement="houlsby", reduction_factor=2)),
@@ -94,11 +98,13 @@ PEFT = {  # per family: no LoRA dropout; 20 virtual tokens where 8 learn too slo
 # steadily (0.56, 0.78, 0.91, ... 0.98 over 8 epochs)
 RECIPES = {
     "encoder": {"prompt_tuning": (1e-1, 8), "prefix_tuning": (1e-1, 6), "p_tuning": (1e-2, 7), "lora": (1e-2, 4),
-                "ia3": (1e-1, 8), "bottleneck": (1e-2, 5), "bitfit": (3e-2, 6), "full_finetune": (3e-3, 3)},
+                "dora": (1e-2, 2), "ia3": (1e-1, 8), "bottleneck": (1e-2, 5), "bitfit": (3e-2, 6),
+                "full_finetune": (3e-3, 3)},
     "seq2seq": {"prompt_tuning": (1e-1, 8), "prefix_tuning": (3e-1, 6), "p_tuning": (3e-2, 8), "lora": (5e-3, 8),
-                "ia3": (1e-1, 8), "bottleneck": (1e-2, 8), "full_finetune": (3e-3, 5)},
+                "dora": (5e-3, 5), "ia3": (1e-1, 8), "bottleneck": (1e-2, 8), "full_finetune": (3e-3, 5)},
     "causal": {"prompt_tuning": (3e-1, 8), "prefix_tuning": (1e-1, 10), "p_tuning": (3e-2, 10), "lora": (1e-2, 4),
-               "ia3": (1e-1, 10), "bottleneck": (1e-2, 5), "bitfit": (1e-1, 5), "full_finetune": (1e-3, 3)},
+               "dora": (1e-2, 3), "ia3": (1e-1, 10), "bottleneck": (1e-2, 5), "bitfit": (1e-1, 5),
+               "full_finetune": (1e-3, 3)},
 }
 CANNOT_LEARN = {  # (family, method): why it stays near chance within the budget above; strict, so a fix shows up
     ("seq2seq", "prefix_tuning"): "peft's prefix reaches only T5's decoder self-attention: peft never gives the "

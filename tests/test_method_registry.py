@@ -1,4 +1,5 @@
-"""Adding a PEFT method is one registry entry. DoRA (LoRA with use_dora=True) is registered here, in-process, and
+"""Adding a PEFT method is one registry entry. A plug-in (LoRA with use_dora=True, as the registered `dora` is) is
+registered here, in-process, under its own name, and
 trained and evaluated on a tiny model through the stages' own entry points; no module under stages/ knows it."""
 from __future__ import annotations
 
@@ -35,42 +36,42 @@ def build_dora(knobs: DoraParams, family, model):
 
 @pytest.fixture
 def dora():
-    entry = methods.register(methods.Method("dora", DoraParams, build_dora))
+    entry = methods.register(methods.Method("plugin", DoraParams, build_dora))
     yield entry
-    del methods.REGISTRY["dora"]
+    del methods.REGISTRY["plugin"]
 
 
 def test_a_method_registered_in_process_trains_and_evaluates_through_the_stages(dora, stage_dir):
-    root = stage_dir(**{"methods": ["base", "dora"], "peft.dora.r": 4, "train.patience": 5})
+    root = stage_dir(**{"methods": ["base", "plugin"], "peft.plugin.r": 4, "train.patience": 5})
     tiny_frame(8, 9000).to_csv(root / "data/processed/test.csv", index=False)
-    assert load_params().peft.dora == DoraParams(r=4)  # params.yaml's peft.dora section, checked as its knobs
+    assert load_params().peft.plugin == DoraParams(r=4)  # params.yaml's peft.plugin section, checked as its knobs
 
-    train_stage.main(["dora"])
-    evaluate_stage.main(["dora"])
+    train_stage.main(["plugin"])
+    evaluate_stage.main(["plugin"])
 
-    adapter = root / "models/dora/adapter"
+    adapter = root / "models/plugin/adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["use_dora"] is True and config["r"] == 4 and sorted(config["target_modules"]) == ["query", "value"]
-    history = pd.read_csv(root / "models/dora/history.csv")
+    history = pd.read_csv(root / "models/plugin/history.csv")
     assert list(history["epoch"]) == [0, 1, 2] and history["train_loss"].iloc[1:].notna().all()
-    summary = json.loads((root / "models/dora/train_summary.json").read_text())
+    summary = json.loads((root / "models/plugin/train_summary.json").read_text())
     hidden, layers, head = 32, 2, 32 * 2 + 2  # the tiny BERT; the encoder's classification head on top
     lora = layers * 2 * (4 * hidden + hidden * 4)  # query and value: A (r x in) and B (out x r)
     assert summary["trainable_params"] == lora + layers * 2 * hidden + head  # + DoRA's magnitude per output unit
     assert summary["note"] == dora.describe(has_head=True)
 
-    preds = pd.read_csv(root / "reports/eval/dora/preds_test.csv")
+    preds = pd.read_csv(root / "reports/eval/plugin/preds_test.csv")
     assert len(preds) == 8 and set(preds["pred"]) <= {"yes", "no"}
-    metrics = json.loads((root / "reports/eval/dora/metrics_test.json").read_text())
+    metrics = json.loads((root / "reports/eval/plugin/metrics_test.json").read_text())
     run = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}").get_run(summary["mlflow_run_id"])
-    assert run.info.run_name == "dora" and run.data.tags["stage"] == "train@dora"
-    assert run.data.params["peft.dora.r"] == "4" and run.data.params["peft_config.use_dora"] == "True"
+    assert run.info.run_name == "plugin" and run.data.tags["stage"] == "train@plugin"
+    assert run.data.params["peft.plugin.r"] == "4" and run.data.params["peft_config.use_dora"] == "True"
     assert run.data.metrics["eval_test_macro_f1"] == pytest.approx(metrics["macro_f1"])
 
 
 def test_an_unregistered_method_is_refused_by_name(stage_dir):
-    stage_dir(**{"methods": ["base", "dora"]})
-    with pytest.raises(ParamsError, match="'dora' is not one of"):
+    stage_dir(**{"methods": ["base", "plugin"]})
+    with pytest.raises(ParamsError, match="'plugin' is not one of"):
         load_params()
 
 

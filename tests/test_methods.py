@@ -136,3 +136,26 @@ def test_a_sample_vocab_prompt_starts_as_rows_of_the_embedding(tiny, kind):
 
     assert all_are_vocab_rows(*prompt_rows("sample_vocab"))
     assert not all_are_vocab_rows(*prompt_rows("random"))  # the control: a random init is no embedding row
+
+
+@pytest.mark.parametrize("ratio", [1.0, 16.0])
+def test_lora_plus_gives_the_b_matrices_their_own_learning_rate(tiny, ratio):
+    """peft.lora.lr_ratio_b (LoRA+): every lora_B at lr x ratio, every lora_A at lr; ratio 1 keeps one group."""
+    from peftqa.families import load_backbone
+    from peftqa.methods import LoraParams
+    from peftqa.params import ModelParams, PeftParams
+    from peftqa.training.loop import parameter_groups
+
+    backbone = load_backbone(ModelParams(name_or_path=str(tiny["bert"]), max_length=64), "lora",
+                             PeftParams(lora=LoraParams(lr_ratio_b=ratio, use_rslora=True)), ("yes", "no"), seed=0,
+                             device="cpu")
+    names = {id(p): name for name, p in backbone.model.named_parameters()}
+    groups = parameter_groups(backbone, 1e-3, 5e-2)
+    rates = {names.get(id(p), "head"): group["lr"] for group in groups for p in group["params"]}
+    b = [name for name in rates if ".lora_B." in name]
+    a = [name for name in rates if ".lora_A." in name]
+    assert a and b and all(rates[name] == 1e-3 for name in a)
+    assert all(rates[name] == pytest.approx(1e-3 * ratio) for name in b)
+    assert len(groups) == (2 if ratio == 1 else 3)  # the adapter's group(s) and the head's
+    assert rates["head"] == 5e-2
+    assert backbone.model.peft_config["default"].use_rslora  # alpha / sqrt(r)

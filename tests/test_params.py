@@ -62,7 +62,7 @@ def test_every_params_key_has_a_comment():
     assert not undocumented, f"params.yaml keys without a comment (inline or on the line above): {undocumented}"
 
 
-@pytest.mark.parametrize("dotted", ["surprise", "train.lr_typo", "peft.lora.rank", "peft.dora"])
+@pytest.mark.parametrize("dotted", ["surprise", "train.lr_typo", "peft.lora.rank", "peft.unregistered"])
 def test_unknown_key_is_named(params_data, dotted):
     with pytest.raises(ParamsError, match=re.escape(f"unknown key '{dotted}'")):
         parse_params(params_data({dotted: 1}))

@@ -62,6 +62,8 @@ class Method:
     whole_model: bool = False  # every weight trains, so the whole model is saved, not an adapter
     gradient_checkpointing: bool = True  # whether it can train under train.gradient_checkpointing
     native: Native | None = None  # a method written here, not a peft config: its attach, save and load
+    # the adapter's AdamW groups from its (name, parameter) pairs, the knobs and lr; None: one group at lr
+    optimizer_groups: Callable[[list[tuple[str, torch.nn.Parameter]], Any, float], list[dict]] | None = None
 
     def describe(self, has_head: bool) -> str:
         if not has_head and self.note_without_head:

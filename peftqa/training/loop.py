@@ -129,10 +129,12 @@ def class_weights(train: pd.DataFrame, backbone: Backbone, cfg: TrainParams) -> 
 def parameter_groups(backbone: Backbone, lr: float, head_lr: float | None) -> list[dict]:
     """AdamW groups: the adapter (or the whole model) at `lr`, a classification head at `head_lr` (None: `lr`).
     A soft prompt wants 3e-2 and LoRA 5e-4, while a head wants neither: one shared rate would fit only one of them."""
-    head = {id(p) for p in backbone.head_parameters()}
-    groups = [{"params": [p for p in backbone.trainable_parameters() if id(p) not in head], "lr": lr},
-              {"params": [p for p in backbone.trainable_parameters() if id(p) in head],
-               "lr": lr if head_lr is None else head_lr}]
+    head = {id(p) for p in backbone.head_parameters()}  # a method may split the adapter's group (LoRA+'s B)
+    adapter = [(name, p) for name, p in backbone.model.named_parameters() if p.requires_grad and id(p) not in head]
+    split = backbone.entry.optimizer_groups
+    groups = (split(adapter, backbone.knobs, lr) if split else [{"params": [p for _, p in adapter], "lr": lr}])
+    groups.append({"params": [p for p in backbone.trainable_parameters() if id(p) in head],
+                   "lr": lr if head_lr is None else head_lr})
     return [group for group in groups if group["params"]]
 
 
