@@ -50,6 +50,7 @@ SOURCES = {  # by a block name's prefix
     "ablation": Source(results.ABLATION_DIR, results.read_sweeps, results.ABLATION_BLOCKS),
     "pilot": Source(results.PILOT_DIR, results.read_pilot, {"table": results.pilot_table}),
     "measured": Source(results.BENCH_DIR, Path, results.MEASURED_BLOCKS),
+    "matrix": Source(results.MATRIX_DIR, results.read_matrix, results.MATRIX_BLOCKS),
 }
 DOC_FILES = ("README.md", "docs/*.md")  # where blocks may sit, relative to the project root
 MARKER = re.compile(r"^<!-- peftqa:(?P<kind>begin|end) (?P<name>\S+) -->$")

@@ -7,14 +7,18 @@ Each source is a folder of committed outputs, read once per rendering (peftqa.do
 - `ablation`: reports/ablation/, the sweeps' tables and the `dvc exp show --json` they were made from;
 - `pilot`: reports/smollm2-pilot/, the SmolLM2 recipe pilot's table;
 - `bench`: reports/bench/*.json and reports/probe/truncation.json, written by `peftqa bench --json`,
-  `peftqa bench-reference --json` and `peftqa probe --compare-truncation --json`.
+  `peftqa bench-reference --json` and `peftqa probe --compare-truncation --json`;
+- `matrix`: tests/method_matrix.py, the family x method data test_learning runs, with the method registry.
 Every table is drawn by the code that prints it elsewhere (the report's sections, the study's blocks, the bench's and
 the pilot's formatters), so a docs table and its command's output cannot drift apart.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import pandas as pd
@@ -281,3 +285,61 @@ def probe_truncation(root: Path) -> str:
 MEASURED_BLOCKS: dict[str, Callable[[Path], str]] = {
     "default": bench_default, "reference": bench_reference, "truncation": probe_truncation,
 }
+
+
+# -----------------------------------------------------------------------------
+# matrix: tests/method_matrix.py, test_learning's family x method data, and the registry
+
+
+def read_matrix(folder: Path) -> ModuleType:
+    """tests/method_matrix.py, loaded by path (tests/ is not a package peftqa imports)."""
+    path = folder / "method_matrix.py"
+    spec = importlib.util.spec_from_file_location("method_matrix", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def matrix_cell(matrix: ModuleType, family: str, method: str) -> str:
+    if (family, method) in matrix.REFUSED:
+        return f"refused: {matrix.REFUSED[family, method][1]}"
+    lr, epochs = matrix.RECIPES[family][method]
+    recipe = f"lr {lr:g}, {epochs} epochs"
+    return f"xfail ({recipe})" if (family, method) in matrix.CANNOT_LEARN else f"learns ({recipe})"
+
+
+def matrix_table(matrix: ModuleType) -> str:
+    families = list(matrix.KINDS)
+    header = ["method", *(f"{family} ({kind})" for family, kind in matrix.KINDS.items())]
+    rows = [[f"`{method}`", *(matrix_cell(matrix, family, method) for family in families)]
+            for method in matrix.TRAINED_METHODS]
+    return markdown_table(header, rows)
+
+
+def methods_table(matrix: ModuleType) -> str:
+    """One row per registered method: its paper, what it trains, its knobs, where it comes from and the families
+    the matrix shows it serving."""
+    from peftqa import methods
+
+    def knobs(entry: methods.Method) -> str:
+        names = [f.name for f in dataclasses.fields(entry.knobs) if f.name not in ("lr", "head_lr")]
+        return ", ".join(f"`{name}`" for name in names) or "(lr only)" if entry.knobs is not methods.BaseMethodParams \
+            else "`c_grid`"
+
+    def source(entry: methods.Method) -> str:
+        if entry.native is not None:
+            return "peftqa (native)"
+        return "peftqa (no adapter)" if entry.build is methods.build_no_adapter else "peft"
+
+    def serves(name: str) -> str:
+        if name not in matrix.TRAINED_METHODS:
+            return "all"
+        return ", ".join(family for family in matrix.KINDS if (family, name) not in matrix.REFUSED)
+
+    rows = [[f"`{name}`", entry.paper or "", entry.describe(has_head=True).split(": ", 1)[-1], knobs(entry),
+             source(entry), serves(name)] for name, entry in methods.REGISTRY.items()]
+    return markdown_table(["method", "paper", "what trains", "knobs (besides lr, head_lr)", "from", "families"], rows)
+
+
+MATRIX_DIR = Path("tests")
+MATRIX_BLOCKS: dict[str, Callable[[ModuleType], str]] = {"table": matrix_table, "methods": methods_table}

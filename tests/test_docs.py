@@ -27,7 +27,8 @@ def fresh_studies():
     docs._read.cache_clear()
 
 
-DOC_INPUTS = ("README.md", "dvc.yaml", "params.yaml", "docs", "reports", "models", "data/processed")
+DOC_INPUTS = ("README.md", "dvc.yaml", "params.yaml", "docs", "reports", "models", "data/processed",
+              "tests/method_matrix.py")
 
 
 @pytest.fixture
@@ -55,6 +56,12 @@ def edit_json(path: Path, edit) -> None:
     path.write_text(json.dumps(data), encoding="utf-8")
 
 
+def edit_text(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{path} no longer holds {old!r}"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
 def edit_csv(path: Path, column: str, value: object) -> None:
     frame = pd.read_csv(path)
     frame.loc[frame.index[-1], column] = value
@@ -78,6 +85,8 @@ EDITS = {
                                                   lambda t: t["rows"][-1].update(val_loss=9.87654)),
     "measured:reference": lambda root: edit_json(root / "reports/bench/reference_small_cpu.json",
                                                  lambda r: r["methods"][0].update(step_s_median=9.87654)),
+    "matrix:table": lambda root: edit_text(root / "tests/method_matrix.py", '"lora": (1e-2, 4)',
+                                           '"lora": (0.987654, 4)'),
 }
 
 
@@ -126,7 +135,7 @@ def test_every_source_s_blocks_follow_their_outputs(project: Path):
                 block_bodies(docs.render_text(path.read_text(encoding="utf-8"), project, path.name)).items()}
     for name in EDITS:
         assert rendered[name] != committed[name], f"{name} did not follow its edited output"
-        assert re.search(r"0\.988|987\.65|9\.87|= 123\b", rendered[name]), name
+        assert re.search(r"0\.988|0\.987654|987\.65|9\.87|= 123\b", rendered[name]), name
     unchanged = {name for name in committed if name.split(":")[0] == "smollm2"}
     assert all(rendered[name] == committed[name] for name in unchanged)
 

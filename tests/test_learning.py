@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from method_matrix import CANNOT_LEARN, KINDS, RECIPES, REFUSED, TRAINED_METHODS
 from transformers import (
     BertConfig,
     BertModel,
@@ -33,17 +34,23 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from peftqa.common import PeftqaError
 from peftqa.families import Backbone, load_backbone
 from peftqa.features import embed_frame
 from peftqa.methods import (
+    AdaptionPromptParams,
     BaseMethodParams,
     BottleneckParams,
     DoraParams,
     Ia3Params,
+    LnTuningParams,
+    LohaParams,
+    LokrParams,
     LoraParams,
     PrefixTuningParams,
     PromptTuningParams,
     PTuningParams,
+    VeraParams,
 )
 from peftqa.params import ModelParams, PeftParams, TrainParams
 from peftqa.probe import load_into_head, solve_probe
@@ -66,9 +73,6 @@ N_TRAIN, N_VAL = 1024, 128  # items; both balanced
 BATCH_SIZE = 32
 HEAD_ALONE_MAX = 0.7  # val accuracy the head alone must not exceed: the task is not solvable without the adapter
 LEARNED_MIN = 0.9  # val accuracy every trained method must reach
-TRAINED_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning", "lora", "dora", "ia3", "bottleneck", "bitfit",
-                   "full_finetune")
-KINDS = {"encoder": "bert", "seq2seq": "t5", "causal": "gpt2"}  # tiny model kind per family
 
 PEFT = {  # per family: no LoRA dropout; 20 virtual tokens where 8 learn too slowly; LoRA on all of T5's attention
     # (q, v alone needs twice the epochs); GPT-2 names its layers differently from the Llama defaults for causal;
@@ -83,33 +87,22 @@ PEFT = {  # per family: no LoRA dropout; 20 virtual tokens where 8 learn too slo
                           p_tuning=PTuningParams(num_virtual_tokens=20, encoder_hidden_size=64),
                           lora=LoraParams(dropout=0.0, target_modules=("q", "k", "v", "o")),
                           dora=DoraParams(dropout=0.0, target_modules=("q", "k", "v", "o")),
+                          loha=LohaParams(target_modules=("q", "k", "v", "o")),
+                          lokr=LokrParams(target_modules=("q", "k", "v", "o")),
+                          vera=VeraParams(target_modules=("q", "k", "v", "o")),
                           bottleneck=BottleneckParams(placement="houlsby", reduction_factor=2)),
     "causal": PeftParams(prompt_tuning=PromptTuningParams(num_virtual_tokens=20),
                          prefix_tuning=PrefixTuningParams(num_virtual_tokens=8),
                          p_tuning=PTuningParams(num_virtual_tokens=8, encoder_hidden_size=64),
                          lora=LoraParams(dropout=0.0, target_modules=("c_attn",)),
                          dora=DoraParams(dropout=0.0, target_modules=("c_attn",)),
+                         loha=LohaParams(target_modules=("c_attn",)), lokr=LokrParams(target_modules=("c_attn",)),
+                         vera=VeraParams(target_modules=("c_attn",)),
+                         ln_tuning=LnTuningParams(target_modules=("ln_1", "ln_2", "ln_f")),
+                         adaption_prompt=AdaptionPromptParams(adapter_layers=3),
                          ia3=Ia3Params(target_modules=("c_attn", "mlp.c_proj"),
                                        feedforward_modules=("mlp.c_proj",)),
                          bottleneck=BottleneckParams(placement="houlsby", reduction_factor=2)),
-}
-# (learning rate, epochs) per family and method: about the fewest epochs that clear LEARNED_MIN on this task. T5's
-# LoRA at 1e-2 stalled at 0.69 on one machine and learned on another (an lr at the edge of stability); 5e-3 climbs
-# steadily (0.56, 0.78, 0.91, ... 0.98 over 8 epochs)
-RECIPES = {
-    "encoder": {"prompt_tuning": (1e-1, 8), "prefix_tuning": (1e-1, 6), "p_tuning": (1e-2, 7), "lora": (1e-2, 4),
-                "dora": (1e-2, 2), "ia3": (1e-1, 8), "bottleneck": (1e-2, 5), "bitfit": (3e-2, 6),
-                "full_finetune": (3e-3, 3)},
-    "seq2seq": {"prompt_tuning": (1e-1, 8), "prefix_tuning": (3e-1, 6), "p_tuning": (3e-2, 8), "lora": (5e-3, 8),
-                "dora": (5e-3, 5), "ia3": (1e-1, 8), "bottleneck": (1e-2, 8), "full_finetune": (3e-3, 5)},
-    "causal": {"prompt_tuning": (3e-1, 8), "prefix_tuning": (1e-1, 10), "p_tuning": (3e-2, 10), "lora": (1e-2, 4),
-               "dora": (1e-2, 3), "ia3": (1e-1, 10), "bottleneck": (1e-2, 5), "bitfit": (1e-1, 8),
-               "full_finetune": (1e-3, 3)},
-}
-CANNOT_LEARN = {  # (family, method): why it stays near chance within the budget above; strict, so a fix shows up
-    ("seq2seq", "prefix_tuning"): "peft's prefix reaches only T5's decoder self-attention: peft never gives the "
-    "encoder one (peft PR #2989), and under transformers 5 the cross-attention half of the prefix gets no gradient; "
-    "a one-position decoder prefix stays near chance on word order (0.55 after 6 epochs, 0.59 after 10)",
 }
 
 
@@ -233,7 +226,20 @@ def cases() -> list:
     return [pytest.param(family, method, id=f"{family}-{method}", marks=[pytest.mark.xfail(
         reason=CANNOT_LEARN[family, method], raises=AssertionError, strict=True)] if (family, method) in CANNOT_LEARN
         else []) for family in KINDS for method in TRAINED_METHODS
-        if method in RECIPES[family]]  # none for a refused pair: bitfit on T5, which has no biases (test_methods)
+        if method in RECIPES[family]]  # none for a refused pair: test_refused_pair_names_its_reason
+
+
+def test_every_pair_of_the_matrix_is_a_recipe_or_a_refusal():
+    for family in KINDS:
+        for method in TRAINED_METHODS:
+            assert ((family, method) in REFUSED) != (method in RECIPES[family]), (family, method)
+    assert len(CANNOT_LEARN) <= 3 and set(CANNOT_LEARN) <= {(f, m) for f in RECIPES for m in RECIPES[f]}
+
+
+@pytest.mark.parametrize(("family", "method"), sorted(REFUSED))
+def test_refused_pair_names_its_reason(family, method, order_models):
+    with pytest.raises(PeftqaError, match=REFUSED[family, method][0]):
+        load(order_models[family], method, family)
 
 
 @pytest.mark.parametrize(("family", "method"), cases())

@@ -1,7 +1,7 @@
 """The methods' own mechanics, beyond what every method shares (test_families, test_learning): where bottleneck
 adapters go in each family, that they start as the identity, that a saved folder is refused when params ask for
 other adapters, that bitfit trains exactly the biases (and is refused without any), and prompt tuning's
-sample_vocab init."""
+sample_vocab init; LLaMA-Adapter's layer count and the Conv1D refusal of LoHa and LoKr."""
 from __future__ import annotations
 
 import json
@@ -159,3 +159,25 @@ def test_lora_plus_gives_the_b_matrices_their_own_learning_rate(tiny, ratio):
     assert len(groups) == (2 if ratio == 1 else 3)  # the adapter's group(s) and the head's
     assert rates["head"] == 5e-2
     assert backbone.model.peft_config["default"].use_rslora  # alpha / sqrt(r)
+
+
+def test_adaption_prompt_is_refused_for_more_layers_than_the_model_has(tiny):
+    from peftqa.methods import adaption_prompt
+
+    model, family = fresh(tiny, "llama"), BACKBONES["causal"]
+    layers = model.config.num_hidden_layers
+    adaption_prompt.refuse(model, adaption_prompt.AdaptionPromptParams(adapter_layers=layers), family)  # all: fine
+    with pytest.raises(PeftqaError, match=f"adapter_layers is {layers + 1} but this model has {layers} layers"):
+        adaption_prompt.refuse(model, adaption_prompt.AdaptionPromptParams(adapter_layers=layers + 1), family)
+
+
+@pytest.mark.parametrize("method", ["loha", "lokr"])
+def test_the_conv1d_refusal_looks_only_at_the_targeted_layers(tiny, method):
+    """GPT-2's c_attn is a Conv1D, so LoHa and LoKr are refused there; Llama's projections are Linear, so not."""
+    from peftqa.methods import REGISTRY
+
+    entry = REGISTRY[method]
+    family = BACKBONES["causal"]
+    entry.refuse(fresh(tiny, "llama"), entry.knobs(), family)
+    with pytest.raises(PeftqaError, match=rf"{method} cannot serve this causal model .*\['c_attn'\].*Conv1D"):
+        entry.refuse(fresh(tiny, "gpt2"), entry.knobs(target_modules=("c_attn",)), family)

@@ -39,7 +39,8 @@ def run_predict(capsys, monkeypatch, root: Path, method: str, text: str, *extra:
 
 @pytest.mark.parametrize("method, family", [("base", "encoder"), ("lora", "encoder"), ("prompt_tuning", "encoder"),
                                             ("prefix_tuning", "encoder"), ("lora", "seq2seq"),
-                                            ("bottleneck", "seq2seq")])
+                                            ("bottleneck", "seq2seq"), ("vera", "seq2seq"),
+                                            ("ln_tuning", "seq2seq")])
 def test_predict_gives_the_labels_and_p_yes_of_the_evaluate_stage(trained, capsys, monkeypatch, method, family):
     root = trained(method, family)
     test = pd.read_csv(root / "data/processed/test.csv", dtype={"pmid": str})

@@ -102,6 +102,17 @@ def test_a_native_method_s_champion_predicts_what_evaluate_predicted(trained, mo
     assert_champion_predicts_what_evaluate_predicted(root, method)
 
 
+@pytest.mark.parametrize("method", ["loha", "lokr", "vera", "ln_tuning"])
+def test_each_newer_peft_method_s_champion_predicts_what_evaluate_predicted(trained, monkeypatch, method):
+    """The peft methods added with the matrix: VeRA saves its shared random projection, LN tuning whole copies of
+    the layer norms; the logged pyfunc reloads each onto the base model and predicts what evaluate did."""
+    root = trained(method)
+    assert (root / f"models/{method}/adapter/adapter_config.json").is_file()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    registry.main([method])
+    assert_champion_predicts_what_evaluate_predicted(root, method)
+
+
 def test_a_run_without_a_logged_model_gets_one_logged_from_its_artifacts(trained, monkeypatch):
     """Runs trained before train logged a model: the registry logs one into the run (which stays FINISHED) from its
     adapter/ and resolved_config.json artifacts, and registers that."""

@@ -209,25 +209,30 @@ def kill_after_checkpoints(root: Path, method: str, writes: int) -> Path:
 
 
 def trained_outputs(root: Path, method: str) -> tuple[bytes, pd.DataFrame]:
-    """What a resumed run must reproduce bit for bit: the adapter's bytes and the history (timings aside)."""
+    """What a resumed run must reproduce bit for bit: the adapter's weights files (peft's adapter_model, a native
+    method's own), the head's, and the history (timings aside)."""
     history = pd.read_csv(root / f"models/{method}/history.csv")
-    return ((root / f"models/{method}/adapter/adapter_model.safetensors").read_bytes(),
+    weights = sorted((root / f"models/{method}/adapter").glob("*.safetensors"))
+    assert weights, f"no weights in models/{method}/adapter"
+    return (b"".join(path.name.encode() + path.read_bytes() for path in weights),
             history[[c for c in history.columns if c != "seconds"]])
 
 
-def test_killed_training_resumes_to_the_same_result(stage_dir, tmp_path):
+@pytest.mark.parametrize("method", ["bottleneck"])  # written here, with its own save; peft's lora: the mid-epoch test
+def test_killed_training_resumes_to_the_same_result(stage_dir, tmp_path, method):
     """SIGKILL after the first checkpoint; the re-run resumes, continues the same MLflow run, and ends with
-    bytes identical to an uninterrupted run (CPU is deterministic)."""
+    bytes identical to an uninterrupted run (CPU is deterministic). The method is a native one, whose weights peftqa
+    saves itself; the mid-epoch test below does the same for peft's LoRA."""
     root = stage_dir(n_train=160, **{"train.epochs": 3, "train.patience": 5})
-    checkpoint = kill_after_checkpoints(root, "lora", writes=1)
+    checkpoint = kill_after_checkpoints(root, method, writes=1)
 
-    resumed = run_stage(root, "lora")
+    resumed = run_stage(root, method)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr and not checkpoint.exists(), resumed.stderr[:3000]
-    resumed_bytes, resumed_history = trained_outputs(root, "lora")
+    resumed_bytes, resumed_history = trained_outputs(root, method)
 
     client = mlflow_client(root)
-    run = only_run(client, "lora")  # no duplicate run
+    run = only_run(client, method)  # no duplicate run
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_macro_f1")]
     assert sorted(steps) == [0, 1, 2, 3]  # every epoch once, the missing ones appended
@@ -237,9 +242,9 @@ def test_killed_training_resumes_to_the_same_result(stage_dir, tmp_path):
     fresh.mkdir()
     for name in ("params.yaml", "data"):
         subprocess.run(["cp", "-r", str(root / name), str(fresh / name)], check=True)
-    clean = run_stage(fresh, "lora")
+    clean = run_stage(fresh, method)
     assert clean.returncode == 0, clean.stderr
-    clean_bytes, clean_history = trained_outputs(fresh, "lora")
+    clean_bytes, clean_history = trained_outputs(fresh, method)
     assert clean_bytes == resumed_bytes
     pd.testing.assert_frame_equal(clean_history, resumed_history)
 

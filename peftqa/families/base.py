@@ -75,6 +75,7 @@ class Backbone:
     # bottleneck adapters go (a suffix such as BERT's output.dense would also match attention.output.dense)
     attention_output_layers: tuple[str, ...]
     feedforward_output_layers: tuple[str, ...]
+    layer_norm_layers: tuple[str, ...]  # the layer norms' names (suffixes): LN tuning's default targets
     generates: bool = True  # answers by greedy generation too (a language model); else only by label scores
 
     @classmethod

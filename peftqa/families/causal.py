@@ -29,6 +29,7 @@ class CausalBackbone(LanguageModelBackbone):
     feedforward_layers = ("down_proj",)
     attention_output_layers = (r"model\.layers\.\d+\.self_attn\.o_proj", r"transformer\.h\.\d+\.attn\.c_proj")
     feedforward_output_layers = (r"model\.layers\.\d+\.mlp\.down_proj", r"transformer\.h\.\d+\.mlp\.c_proj")
+    layer_norm_layers = ("input_layernorm", "post_attention_layernorm", "norm")  # Llama's (GPT-2: ln_1, ln_2, ln_f)
 
     @classmethod
     def claims(cls, config: PretrainedConfig) -> bool:

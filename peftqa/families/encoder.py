@@ -39,6 +39,7 @@ class EncoderBackbone(Backbone):
     feedforward_layers = ("output.dense",)
     attention_output_layers = (r"encoder\.layer\.\d+\.attention\.output\.dense",)
     feedforward_output_layers = (r"encoder\.layer\.\d+\.output\.dense",)
+    layer_norm_layers = ("LayerNorm",)  # BERT's; peft has no default for BERT
     generates = False
 
     @classmethod

@@ -34,7 +34,10 @@ def _attach_adapter(model: torch.nn.Module, peft_config: PeftConfig | None, adap
                     ) -> torch.nn.Module:
     """Wrap the model with peft: the saved adapter for evaluation, a fresh one for training; as is without adapter.
     A native method (no peft config) attaches or loads its own."""
-    native = methods.get(method).native
+    entry = methods.get(method)
+    if entry.refuse is not None:
+        entry.refuse(model, knobs, family)
+    native = entry.native
     if native is not None:
         return native.attach(model, knobs, family) if adapter_dir is None else native.load(model, adapter_dir,
                                                                                             knobs, family)

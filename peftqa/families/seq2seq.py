@@ -21,6 +21,7 @@ class Seq2SeqBackbone(LanguageModelBackbone):
     feedforward_layers = ("wo",)
     attention_output_layers = (r"(encoder|decoder)\.block\.\d+\.layer\.0\.SelfAttention\.o",)  # self-attention
     feedforward_output_layers = (r"(encoder|decoder)\.block\.\d+\.layer\.\d+\.DenseReluDense\.wo",)
+    layer_norm_layers = ("layer_norm", "final_layer_norm")
 
     @classmethod
     def claims(cls, config: PretrainedConfig) -> bool:

@@ -63,5 +63,6 @@ def load(model: torch.nn.Module, folder: Path, knobs: BitfitParams, family: Fami
     return model
 
 
-register(Method("bitfit", BitfitParams, build_no_adapter, native=Native(attach, save, load),
+register(Method("bitfit", BitfitParams, build_no_adapter, paper="Ben Zaken et al. 2022",
+                native=Native(attach, save, load),
                 note="bitfit: only the biases (and, for the encoder, the head, started from the probe) trained"))

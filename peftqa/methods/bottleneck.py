@@ -130,6 +130,7 @@ def load(model: torch.nn.Module, folder: Path, knobs: BottleneckParams, family: 
     return model
 
 
-register(Method("bottleneck", BottleneckParams, build_no_adapter, native=Native(attach, save, load),
+register(Method("bottleneck", BottleneckParams, build_no_adapter, paper="Houlsby et al. 2019; Pfeiffer et al. 2020",
+                native=Native(attach, save, load),
                 note="bottleneck adapters (Houlsby/Pfeiffer): base weights frozen, only the adapters (and, for the "
                      "encoder, the head, started from the probe) trained"))

@@ -23,6 +23,6 @@ def build_dora(knobs: DoraParams, family: Family, model: ResolvedModel) -> PeftC
     return config
 
 
-register(Method("dora", DoraParams, build_dora, optimizer_groups=lora_plus_groups,
+register(Method("dora", DoraParams, build_dora, paper="Liu et al. 2024", optimizer_groups=lora_plus_groups,
                 note="dora: base weights frozen; LoRA's low-rank direction update and a magnitude per output (and, "
                      "for the encoder, the head, started from the probe) trained"))

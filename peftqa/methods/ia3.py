@@ -39,4 +39,4 @@ def build_ia3(knobs: Ia3Params, family: Family, model: ResolvedModel) -> PeftCon
     return IA3Config(task_type=family.task_type, target_modules=list(targets), feedforward_modules=list(feedforward))
 
 
-register(Method("ia3", Ia3Params, build_ia3))
+register(Method("ia3", Ia3Params, build_ia3, paper="Liu et al. 2022 (IA3)"))

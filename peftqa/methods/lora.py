@@ -50,4 +50,4 @@ def lora_plus_groups(named: list[tuple[str, torch.nn.Parameter]], knobs: LoraPar
             {"params": b, "lr": lr * knobs.lr_ratio_b}]
 
 
-register(Method("lora", LoraParams, build_lora, optimizer_groups=lora_plus_groups))
+register(Method("lora", LoraParams, build_lora, paper="Hu et al. 2021", optimizer_groups=lora_plus_groups))

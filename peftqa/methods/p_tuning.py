@@ -26,4 +26,4 @@ def build_p_tuning(knobs: PTuningParams, family: Family, model: ResolvedModel) -
                                encoder_hidden_size=knobs.encoder_hidden_size)
 
 
-register(Method("p_tuning", PTuningParams, build_p_tuning))
+register(Method("p_tuning", PTuningParams, build_p_tuning, paper="Liu et al. 2021 (P-tuning)"))

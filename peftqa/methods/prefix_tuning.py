@@ -28,5 +28,5 @@ def build_prefix_tuning(knobs: PrefixTuningParams, family: Family, model: Resolv
                               encoder_hidden_size=knobs.projection_hidden_size)
 
 
-register(Method("prefix_tuning", PrefixTuningParams, build_prefix_tuning,
+register(Method("prefix_tuning", PrefixTuningParams, build_prefix_tuning, paper="Li & Liang 2021",
                 gradient_checkpointing=False))  # peft passes the prefix as a key/value cache, which checkpointing drops

@@ -43,4 +43,4 @@ def build_prompt_tuning(knobs: PromptTuningParams, family: Family, model: Resolv
     )
 
 
-register(Method("prompt_tuning", PromptTuningParams, build_prompt_tuning))
+register(Method("prompt_tuning", PromptTuningParams, build_prompt_tuning, paper="Lester et al. 2021"))

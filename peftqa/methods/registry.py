@@ -36,6 +36,7 @@ class Family(Protocol):
     feedforward_layers: tuple[str, ...]  # feed-forward output layers (IA3 scales their input)
     attention_output_layers: tuple[str, ...]  # exact module paths (regexes, whole name) of attention output projections
     feedforward_output_layers: tuple[str, ...]  # ... and of feed-forward output projections (bottleneck adapters)
+    layer_norm_layers: tuple[str, ...]  # the layer norms' names: LN tuning's default targets
 
 
 Builder = Callable[[Any, Family, ResolvedModel], "PeftConfig | None"]  # (knobs, family, model) -> config
@@ -56,6 +57,7 @@ class Method:
     name: str
     knobs: type  # frozen dataclass: the peft.<name> section of params.yaml, every field with a default
     build: Builder
+    paper: str = ""  # where the method comes from, as the docs' methods table cites it
     note: str = ""  # what is trained, for train_summary.json and the report ("" = an adapter on a frozen model)
     note_without_head: str = ""  # the note for a family without a classification head, where it differs
     frozen: bool = False  # nothing of the backbone trains: at most the encoder's head (a linear probe)
@@ -64,6 +66,8 @@ class Method:
     native: Native | None = None  # a method written here, not a peft config: its attach, save and load
     # the adapter's AdamW groups from its (name, parameter) pairs, the knobs and lr; None: one group at lr
     optimizer_groups: Callable[[list[tuple[str, torch.nn.Parameter]], Any, float], list[dict]] | None = None
+    # raises PeftqaError, naming the family and the reason, for a model the method cannot serve (model, knobs, family)
+    refuse: Callable[[torch.nn.Module, Any, Family], None] | None = None
 
     def describe(self, has_head: bool) -> str:
         if not has_head and self.note_without_head:
