@@ -323,8 +323,7 @@ def methods_table(matrix: ModuleType) -> str:
 
     def knobs(entry: methods.Method) -> str:
         names = [f.name for f in dataclasses.fields(entry.knobs) if f.name not in ("lr", "head_lr")]
-        return ", ".join(f"`{name}`" for name in names) or "(lr only)" if entry.knobs is not methods.BaseMethodParams \
-            else "`c_grid`"
+        return ", ".join(f"`{name}`" for name in names) or "(lr only)"
 
     def source(entry: methods.Method) -> str:
         if entry.native is not None:
