@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from peftqa import results
+from peftqa import frontier, results
 from peftqa.common import PeftqaError
 from peftqa.study import BLOCKS, SMOLLM2_DIR, Study, load_study, require_full_scale
 
@@ -51,6 +51,7 @@ SOURCES = {  # by a block name's prefix
     "pilot": Source(results.PILOT_DIR, results.read_pilot, {"table": results.pilot_table}),
     "measured": Source(results.BENCH_DIR, Path, results.MEASURED_BLOCKS),
     "matrix": Source(results.MATRIX_DIR, results.read_matrix, results.MATRIX_BLOCKS),
+    "methods-cv5": Source(frontier.FRONTIER_DIR, frontier.read_copy, frontier.BLOCKS),
 }
 DOC_FILES = ("README.md", "docs/*.md")  # where blocks may sit, relative to the project root
 MARKER = re.compile(r"^<!-- peftqa:(?P<kind>begin|end) (?P<name>\S+) -->$")

@@ -130,13 +130,13 @@ def pilot_table(grid: PilotGrid, root: Path) -> pd.DataFrame:
     return table
 
 
-def format_table(table: pd.DataFrame) -> str:
+def format_table(table: pd.DataFrame, baseline_note: str = "zero-shot") -> str:
     lines = ["| method | lr | val macro-F1 | val accuracy | best epoch | val macro-F1 at the start / after the epoch |",
              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for row in table.to_dict("records"):
         if pd.isna(row.get("lr")):
             note = f"offset {row['offset']:+.3f} on log p(yes) − log p(no), chosen on val" if pd.notna(
-                row.get("offset")) else "zero-shot"
+                row.get("offset")) else baseline_note
             lines.append(f"| {row['method']} | | {row['val_macro_f1']:.3f} | {row['val_accuracy']:.3f} | | {note} |")
             continue
         flag = " (kept its start)" if row["kept_its_start"] else ""

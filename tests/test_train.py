@@ -223,7 +223,7 @@ def test_killed_training_resumes_to_the_same_result(stage_dir, tmp_path, method)
     """SIGKILL after the first checkpoint; the re-run resumes, continues the same MLflow run, and ends with
     bytes identical to an uninterrupted run (CPU is deterministic). The method is a native one, whose weights peftqa
     saves itself; the mid-epoch test below does the same for peft's LoRA."""
-    root = stage_dir(n_train=160, **{"train.epochs": 3, "train.patience": 5})
+    root = stage_dir(n_train=96, **{"train.epochs": 2, "train.patience": 5})  # killed after epoch 1, resumes epoch 2
     checkpoint = kill_after_checkpoints(root, method, writes=1)
 
     resumed = run_stage(root, method)
@@ -235,7 +235,7 @@ def test_killed_training_resumes_to_the_same_result(stage_dir, tmp_path, method)
     run = only_run(client, method)  # no duplicate run
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_macro_f1")]
-    assert sorted(steps) == [0, 1, 2, 3]  # every epoch once, the missing ones appended
+    assert sorted(steps) == [0, 1, 2]  # every epoch once, the missing one appended
 
     # the same params, uninterrupted, in a fresh directory
     fresh = tmp_path / "fresh"

@@ -24,6 +24,7 @@ SUBCOMMANDS = {  # subcommand: the module of this package whose main(args) it ru
     "clean": "clean",
     "probe": "probe",
     "pilot": "pilot",
+    "frontier": "frontier",
     "docs": "docs",
 }
 # called directly, not through peftqa.common.run_cli: it raises no PeftqaError, and needs only torch, transformers

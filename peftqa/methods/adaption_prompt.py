@@ -38,8 +38,8 @@ def refuse(model: torch.nn.Module, knobs: AdaptionPromptParams, family: Family) 
         raise PeftqaError(f"adaption_prompt cannot serve this {family.family} model ({model_type}): peft's "
                           f"LLaMA-Adapter is written for the causal architectures {sorted(TRANSFORMERS_MODEL_CONFIG)} "
                           "only; drop adaption_prompt from methods for this model")
-    layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
-    if layers is not None and knobs.adapter_layers > layers:
+    layers = model.config.num_hidden_layers  # GPT-2's config maps it to n_layer
+    if knobs.adapter_layers > layers:
         raise PeftqaError(f"params: peft.adaption_prompt.adapter_layers is {knobs.adapter_layers} but this model has "
                           f"{layers} layers; set it to at most {layers}")
 

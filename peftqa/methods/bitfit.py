@@ -26,17 +26,20 @@ class BitfitParams(TrainedKnobs):
     lr: float = 1e-3
 
 
-def bias_names(model: torch.nn.Module, family: Family) -> list[str]:
-    names = [name for name, _ in model.named_parameters() if name.endswith("bias")]
-    if not names:
+def bias_names(model: torch.nn.Module) -> list[str]:
+    return [name for name, _ in model.named_parameters() if name.endswith("bias")]
+
+
+def refuse(model: torch.nn.Module, knobs: BitfitParams, family: Family) -> None:
+    """The registry's check before attach: a model without biases would train nothing."""
+    if not bias_names(model):
         raise PeftqaError(f"bitfit cannot serve this {family.family} model ({type(model).__name__}): it has no bias "
                           "parameters (T5 and Llama-style models have none), so bitfit would train nothing; drop "
                           "bitfit from methods for this model")
-    return names
 
 
 def attach(model: torch.nn.Module, knobs: BitfitParams, family: Family) -> torch.nn.Module:
-    trained = set(bias_names(model, family))
+    trained = set(bias_names(model))
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name in trained)
     return model
@@ -46,7 +49,7 @@ def save(model: torch.nn.Module, folder: Path, knobs: BitfitParams, family: Fami
     from safetensors.torch import save_file
 
     parameters = dict(model.named_parameters())
-    save_file({name: parameters[name].detach().contiguous() for name in bias_names(model, family)},
+    save_file({name: parameters[name].detach().contiguous() for name in bias_names(model)},
               str(folder / WEIGHTS))
 
 
@@ -56,7 +59,7 @@ def load(model: torch.nn.Module, folder: Path, knobs: BitfitParams, family: Fami
     path = folder / WEIGHTS
     if not path.is_file():
         raise PeftqaError(f"{folder}: no {WEIGHTS}, so not a saved bitfit adapter; run the train stage first")
-    weights, names = load_file(str(path)), bias_names(model, family)
+    weights, names = load_file(str(path)), bias_names(model)
     if sorted(weights) != sorted(names):
         raise PeftqaError(f"{path}: its biases do not match this model's; retrain it (dvc repro)")
     model.load_state_dict(weights, strict=False)
@@ -64,5 +67,5 @@ def load(model: torch.nn.Module, folder: Path, knobs: BitfitParams, family: Fami
 
 
 register(Method("bitfit", BitfitParams, build_no_adapter, paper="Ben Zaken et al. 2022",
-                native=Native(attach, save, load),
+                native=Native(attach, save, load), refuse=refuse,
                 note="bitfit: only the biases (and, for the encoder, the head, started from the probe) trained"))

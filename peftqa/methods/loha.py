@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from peftqa.common import PeftqaError, require
 from peftqa.methods.knobs import TrainedKnobs
-from peftqa.methods.registry import Family, Method, ResolvedModel, register
+from peftqa.methods.registry import Family, Method, ResolvedModel, matches_target, register
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +47,7 @@ def refuse_conv1d(method: str):
 
         targets = tuple(knobs.target_modules or family.query_value_layers)
         hit = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, Conv1D)
-                      and any(name == t or name.endswith(f".{t}") for t in targets)})
+                      and any(matches_target(name, t) for t in targets)})
         if hit:
             raise PeftqaError(f"{method} cannot serve this {family.family} model ({type(model).__name__}): its target "
                               f"layers {hit} are GPT-2-style Conv1D layers, which peft's {method} cannot wrap; use "

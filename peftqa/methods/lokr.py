@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from peftqa.common import require
 from peftqa.methods.loha import LohaParams, refuse_conv1d
 from peftqa.methods.registry import Family, Method, ResolvedModel, register
 
@@ -18,7 +19,6 @@ class LokrParams(LohaParams):
 
     def __post_init__(self):
         super().__post_init__()
-        from peftqa.common import require
 
         require(self.decompose_factor == -1 or self.decompose_factor >= 1, "decompose_factor",
                 self.decompose_factor, "must be -1 (automatic) or >= 1")

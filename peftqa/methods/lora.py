@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from peftqa.common import require
 from peftqa.methods.knobs import TrainedKnobs
@@ -22,6 +22,9 @@ class LoraParams(TrainedKnobs):
     target_modules: tuple[str, ...] = ()  # () = the family's query and value projections
     use_rslora: bool = False  # rank-stabilised scaling alpha / sqrt(r) instead of alpha / r (Kalajdzievski 2023)
     lr_ratio_b: float = 1.0  # LoRA+ (Hayou et al. 2024): B's learning rate over A's; 1 = plain LoRA, the paper: 16
+    # default: peft's (A Kaiming-uniform, B zero); gaussian: A normal, B zero; pissa (Meng et al. 2024): A and B from
+    # the target weight's top-r singular vectors, the weight replaced by its residual (see INIT_LORA_WEIGHTS)
+    init: Literal["default", "gaussian", "pissa"] = "default"
     at_least_one: ClassVar[tuple[str, ...]] = ("r",)  # the rank
 
     def __post_init__(self):
@@ -31,13 +34,19 @@ class LoraParams(TrainedKnobs):
         require(self.lr_ratio_b > 0, "lr_ratio_b", self.lr_ratio_b, "must be > 0")
 
 
+# peft's init_lora_weights per `init`. "pissa" is the exact SVD, so it is deterministic: a resumed training attaches
+# the same start again, and `PeftModel.from_pretrained` of a saved adapter (its config keeps "pissa") recomputes the
+# same residual weights before loading the trained A and B, which reproduces the trained model's scores exactly.
+INIT_LORA_WEIGHTS: dict[str, bool | str] = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}
+
+
 def build_lora(knobs: LoraParams, family: Family, model: ResolvedModel) -> PeftConfig:
     """Low-rank updates on the target layers (the family's query and value projections unless params name others)."""
     from peft import LoraConfig
 
     return LoraConfig(task_type=family.task_type, r=knobs.r, lora_alpha=knobs.alpha, lora_dropout=knobs.dropout,
                       target_modules=list(knobs.target_modules or family.query_value_layers),
-                      use_rslora=knobs.use_rslora)
+                      use_rslora=knobs.use_rslora, init_lora_weights=INIT_LORA_WEIGHTS[knobs.init])
 
 
 def lora_plus_groups(named: list[tuple[str, torch.nn.Parameter]], knobs: LoraParams, lr: float) -> list[dict]:

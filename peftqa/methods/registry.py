@@ -111,13 +111,18 @@ def build_peft_config(name: str, knobs: object, family: Family, model: ResolvedM
     return get(name).build(knobs, family, model)
 
 
+def matches_target(module_name: str, target: str) -> bool:
+    """peft's rule for a target_modules entry: the module's whole name, or its last dotted names."""
+    return module_name == target or module_name.endswith(f".{target}")
+
+
 def check_target_modules(peft_config: PeftConfig | None, model: torch.nn.Module, *, method: str,
                          model_name: str) -> None:
     """Fail on a target module the model lacks; peft only fails when *none* match, silently skipping the rest."""
     targets = getattr(peft_config, "target_modules", None) or ()
     module_names = [name for name, _ in model.named_modules()]
     for target in sorted(targets):
-        if not any(name == target or name.endswith(f".{target}") for name in module_names):
+        if not any(matches_target(name, target) for name in module_names):
             leaves = {name.rsplit(".", 1)[-1] for name in module_names}
             examples = sorted(leaf for leaf in leaves if leaf and not leaf.isdigit())[:12]  # indices say nothing
             raise PeftqaError(f"peft.{method}.target_modules: module '{target}' does not exist in model "

@@ -66,3 +66,12 @@ def shared_resume(checkpoint: Path | None, config: dict) -> dict | None:
                           f"done by rank: {progress}); put models/ on a folder every machine shares, or delete the "
                           "checkpoint")
     return state
+
+
+def end_processes() -> None:
+    """Under `accelerate launch`: wait for every process, then close the process group before the interpreter exits
+    (left open, a gloo group's threads can abort a finished process at exit: "terminate called without an active
+    exception"). A lone process has none to close."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
