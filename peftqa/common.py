@@ -40,6 +40,16 @@ class InvalidValue(ParamsError):
         return InvalidValue(f"{section}.{self.key}", self.value, self.why)
 
 
+TEXT_FIELDS = ("question", "context")  # what a model reads of an item: `peftqa predict`'s fields, the pyfunc's columns
+
+
+def text_field_problem(field: str, value: object) -> str | None:
+    """Why `value` cannot be an item's question or context, or None: each must be a non-empty string."""
+    if isinstance(value, str) and value.strip():
+        return None
+    return f"field '{field}' must be a non-empty string, got {value!r:.60}"
+
+
 def require(ok: bool, key: str, value: object, why: str) -> None:
     """Raise InvalidValue(key, value, why) unless `ok`: the one-line form of a params check."""
     if not ok:

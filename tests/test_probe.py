@@ -157,18 +157,25 @@ def test_a_tuned_encoder_method_starts_its_head_from_the_probe(probe_dir):
     assert [g["lr"] for g in groups] == [0.5, 0.25] and groups[1]["params"] == backbone.head_parameters()
 
 
-@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning", "lora"])
-def test_features_embedded_on_the_fly_are_the_frozen_encoders(probe_dir, method):
+@pytest.mark.parametrize(("method", "init"), [("prompt_tuning", None), ("prefix_tuning", None), ("lora", "default"),
+                                            ("lora", "pissa")])
+def test_features_embedded_on_the_fly_are_the_frozen_encoders(probe_dir, method, init):
     """Without a cache (another model, another split), a tuned backbone's probe features come from the encoder alone,
-    its adapter switched off: the same numbers stage embed caches."""
+    its adapter switched off: the same numbers stage embed caches. A PiSSA start has moved the weights' principal
+    part into the adapter, so there the encoder is read with it (switched off, it would give the residual's)."""
     from peftqa.families import load_backbone
+    from peftqa.methods import LoraParams
     from peftqa.params import load_params
 
     params = load_params()
+    peft = params.peft.replace(lora=LoraParams(init=init)) if init else params.peft
     val = pd.read_csv("data/processed/val.csv", dtype={"pmid": str})
     base = load_backbone(params.model, "base", params.peft, params.prepare.labels, seed=0, device="cpu")
-    tuned = load_backbone(params.model, method, params.peft, params.prepare.labels, seed=0, device="cpu")
+    tuned = load_backbone(params.model, method, peft, params.prepare.labels, seed=0, device="cpu")
     expected = features_module.embed_frame(base, val, 8)
     np.testing.assert_allclose(features_module.features_for(tuned, val, params.model, probe_dir / "nowhere"), expected,
                                atol=1e-5)
     assert tuned.model is not tuned.model.get_base_model()  # the adapter is back in place afterwards
+    if init == "pissa":  # the control: switched off, a PiSSA adapter leaves the residual weights, not the encoder's
+        with tuned.model.disable_adapter():
+            assert not np.allclose(features_module.embed_frame(tuned, val, 8), expected, atol=1e-5)

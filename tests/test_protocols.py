@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 
 import pandas as pd
 import pytest
@@ -185,10 +184,43 @@ def test_protocols_stage_runs_seeds_and_folds_end_to_end(stage_dir):  # noqa: F8
     assert table.loc["lora", "kept_start"] == sum(s["best_epoch"] == 0 for s in summaries)
     assert (frontier_dir / "frontier.png").stat().st_size > 10_000
     assert "| `base` (the probe) |" in (frontier_dir / "frontier.md").read_text()
-    # an interrupted run: a training without its unit.json is not copied, and restore puts the finished ones back
+    # an interrupted run: a training without its unit.json is not finished, so a copy that would lose the finished one
+    # it holds is refused; restore replaces the unfinished folder, and the stage then reuses every training
     (out / "runs/cv/lora/fold_1/unit.json").unlink()
-    frontier_cli.copy_from(root, frontier_dir)
-    assert not (frontier_dir / "cv/units/lora/fold_1").exists() and (frontier_dir / "cv/units/lora/fold_0").exists()
-    shutil.rmtree(out / "runs/cv/lora")
+    with pytest.raises(PeftqaError, match=r"holds finished trainings that .* lacks \(e.g. lora/fold_1\).*restore"):
+        frontier_cli.copy_from(root, frontier_dir)
     frontier_cli.restore_into(frontier_dir, root)
-    assert (out / "runs/cv/lora/fold_0/unit.json").exists() and not (out / "runs/cv/lora/fold_1").exists()
+    assert (out / "runs/cv/lora/fold_1/unit.json").exists()
+    runs_before = len(client.search_runs([experiment_id]))
+    protocols_stage.main([])
+    assert len(client.search_runs([experiment_id])) == runs_before  # nothing retrained
+
+
+def test_the_frontier_adjusts_its_p_values_over_its_own_methods_only(tmp_path, write_params):
+    """Holm over the methods against the baseline, not over every pair cv_stats.csv holds (there: lora vs dora too)."""
+    from peftqa.frontier import Frontier, frontier_table
+    from peftqa.stats import holm_adjust
+
+    def rows(method, reference, p):
+        return [{"method": method, "reference": reference, "test": "mcnemar_exact", "metric": "accuracy", "n": 4,
+                 "effect": 0.0, "ci_low": None, "ci_high": None, "p_value": p / 2, "p_holm": 1.0, "b": 1, "c": 2},
+                {"method": method, "reference": reference, "test": "paired_bootstrap", "metric": "macro_f1", "n": 4,
+                 "effect": 0.1, "ci_low": -0.1, "ci_high": 0.3, "p_value": p, "p_holm": 1.0, "b": 1, "c": 2}]
+
+    stats = pd.DataFrame(rows("lora", "base", 0.01) + rows("dora", "base", 0.04) + rows("dora", "lora", 0.5))
+    preds = pd.DataFrame([{"method": m, "fold": 0, "pmid": str(i), "gold": g, "pred": g, "p_yes": 0.5}
+                          for m in ("base", "lora", "dora") for i, g in enumerate(["yes", "no", "yes", "no"])])
+    methods = ["base", "lora", "dora"]
+    pooled = pd.DataFrame({"n": 4, "accuracy": 1.0, "macro_f1": 1.0}, index=pd.Index(methods))
+    units = pd.DataFrame([{"method": m, "fold": k, "trainable_params": 10, "adapter_bytes": 40, "train_seconds": 1.0,
+                           "best_epoch": k, "best_val_macro_f1": 0.5} for m in methods for k in (0, 1)])
+    write_params(tmp_path, {"stats.n_bootstrap": 100})
+    params = load_params(tmp_path / "params.yaml")
+    table = frontier_table(Frontier(root=tmp_path, params=params, preds=preds, pooled=pooled, stats=stats,
+                                    units=units)).set_index("method")
+    assert list(table.index) == ["base", "lora", "dora"]
+    assert list(table.loc[["lora", "dora"], "p_bootstrap_holm"]) == pytest.approx(holm_adjust([0.01, 0.04]))
+    assert list(table.loc[["lora", "dora"], "p_mcnemar_holm"]) == pytest.approx(holm_adjust([0.005, 0.02]))
+    # the control: adjusted over every pair of cv_stats.csv (lora vs dora too), the same p-values come out larger
+    assert holm_adjust([0.01, 0.04, 0.5])[:2] != pytest.approx(list(table.loc[["lora", "dora"], "p_bootstrap_holm"]))
+    assert list(table.loc[["lora", "dora"], "kept_start"]) == [1, 1]  # fold 0 of each kept its start

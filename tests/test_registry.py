@@ -230,6 +230,15 @@ def post(url: str, body: dict) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+def ping(base_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base_url}/ping", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+@pytest.mark.slow
 def test_the_served_champion_answers_what_evaluate_predicted_and_refuses_a_bad_row_by_name(trained, monkeypatch,
                                                                                            tmp_path):
     """`mlflow models serve --env-manager local` of models:/peftqa-lora@champion on 127.0.0.1: a POST of test.csv's
@@ -241,24 +250,19 @@ def test_the_served_champion_answers_what_evaluate_predicted_and_refuses_a_bad_r
     registry.main(["lora"])
     port = free_port()
     log_path = tmp_path / "serve.log"
-    venv_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # it runs the venv's uvicorn
+    search_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's uvicorn
+    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", "models:/peftqa-lora@champion",
+               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     with log_path.open("w") as log:
-        server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m",
-                                   "models:/peftqa-lora@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p",
-                                   str(port)], cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": venv_path},
+        server = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri,
+                                                              "PATH": search_path},
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 120
-            while True:
-                assert server.poll() is None, log_path.read_text()[-3000:]
-                try:
-                    with urllib.request.urlopen(f"{base}/ping", timeout=5) as response:
-                        if response.status == 200:
-                            break
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-                    time.sleep(0.5)
+            while not ping(base):
+                assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.5)
             test = pd.read_csv(root / "data/processed/test.csv", dtype={"pmid": str})
             expected = pd.read_csv(root / "reports/eval/lora/preds_test.csv", dtype={"pmid": str})
             status, answer = post(f"{base}/invocations",

@@ -34,42 +34,56 @@ PROTOCOL_FILES = ("reports/protocols/cv_folds.csv", "reports/protocols/cv_preds.
 WORKSPACE_UNITS = Path("reports/protocols/runs/cv")
 
 
+def finished_units(units: Path) -> dict[Path, Path]:
+    """{<method>/fold_<k>: its folder} of every training under `units` with a unit.json (written last: finished)."""
+    return {done.parent.relative_to(units): done.parent for done in sorted(units.glob("*/fold_*/unit.json"))}
+
+
 def copy_from(workspace: Path, folder: Path) -> None:
-    units = workspace / WORKSPACE_UNITS
-    if not units.is_dir():
-        raise PeftqaError(f"{units}: no trainings of the 5-fold run here; run it in {workspace} first")
+    units = finished_units(workspace / WORKSPACE_UNITS)
+    if not units:
+        raise PeftqaError(f"{workspace / WORKSPACE_UNITS}: no finished trainings of the 5-fold run here; run it in "
+                          f"{workspace} first")
+    lost = sorted(set(finished_units(folder / UNITS_DIR)) - set(units))
+    if lost:
+        raise PeftqaError(f"{folder / UNITS_DIR} holds finished trainings that {workspace} lacks (e.g. {lost[0]}); "
+                          f"`peftqa frontier restore --workspace {workspace}` first, so the copy loses none")
 
     def build(staging: Path) -> None:
         for name in PROTOCOL_FILES:
             if (workspace / name).exists():  # an interrupted run wrote the trainings, not yet the tables
                 shutil.copy2(workspace / name, staging / Path(name).name)
-        for done in sorted(units.glob("*/fold_*/unit.json")):  # written last: the training finished
-            shutil.copytree(done.parent, staging / "units" / done.parent.relative_to(units))
+        for relative, unit in units.items():
+            shutil.copytree(unit, staging / "units" / relative)
 
     replace_dir_atomic(build, folder / CV_DIR)
-    log.info("copied %d finished trainings into %s", len(list((folder / UNITS_DIR).glob("*/fold_*"))),
-             folder / CV_DIR)
+    log.info("copied %d finished trainings into %s", len(units), folder / CV_DIR)
 
 
 def restore_into(folder: Path, workspace: Path) -> None:
-    units = folder / UNITS_DIR
-    if not units.is_dir():
-        raise PeftqaError(f"{units}: no copied trainings to restore")
-    for unit in sorted(units.glob("*/fold_*")):
-        target = workspace / WORKSPACE_UNITS / unit.relative_to(units)
-        if not target.exists():
+    units = finished_units(folder / UNITS_DIR)
+    if not units:
+        raise PeftqaError(f"{folder / UNITS_DIR}: no copied trainings to restore")
+    restored = 0
+    for relative, unit in units.items():
+        target = workspace / WORKSPACE_UNITS / relative
+        if not (target / "unit.json").exists():  # absent, or a training that was cut short: the copy replaces it
+            shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(unit, target)
-    log.info("restored %s into %s", units, workspace / WORKSPACE_UNITS)
+            restored += 1
+    log.info("restored %d of %d finished trainings into %s", restored, len(units), workspace / WORKSPACE_UNITS)
 
 
 def write_table(folder: Path) -> str:
     frontier = read_frontier(folder)
     table = frontier_table(frontier)
-    markdown = format_frontier(table, frontier.folds, frontier.confidence)
+    markdown = format_frontier(table, frontier.params)
     write_csv_atomic(folder / "frontier.csv", table)
     write_text_atomic(folder / "frontier.md", markdown)
-    title = f"{len(table) - 1} methods on MiniLM, {frontier.folds}-fold CV pooled over {int(table['n'].iloc[0])} items"
-    save_figure(plot_frontier(table, reference_scores(frontier), title), folder / "frontier.png")
+    title = (f"{len(table) - 1} methods on {frontier.params.model.name_or_path}, {frontier.params.prepare.folds}-fold "
+             f"CV pooled over {int(table['n'].iloc[0])} items")
+    save_figure(plot_frontier(table, reference_scores(frontier), frontier.params.stats.baseline, title),
+                folder / "frontier.png")
     return markdown
 
 

@@ -20,13 +20,13 @@ from typing import Iterable, TextIO
 
 import pandas as pd
 
-from peftqa.common import PeftqaError
+from peftqa.common import TEXT_FIELDS, PeftqaError, text_field_problem
 from peftqa.evaluation import predict_frame
 from peftqa.families import load_backbone
 from peftqa.params import METHODS, load_params
 from peftqa.scoring import use_bf16
 
-INPUT_FIELDS = ("question", "context")  # required in every input line; "pmid" is optional
+INPUT_FIELDS = TEXT_FIELDS  # required in every input line; "pmid" is optional
 
 # -----------------------------------------------------------------------------
 # pure helpers
@@ -55,8 +55,9 @@ def parse_items(lines: Iterable[str], source: str = "<stdin>") -> pd.DataFrame:
         if isinstance(context, list) and all(isinstance(paragraph, str) for paragraph in context):
             context = " ".join(context)
         for field, value in (("question", record["question"]), ("context", context)):
-            if not isinstance(value, str) or not value.strip():
-                raise PeftqaError(f"{where}: field '{field}' must be a non-empty string, got {value!r:.60}")
+            problem = text_field_problem(field, value)
+            if problem:
+                raise PeftqaError(f"{where}: {problem}")
         pmid = record.get("pmid")
         if pmid is not None and (isinstance(pmid, bool) or not isinstance(pmid, (str, int))):
             raise PeftqaError(f"{where}: field 'pmid' must be a string or an integer, got {pmid!r:.60}")

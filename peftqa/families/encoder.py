@@ -106,9 +106,11 @@ class EncoderBackbone(Backbone):
     def frozen_encoder(self) -> Iterator[None]:
         """Within it, the encoder runs without its adapter (the probe's features). A soft prompt or prefix lives
         outside the base model, so that is used alone; peft switches LoRA-like layers off (for prompt learning its
-        disable_adapter needs a generation method a feature extractor lacks)."""
+        disable_adapter needs a generation method a feature extractor lacks). A PiSSA start has replaced each target
+        weight by its residual, which the switched-off adapter would leave alone; residual plus adapter is the frozen
+        weight until training moves it, so the probe (fitted before training) reads the encoder as it is."""
         model = self.model
-        if not isinstance(model, PeftModel):
+        if not isinstance(model, PeftModel) or getattr(model.active_peft_config, "init_lora_weights", None) == "pissa":
             yield
         elif model.active_peft_config.is_prompt_learning:
             self.model = model.get_base_model()

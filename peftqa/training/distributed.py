@@ -71,7 +71,9 @@ def shared_resume(checkpoint: Path | None, config: dict) -> dict | None:
 def end_processes() -> None:
     """Under `accelerate launch`: wait for every process, then close the process group before the interpreter exits
     (left open, a gloo group's threads can abort a finished process at exit: "terminate called without an active
-    exception"). A lone process has none to close."""
+    exception"). accelerate's own close; a lone process has no group."""
+    from accelerate import PartialState
+
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        PartialState().destroy_process_group()
