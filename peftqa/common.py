@@ -1,14 +1,18 @@
 """Shared plumbing for every stage: the error type, atomic writes, hashing, the repo root and the CLI wrapper."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import sys
 import tempfile
 import warnings
+import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -48,6 +52,29 @@ def text_field_problem(field: str, value: object) -> str | None:
     if isinstance(value, str) and value.strip():
         return None
     return f"field '{field}' must be a non-empty string, got {value!r:.60}"
+
+
+def unreadable(err: BaseException) -> bool:
+    """Whether `err` is how a truncated or corrupted file fails to load: safetensors' header errors, a zip's (an .npz,
+    torch's checkpoint format) missing directory or bad CRC, a pickle cut short, or the OS refusing the short read."""
+    return (isinstance(err, (EOFError, zipfile.BadZipFile, pickle.UnpicklingError, zlib.error))
+            or isinstance(err, OSError) and err.errno == errno.EINVAL  # torch.load of a cut zip
+            or type(err).__name__ == "SafetensorError"
+            or isinstance(err, RuntimeError) and "PytorchStreamReader" in str(err))
+
+
+@contextmanager
+def reading(path: str | Path, fix: str) -> Iterator[None]:
+    """Within it, a load of `path` that fails as a truncated or corrupted file does becomes one PeftqaError that names
+    the file, the library's complaint and `fix` (how to get the file back), instead of the library's traceback."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - re-raised unless it is a corrupt file's
+        if not unreadable(err):
+            raise
+        reason = (str(err).strip().splitlines() or [""])[0][:160]
+        raise PeftqaError(f"{path}: cannot be read, it is truncated or corrupted ({type(err).__name__}: {reason}); "
+                          f"{fix}") from None
 
 
 def require(ok: bool, key: str, value: object, why: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from peftqa.common import PeftqaError, atomic_path
+from peftqa.common import PeftqaError, atomic_path, reading
 from peftqa.families import EncoderBackbone
 from peftqa.params import ModelParams
 from peftqa.paths import FEATURES_DIR
@@ -49,8 +50,12 @@ def load_features(split: str, folder: Path = FEATURES_DIR) -> tuple[np.ndarray, 
     path = folder / f"{split}.npz"
     if not path.is_file():
         raise PeftqaError(f"{path} not found; run `dvc repro embed` first (the probe is fitted on these features)")
-    with np.load(path, allow_pickle=False) as data:
-        return data["pmid"], data["label"], data["features"]
+    with reading(path, f"restore it with `dvc checkout {folder}` (or rebuild it: `dvc repro -f embed`)"):
+        with open(path, "rb") as handle:  # without a zip's signature np.load takes it for a pickle, and says that
+            if handle.read(4) != b"PK\x03\x04":
+                raise zipfile.BadZipFile("File is not a zip file")
+        with np.load(path, allow_pickle=False) as data:
+            return data["pmid"], data["label"], data["features"]
 
 
 def features_key(model_params: ModelParams) -> dict[str, object]:

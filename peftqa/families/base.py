@@ -32,6 +32,11 @@ Batch = dict[str, torch.Tensor]  # what encode returns: padded tensors on the ba
 BACKBONES: dict[str, type[Backbone]] = {}  # family name -> its Backbone subclass
 
 
+def restore_fix(adapter_dir: Path, method: str) -> str:
+    """How to get a damaged adapter folder back: DVC's copy of it, or the training again."""
+    return f"restore it with `dvc checkout {adapter_dir}` (or retrain: `dvc repro -f train@{method}`)"
+
+
 def _is_encoder_decoder(config: PretrainedConfig) -> bool:
     return bool(getattr(config, "is_encoder_decoder", False))
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from peftqa.common import PeftqaError, atomic_path
+from peftqa.common import PeftqaError, atomic_path, reading
 from peftqa.families.base import (
     HEAD_FILE,
     Backbone,
@@ -24,6 +24,7 @@ from peftqa.families.base import (
     _has_causal_architecture,
     _is_encoder_decoder,
     register_family,
+    restore_fix,
 )
 from peftqa.families.tokens import kept_positions
 from peftqa.params import ModelParams
@@ -143,4 +144,5 @@ class EncoderBackbone(Backbone):
             save_file(self.head.state_dict(), str(tmp))
 
     def _load_weights(self, folder: Path) -> None:
-        self.head.load_state_dict(load_file(str(folder / HEAD_FILE), device=str(self.device)))
+        with reading(folder / HEAD_FILE, restore_fix(folder, self.method)):
+            self.head.load_state_dict(load_file(str(folder / HEAD_FILE), device=str(self.device)))

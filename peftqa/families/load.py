@@ -10,8 +10,8 @@ from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from peftqa import methods
-from peftqa.common import PeftqaError, require
-from peftqa.families.base import BACKBONES, METADATA_FILE, Backbone, detect_family
+from peftqa.common import PeftqaError, reading, require
+from peftqa.families.base import BACKBONES, METADATA_FILE, Backbone, detect_family, restore_fix
 from peftqa.families.resolve import _from_pretrained, resolve_model
 from peftqa.methods import ResolvedModel
 from peftqa.params import ModelParams, PeftParams
@@ -39,12 +39,15 @@ def _attach_adapter(model: torch.nn.Module, peft_config: PeftConfig | None, adap
         entry.refuse(model, knobs, family)
     native = entry.native
     if native is not None:
-        return native.attach(model, knobs, family) if adapter_dir is None else native.load(model, adapter_dir,
-                                                                                            knobs, family)
+        if adapter_dir is None:
+            return native.attach(model, knobs, family)
+        with reading(adapter_dir / f"{method}.safetensors", restore_fix(adapter_dir, method)):
+            return native.load(model, adapter_dir, knobs, family)
     if peft_config is None:
         return model
     if adapter_dir is not None:
-        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        with reading(adapter_dir / "adapter_model.safetensors", restore_fix(adapter_dir, method)):
+            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     methods.check_target_modules(peft_config, model, method=method, model_name=model_name)
     try:
         return get_peft_model(model, peft_config)

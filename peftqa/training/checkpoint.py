@@ -22,10 +22,18 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path, config: dict) -> dict | None:
-    """The saved state, if it was made by the same resolved config; a stale checkpoint is ignored."""
+    """The saved state, if it was made by the same resolved config; a stale or unreadable checkpoint is ignored, with
+    a warning, and training starts afresh (the next checkpoint replaces it)."""
     if not path.exists():
         return None
-    state = torch.load(path, weights_only=False)
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - a corrupt checkpoint's, else re-raised
+        if not common.unreadable(err):
+            raise
+        log.warning("ignoring %s: it cannot be read, it is truncated or corrupted (%s: %s); training starts afresh",
+                    path, type(err).__name__, (str(err).strip().splitlines() or [""])[0][:160])
+        return None
     if state.get("config") != config:
         log.warning("ignoring %s: it was saved by a different config", path)
         return None
