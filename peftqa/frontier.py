@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 FRONTIER_DIR = Path("reports/methods-cv5")
 CV_DIR = "cv"  # the protocols stage's outputs, copied
-UNITS_DIR = "cv/units"  # <method>/fold_<k>/: one training each, as reports/protocols/runs/cv/ holds them
+UNITS_DIR = f"{CV_DIR}/units"  # <method>/fold_<k>/: one training each, as reports/protocols/runs/cv/ holds them
 UNIT_FIGURES = ("trainable_params", "adapter_bytes", "train_seconds", "best_epoch", "best_val_macro_f1")
 COLUMNS = ["method", "folds", "trainable_params", "adapter_bytes", "train_seconds_per_fold", "n", "accuracy",
            "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", "delta_macro_f1", "delta_ci_low", "delta_ci_high",
@@ -212,12 +212,9 @@ def provenance(copy: FrontierCopy) -> str:
 
 
 def grid_table(copy: FrontierCopy) -> str:
-    """The pilot's table without its base_calibrated row: on the encoder, base is the trained probe, not a zero-shot
-    model whose label prior an offset would correct (the references stage defines no such row for it either)."""
-    from peftqa.pilot import CALIBRATED, format_table
+    from peftqa.pilot import format_table
 
-    return format_table(copy.grid[copy.grid["method"] != CALIBRATED],
-                        baseline_note="the linear probe on the frozen features: every method's start (epoch 0)")
+    return format_table(copy.grid)
 
 
 BLOCKS = {"provenance": provenance, "grid": grid_table,

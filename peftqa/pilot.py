@@ -19,7 +19,7 @@ from peftqa.methods import METHODS
 from peftqa.metrics import classification_metrics
 from peftqa.references import choose_offset, margins_from_p_yes, predict_with_offset
 
-BASELINE = "base"  # zero-shot: trained by no run, evaluated once; base_calibrated is its val-chosen offset
+BASELINE = "base"  # trained by no run, evaluated once; for a language model, base_calibrated is its val-chosen offset
 CALIBRATED = "base_calibrated"
 
 
@@ -102,20 +102,24 @@ def method_rows(grid: PilotGrid, root: Path) -> list[dict]:
 
 
 def reference_rows(root: Path) -> list[dict]:
-    """The zero-shot base on val, and base_calibrated: its val margins plus the offset chosen on those same val items
-    (peftqa.references, as the references stage chooses it), so its val figure is the best the prior alone reaches
-    there, an optimistic one. From the first run: no run changes base."""
+    """The base on val, and for a language model base_calibrated: its zero-shot val margins plus the offset chosen on
+    those same val items (peftqa.references, as the references stage chooses it), so its val figure is the best the
+    prior alone reaches there, an optimistic one. The encoder's base is the trained linear probe, every method's
+    start, which no offset calibrates (the references stage defines no base_calibrated for it either). From the
+    first run: no run changes base."""
     folder = run_folder(root, 0) / "reports" / "eval" / "base"
     base = _read_json(folder / "metrics_val.json")
+    row = {"method": BASELINE, "val_macro_f1": base["macro_f1"], "val_accuracy": base["accuracy"]}
+    if _read_json(run_folder(root, 0) / "models" / BASELINE / "resolved_config.json")["family"] == "encoder":
+        return [{**row, "probe": True}]
     preds = pd.read_csv(folder / "preds_val.csv", dtype={"pmid": str})
     labels = ("yes", "no")
     margins = margins_from_p_yes(preds["p_yes"])
     offset = choose_offset(margins, preds["gold"].astype(str).tolist(), labels)
     calibrated = classification_metrics(preds["gold"].astype(str).tolist(),
                                         predict_with_offset(margins, offset["delta"]), labels)
-    return [{"method": BASELINE, "val_macro_f1": base["macro_f1"], "val_accuracy": base["accuracy"]},
-            {"method": CALIBRATED, "val_macro_f1": calibrated["macro_f1"], "val_accuracy": calibrated["accuracy"],
-             "offset": offset["delta"]}]
+    return [row, {"method": CALIBRATED, "val_macro_f1": calibrated["macro_f1"], "val_accuracy": calibrated["accuracy"],
+                  "offset": offset["delta"]}]
 
 
 def pilot_table(grid: PilotGrid, root: Path) -> pd.DataFrame:
@@ -130,14 +134,21 @@ def pilot_table(grid: PilotGrid, root: Path) -> pd.DataFrame:
     return table
 
 
-def format_table(table: pd.DataFrame, baseline_note: str = "zero-shot") -> str:
+def reference_note(row: dict) -> str:
+    if row.get("probe") is True:
+        return "the linear probe on the frozen features: every method's start (epoch 0)"
+    if pd.notna(row.get("offset")):
+        return f"offset {row['offset']:+.3f} on log p(yes) − log p(no), chosen on val"
+    return "zero-shot"
+
+
+def format_table(table: pd.DataFrame) -> str:
     lines = ["| method | lr | val macro-F1 | val accuracy | best epoch | val macro-F1 at the start / after the epoch |",
              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for row in table.to_dict("records"):
         if pd.isna(row.get("lr")):
-            note = f"offset {row['offset']:+.3f} on log p(yes) − log p(no), chosen on val" if pd.notna(
-                row.get("offset")) else baseline_note
-            lines.append(f"| {row['method']} | | {row['val_macro_f1']:.3f} | {row['val_accuracy']:.3f} | | {note} |")
+            lines.append(f"| {row['method']} | | {row['val_macro_f1']:.3f} | {row['val_accuracy']:.3f} | | "
+                         f"{reference_note(row)} |")
             continue
         flag = " (kept its start)" if row["kept_its_start"] else ""
         name = f"**{row['method']}**" if row["chosen"] else row["method"]

@@ -48,7 +48,9 @@ def write_run(root: Path, run: int, method: str, history: list[float], best: int
     (folder / "train_summary.json").write_text(json.dumps({"best_epoch": best, "best_val_macro_f1": history[best]}))
 
 
-def test_the_table_marks_the_val_chosen_rate_and_flags_a_kept_start(tmp_path):
+@pytest.mark.parametrize("family", ["causal", "encoder"])
+def test_the_table_marks_the_val_chosen_rate_and_flags_a_kept_start(tmp_path, family):
+    """A language model's base gets its calibrated row; the encoder's base is the trained probe, which gets none."""
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump({"profile": {}, "lr": {"lora": [1e-3, 1e-2]}}))
     grid = load_pilot_grid(path)
@@ -60,7 +62,13 @@ def test_the_table_marks_the_val_chosen_rate_and_flags_a_kept_start(tmp_path):
     # zero-shot says no to all but the surest item; an offset near +2.3 turns the three likeliest into yes
     pd.DataFrame({"pmid": ["1", "2", "3", "4", "5"], "gold": ["yes", "yes", "yes", "no", "no"],
                   "p_yes": [0.6, 0.2, 0.15, 0.05, 0.01]}).to_csv(evaluation / "preds_val.csv", index=False)
+    (run_folder(tmp_path, 0) / "models/base").mkdir(parents=True)
+    (run_folder(tmp_path, 0) / "models/base/resolved_config.json").write_text(json.dumps({"family": family}))
     table = pilot_table(grid, tmp_path)
+    if family == "encoder":
+        assert table["method"].tolist() == ["base", "lora", "lora"]
+        assert "| base | | 0.400 | 0.450 | | the linear probe on the frozen features" in format_table(table)
+        return
     assert table["method"].tolist() == ["base", "base_calibrated", "lora", "lora"]
     tuned = table[table["method"] == "lora"]
     assert tuned["kept_its_start"].tolist() == [True, False]

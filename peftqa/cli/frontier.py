@@ -54,7 +54,7 @@ def copy_from(workspace: Path, folder: Path) -> None:
             if (workspace / name).exists():  # an interrupted run wrote the trainings, not yet the tables
                 shutil.copy2(workspace / name, staging / Path(name).name)
         for relative, unit in units.items():
-            shutil.copytree(unit, staging / "units" / relative)
+            shutil.copytree(unit, staging / Path(UNITS_DIR).relative_to(CV_DIR) / relative)
 
     replace_dir_atomic(build, folder / CV_DIR)
     log.info("copied %d finished trainings into %s", len(units), folder / CV_DIR)
