@@ -72,9 +72,12 @@ def reading(path: str | Path, fix: str) -> Iterator[None]:
     except Exception as err:  # noqa: BLE001 - re-raised unless it is a corrupt file's
         if not unreadable(err):
             raise
-        reason = (str(err).strip().splitlines() or [""])[0][:160]
-        raise PeftqaError(f"{path}: cannot be read, it is truncated or corrupted ({type(err).__name__}: {reason}); "
-                          f"{fix}") from None
+        raise PeftqaError(f"{path}: cannot be read, it is truncated or corrupted ({complaint(err)}); {fix}") from None
+
+
+def complaint(err: BaseException) -> str:
+    """A library's error in one short line: its type and the first line of its message."""
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:160]}"
 
 
 def require(ok: bool, key: str, value: object, why: str) -> None:

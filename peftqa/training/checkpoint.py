@@ -31,8 +31,8 @@ def load_checkpoint(path: Path, config: dict) -> dict | None:
     except Exception as err:  # noqa: BLE001 - a corrupt checkpoint's, else re-raised
         if not common.unreadable(err):
             raise
-        log.warning("ignoring %s: it cannot be read, it is truncated or corrupted (%s: %s); training starts afresh",
-                    path, type(err).__name__, (str(err).strip().splitlines() or [""])[0][:160])
+        log.warning("ignoring %s: it cannot be read, it is truncated or corrupted (%s); training starts afresh", path,
+                    common.complaint(err))
         return None
     if state.get("config") != config:
         log.warning("ignoring %s: it was saved by a different config", path)
