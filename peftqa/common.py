@@ -8,6 +8,7 @@ import logging
 import os
 import pickle
 import shutil
+import signal
 import sys
 import tempfile
 import warnings
@@ -80,6 +81,35 @@ def complaint(err: BaseException) -> str:
     return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:160]}"
 
 
+class DiskFull(PeftqaError):
+    """`path` could not be written because its disk (or the user's quota) is full; what was there is unchanged."""
+
+    def __init__(self, path: Path, err: BaseException, what: str = "file"):
+        self.path = path
+        free = shutil.disk_usage(_existing(path.parent)).free
+        super().__init__(f"{path}: the disk is full, so it could not be written ({complaint(err)}; {free} bytes "
+                         f"free there); any previous {what} there is unchanged, and no temporary file is left. Free "
+                         "space on that disk (or move the repository to a larger one), then run the command again")
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether `err`, or an error it was raised while handling, is a write refused for want of space: the OS's ENOSPC
+    or EDQUOT, as Python raises it or as safetensors (Rust) and torch (C++) put it into their own messages."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT) or any(
+                text in str(err) for text in ("No space left on device", "os error 28", "Disk quota exceeded")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _existing(folder: Path) -> Path:
+    """The nearest folder that exists: disk_usage needs one."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
 def require(ok: bool, key: str, value: object, why: str) -> None:
     """Raise InvalidValue(key, value, why) unless `ok`: the one-line form of a params check."""
     if not ok:
@@ -92,10 +122,14 @@ def require(ok: bool, key: str, value: object, why: str) -> None:
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on failure removed."""
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`, on failure removed. A full disk
+    becomes DiskFull, which names `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise (DiskFull(path, err) if disk_full(err) else err) from None
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -104,6 +138,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give it the usual mode
         os.replace(tmp, path)
+    except Exception as err:  # noqa: BLE001 - re-raised as it is unless the disk is full
+        if not disk_full(err) or isinstance(err, DiskFull):
+            raise
+        raise DiskFull(path, err) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -179,30 +217,64 @@ def _find_up(start: Path, name: str) -> Path | None:
 # the command-line wrapper every stage's __main__ goes through
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (a scheduler's, `kill`'s), raised wherever the process is, as Ctrl-C's SIGINT raises KeyboardInterrupt:
+    `except Exception` does not catch either, so the code that ends an MLflow run sees it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def run_cli(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
     """Run `main(args)` with argv (default: sys.argv[1:]) less --debug; a PeftqaError becomes one paragraph on stderr
-    and exit 1 (traceback with --debug)."""
+    and exit 1 (traceback with --debug). SIGTERM and SIGINT (Ctrl-C) stop it as cleanly: one paragraph, and the
+    shell's exit code for the signal (143, 130)."""
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args or os.environ.get("PEFTQA_DEBUG") == "1"
     args = [a for a in args if a != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     # peft 0.21 reads a property transformers 5 deprecated: one warning per model load, nothing the user can act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         main(args)
+    except KeyboardInterrupt as err:
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        if debug:
+            raise
+        print(f"error: stopped by {signal.Signals(signum).name}. Every output is whole: each is written under a "
+              "temporary name and renamed into place, so a file is the new one or the previous one. A training "
+              "resumes from its last checkpoint on the next `dvc repro`.", file=sys.stderr)
+        sys.exit(128 + signum)
     except PeftqaError as err:
         if debug:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except OSError as err:  # a full disk outside peftqa's own writes (MLflow's copy of the artifacts, sqlite)
+        if debug or not disk_full(err):
+            raise
+        print(f"error: {err.filename or 'a write'}: the disk is full ({complaint(err)}). Free space on that disk, then "
+              "run the command again", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
 
 
 def replace_dir_atomic(build: Callable[[Path], None], dest: str | Path) -> None:
     """Call build(tmp_dir) to fill a temporary folder beside `dest`, then swap it into place.
-    A crash mid-build leaves the previous `dest` as it was."""
+    A crash mid-build leaves the previous `dest` as it was; a full disk becomes DiskFull, which names `dest`."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    except OSError as err:
+        raise (DiskFull(dest, err, "folder") if disk_full(err) else err) from None
     old = dest.with_name(f".{dest.name}.old")
     try:
         build(tmp)
@@ -210,6 +282,10 @@ def replace_dir_atomic(build: Callable[[Path], None], dest: str | Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
             os.replace(dest, old)
         os.replace(tmp, dest)
+    except Exception as err:  # noqa: BLE001 - re-raised as it is unless the disk is full (a file inside: DiskFull)
+        if not disk_full(err):
+            raise
+        raise DiskFull(dest, err, "folder") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

@@ -4,14 +4,21 @@ life of a training's run: opened (or resumed) by mlflow_run, its epochs, outputs
 The store is sqlite:///<DVC_ROOT>/mlflow.db with artifacts in <DVC_ROOT>/mlruns, always absolute: `dvc exp run
 --temp/--queue` runs stages in copies under .dvc (its temp folder), where a relative URI would silently write to a
 copy that is thrown away. MLFLOW_TRACKING_URI overrides the store (and is redacted whenever it is printed).
+
+A run ends FINISHED, FAILED, or KILLED (SIGTERM, Ctrl-C). One whose process died without a word (SIGKILL, the OOM
+killer, a killed queue worker) is marked KILLED by the next peftqa command that connects on the same machine: each
+run records its host, process id and that process's start time. Against a tracking server, MLflow's retries are
+bounded (HTTP_RETRIES), so a server that goes away fails a training in seconds, not minutes, with its checkpoint kept.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -33,16 +40,25 @@ from mlflow.utils.mlflow_tags import (
 )
 
 from peftqa import environment
-from peftqa.common import PeftqaError, project_root
+from peftqa.common import PeftqaError, complaint, project_root
 
 if TYPE_CHECKING:  # annotations only: tracking stays free of torch and matplotlib
     from matplotlib.figure import Figure
 
     from peftqa.probe import Probe
 
+log = logging.getLogger(__name__)
+
 MAX_PARAM_CHARS = 6000  # MLflow 3's limit on a param value
 METRIC_PREFIX = "eval_"  # MLflow keys of the evaluated metrics: eval_val_macro_f1, eval_test_accuracy, ...
 WRITE_PROBE_TAG = "peftqa.write_probe"  # the experiment tag connect() writes: a store that takes no write fails there
+# which process a run belongs to: a RUNNING run whose process is gone is an orphan (end_orphans)
+HOST_TAG, PID_TAG, PID_START_TAG = "peftqa.host", "peftqa.pid", "peftqa.pid_start"
+# MLflow's HTTP retries, unless the environment sets them: MLflow's own defaults (7 retries, backoff factor 2) wait
+# about 4 minutes for a server that is gone; these wait 0 + 2 + 4 + 8 s (+ up to 0.5 s jitter each), about 15 s, for
+# one that refuses connections, and at most 5 x 30 s for one that accepts them and never answers
+HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 def tracking_uri() -> str:
@@ -59,7 +75,21 @@ def redact(uri: str) -> str:
 
 
 def make_client() -> MlflowClient:
+    for key, value in HTTP_RETRIES.items():  # read by MLflow at each request; a user's own setting wins
+        os.environ.setdefault(key, value)
     return MlflowClient(tracking_uri=tracking_uri())
+
+
+def server_lost(err: BaseException) -> bool:
+    """Whether `err` is how MLflow's client fails once its retries against a tracking server are spent: the server is
+    down or unreachable (not a refusal the server answered with)."""
+    return isinstance(err, MlflowException) and str(err).startswith("API request to") and any(
+        text in str(err) for text in ("Max retries exceeded", "Connection", "timed out"))
+
+
+def end_status(err: BaseException) -> str:
+    """The MLflow status of a run that `err` ended: KILLED for SIGTERM or Ctrl-C, else FAILED."""
+    return "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
 
 
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
@@ -89,6 +119,7 @@ def connect(experiment: str) -> tuple[MlflowClient, str]:
         found = client.get_experiment(experiment_id)
         if found.lifecycle_stage == "active":
             client.set_experiment_tag(experiment_id, WRITE_PROBE_TAG, "ok")
+            end_orphans(client, experiment_id)
     except Exception as err:  # sqlalchemy, HTTP and MLflow errors alike: the store is not usable
         reason = (redact(str(err)).strip().splitlines() or [""])[0][:300]  # the first line: SQL and links follow
         raise PeftqaError(f"the MLflow store {redact(uri)} is not usable ({type(err).__name__}: {reason}). "
@@ -102,6 +133,51 @@ def connect(experiment: str) -> tuple[MlflowClient, str]:
     if found.artifact_location.startswith("file:"):
         check_artifact_folder(Path(url2pathname(urlparse(found.artifact_location).path)))
     return client, experiment_id
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks after boot: /proc/<pid>/stat's 22nd field), or None if it is gone or
+    there is no /proc. With the pid it names one process: a pid the OS hands out again starts at another time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # after the command name in parentheses: fields 3, 4, ...
+
+
+def process_tags() -> dict[str, str]:
+    """The tags that tie a run to this process: end_orphans reads them."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), PID_START_TAG: process_start(os.getpid()) or ""}
+
+
+def process_alive(pid: int, start: str) -> bool:
+    if Path("/proc/self/stat").exists():
+        return process_start(pid) == start
+    try:  # no /proc: whether the pid exists at all
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def end_orphans(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Mark KILLED each RUNNING run of the experiment that a process on this machine started and that is gone (SIGKILL,
+    the OOM killer, a reboot, a killed queue worker); their ids. A run whose process lives (another worker's) is left
+    alone, and so is one from another machine, whose processes this one cannot see."""
+    host = socket.gethostname()
+    running = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                                 f"tags.`{HOST_TAG}` = '{host}'", max_results=1000)
+    ended = []
+    for run in running:
+        pid, start = run.data.tags.get(PID_TAG, ""), run.data.tags.get(PID_START_TAG, "")
+        if pid.isdigit() and not process_alive(int(pid), start):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            log.warning("MLflow run %s (%s) was left RUNNING by process %s on %s, which is gone: marked KILLED",
+                        run.info.run_id, run.info.run_name, pid, host)
+            ended.append(run.info.run_id)
+    return ended
 
 
 def check_run(client: MlflowClient, run_id: str, source: str) -> None:
@@ -150,6 +226,7 @@ def run_tags(stage: str, model: str, family: str, method: str, source: str) -> d
         "family": family,
         "method": method,
         **environment.environment_tags(),  # the lock the environment was installed from (make install)
+        **process_tags(),  # which process runs it: a run it leaves RUNNING when killed is found by end_orphans
     }
 
 
@@ -206,10 +283,12 @@ def log_metrics_row(client, run_id: str, row: dict) -> None:
 
 @contextlib.contextmanager
 def mlflow_run(client, experiment_id: str, resume: dict | None, *, run_name: str, tags: dict[str, str],
-               config: dict, datasets: dict[str, Dataset]) -> Iterator[str]:
+               config: dict, datasets: dict[str, Dataset], checkpoint: Path | None = None) -> Iterator[str]:
     """The training's MLflow run, its whole life. A new run gets the config as params and the splits as datasets;
-    resuming, the checkpoint's run is reopened and its epochs that never reached MLflow are logged. The run ends
-    FINISHED when the block completes and FAILED when it raises; a killed process leaves it RUNNING, to resume."""
+    resuming, the checkpoint's run is reopened (now this process's) and its epochs that never reached MLflow are
+    logged. The run ends FINISHED when the block completes, KILLED on SIGTERM or Ctrl-C, FAILED when it raises; a
+    SIGKILL leaves it RUNNING, until end_orphans marks it KILLED. Either way the next run resumes it from `checkpoint`.
+    A tracking server that stops answering mid-run is one PeftqaError: the run stays RUNNING, to be resumed."""
     if resume is None:
         run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
         log_params(client, run_id, config)
@@ -217,14 +296,24 @@ def mlflow_run(client, experiment_id: str, resume: dict | None, *, run_name: str
     else:
         run_id = resume["run_id"]
         client.update_run(run_id, status="RUNNING")
+        set_tags(client, run_id, process_tags())
         logged = {m.step for m in client.get_metric_history(run_id, "val_macro_f1")}
         for row in resume["history"]:  # epochs checkpointed but killed before they reached MLflow
             if row["epoch"] not in logged:
                 log_metrics_row(client, run_id, row)
     try:
         yield run_id
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+    except BaseException as err:
+        if server_lost(err):  # ending the run would wait out the retries again, and fail
+            kept = (f"{checkpoint} keeps the last finished epoch, and the next `dvc repro` resumes from it into the "
+                    "same run, logging the epochs the server missed" if checkpoint is not None and checkpoint.exists()
+                    else "the next `dvc repro` trains again (train.checkpoint_every_epoch is off, or no epoch ended)")
+            raise PeftqaError(f"the MLflow tracking server {redact(tracking_uri())} stopped answering during the "
+                              f"training of run {run_id} ({redact(complaint(err))}), after MLflow's retries "
+                              f"({os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES')}, see MLFLOW_HTTP_REQUEST_*). "
+                              f"Nothing is lost: {kept}. Start the server again (or set MLFLOW_TRACKING_URI to one "
+                              "that answers), then run `dvc repro`.") from None
+        client.set_terminated(run_id, status=end_status(err))
         raise
     client.set_terminated(run_id, status="FINISHED")
 

@@ -45,6 +45,7 @@ from peftqa.protocols import (
     seeds_summary,
 )
 from peftqa.stats import STATS_COLUMNS, compare_methods
+from peftqa.tracking import end_status
 
 log = logging.getLogger("peftqa.protocols")
 
@@ -67,8 +68,8 @@ def main(args: list[str]) -> None:
     parents = ParentRuns(params, json.loads(PARENTS_JSON.read_text()) if PARENTS_JSON.exists() else {})
     try:
         seed_rows, cv_preds = run_units(params, units, splits, hashes, parents)
-    except BaseException:
-        parents.close("FAILED")
+    except BaseException as err:
+        parents.close(end_status(err))
         raise
 
     kept = {PROTOCOLS_DIR / "runs" / u.protocol / u.method / u.name for u in units}

@@ -20,9 +20,9 @@ REPO_FILES = ("dvc.yaml", "params.yaml", "stages", "peftqa", "requirements", ".d
               ".dvcignore", ".gitignore", "pyproject.toml")
 
 
-def params_dict(overrides: dict[str, object] | None = None) -> dict:
-    """The repo's params.yaml as a fresh dict, with {"dotted.key": value} overrides applied."""
-    data = yaml.load(PARAMS_YAML.read_text(encoding="utf-8"), Loader=_Loader)
+def params_dict(overrides: dict[str, object] | None = None, source: Path = PARAMS_YAML) -> dict:
+    """The repo's params.yaml (or `source`) as a fresh dict, with {"dotted.key": value} overrides applied."""
+    data = yaml.load(source.read_text(encoding="utf-8"), Loader=_Loader)
     for dotted, value in (overrides or {}).items():
         *parents, leaf = dotted.split(".")
         node = data
@@ -37,6 +37,19 @@ def write_params_file(folder: Path, overrides: dict[str, object] | None = None) 
     path = Path(folder) / "params.yaml"
     path.write_text(yaml.safe_dump(params_dict(overrides), sort_keys=False), encoding="utf-8")
     return path
+
+
+def update_params_file(folder: Path, overrides: dict[str, object]) -> None:
+    """Apply {"dotted.key": value} overrides to the params.yaml already in a folder."""
+    path = Path(folder) / "params.yaml"
+    path.write_text(yaml.safe_dump(params_dict(overrides, path), sort_keys=False), encoding="utf-8")
+
+
+def stage_env(root: Path) -> dict[str, str]:
+    """Environment for a stage run by hand (`python -m stages.train`) in a repo-shaped folder: its own sqlite store."""
+    env = {**os.environ, "DVC_ROOT": str(root), "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
 
 
 def pipeline_environment() -> dict[str, str]:

@@ -2,24 +2,35 @@
 
 An adapter's weights, the encoder's head and a features file are refused by the stage that reads them, in one
 paragraph naming the file and how to get it back, with nothing else overwritten; a corrupted checkpoint makes the
-training start afresh, saying so. Each has a control: with peftqa's check bypassed (`common.reading` made a no-op),
-the library's own exception reaches the user.
+training start afresh, saying so. Each has a control: with peftqa's checks bypassed (`common.reading` and the sha256
+check of peftqa.json made no-ops), the library's own exception reaches the user, or, for a byte flipped inside the
+weights, which no library checks, the damaged adapter is used without a word.
 """
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from mlflow.tracking import MlflowClient
 
 from peftqa import common, features
 from peftqa.common import PeftqaError
 from peftqa.families import encoder as encoder_family
 from peftqa.families import load as families_load
 from peftqa.training import checkpoint
+
+from pipeline_copy import stage_env, update_params_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -42,15 +53,18 @@ def flip_middle_byte(path) -> None:
 
 
 def bypass_the_check(monkeypatch) -> None:
-    """The control: the read without peftqa's wrapper, as it was before."""
+    """The control: the read without peftqa's wrapper and without the sha256 check, as it was before."""
     no_op = lambda path, fix: contextlib.nullcontext()  # noqa: E731
     for module in (families_load, encoder_family, features):
         monkeypatch.setattr(module, "reading", no_op)
+    monkeypatch.setattr(families_load, "check_digests", lambda folder, digests, method: None)
 
 
 @pytest.mark.parametrize(("method", "damaged", "damage"), [
     ("lora", "adapter_model.safetensors", truncate), ("lora", "adapter_model.safetensors", flip_header_byte),
-    ("lora", "head.safetensors", truncate), ("bottleneck", "bottleneck.safetensors", truncate),
+    ("lora", "adapter_model.safetensors", flip_middle_byte), ("lora", "head.safetensors", truncate),
+    ("lora", "head.safetensors", flip_middle_byte), ("bottleneck", "bottleneck.safetensors", truncate),
+    ("bottleneck", "bottleneck.safetensors", flip_middle_byte),
 ])
 def test_a_damaged_adapter_is_refused_naming_the_file_and_the_fix(trained, monkeypatch, method, damaged, damage):
     from stages import evaluate as evaluate_stage
@@ -66,6 +80,9 @@ def test_a_damaged_adapter_is_refused_naming_the_file_and_the_fix(trained, monke
     assert f"dvc checkout models/{method}/adapter" in message and f"dvc repro -f train@{method}" in message
     assert "\n" not in message and preds.read_bytes() == before  # one paragraph; the last predictions kept
     bypass_the_check(monkeypatch)
+    if damage is flip_middle_byte:  # no library notices: the damaged weights are scored as if they were the trained
+        evaluate_stage.main([method])
+        return
     with pytest.raises(Exception) as raw:
         evaluate_stage.main([method])
     assert not isinstance(raw.value, PeftqaError)  # the library's own error, with its traceback
@@ -87,17 +104,29 @@ def test_a_damaged_features_file_is_refused_naming_it_and_the_fix(tmp_path, monk
     assert not isinstance(raw.value, PeftqaError)
 
 
-@pytest.mark.parametrize("keep", [0.5, 0.0])
-def test_a_damaged_checkpoint_is_ignored_and_training_starts_afresh(tmp_path, caplog, keep):
+@pytest.mark.parametrize("damage", [lambda path: truncate(path, 0.5), lambda path: truncate(path, 0.0),
+                                    flip_header_byte, flip_middle_byte], ids=["half", "empty", "header", "data"])
+def test_a_damaged_checkpoint_is_ignored_and_training_starts_afresh(tmp_path, caplog, monkeypatch, damage):
     path = tmp_path / "checkpoint.pt"
-    checkpoint.save_checkpoint(path, {"config": {"a": 1}, "parameters": [torch.ones(64, 64)],
-                                      "history": [{"epoch": 1}]})
+    state = {"config": {"a": 1}, "parameters": [torch.ones(64, 64)], "history": [{"epoch": 1}]}
+    checkpoint.save_checkpoint(path, state)
     assert checkpoint.load_checkpoint(path, {"a": 1})["history"] == [{"epoch": 1}]  # the control: intact, it resumes
-    truncate(path, keep)
+    damage(path)
     with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
         assert checkpoint.load_checkpoint(path, {"a": 1}) is None
     assert f"ignoring {path}: it cannot be read, it is truncated or corrupted" in caplog.text
     assert "training starts afresh" in caplog.text
+
+
+def test_a_checkpoint_s_flipped_data_byte_loads_silently_without_its_sha256():
+    """The control of the "data" case above: torch's own format takes a byte flipped inside a tensor's data."""
+    buffer = io.BytesIO()
+    torch.save({"parameters": [torch.ones(64, 64)]}, buffer)
+    data = bytearray(buffer.getvalue())
+    offset = data.find(torch.ones(64, 64).numpy().tobytes()[:64])
+    data[offset + 100] ^= 0xFF
+    loaded = torch.load(io.BytesIO(bytes(data)), weights_only=False)["parameters"][0]
+    assert not torch.equal(loaded, torch.ones(64, 64))
 
 
 def test_only_a_corrupt_file_s_errors_are_rewritten():
@@ -107,3 +136,132 @@ def test_only_a_corrupt_file_s_errors_are_rewritten():
         with pytest.raises(type(other)):
             with common.reading("x.npz", "fix"):
                 raise other
+
+
+# -----------------------------------------------------------------------------
+# a full disk: a real small filesystem (tmpfs), filled to the last byte
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs at tmp_path/disk: a real filesystem that runs out (mounting one needs root, as CI has)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Write a filler file until the disk refuses another byte; its path (delete it to free the disk)."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: closing it has nothing left to write
+        for block in (4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * block)
+    assert shutil.disk_usage(disk).free == 0
+    return filler
+
+
+def tiny_lora(tiny_model_paths):
+    from peftqa.families import load_backbone
+    from peftqa.params import load_params
+
+    params = load_params()
+    return load_backbone(params.model, "lora", params.peft, params.prepare.labels, seed=0, device="cpu")
+
+
+def writers(tiny_model_paths) -> dict[str, Callable[[Path, int], None]]:
+    """Each kind of output peftqa writes, as (path, version) -> write: JSON, CSV, a figure, a checkpoint, and the
+    adapter folder (a real peft LoRA's save_pretrained, the encoder's head and peftqa.json, into a temporary folder)."""
+    import matplotlib.pyplot as plt
+
+    from peftqa.figures import save_figure
+
+    def figure(path: Path, version: int) -> None:
+        fig, ax = plt.subplots(figsize=(8, 8))
+        ax.imshow(np.random.default_rng(version).random((400, 400)))
+        save_figure(fig, path)
+        plt.close(fig)
+
+    backbone = tiny_lora(tiny_model_paths)
+    return {
+        "summary.json": lambda path, version: common.write_json_atomic(path, {"v": version, "pad": "x" * 200_000}),
+        "history.csv": lambda path, version: common.write_csv_atomic(path, pd.DataFrame({"v": [version] * 40_000})),
+        "figure.png": figure,
+        "checkpoint.pt": lambda path, version: checkpoint.save_checkpoint(path, {"v": version,
+                                                                                "w": torch.full((60_000,), version)}),
+        "adapter": lambda path, version: common.replace_dir_atomic(backbone.save, path),
+    }
+
+
+def snapshot(disk: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(disk)): p.read_bytes() for p in sorted(disk.rglob("*")) if p.is_file()
+            and p.name != "filler"}
+
+
+@pytest.mark.parametrize("output", ["summary.json", "history.csv", "figure.png", "checkpoint.pt", "adapter"])
+def test_a_full_disk_keeps_the_previous_output_and_names_the_file(small_disk, stage_dir, tiny_model_paths, output):
+    stage_dir()  # params.yaml for the tiny LoRA
+    write = writers(tiny_model_paths)[output]
+    path = small_disk / output
+    write(path, 1)
+    before = snapshot(small_disk)
+    filler = fill(small_disk)
+    with pytest.raises(PeftqaError) as error:
+        write(path, 2)
+    message = str(error.value)
+    assert message.startswith(f"{path}: the disk is full, so it could not be written (") and "\n" not in message
+    assert "No space left on device" in message or "os error 28" in message
+    assert snapshot(small_disk) == before  # the previous output, whole; no temporary left beside it
+    assert sorted(p.name for p in small_disk.iterdir()) == sorted([output, "filler"])
+    filler.unlink()  # space again: the same write goes through
+    write(path, 2)
+    assert path.exists() and not any(p.name.startswith(".") for p in small_disk.iterdir())
+
+
+def test_a_file_written_in_place_on_a_full_disk_is_lost(small_disk):
+    """The control: without atomic_path (the write straight onto the path, as peft's save_pretrained and torch.save
+    do), the disk's refusal leaves a truncated file where the previous one was."""
+    path = small_disk / "summary.json"
+    common.write_json_atomic(path, {"v": 1})
+    before = path.read_bytes()
+    fill(small_disk)
+    with pytest.raises(OSError):
+        with open(path, "w") as f:
+            json.dump({"v": 2, "pad": "x" * 200_000}, f)
+    assert path.read_bytes() != before
+
+
+def test_the_train_stage_on_a_full_disk_fails_in_one_paragraph_keeping_its_outputs(stage_dir, tmp_path):
+    """The real stage, its models/ folder on a small disk: trained once, then run again on the full disk. One `error:`
+    paragraph names the file and says the disk is full; every earlier output is as it was; the MLflow run is FAILED."""
+    root = stage_dir(**{"train.epochs": 1})
+    models = root / "models"
+    models.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(models)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        first = subprocess.run([sys.executable, "-m", "stages.train", "lora"], cwd=root, env=stage_env(root),
+                               capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0, first.stderr[-3000:]
+        before = snapshot(models)
+        fill(models)
+        update_params_file(root, {"train.epochs": 2})
+        second = subprocess.run([sys.executable, "-m", "stages.train", "lora"], cwd=root, env=stage_env(root),
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr[-3000:]
+        (error,) = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+        # the first write of the second run: epoch 0's checkpoint
+        assert error.startswith("error: models/lora/checkpoint.pt: the disk is full, so it could not be written")
+        assert snapshot(models) == before
+    finally:
+        subprocess.run(["umount", "-l", str(models)], check=True)
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id], order_by=["start_time"])
+    assert [r.info.status for r in runs] == ["FINISHED", "FAILED"]

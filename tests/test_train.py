@@ -3,7 +3,6 @@ restore, zero-shot base, kill-and-resume, determinism."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,8 +20,10 @@ from peftqa import tracking
 from peftqa.common import PeftqaError
 from peftqa.training import loop
 from peftqa.training import run as training_run
+from peftqa.training.checkpoint import read_checkpoint
 from stages import train as train_stage
 
+from pipeline_copy import stage_env
 from tiny_models import tiny_frame
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -173,39 +174,38 @@ def test_unusable_mlflow_store_fails_before_training(stage_dir, monkeypatch, tmp
 # kill and resume, determinism (subprocesses: the real command DVC runs)
 
 
-def stage_env(root: Path) -> dict[str, str]:
-    env = {**os.environ, "DVC_ROOT": str(root), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
 def run_stage(root: Path, method: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stages.train", method], cwd=root, env=stage_env(root),
                           capture_output=True, text=True, timeout=300)
 
 
-def kill_after_checkpoints(root: Path, method: str, writes: int) -> Path:
-    """Start the real train command in root and SIGKILL it as soon as its checkpoint has been written `writes`
-    times (each write renames a new file into place: a new inode); returns the checkpoint's path."""
-    process = subprocess.Popen([sys.executable, "-m", "stages.train", method], cwd=root, env=stage_env(root),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = root / f"models/{method}/checkpoint.pt"
-    seen, last = 0, None
-    deadline = time.time() + 240
-    while seen < writes and process.poll() is None and time.time() < deadline:
-        try:
-            version = (checkpoint.stat().st_ino, checkpoint.stat().st_mtime_ns)
-        except FileNotFoundError:
-            version = None
-        if version is not None and version != last:
-            seen, last = seen + 1, version
-        else:
-            time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert checkpoint.exists(), "training ended before its checkpoint could be interrupted"
+def kill_after_checkpoints(root: Path, method: str, writes: int, sig: signal.Signals = signal.SIGKILL,
+                           command: list[str] | None = None) -> tuple[Path, int, str]:
+    """Start the real train command in root (or `command`) and send it `sig` as soon as its checkpoint has been
+    written `writes` times (each write renames a new file into place: a new inode); returns the checkpoint's path,
+    the exit status and stderr."""
+    command = command or [sys.executable, "-m", "stages.train", method]
+    with open(root / "stderr.log", "w+") as stderr:
+        process = subprocess.Popen(command, cwd=root, env=stage_env(root), stdout=subprocess.DEVNULL, stderr=stderr)
+        checkpoint = root / f"models/{method}/checkpoint.pt"
+        seen, last = 0, None
+        deadline = time.time() + 240
+        while seen < writes and process.poll() is None and time.time() < deadline:
+            try:
+                version = (checkpoint.stat().st_ino, checkpoint.stat().st_mtime_ns)
+            except FileNotFoundError:
+                version = None
+            if version is not None and version != last:
+                seen, last = seen + 1, version
+            else:
+                time.sleep(0.005)
+        process.send_signal(sig)
+        status = process.wait(timeout=120)
+        stderr.seek(0)
+        text = stderr.read()
+    assert checkpoint.exists(), f"training ended before its checkpoint could be interrupted:\n{text[-3000:]}"
     assert not (root / f"models/{method}/train_summary.json").exists()
-    return checkpoint
+    return checkpoint, status, text
 
 
 def trained_outputs(root: Path, method: str) -> tuple[bytes, pd.DataFrame]:
@@ -224,14 +224,17 @@ def test_killed_training_resumes_to_the_same_result(stage_dir, tmp_path, method)
     bytes identical to an uninterrupted run (CPU is deterministic). The method is a native one, whose weights peftqa
     saves itself; the mid-epoch test below does the same for peft's LoRA."""
     root = stage_dir(n_train=96, **{"train.epochs": 2, "train.patience": 5})  # killed after epoch 1, resumes epoch 2
-    checkpoint = kill_after_checkpoints(root, method, writes=1)
+    checkpoint, status, _ = kill_after_checkpoints(root, method, writes=1)
+    assert status == -signal.SIGKILL
+    client = mlflow_client(root)
+    assert only_run(client, method).info.status == "RUNNING"  # nothing could end it
 
     resumed = run_stage(root, method)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr and not checkpoint.exists(), resumed.stderr[:3000]
+    assert "which is gone: marked KILLED" in resumed.stderr  # the orphan, found by its process tags, then resumed
     resumed_bytes, resumed_history = trained_outputs(root, method)
 
-    client = mlflow_client(root)
     run = only_run(client, method)  # no duplicate run
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_macro_f1")]
@@ -247,6 +250,37 @@ def test_killed_training_resumes_to_the_same_result(stage_dir, tmp_path, method)
     clean_bytes, clean_history = trained_outputs(fresh, method)
     assert clean_bytes == resumed_bytes
     pd.testing.assert_frame_equal(clean_history, resumed_history)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupted_training_ends_its_run_killed_and_resumes_it(stage_dir, sig):
+    """SIGTERM (a scheduler, `dvc queue kill`) or SIGINT (Ctrl-C) after epoch 0's checkpoint: one `error:` paragraph,
+    the shell's exit status for the signal, a whole checkpoint, the MLflow run KILLED; the next run resumes into it.
+    The SIGKILL test above sees RUNNING instead: a SIGKILL leaves no moment to end the run."""
+    root = stage_dir(n_train=96, **{"train.epochs": 2, "train.patience": 5})
+    checkpoint, status, stderr = kill_after_checkpoints(root, "lora", writes=1, sig=sig)
+    assert status == 128 + sig and "Traceback" not in stderr, stderr[-3000:]
+    (error,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: stopped by {sig.name}.")
+    assert read_checkpoint(checkpoint)["history"][0]["epoch"] == 0  # whole: its digest checks
+    client = mlflow_client(root)
+    assert only_run(client, "lora").info.status == "KILLED"
+
+    resumed = run_stage(root, "lora")
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr[-3000:]
+    run = only_run(client, "lora")
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_macro_f1")) == [0, 1, 2]
+
+
+def test_a_sigterm_without_peftqa_s_handler_leaves_the_run_running(stage_dir):
+    """The control: the stage's main called without run_cli's handler, so SIGTERM's default action ends the process
+    at once, and the run stays RUNNING (until end_orphans finds it)."""
+    root = stage_dir(n_train=96, **{"train.epochs": 2, "train.patience": 5})
+    command = [sys.executable, "-c", "from stages import train; train.main(['lora'])"]
+    _, status, stderr = kill_after_checkpoints(root, "lora", writes=1, sig=signal.SIGTERM, command=command)
+    assert status == -signal.SIGTERM and "error: stopped" not in stderr
+    assert only_run(mlflow_client(root), "lora").info.status == "RUNNING"
 
 
 # 156 items in micro-batches of 4: 39 per epoch, 20 optimizer steps of 2 (the last of 1), a checkpoint every 2 steps
@@ -283,8 +317,8 @@ def test_training_killed_mid_epoch_resumes_at_its_next_micro_batch(stage_dir, mo
     order, RNG, optimizer, scheduler, accumulation position), continues the MLflow run, and ends bit-identical to an
     uninterrupted run: adapter, history and the last epoch's weights."""
     root = stage_dir(n_train=156, **MID_EPOCH)
-    checkpoint = kill_after_checkpoints(root, "lora", writes=2)  # the first write is epoch 0's, the second inside 1
-    position = torch.load(checkpoint, weights_only=False).get("position")
+    checkpoint, _, _ = kill_after_checkpoints(root, "lora", writes=2)  # the first write is epoch 0's, the second in 1
+    position = read_checkpoint(checkpoint).get("position")
     assert position is not None and position["epoch"] == 1, "the kill came after epoch 1's end"
     assert 0 < position["micro_steps"] < 39, "the kill came after epoch 1's last micro-batch"
     assert position["micro_steps"] % 4 == 0  # a checkpoint every 2 optimizer steps of 2 micro-batches

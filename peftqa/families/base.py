@@ -15,11 +15,12 @@ from peft import TaskType
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from peftqa import methods
-from peftqa.common import PeftqaError, write_json_atomic
+from peftqa.common import PeftqaError, sha256_file, write_json_atomic
 from peftqa.methods import ResolvedModel
 from peftqa.params import ModelParams
 
-METADATA_FILE = "peftqa.json"  # {method, family, model, labels}: what an adapter folder was trained for
+METADATA_FILE = "peftqa.json"  # {method, family, model, labels, sha256}: what an adapter folder was trained for
+WEIGHT_SUFFIXES = (".safetensors", ".bin")  # weight files: peftqa.json records their sha256 (safetensors has none)
 HEAD_FILE = "head.safetensors"  # the encoder's classification head
 IGNORE_INDEX = -100  # target positions without loss (prompt, padding); torch's cross-entropy default
 MAX_NEW_TOKENS = 2  # greedy generation: the label word, perhaps followed by punctuation
@@ -162,11 +163,13 @@ class Backbone:
         return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
     def save(self, folder: Path) -> None:
-        """Write what was trained (adapter, whole model or head) and peftqa.json, which says what it was trained for."""
+        """Write what was trained (adapter, whole model or head) and peftqa.json, which says what it was trained for
+        and holds each weight file's sha256 (load_backbone checks them: a flipped byte would load silently)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self._save_weights(folder)
-        write_json_atomic(folder / METADATA_FILE, self.metadata())
+        digests = {path.name: sha256_file(path) for path in sorted(folder.iterdir()) if path.suffix in WEIGHT_SUFFIXES}
+        write_json_atomic(folder / METADATA_FILE, {**self.metadata(), "sha256": digests})
 
     def metadata(self) -> dict[str, object]:
         return {"method": self.method, "family": self.family, "model": self.model_name, "labels": list(self.labels)}

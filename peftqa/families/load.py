@@ -10,7 +10,7 @@ from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from peftqa import methods
-from peftqa.common import PeftqaError, reading, require
+from peftqa.common import PeftqaError, reading, require, sha256_file
 from peftqa.families.base import BACKBONES, METADATA_FILE, Backbone, detect_family, restore_fix
 from peftqa.families.resolve import _from_pretrained, resolve_model
 from peftqa.methods import ResolvedModel
@@ -18,7 +18,8 @@ from peftqa.params import ModelParams, PeftParams
 
 
 def _check_metadata(folder: Path, expected: dict[str, object]) -> None:
-    """Refuse a folder trained for another method, model or label set: its scores would silently mean something else."""
+    """Refuse a folder trained for another method, model or label set: its scores would silently mean something else.
+    Then the weight files' sha256 against those recorded at save: a flipped byte passes safetensors' own checks."""
     path = folder / METADATA_FILE
     if not path.is_file():
         raise PeftqaError(f"{folder}: no {METADATA_FILE}, so not a saved peftqa adapter; run the train stage first")
@@ -27,6 +28,20 @@ def _check_metadata(folder: Path, expected: dict[str, object]) -> None:
         if held.get(field) != wanted:
             raise PeftqaError(f"{folder}: {METADATA_FILE} field '{field}' holds {held.get(field)!r} but params ask "
                               f"for {wanted!r}; retrain it (dvc repro) or fix params.yaml")
+    check_digests(folder, held.get("sha256", {}), str(expected["method"]))
+
+
+def check_digests(folder: Path, digests: dict[str, str], method: str) -> None:
+    """Each weight file of the folder against the sha256 that peftqa.json recorded for it when it was saved."""
+    for name, digest in digests.items():
+        path = folder / name
+        if not path.is_file():
+            raise PeftqaError(f"{path}: missing, though {METADATA_FILE} lists it; {restore_fix(folder, method)}")
+        found = sha256_file(path)
+        if found != digest:
+            raise PeftqaError(f"{path}: cannot be read, it is truncated or corrupted (its sha256 {found[:12]}… is not "
+                              f"the {digest[:12]}… that {METADATA_FILE} recorded when it was saved); "
+                              f"{restore_fix(folder, method)}")
 
 
 def _attach_adapter(model: torch.nn.Module, peft_config: PeftConfig | None, adapter_dir: Path | None, *,

@@ -1,10 +1,16 @@
 """What survives a kill: the state after each epoch (weights, optimizer, scheduler, RNG, history, early stopping),
 and with train.checkpoint_every_steps also every N optimizer steps inside one (plus how far that epoch has got),
 saved atomically and restored bit-identically when the same resolved config runs again.
+
+The file is one header line, `peftqa-checkpoint sha256=<64 hex digits>`, then torch.save's bytes: the digest is of
+those bytes, so a flipped byte anywhere (which torch's zip format does not check) is caught at load.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,11 +20,30 @@ from peftqa import common
 
 log = logging.getLogger(__name__)
 
+HEADER = re.compile(rb"peftqa-checkpoint sha256=([0-9a-f]{64})\n")
+
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Everything needed to continue bit-identically after a kill: weights, optimizer, scheduler, RNG, history."""
-    with common.atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Everything needed to continue bit-identically after a kill: weights, optimizer, scheduler, RNG, history; behind
+    the header that holds its digest. The bytes are built in memory (a second copy of the state while it is written)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getbuffer()
+    with common.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(b"peftqa-checkpoint sha256=%s\n" % hashlib.sha256(payload).hexdigest().encode())
+        f.write(payload)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The state save_checkpoint wrote; ValueError when the header is missing or the digest differs (corrupted)."""
+    data = path.read_bytes()
+    header = HEADER.match(data)
+    if header is None:
+        raise ValueError("it does not start with the peftqa-checkpoint line (not written by this version of peftqa)")
+    payload = memoryview(data)[header.end():]
+    if hashlib.sha256(payload).hexdigest() != header[1].decode():
+        raise ValueError("its sha256 differs from the one it was saved with")
+    return torch.load(io.BytesIO(payload), weights_only=False)
 
 
 def load_checkpoint(path: Path, config: dict) -> dict | None:
@@ -27,9 +52,9 @@ def load_checkpoint(path: Path, config: dict) -> dict | None:
     if not path.exists():
         return None
     try:
-        state = torch.load(path, weights_only=False)
+        state = read_checkpoint(path)
     except Exception as err:  # noqa: BLE001 - a corrupt checkpoint's, else re-raised
-        if not common.unreadable(err):
+        if not (isinstance(err, ValueError) or common.unreadable(err)):
             raise
         log.warning("ignoring %s: it cannot be read, it is truncated or corrupted (%s); training starts afresh", path,
                     common.complaint(err))

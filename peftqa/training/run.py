@@ -144,7 +144,7 @@ def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataF
     tags = {**tracking.run_tags(f"train@{method}", backbone.model_name, backbone.family, method, SOURCE),
             **extra_tags, **tracking.child_tags(parent_run_id)}
     run = mlflow_run(client, experiment_id, resume, run_name=run_name or method, tags=tags, config=config,
-                     datasets=datasets) if main_process else contextlib.nullcontext()
+                     datasets=datasets, checkpoint=checkpoint) if main_process else contextlib.nullcontext()
     with run as run_id:
         log_epoch = functools.partial(log_metrics_row, client, run_id) if main_process else lambda row: None
         start = time.perf_counter()
