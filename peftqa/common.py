@@ -11,6 +11,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import warnings
 import zipfile
 import zlib
@@ -82,22 +83,27 @@ def complaint(err: BaseException) -> str:
 
 
 class DiskFull(PeftqaError):
-    """`path` could not be written because its disk (or the user's quota) is full; what was there is unchanged."""
+    """`path` could not be written because its disk (or the user's quota) is full; what was there is unchanged.
+    `cause` is the library's error, kept so that a folder's DiskFull names the folder, not its temporary file."""
 
     def __init__(self, path: Path, err: BaseException, what: str = "file"):
-        self.path = path
+        self.path, self.cause = path, err.cause if isinstance(err, DiskFull) else err
         free = shutil.disk_usage(_existing(path.parent)).free
-        super().__init__(f"{path}: the disk is full, so it could not be written ({complaint(err)}; {free} bytes "
-                         f"free there); any previous {what} there is unchanged, and no temporary file is left. Free "
+        full = "your disk quota is used up" if "quota" in str(self.cause).lower() else "the disk is full"
+        super().__init__(f"{path}: {full}, so it could not be written ({complaint(self.cause)}; {free} bytes free "
+                         f"there); any previous {what} there is unchanged, and no temporary file is left. Free "
                          "space on that disk (or move the repository to a larger one), then run the command again")
 
 
-def disk_full(err: BaseException) -> bool:
+DISK_FULL_TEXTS = ("No space left on device", "os error 28", "Disk quota exceeded", "database or disk is full")
+
+
+def disk_full(err: BaseException | None) -> bool:
     """Whether `err`, or an error it was raised while handling, is a write refused for want of space: the OS's ENOSPC
-    or EDQUOT, as Python raises it or as safetensors (Rust) and torch (C++) put it into their own messages."""
+    or EDQUOT, as Python raises it or as safetensors (Rust), torch (C++) and sqlite put it into their messages."""
     while err is not None:
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT) or any(
-                text in str(err) for text in ("No space left on device", "os error 28", "Disk quota exceeded")):
+                text in str(err) for text in DISK_FULL_TEXTS):
             return True
         err = err.__cause__ or err.__context__
     return False
@@ -227,7 +233,23 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _raise_interrupted(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # once: a second SIGTERM ends the process (one stuck in native code too)
     raise Interrupted(signum)
+
+
+def _handle_sigterm() -> object:
+    """Raise Interrupted on SIGTERM, unless the process was started ignoring it or this is not the main thread (which
+    alone may set handlers); the handler it replaces, for run_cli to put back."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupted)
+
+
+def _die_by(signum: int) -> None:
+    """End the process by `signum`'s default action, as if it had not been caught: a shell then sees a death by the
+    signal (exit status 128 + signum) and stops a loop of stages on Ctrl-C, as it would not for a plain exit."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def run_cli(main: Callable[[list[str]], None], argv: list[str] | None = None) -> None:
@@ -240,7 +262,7 @@ def run_cli(main: Callable[[list[str]], None], argv: list[str] | None = None) ->
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     # peft 0.21 reads a property transformers 5 deprecated: one warning per model load, nothing the user can act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
+    previous_handler = _handle_sigterm()
     try:
         main(args)
     except KeyboardInterrupt as err:
@@ -248,22 +270,26 @@ def run_cli(main: Callable[[list[str]], None], argv: list[str] | None = None) ->
         if debug:
             raise
         print(f"error: stopped by {signal.Signals(signum).name}. Every output is whole: each is written under a "
-              "temporary name and renamed into place, so a file is the new one or the previous one. A training "
-              "resumes from its last checkpoint on the next `dvc repro`.", file=sys.stderr)
-        sys.exit(128 + signum)
+              "temporary name and renamed into place, so a file is the new one or the previous one. A training in a "
+              "workspace resumes from its last checkpoint on the next `dvc repro`; a queued experiment is queued "
+              "again (docs/experiments.md).", file=sys.stderr)
+        sys.stderr.flush()
+        _die_by(signum)
     except PeftqaError as err:
         if debug:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    except OSError as err:  # a full disk outside peftqa's own writes (MLflow's copy of the artifacts, sqlite)
+    except Exception as err:  # a full disk outside peftqa's own writes (MLflow's copy of the artifacts, its sqlite)
         if debug or not disk_full(err):
             raise
-        print(f"error: {err.filename or 'a write'}: the disk is full ({complaint(err)}). Free space on that disk, then "
-              "run the command again", file=sys.stderr)
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"error: {where}the disk is full ({complaint(err)}). Free space on that disk, then run the command "
+              "again", file=sys.stderr)
         sys.exit(1)
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
 
 
 def replace_dir_atomic(build: Callable[[Path], None], dest: str | Path) -> None:
@@ -287,6 +313,8 @@ def replace_dir_atomic(build: Callable[[Path], None], dest: str | Path) -> None:
             raise
         raise DiskFull(dest, err, "folder") from None
     finally:
+        if old.exists() and not dest.exists():  # stopped (SIGTERM, Ctrl-C) between the two renames: put it back
+            os.replace(old, dest)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
 

@@ -127,6 +127,14 @@ class ParentRuns:
                 tracking.log_metrics(client, run_id, flat, step=0, timestamp_ms=int(time.time() * 1000))
             client.set_terminated(run_id, status=status)
 
+    def fail(self, err: BaseException) -> None:
+        """End the parents as the error `err` ends the stage (KILLED or FAILED), as well as the store allows; with the
+        tracking server gone, leave them, as the training leaves its run."""
+        if not tracking.server_lost(err):
+            client = tracking.make_client()
+            for run_id in self.opened.values():
+                tracking.end_run_quietly(client, run_id, tracking.end_status(err))
+
 
 def unit_sources(unit: Unit) -> dict[str, str] | None:
     """Where a unit's train and val items come from, for its MLflow datasets; None for a seeds unit, which trains on

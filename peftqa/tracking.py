@@ -8,7 +8,7 @@ copy that is thrown away. MLFLOW_TRACKING_URI overrides the store (and is redact
 A run ends FINISHED, FAILED, or KILLED (SIGTERM, Ctrl-C). One whose process died without a word (SIGKILL, the OOM
 killer, a killed queue worker) is marked KILLED by the next peftqa command that connects on the same machine: each
 run records its host, process id and that process's start time. Against a tracking server, MLflow's retries are
-bounded (HTTP_RETRIES), so a server that goes away fails a training in seconds, not minutes, with its checkpoint kept.
+bounded (HTTP_RETRIES: about 15 s a request), so a server that goes away fails a training soon, its checkpoint kept.
 """
 from __future__ import annotations
 
@@ -52,13 +52,19 @@ log = logging.getLogger(__name__)
 MAX_PARAM_CHARS = 6000  # MLflow 3's limit on a param value
 METRIC_PREFIX = "eval_"  # MLflow keys of the evaluated metrics: eval_val_macro_f1, eval_test_accuracy, ...
 WRITE_PROBE_TAG = "peftqa.write_probe"  # the experiment tag connect() writes: a store that takes no write fails there
-# which process a run belongs to: a RUNNING run whose process is gone is an orphan (end_orphans)
-HOST_TAG, PID_TAG, PID_START_TAG = "peftqa.host", "peftqa.pid", "peftqa.pid_start"
+# which process a run belongs to (host, pid, and "<boot id> <pid namespace> <start time>"): a RUNNING run whose
+# process is gone is an orphan (end_orphans)
+HOST_TAG, PID_TAG, PROCESS_TAG = "peftqa.host", "peftqa.pid", "peftqa.process"
+ORPHAN_TAG = "peftqa.marked_killed"  # on a run end_orphans ended: by which process, and why
 # MLflow's HTTP retries, unless the environment sets them: MLflow's own defaults (7 retries, backoff factor 2) wait
-# about 4 minutes for a server that is gone; these wait 0 + 2 + 4 + 8 s (+ up to 0.5 s jitter each), about 15 s, for
-# one that refuses connections, and at most 5 x 30 s for one that accepts them and never answers
+# about 4 minutes for a server that is gone; these wait 0 + 2 + 4 + 8 s (+ up to 0.5 s jitter each), about 15 s, per
+# request to one that refuses connections. The timeout stays MLflow's (120 s a try): a big upload must not fail
 HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5"}
+
+
+class ServerLost(PeftqaError):
+    """The tracking server stopped answering during a run: the run is left as it is, to be resumed."""
 
 
 def tracking_uri() -> str:
@@ -82,9 +88,9 @@ def make_client() -> MlflowClient:
 
 def server_lost(err: BaseException) -> bool:
     """Whether `err` is how MLflow's client fails once its retries against a tracking server are spent: the server is
-    down or unreachable (not a refusal the server answered with)."""
-    return isinstance(err, MlflowException) and str(err).startswith("API request to") and any(
-        text in str(err) for text in ("Max retries exceeded", "Connection", "timed out"))
+    down or unreachable (not a refusal the server answered with); or ServerLost, which says so."""
+    return isinstance(err, ServerLost) or isinstance(err, MlflowException) and str(err).startswith(
+        "API request to") and any(text in str(err) for text in ("Max retries exceeded", "Connection", "timed out"))
 
 
 def end_status(err: BaseException) -> str:
@@ -119,7 +125,6 @@ def connect(experiment: str) -> tuple[MlflowClient, str]:
         found = client.get_experiment(experiment_id)
         if found.lifecycle_stage == "active":
             client.set_experiment_tag(experiment_id, WRITE_PROBE_TAG, "ok")
-            end_orphans(client, experiment_id)
     except Exception as err:  # sqlalchemy, HTTP and MLflow errors alike: the store is not usable
         reason = (redact(str(err)).strip().splitlines() or [""])[0][:300]  # the first line: SQL and links follow
         raise PeftqaError(f"the MLflow store {redact(uri)} is not usable ({type(err).__name__}: {reason}). "
@@ -132,12 +137,16 @@ def connect(experiment: str) -> tuple[MlflowClient, str]:
                           "store) or set mlflow.experiment in params.yaml to another name")
     if found.artifact_location.startswith("file:"):
         check_artifact_folder(Path(url2pathname(urlparse(found.artifact_location).path)))
+    try:
+        end_orphans(client, experiment_id)
+    except Exception as err:  # noqa: BLE001 - housekeeping: the store works, so the command goes on
+        log.warning("could not look for orphaned runs in %s (%s)", redact(uri), complaint(err))
     return client, experiment_id
 
 
 def process_start(pid: int) -> str | None:
-    """When process `pid` started (clock ticks after boot: /proc/<pid>/stat's 22nd field), or None if it is gone or
-    there is no /proc. With the pid it names one process: a pid the OS hands out again starts at another time."""
+    """When process `pid` started (clock ticks after boot: /proc/<pid>/stat's 22nd field), or None if it is gone, or
+    hidden, or there is no /proc. With the pid it names one process: a pid handed out again starts at another time."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -145,15 +154,33 @@ def process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # after the command name in parentheses: fields 3, 4, ...
 
 
+def this_boot() -> tuple[str, str]:
+    """(boot id, pid namespace) of this process: a pid means one process only within the same two."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")  # e.g. pid:[4026531836]
+    except OSError:
+        return "", ""
+    return boot, namespace
+
+
 def process_tags() -> dict[str, str]:
     """The tags that tie a run to this process: end_orphans reads them."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), PID_START_TAG: process_start(os.getpid()) or ""}
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()),
+            PROCESS_TAG: " ".join([*this_boot(), process_start(os.getpid()) or ""])}
 
 
-def process_alive(pid: int, start: str) -> bool:
-    if Path("/proc/self/stat").exists():
-        return process_start(pid) == start
-    try:  # no /proc: whether the pid exists at all
+def process_alive(pid: int, identity: str) -> bool:
+    """Whether the process that process_tags described as `pid` and `identity` may still run. After a reboot no
+    process of the old boot lives; a process of another pid namespace (a container) cannot be seen, so counts as
+    alive; else the pid must be there with the same start time (one hidden from this user, /proc's hidepid, lives)."""
+    boot, namespace, start = (identity.split(" ") + ["", "", ""])[:3]
+    if (boot, namespace) != this_boot():
+        return boot == this_boot()[0]
+    found = process_start(pid)
+    if found is not None:
+        return found == start
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
@@ -171,8 +198,9 @@ def end_orphans(client: MlflowClient, experiment_id: str) -> list[str]:
                                  f"tags.`{HOST_TAG}` = '{host}'", max_results=1000)
     ended = []
     for run in running:
-        pid, start = run.data.tags.get(PID_TAG, ""), run.data.tags.get(PID_START_TAG, "")
-        if pid.isdigit() and not process_alive(int(pid), start):
+        pid, identity = run.data.tags.get(PID_TAG, ""), run.data.tags.get(PROCESS_TAG, "")
+        if pid.isdigit() and not process_alive(int(pid), identity):
+            client.set_tag(run.info.run_id, ORPHAN_TAG, f"by process {os.getpid()} on {host}: process {pid} is gone")
             client.set_terminated(run.info.run_id, status="KILLED")
             log.warning("MLflow run %s (%s) was left RUNNING by process %s on %s, which is gone: marked KILLED",
                         run.info.run_id, run.info.run_name, pid, host)
@@ -295,8 +323,10 @@ def mlflow_run(client, experiment_id: str, resume: dict | None, *, run_name: str
         log_datasets(client, run_id, datasets)
     else:
         run_id = resume["run_id"]
+        set_tags(client, run_id, process_tags())  # first: RUNNING with the dead process's tags is an orphan
         client.update_run(run_id, status="RUNNING")
-        set_tags(client, run_id, process_tags())
+        if ORPHAN_TAG in client.get_run(run_id).data.tags:  # end_orphans' mark: the run is alive again
+            client.delete_tag(run_id, ORPHAN_TAG)
         logged = {m.step for m in client.get_metric_history(run_id, "val_macro_f1")}
         for row in resume["history"]:  # epochs checkpointed but killed before they reached MLflow
             if row["epoch"] not in logged:
@@ -308,14 +338,24 @@ def mlflow_run(client, experiment_id: str, resume: dict | None, *, run_name: str
             kept = (f"{checkpoint} keeps the last finished epoch, and the next `dvc repro` resumes from it into the "
                     "same run, logging the epochs the server missed" if checkpoint is not None and checkpoint.exists()
                     else "the next `dvc repro` trains again (train.checkpoint_every_epoch is off, or no epoch ended)")
-            raise PeftqaError(f"the MLflow tracking server {redact(tracking_uri())} stopped answering during the "
-                              f"training of run {run_id} ({redact(complaint(err))}), after MLflow's retries "
-                              f"({os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES')}, see MLFLOW_HTTP_REQUEST_*). "
-                              f"Nothing is lost: {kept}. Start the server again (or set MLFLOW_TRACKING_URI to one "
-                              "that answers), then run `dvc repro`.") from None
-        client.set_terminated(run_id, status=end_status(err))
+            raise ServerLost(f"the MLflow tracking server {redact(tracking_uri())} stopped answering during the "
+                             f"training of run {run_id} ({redact(complaint(err))}), after MLflow's retries "
+                             f"({os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES')}, see MLFLOW_HTTP_REQUEST_*). "
+                             f"Nothing is lost: {kept}. Start the server again (or set MLFLOW_TRACKING_URI to one "
+                             "that answers), then run `dvc repro`.") from None
+        end_run_quietly(client, run_id, end_status(err))
         raise
     client.set_terminated(run_id, status="FINISHED")
+
+
+def end_run_quietly(client: MlflowClient, run_id: str, status: str) -> None:
+    """End a run that an error is ending, as well as the store allows: when the store fails too (its disk is full),
+    a warning, and the error that ended the run is the one the user sees."""
+    try:
+        client.set_terminated(run_id, status=status)
+    except Exception as err:  # noqa: BLE001 - the caller re-raises the error that matters
+        log.warning("could not mark MLflow run %s %s (%s); the next command that connects marks it KILLED", run_id,
+                    status, complaint(err))
 
 
 def log_outputs(client, run_id: str, out_dir: Path, summary: dict, probe: Probe | None, dataset: Dataset) -> None:

@@ -45,7 +45,6 @@ from peftqa.protocols import (
     seeds_summary,
 )
 from peftqa.stats import STATS_COLUMNS, compare_methods
-from peftqa.tracking import end_status
 
 log = logging.getLogger("peftqa.protocols")
 
@@ -69,7 +68,7 @@ def main(args: list[str]) -> None:
     try:
         seed_rows, cv_preds = run_units(params, units, splits, hashes, parents)
     except BaseException as err:
-        parents.close(end_status(err))
+        parents.fail(err)
         raise
 
     kept = {PROTOCOLS_DIR / "runs" / u.protocol / u.method / u.name for u in units}

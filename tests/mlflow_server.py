@@ -65,26 +65,33 @@ def stop(server: subprocess.Popen) -> None:
         server.wait(timeout=15)
 
 
+def start_server(root: Path, port: int, log_path: Path) -> subprocess.Popen:
+    """`mlflow server` with the flags of `make ui` on 127.0.0.1:port, over root/mlflow.db and root/mlruns, in its own
+    process group (stop or killpg end it and its workers), appending to log_path; returns once it is healthy."""
+    mlflow = Path(sys.executable).with_name("mlflow")
+    with log_path.open("a") as log:
+        process = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                                    "--default-artifact-root", str(root / "mlruns"), "--host", "127.0.0.1",
+                                    "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}", process, HEALTH_TIMEOUT_S)
+    except AssertionError:
+        print(log_path.read_text()[-3000:])
+        stop(process)
+        raise
+    return process
+
+
 @contextmanager
 def mlflow_server(root: Path, log_dir: Path) -> Iterator[str]:
     """`mlflow server` with the flags of `make ui`, on a free port, over root/mlflow.db and root/mlruns; its URL.
     Its log goes to log_dir (not into root: a file there would travel with a queued experiment)."""
     port = free_port()
-    mlflow = Path(sys.executable).with_name("mlflow")
-    log_path = log_dir / "mlflow_server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                                    "--default-artifact-root", str(root / "mlruns"), "--host", "127.0.0.1",
-                                    "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        base_url = f"http://127.0.0.1:{port}"
-        try:
-            wait_for_health(base_url, process, HEALTH_TIMEOUT_S)
-            yield base_url
-        except AssertionError:
-            print(log_path.read_text()[-3000:])
-            raise
-        finally:
-            stop(process)
+    process = start_server(root, port, log_dir / "mlflow_server.log")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)
 
 
 def chromium(*args: str, profile: Path, timeout_s: float = 120) -> subprocess.CompletedProcess:

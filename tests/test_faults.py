@@ -142,18 +142,24 @@ def test_only_a_corrupt_file_s_errors_are_rewritten():
 # a full disk: a real small filesystem (tmpfs), filled to the last byte
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs at tmp_path/disk: a real filesystem that runs out (mounting one needs root, as CI has)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+@contextlib.contextmanager
+def mounted_tmpfs(folder: Path):
+    """A 4 MiB tmpfs mounted on `folder` (made if need be): a real filesystem that runs out. Mounting one needs root,
+    as CI has; elsewhere the test is skipped."""
+    folder.mkdir(exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
     try:
-        yield disk
+        yield folder
     finally:
-        subprocess.run(["umount", "-l", str(disk)], check=True)
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    with mounted_tmpfs(tmp_path / "disk") as disk:
+        yield disk
 
 
 def fill(disk: Path) -> Path:
@@ -197,6 +203,9 @@ def writers(tiny_model_paths) -> dict[str, Callable[[Path, int], None]]:
         "checkpoint.pt": lambda path, version: checkpoint.save_checkpoint(path, {"v": version,
                                                                                 "w": torch.full((60_000,), version)}),
         "adapter": lambda path, version: common.replace_dir_atomic(backbone.save, path),
+        # a folder whose first refused write is one of its files' own atomic writes (embed's, the pilot's)
+        "features": lambda path, version: common.replace_dir_atomic(
+            lambda tmp: common.write_json_atomic(tmp / "features.json", {"v": version, "pad": "x" * 100_000}), path),
     }
 
 
@@ -205,7 +214,8 @@ def snapshot(disk: Path) -> dict[str, bytes]:
             and p.name != "filler"}
 
 
-@pytest.mark.parametrize("output", ["summary.json", "history.csv", "figure.png", "checkpoint.pt", "adapter"])
+@pytest.mark.parametrize("output", ["summary.json", "history.csv", "figure.png", "checkpoint.pt", "adapter",
+                                    "features"])
 def test_a_full_disk_keeps_the_previous_output_and_names_the_file(small_disk, stage_dir, tiny_model_paths, output):
     stage_dir()  # params.yaml for the tiny LoRA
     write = writers(tiny_model_paths)[output]
@@ -218,6 +228,7 @@ def test_a_full_disk_keeps_the_previous_output_and_names_the_file(small_disk, st
     message = str(error.value)
     assert message.startswith(f"{path}: the disk is full, so it could not be written (") and "\n" not in message
     assert "No space left on device" in message or "os error 28" in message
+    assert ".tmp" not in message and message.count("the disk is full") == 1  # the output's name, not a temporary's
     assert snapshot(small_disk) == before  # the previous output, whole; no temporary left beside it
     assert sorted(p.name for p in small_disk.iterdir()) == sorted([output, "filler"])
     filler.unlink()  # space again: the same write goes through
@@ -242,11 +253,7 @@ def test_the_train_stage_on_a_full_disk_fails_in_one_paragraph_keeping_its_outpu
     """The real stage, its models/ folder on a small disk: trained once, then run again on the full disk. One `error:`
     paragraph names the file and says the disk is full; every earlier output is as it was; the MLflow run is FAILED."""
     root = stage_dir(**{"train.epochs": 1})
-    models = root / "models"
-    models.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(models)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with mounted_tmpfs(root / "models") as models:
         first = subprocess.run([sys.executable, "-m", "stages.train", "lora"], cwd=root, env=stage_env(root),
                                capture_output=True, text=True, timeout=300)
         assert first.returncode == 0, first.stderr[-3000:]
@@ -260,8 +267,76 @@ def test_the_train_stage_on_a_full_disk_fails_in_one_paragraph_keeping_its_outpu
         # the first write of the second run: epoch 0's checkpoint
         assert error.startswith("error: models/lora/checkpoint.pt: the disk is full, so it could not be written")
         assert snapshot(models) == before
-    finally:
-        subprocess.run(["umount", "-l", str(models)], check=True)
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id], order_by=["start_time"])
     assert [r.info.status for r in runs] == ["FINISHED", "FAILED"]
+
+
+# -----------------------------------------------------------------------------
+# an orphan run: its process died without a word (SIGKILL, the OOM killer, a killed queue worker)
+
+
+def test_a_running_run_whose_process_is_gone_is_marked_killed_and_a_live_one_is_not(tmp_path, monkeypatch):
+    """end_orphans, on real runs in a real store: a run whose process has exited, one whose pid now belongs to another
+    process (a pid reused: same pid, other start time) and one from before a reboot (another boot id) are marked
+    KILLED with the tag that says so; the run of a live process (this one), one from another pid namespace (a
+    container's) and one from another host are left RUNNING. The control: with the liveness check bypassed, the live
+    process's run is marked too."""
+    from peftqa import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, experiment_id = tracking.connect("tests")
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    own = tracking.process_tags()
+    boot, namespace, start = own[tracking.PROCESS_TAG].split(" ")
+    cases = {"exited": {**own, tracking.PID_TAG: str(exited.pid)},
+             "reused": {**own, tracking.PROCESS_TAG: f"{boot} {namespace} {int(start) + 1}"},
+             "rebooted": {**own, tracking.PROCESS_TAG: f"another-boot {namespace} {start}"},
+             "live": own, "other namespace": {**own, tracking.PROCESS_TAG: f"{boot} pid:[1] {start}"},
+             "other host": {**own, tracking.HOST_TAG: "another-machine", tracking.PID_TAG: "1"}}
+    runs = {name: client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+            for name, tags in cases.items()}
+
+    gone = ["exited", "reused", "rebooted"]
+    assert sorted(tracking.end_orphans(client, experiment_id)) == sorted(runs[name] for name in gone)
+    status = {name: client.get_run(run_id).info.status for name, run_id in runs.items()}
+    assert status == {**dict.fromkeys(gone, "KILLED"), **dict.fromkeys(["live", "other namespace", "other host"],
+                                                                       "RUNNING")}
+    marked = {name for name, run_id in runs.items() if tracking.ORPHAN_TAG in client.get_run(run_id).data.tags}
+    assert marked == set(gone)
+    assert tracking.end_orphans(client, experiment_id) == []  # a second sweep finds nothing more
+
+    monkeypatch.setattr(tracking, "process_alive", lambda pid, identity: False)
+    assert sorted(tracking.end_orphans(client, experiment_id)) == sorted([runs["live"], runs["other namespace"]])
+
+
+def test_a_checkpoint_without_its_sha256_line_is_ignored_and_training_starts_afresh(tmp_path, caplog):
+    """A checkpoint of an older peftqa (torch.save's bytes alone) is not trusted: its bytes cannot be checked."""
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"config": {"a": 1}, "history": [{"epoch": 1}]}, path)
+    with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
+        assert checkpoint.load_checkpoint(path, {"a": 1}) is None
+    assert "does not start with the peftqa-checkpoint line" in caplog.text
+
+
+def test_only_the_faults_are_taken_for_faults(tmp_path):
+    """The negative controls of the classifiers the handlers above rely on: a permission error is no full disk, an
+    answer from a live server is no lost server, an error is no interrupt, and run_cli lets any other error through."""
+    from mlflow.exceptions import MlflowException
+
+    from peftqa import tracking
+
+    assert common.disk_full(OSError(28, "No space left on device")) and not common.disk_full(PermissionError(13, "x"))
+    assert common.disk_full(MlflowException("(sqlite3.OperationalError) database or disk is full"))
+    lost = MlflowException("API request to http://127.0.0.1:1/api/2.0/mlflow/runs/get failed with exception "
+                           "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url")
+    assert tracking.server_lost(lost) and not tracking.server_lost(MlflowException("Run 'x' not found"))
+    assert tracking.end_status(KeyboardInterrupt()) == tracking.end_status(common.Interrupted(15)) == "KILLED"
+    assert tracking.end_status(ValueError()) == "FAILED"
+
+    def main(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x"))
+
+    with pytest.raises(PermissionError):
+        common.run_cli(main, [])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,7 +30,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from peftqa import environment, serving
+from peftqa import environment, serving, tracking
 from peftqa.cli import register as registry
 from peftqa.report.figures import FIGURE_CAPTIONS
 
@@ -334,63 +335,119 @@ def test_the_champion_loads_and_predicts_in_a_fresh_virtualenv_from_its_own_requ
 
 
 def queue_states(root: Path, env: dict) -> dict[str, str]:
-    """{experiment name: Queued | Running | Success | Failed} from `dvc queue status`."""
+    """{task id: "<name> <Queued | Running | Success | Failed>"} from `dvc queue status`: a name queued again after
+    a failure has a task of its own."""
     states = {}
     for line in dvc(root, env, "queue", "status").splitlines():
         words = line.split()
         if len(words) >= 3 and words[-1] in ("Queued", "Running", "Success", "Failed"):
-            states[words[1]] = words[-1]
+            states[words[0]] = f"{words[1]} {words[-1]}"
     return states
 
 
 def wait_for_queue(root: Path, env: dict, names: list[str], timeout_s: float) -> dict[str, str]:
+    """Wait until each name has a finished task (Success or Failed) that is its latest; the states."""
     deadline = time.monotonic() + timeout_s
     while True:
         states = queue_states(root, env)
-        if all(states.get(name) in ("Success", "Failed") for name in names) or time.monotonic() > deadline:
+        pending = [s for s in states.values() if s.split()[0] in names and s.split()[1] in ("Queued", "Running")]
+        if not pending or time.monotonic() > deadline:
             return states
         time.sleep(3)
 
 
-def test_queued_experiments_run_on_two_workers_at_once_into_one_mlflow_store(pipeline):
+def start_queue(root: Path, env: dict) -> None:
+    """`dvc queue start -j 2`, returning once the workers are spawned: they inherit its stdout and stderr, so with
+    those captured, `run` would wait for the pipes to close, that is for the queue to be empty."""
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=True, timeout=120)
+
+
+def running_training(client: MlflowClient, name: str):
+    """Experiment `name`'s RUNNING lora run in the store, or None."""
+    experiment = client.get_experiment_by_name("peftqa")
+    runs = client.search_runs([experiment.experiment_id], f"attributes.status = 'RUNNING' and "
+                              f"tags.dvc_exp_name = '{name}'")
+    return runs[0] if runs else None
+
+
+def training_processes() -> dict[str, int]:
+    """{experiment name: pid} of the `python -m stages.train` processes running (DVC sets DVC_EXP_NAME for them)."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        names = [v.removeprefix(b"DVC_EXP_NAME=").decode() for v in environ if v.startswith(b"DVC_EXP_NAME=")]
+        if b"stages.train" in command and names:
+            found[names[0]] = int(proc.name)
+    return found
+
+
+def test_queued_experiments_run_on_two_workers_into_one_store_and_outlive_a_killed_worker(pipeline):
     """Two queued experiments, two workers (`dvc queue start -j 2`): both train at the same time, each logs its run
     into <repo>/mlflow.db (not into its throwaway copy under .dvc), tagged with its experiment name, with no sqlite
-    'database is locked' failure; the slice's own runs are untouched."""
+    'database is locked' failure; the slice's own runs are untouched.
+
+    Once both trainings are logging, one worker's whole process group is SIGKILLed (the worker, its `dvc exp
+    exec-run` and the stage: what the OOM killer or a reboot leaves). DVC 3.67 keeps showing that experiment Running
+    (DVC issue 8702) until `dvc queue kill <name>` marks it Failed; queued again, it finishes. The other experiment
+    finishes untouched. MLflow ends with one FINISHED lora run per experiment; the killed one's run is marked KILLED
+    by the next peftqa command that connects (its process is gone), and the other worker's live run is not touched."""
     root, env = pipeline.root, pipeline.env
     names = [f"lora-r{r}" for r in RANKS]
+    victim, survivor = names
     for name, rank in zip(names, RANKS):
         dvc(root, env, "exp", "run", "--queue", "--name", name, "-S", f"peft.lora.r={rank}")
+    client = store(root)
     started = time.monotonic()
     try:
-        dvc(root, env, "queue", "start", "-j", "2")
+        start_queue(root, env)
+        while True:  # both trainings at once, the victim's already logging to its MLflow run
+            assert time.monotonic() - started < QUEUE_TIMEOUT_S, "the two trainings never ran together"
+            processes = training_processes()
+            if sorted(processes) == sorted(names) and (killed := running_training(client, victim)) is not None:
+                break
+            time.sleep(0.05)
+        os.killpg(os.getpgid(processes[victim]), signal.SIGKILL)
+        time.sleep(3)
+        assert f"{victim} Running" in queue_states(root, env).values()  # DVC's view: a worker gone without a word
+        dvc(root, env, "queue", "kill", victim)  # the recovery: DVC finds the process gone and marks the task Failed
+        assert f"{victim} Failed" in queue_states(root, env).values()
+        dvc(root, env, "exp", "run", "--queue", "--name", victim, "-S", f"peft.lora.r={RANKS[0]}")
+        start_queue(root, env)  # a worker for the slot the killed one left
         states = wait_for_queue(root, env, names, QUEUE_TIMEOUT_S)
-        logs = {name: dvc(root, env, "queue", "logs", name) for name in names}
+        logs = {name: dvc(root, env, "queue", "logs", task) for task, state in states.items()
+                for name in names if state == f"{name} Success"}
     finally:
         subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=root, env=env, capture_output=True, timeout=120)
-    print(f"{len(names)} experiments, 2 workers: {time.monotonic() - started:.0f} s")
+    print(f"{len(names)} experiments, 2 workers, one killed and queued again: {time.monotonic() - started:.0f} s")
 
+    ours = sorted(state for state in states.values() if state.split()[0] in names)
+    assert ours == sorted([f"{victim} Failed", f"{victim} Success", f"{survivor} Success"]), states
     for name in names:
         assert "database is locked" not in logs[name], f"{name}: sqlite lock failure:\n{logs[name][-3000:]}"
-        assert states.get(name) == "Success", f"{name}: {states.get(name)}\n{logs[name][-3000:]}"
 
-    client = store(root)
     experiment = client.get_experiment_by_name("peftqa")
     assert Path(experiment.artifact_location.removeprefix("file://")) == root / "mlruns"
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    runs = client.search_runs([experiment.experiment_id], max_results=100, order_by=["attributes.start_time"])
     by_exp: dict[str, list] = {}
     for r in runs:
         by_exp.setdefault(r.data.tags.get("dvc_exp_name", ""), []).append(r)
     assert sorted(r.info.run_name for r in by_exp.pop("")) == sorted(METHODS)  # the slice's own `dvc repro`
     assert sorted(by_exp) == sorted(names)  # only train@lora depends on peft.lora: each experiment retrains it alone
-    spans = []
-    for name, rank in zip(names, RANKS):
-        (lora,) = by_exp[name]
+    orphan, requeued = by_exp[victim]
+    assert orphan.info.run_id == killed.info.run_id and orphan.info.status == "KILLED"
+    assert tracking.ORPHAN_TAG in orphan.data.tags and "eval_test_accuracy" not in orphan.data.metrics
+    (survivor_lora,) = by_exp[survivor]  # one run: the kill and the re-queue left the other worker's run alone
+    for name, rank, lora in ((victim, RANKS[0], requeued), (survivor, RANKS[1], survivor_lora)):
         assert lora.info.run_name == "lora" and lora.info.status == "FINISHED", name
+        assert tracking.ORPHAN_TAG not in lora.data.tags, name  # a live run is never taken for an orphan
         assert lora.data.params["peft.lora.r"] == str(rank), name
         assert "eval_test_accuracy" in lora.data.metrics, name  # evaluate@lora logged into the same run
         artifacts = {a.path for a in client.list_artifacts(lora.info.run_id, "adapter")}
         assert "adapter/adapter_config.json" in artifacts, name
-        spans.append((lora.info.start_time, lora.info.end_time))
-    (start_a, end_a), (start_b, end_b) = spans
-    assert start_a < end_b and start_b < end_a, f"the two trainings did not overlap: {spans}"  # two workers at once
+    assert orphan.info.start_time < survivor_lora.info.end_time  # two workers at once (the kill loop saw both)
     assert not list((root / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))  # no store left in a workspace copy

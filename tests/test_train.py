@@ -3,6 +3,7 @@ restore, zero-shot base, kill-and-resume, determinism."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from peftqa.training import run as training_run
 from peftqa.training.checkpoint import read_checkpoint
 from stages import train as train_stage
 
+from mlflow_server import free_port, start_server, stop
 from pipeline_copy import stage_env
 from tiny_models import tiny_frame
 
@@ -254,12 +256,13 @@ def test_killed_training_resumes_to_the_same_result(stage_dir, tmp_path, method)
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupted_training_ends_its_run_killed_and_resumes_it(stage_dir, sig):
-    """SIGTERM (a scheduler, `dvc queue kill`) or SIGINT (Ctrl-C) after epoch 0's checkpoint: one `error:` paragraph,
-    the shell's exit status for the signal, a whole checkpoint, the MLflow run KILLED; the next run resumes into it.
-    The SIGKILL test above sees RUNNING instead: a SIGKILL leaves no moment to end the run."""
+    """SIGTERM (a scheduler, `kill`) or SIGINT (Ctrl-C, `dvc queue kill`) after epoch 0's checkpoint: one `error:`
+    paragraph, then death by the signal itself (a shell stops a loop of stages on it), a whole checkpoint, the MLflow
+    run KILLED; the next run resumes into it. The SIGKILL test above sees RUNNING instead: a SIGKILL leaves no
+    moment to end the run."""
     root = stage_dir(n_train=96, **{"train.epochs": 2, "train.patience": 5})
     checkpoint, status, stderr = kill_after_checkpoints(root, "lora", writes=1, sig=sig)
-    assert status == 128 + sig and "Traceback" not in stderr, stderr[-3000:]
+    assert status == -sig and "Traceback" not in stderr, stderr[-3000:]
     (error,) = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert error.startswith(f"error: stopped by {sig.name}.")
     assert read_checkpoint(checkpoint)["history"][0]["epoch"] == 0  # whole: its digest checks
@@ -281,6 +284,58 @@ def test_a_sigterm_without_peftqa_s_handler_leaves_the_run_running(stage_dir):
     _, status, stderr = kill_after_checkpoints(root, "lora", writes=1, sig=signal.SIGTERM, command=command)
     assert status == -signal.SIGTERM and "error: stopped" not in stderr
     assert only_run(mlflow_client(root), "lora").info.status == "RUNNING"
+
+
+def test_a_tracking_server_that_dies_mid_training_fails_it_in_seconds_and_the_rerun_logs_every_epoch_once(
+        stage_dir, tmp_path):
+    """A real `mlflow server` on 127.0.0.1, SIGKILLed once epoch 1 is validated: the training fails within MLflow's
+    bounded retries (peftqa's HTTP_RETRIES: about 15 s; MLflow's own defaults wait about 4 minutes) with one `error:`
+    paragraph, keeping its checkpoint; the server restarted, the next run resumes into the same MLflow run, and the
+    store's metrics equal history.csv point for point, each epoch once."""
+    root = stage_dir(n_train=96, **{"train.epochs": 2, "train.patience": 5})
+    port, log_path = free_port(), tmp_path / "mlflow_server.log"
+    env = {**stage_env(root), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+    server = start_server(root, port, log_path)
+    try:
+        with open(tmp_path / "train.log", "w+") as stderr:
+            training = subprocess.Popen([sys.executable, "-m", "stages.train", "lora"], cwd=root, env=env,
+                                        stdout=subprocess.DEVNULL, stderr=stderr)
+            deadline = time.monotonic() + 240
+            while "epoch 1:" not in (tmp_path / "train.log").read_text() and training.poll() is None:
+                assert time.monotonic() < deadline, "epoch 1 never ended"
+                time.sleep(0.01)
+            os.killpg(server.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            status = training.wait(timeout=240)
+            waited = time.monotonic() - killed
+            stderr.seek(0)
+            text = stderr.read()
+        server.wait(timeout=30)
+        assert status == 1 and "Traceback" not in text, text[-3000:]
+        (error,) = [line for line in text.splitlines() if line.startswith("error:")]
+        assert error.startswith(f"error: the MLflow tracking server http://127.0.0.1:{port} stopped answering")
+        assert "models/lora/checkpoint.pt keeps the last finished epoch" in error
+        assert waited < 90, f"the training waited {waited:.0f} s for the dead server"  # the bound, not a speed target
+        assert (root / "models/lora/checkpoint.pt").exists() and not (root / "models/lora/history.csv").exists()
+
+        server = start_server(root, port, log_path)
+        client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+        (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+        assert run.info.status == "RUNNING"  # left for the rerun: the server was not there to end it
+        missed = {m.step for m in client.get_metric_history(run.info.run_id, "val_macro_f1")}
+        assert missed < {0, 1, 2}, missed  # the kill cost the store epochs: the rerun must log them
+        resumed = subprocess.run([sys.executable, "-m", "stages.train", "lora"], cwd=root, env=env,
+                                 capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr[-3000:]
+        (run,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+        assert run.info.status == "FINISHED"
+        history = pd.read_csv(root / "models/lora/history.csv")
+        for column in ("val_loss", "val_macro_f1", "train_loss"):
+            logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, column))
+            expected = [(int(e), float(v)) for e, v in zip(history["epoch"], history[column]) if v == v]  # no NaN
+            assert logged == expected, column
+    finally:
+        stop(server)
 
 
 # 156 items in micro-batches of 4: 39 per epoch, 20 optimizer steps of 2 (the last of 1), a checkpoint every 2 steps
