@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 HEADER = re.compile(rb"peftqa-checkpoint sha256=([0-9a-f]{64})\n")
 
 
+class CorruptCheckpoint(ValueError):
+    """The checkpoint's bytes are not the ones save_checkpoint wrote: no header line, or another digest."""
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Everything needed to continue bit-identically after a kill: weights, optimizer, scheduler, RNG, history; behind
     the header that holds its digest. The bytes are built in memory (a second copy of the state while it is written)."""
@@ -35,14 +39,14 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """The state save_checkpoint wrote; ValueError when the header is missing or the digest differs (corrupted)."""
+    """The state save_checkpoint wrote; CorruptCheckpoint when the header is missing or the digest differs."""
     data = path.read_bytes()
     header = HEADER.match(data)
     if header is None:
-        raise ValueError("it does not start with the peftqa-checkpoint line (not written by this version of peftqa)")
+        raise CorruptCheckpoint("it does not start with the peftqa-checkpoint line (an older peftqa's, or damaged)")
     payload = memoryview(data)[header.end():]
     if hashlib.sha256(payload).hexdigest() != header[1].decode():
-        raise ValueError("its sha256 differs from the one it was saved with")
+        raise CorruptCheckpoint("its sha256 differs from the one it was saved with")
     return torch.load(io.BytesIO(payload), weights_only=False)
 
 
@@ -54,7 +58,7 @@ def load_checkpoint(path: Path, config: dict) -> dict | None:
     try:
         state = read_checkpoint(path)
     except Exception as err:  # noqa: BLE001 - a corrupt checkpoint's, else re-raised
-        if not (isinstance(err, ValueError) or common.unreadable(err)):
+        if not (isinstance(err, CorruptCheckpoint) or common.unreadable(err)):
             raise
         log.warning("ignoring %s: it cannot be read, it is truncated or corrupted (%s); training starts afresh", path,
                     common.complaint(err))
