@@ -301,7 +301,7 @@ def test_a_tracking_server_that_dies_mid_training_fails_it_in_seconds_and_the_re
             training = subprocess.Popen([sys.executable, "-m", "stages.train", "lora"], cwd=root, env=env,
                                         stdout=subprocess.DEVNULL, stderr=stderr)
             deadline = time.monotonic() + 240
-            while "epoch 1:" not in (tmp_path / "train.log").read_text() and training.poll() is None:
+            while "epoch 1: train_loss" not in (tmp_path / "train.log").read_text() and training.poll() is None:
                 assert time.monotonic() < deadline, "epoch 1 never ended"
                 time.sleep(0.01)
             os.killpg(server.pid, signal.SIGKILL)
