@@ -52,6 +52,12 @@ def flip_middle_byte(path) -> None:
     path.write_bytes(bytes(data))
 
 
+def flip_last_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # safetensors: the sign and exponent of the last weight (little-endian), so the answers change
+    path.write_bytes(bytes(data))
+
+
 def bypass_the_check(monkeypatch) -> None:
     """The control: the read without peftqa's wrapper and without the sha256 check, as it was before."""
     no_op = lambda path, fix: contextlib.nullcontext()  # noqa: E731
@@ -62,16 +68,16 @@ def bypass_the_check(monkeypatch) -> None:
 
 @pytest.mark.parametrize(("method", "damaged", "damage"), [
     ("lora", "adapter_model.safetensors", truncate), ("lora", "adapter_model.safetensors", flip_header_byte),
-    ("lora", "adapter_model.safetensors", flip_middle_byte), ("lora", "head.safetensors", truncate),
-    ("lora", "head.safetensors", flip_middle_byte), ("bottleneck", "bottleneck.safetensors", truncate),
-    ("bottleneck", "bottleneck.safetensors", flip_middle_byte),
+    ("lora", "adapter_model.safetensors", flip_last_byte), ("lora", "head.safetensors", truncate),
+    ("lora", "head.safetensors", flip_last_byte), ("bottleneck", "bottleneck.safetensors", truncate),
+    ("bottleneck", "bottleneck.safetensors", flip_last_byte),
 ])
 def test_a_damaged_adapter_is_refused_naming_the_file_and_the_fix(trained, monkeypatch, method, damaged, damage):
     from stages import evaluate as evaluate_stage
 
     root = trained(method)
     preds = root / f"reports/eval/{method}/preds_test.csv"
-    before = preds.read_bytes()
+    before, p_yes = preds.read_bytes(), pd.read_csv(preds)["p_yes"]
     damage(root / f"models/{method}/adapter/{damaged}")
     with pytest.raises(PeftqaError) as error:
         evaluate_stage.main([method])
@@ -80,8 +86,9 @@ def test_a_damaged_adapter_is_refused_naming_the_file_and_the_fix(trained, monke
     assert f"dvc checkout models/{method}/adapter" in message and f"dvc repro -f train@{method}" in message
     assert "\n" not in message and preds.read_bytes() == before  # one paragraph; the last predictions kept
     bypass_the_check(monkeypatch)
-    if damage is flip_middle_byte:  # no library notices: the damaged weights are scored as if they were the trained
+    if damage is flip_last_byte:  # no library notices: the damaged weights are scored as if they were the trained
         evaluate_stage.main([method])
+        assert not pd.read_csv(preds)["p_yes"].equals(p_yes)  # other answers, without a word
         return
     with pytest.raises(Exception) as raw:
         evaluate_stage.main([method])
