@@ -74,7 +74,12 @@ def reading(path: str | Path, fix: str) -> Iterator[None]:
     except Exception as err:  # noqa: BLE001 - re-raised unless it is a corrupt file's
         if not unreadable(err):
             raise
-        raise PeftqaError(f"{path}: cannot be read, it is truncated or corrupted ({complaint(err)}); {fix}") from None
+        raise corrupted(path, complaint(err), fix) from None
+
+
+def corrupted(path: str | Path, why: str, fix: str) -> PeftqaError:
+    """The one paragraph for a file that is truncated or corrupted: its path, why that shows, and how to get it back."""
+    return PeftqaError(f"{path}: cannot be read, it is truncated or corrupted ({why}); {fix}")
 
 
 def complaint(err: BaseException) -> str:
@@ -109,6 +114,18 @@ def disk_full(err: BaseException | None) -> bool:
     return False
 
 
+@contextmanager
+def naming_a_full_disk(path: Path, what: str = "file") -> Iterator[None]:
+    """Within it, a write refused for want of space becomes DiskFull naming `path` (one raised for a file inside a
+    folder being built is named again, for the folder); other errors pass as they are."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - re-raised as it is unless the disk is full
+        if not disk_full(err):
+            raise
+        raise DiskFull(path, err, what) from None
+
+
 def _existing(folder: Path) -> Path:
     """The nearest folder that exists: disk_usage needs one."""
     while not folder.exists() and folder != folder.parent:
@@ -131,23 +148,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`, on failure removed. A full disk
     becomes DiskFull, which names `path`."""
     path = Path(path)
-    try:
+    with naming_a_full_disk(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise (DiskFull(path, err) if disk_full(err) else err) from None
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give it the usual mode
-        os.replace(tmp, path)
-    except Exception as err:  # noqa: BLE001 - re-raised as it is unless the disk is full
-        if not disk_full(err) or isinstance(err, DiskFull):
-            raise
-        raise DiskFull(path, err) from None
+        with naming_a_full_disk(path):
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give it the usual mode
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -224,25 +236,52 @@ def _find_up(start: Path, name: str) -> Path | None:
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM (a scheduler's, `kill`'s), raised wherever the process is, as Ctrl-C's SIGINT raises KeyboardInterrupt:
-    `except Exception` does not catch either, so the code that ends an MLflow run sees it."""
+    """SIGTERM (a scheduler's, `kill`'s) or SIGINT (Ctrl-C), raised where the process is (outside shielded() blocks),
+    as Python raises KeyboardInterrupt: `except Exception` does not catch it, so the code that ends an MLflow run
+    sees it."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_shield = {"depth": 0, "pending": None}  # how many shielded() blocks the main thread is in; a stop they hold back
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Within it (also as a decorator), SIGTERM and SIGINT wait until it ends: a write to the MLflow store is never cut
+    inside its sqlite transaction, which would leave this process's own lock on the store, so that the run could not
+    be ended. A second stop signal while one waits ends the process at once."""
+    _shield["depth"] += 1
+    try:
+        yield
+    finally:
+        _shield["depth"] -= 1
+        if _shield["depth"] == 0 and _shield["pending"] is not None:
+            signum, _shield["pending"] = _shield["pending"], None
+            raise Interrupted(signum)
+
+
 def _raise_interrupted(signum: int, frame: object) -> None:
-    signal.signal(signum, signal.SIG_DFL)  # once: a second SIGTERM ends the process (one stuck in native code too)
+    if _shield["pending"] is not None:  # a second stop: the process may be stuck
+        _die_by(signum)
+    if _shield["depth"]:
+        _shield["pending"] = signum
+        return
+    signal.signal(signum, signal.SIG_DFL)  # once: a second signal ends the process (one stuck in native code too)
     raise Interrupted(signum)
 
 
-def _handle_sigterm() -> object:
-    """Raise Interrupted on SIGTERM, unless the process was started ignoring it or this is not the main thread (which
-    alone may set handlers); the handler it replaces, for run_cli to put back."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
-        return None
-    return signal.signal(signal.SIGTERM, _raise_interrupted)
+def _handle_stops() -> dict[int, object]:
+    """Raise Interrupted on SIGTERM and SIGINT (outside shielded() blocks), except for a signal the process was started
+    ignoring, and only in the main thread (which alone may set handlers); the handlers replaced, for run_cli to put
+    back."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, _raise_interrupted) for signum in STOP_SIGNALS
+            if signal.getsignal(signum) != signal.SIG_IGN}
 
 
 def _die_by(signum: int) -> None:
@@ -262,7 +301,7 @@ def run_cli(main: Callable[[list[str]], None], argv: list[str] | None = None) ->
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     # peft 0.21 reads a property transformers 5 deprecated: one warning per model load, nothing the user can act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    previous_handler = _handle_sigterm()
+    previous_handlers = _handle_stops()
     try:
         main(args)
     except KeyboardInterrupt as err:
@@ -288,30 +327,26 @@ def run_cli(main: Callable[[list[str]], None], argv: list[str] | None = None) ->
               "again", file=sys.stderr)
         sys.exit(1)
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        for signum, handler in previous_handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 def replace_dir_atomic(build: Callable[[Path], None], dest: str | Path) -> None:
     """Call build(tmp_dir) to fill a temporary folder beside `dest`, then swap it into place.
     A crash mid-build leaves the previous `dest` as it was; a full disk becomes DiskFull, which names `dest`."""
     dest = Path(dest)
-    try:
+    with naming_a_full_disk(dest, "folder"):
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    except OSError as err:
-        raise (DiskFull(dest, err, "folder") if disk_full(err) else err) from None
     old = dest.with_name(f".{dest.name}.old")
     try:
-        build(tmp)
-        if dest.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-    except Exception as err:  # noqa: BLE001 - re-raised as it is unless the disk is full (a file inside: DiskFull)
-        if not disk_full(err):
-            raise
-        raise DiskFull(dest, err, "folder") from None
+        with naming_a_full_disk(dest, "folder"):
+            build(tmp)
+            if dest.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(dest, old)
+            os.replace(tmp, dest)
     finally:
         if old.exists() and not dest.exists():  # stopped (SIGTERM, Ctrl-C) between the two renames: put it back
             os.replace(old, dest)

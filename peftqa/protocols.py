@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from peftqa import tracking
-from peftqa.common import PeftqaError, read_split, write_csv_atomic, write_json_atomic
+from peftqa.common import PeftqaError, read_split, shielded, write_csv_atomic, write_json_atomic
 from peftqa.evaluation import predict_batched, predictions_frame
 from peftqa.families import load_backbone
 from peftqa.metrics import classification_metrics
@@ -99,6 +99,7 @@ class ParentRuns:
     def __init__(self, params: Params, previous: dict[str, str]):
         self.params, self.previous, self.opened = params, previous, {}
 
+    @shielded()  # a stop signal waits: see common.shielded
     def get(self, protocol: str) -> str:
         if protocol not in self.opened:
             client, experiment_id = tracking.connect(self.params.mlflow.experiment)
@@ -118,6 +119,7 @@ class ParentRuns:
         return {p: self.opened.get(p) or self.previous[p] for p in sorted(protocols)
                 if p in self.opened or p in self.previous}
 
+    @shielded()
     def close(self, status: str, metrics: dict[str, object] | None = None) -> None:
         client = tracking.make_client()
         for protocol, run_id in self.opened.items():
@@ -128,12 +130,10 @@ class ParentRuns:
             client.set_terminated(run_id, status=status)
 
     def fail(self, err: BaseException) -> None:
-        """End the parents as the error `err` ends the stage (KILLED or FAILED), as well as the store allows; with the
-        tracking server gone, leave them, as the training leaves its run."""
-        if not tracking.server_lost(err):
-            client = tracking.make_client()
-            for run_id in self.opened.values():
-                tracking.end_run_quietly(client, run_id, tracking.end_status(err))
+        """End the parents as the error `err` ends the stage, as a training's run is ended (tracking.end_run_after)."""
+        client = tracking.make_client()
+        for run_id in self.opened.values():
+            tracking.end_run_after(client, run_id, err)
 
 
 def unit_sources(unit: Unit) -> dict[str, str] | None:

@@ -26,7 +26,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 
 from peftqa import environment, tracking
-from peftqa.common import TEXT_FIELDS, PeftqaError, text_field_problem
+from peftqa.common import TEXT_FIELDS, PeftqaError, shielded, text_field_problem
 from peftqa.params import ModelParams, PeftParams
 
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", column) for column in TEXT_FIELDS]),
@@ -139,6 +139,7 @@ def _tracking_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
+@shielded()  # a stop signal waits: see common.shielded
 def log_model(client, run_id: str, adapter_dir: Path, config_path: Path, name: str, step: int | None = None) -> str:
     """Log the adapter as an MLflow 3 model of the training run `run_id` and return its model_id.
 

@@ -5,10 +5,8 @@ The store is sqlite:///<DVC_ROOT>/mlflow.db with artifacts in <DVC_ROOT>/mlruns,
 --temp/--queue` runs stages in copies under .dvc (its temp folder), where a relative URI would silently write to a
 copy that is thrown away. MLFLOW_TRACKING_URI overrides the store (and is redacted whenever it is printed).
 
-A run ends FINISHED, FAILED, or KILLED (SIGTERM, Ctrl-C). One whose process died without a word (SIGKILL, the OOM
-killer, a killed queue worker) is marked KILLED by the next peftqa command that connects on the same machine: each
-run records its host, process id and that process's start time. Against a tracking server, MLflow's retries are
-bounded (HTTP_RETRIES: about 15 s a request), so a server that goes away fails a training soon, its checkpoint kept.
+A run ends FINISHED, FAILED or KILLED; one whose process died without a word is marked KILLED by end_orphans. Every
+write is shielded from stop signals (common.shielded). HTTP_RETRIES bounds MLflow's retries against a server.
 """
 from __future__ import annotations
 
@@ -40,7 +38,7 @@ from mlflow.utils.mlflow_tags import (
 )
 
 from peftqa import environment
-from peftqa.common import PeftqaError, complaint, project_root
+from peftqa.common import PeftqaError, complaint, project_root, shielded
 
 if TYPE_CHECKING:  # annotations only: tracking stays free of torch and matplotlib
     from matplotlib.figure import Figure
@@ -52,13 +50,11 @@ log = logging.getLogger(__name__)
 MAX_PARAM_CHARS = 6000  # MLflow 3's limit on a param value
 METRIC_PREFIX = "eval_"  # MLflow keys of the evaluated metrics: eval_val_macro_f1, eval_test_accuracy, ...
 WRITE_PROBE_TAG = "peftqa.write_probe"  # the experiment tag connect() writes: a store that takes no write fails there
-# which process a run belongs to (host, pid, and "<boot id> <pid namespace> <start time>"): a RUNNING run whose
-# process is gone is an orphan (end_orphans)
+# a run's process (host, pid, "<boot id> <pid namespace> <start time>"): RUNNING with it gone, an orphan (end_orphans)
 HOST_TAG, PID_TAG, PROCESS_TAG = "peftqa.host", "peftqa.pid", "peftqa.process"
 ORPHAN_TAG = "peftqa.marked_killed"  # on a run end_orphans ended: by which process, and why
-# MLflow's HTTP retries, unless the environment sets them: MLflow's own defaults (7 retries, backoff factor 2) wait
-# about 4 minutes for a server that is gone; these wait 0 + 2 + 4 + 8 s (+ up to 0.5 s jitter each), about 15 s, per
-# request to one that refuses connections. The timeout stays MLflow's (120 s a try): a big upload must not fail
+# MLflow's HTTP retries unless the environment sets them: 0 + 2 + 4 + 8 s (+ jitter), about 15 s a request to a gone
+# server, not MLflow's 4 minutes (7 retries, factor 2). The timeout stays MLflow's 120 s a try: big uploads must pass
 HTTP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                 "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5"}
 
@@ -175,20 +171,21 @@ def process_alive(pid: int, identity: str) -> bool:
     process of the old boot lives; a process of another pid namespace (a container) cannot be seen, so counts as
     alive; else the pid must be there with the same start time (one hidden from this user, /proc's hidepid, lives)."""
     boot, namespace, start = (identity.split(" ") + ["", "", ""])[:3]
-    if (boot, namespace) != this_boot():
-        return boot == this_boot()[0]
+    here_boot, here_namespace = this_boot()
+    if boot != here_boot or namespace != here_namespace:
+        return boot == here_boot  # rebooted since: gone; another namespace: not ours to judge
     found = process_start(pid)
     if found is not None:
         return found == start
     try:
-        os.kill(pid, 0)
+        with contextlib.suppress(PermissionError):  # hidden from this user (/proc's hidepid): it lives
+            os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
     return True
 
 
+@shielded()
 def end_orphans(client: MlflowClient, experiment_id: str) -> list[str]:
     """Mark KILLED each RUNNING run of the experiment that a process on this machine started and that is gone (SIGKILL,
     the OOM killer, a reboot, a killed queue worker); their ids. A run whose process lives (another worker's) is left
@@ -258,6 +255,7 @@ def run_tags(stage: str, model: str, family: str, method: str, source: str) -> d
     }
 
 
+@shielded()
 def log_params(client: MlflowClient, run_id: str, params: dict[str, object]) -> None:
     """Log a flat dict of params in batches (MLflow takes at most 100 per call)."""
     items = [Param(key, str(value)[:MAX_PARAM_CHARS]) for key, value in sorted(params.items())]
@@ -265,6 +263,7 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, object]) -> 
         client.log_batch(run_id, params=items[start : start + 100], synchronous=True)
 
 
+@shielded()
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int, timestamp_ms: int,
                 model_id: str | None = None, dataset: Dataset | None = None) -> None:
     """Metrics at `step`, NaN skipped. With `model_id` they are also the logged model's metrics (its page and
@@ -285,6 +284,7 @@ def split_dataset(frame: pd.DataFrame, split: str, source: str) -> Dataset:
                    source=json.dumps({"uri": source}), schema=json.dumps(schema), profile=json.dumps(profile))
 
 
+@shielded()
 def log_datasets(client: MlflowClient, run_id: str, datasets: dict[str, Dataset]) -> None:
     """{context: dataset} as the run's inputs (the runs table's Dataset column); context: training, validation, test."""
     client.log_inputs(run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
@@ -295,10 +295,12 @@ def child_tags(parent_run_id: str | None) -> dict[str, str]:
     return {MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {}
 
 
+@shielded()
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
 
 
+@shielded()
 def log_folder(client: MlflowClient, run_id: str, folder: Path, artifact_path: str) -> None:
     client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
 
@@ -317,24 +319,26 @@ def mlflow_run(client, experiment_id: str, resume: dict | None, *, run_name: str
     logged. The run ends FINISHED when the block completes, KILLED on SIGTERM or Ctrl-C, FAILED when it raises; a
     SIGKILL leaves it RUNNING, until end_orphans marks it KILLED. Either way the next run resumes it from `checkpoint`.
     A tracking server that stops answering mid-run is one PeftqaError: the run stays RUNNING, to be resumed."""
-    if resume is None:
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-        log_params(client, run_id, config)
-        log_datasets(client, run_id, datasets)
-    else:
-        run_id = resume["run_id"]
-        set_tags(client, run_id, process_tags())  # first: RUNNING with the dead process's tags is an orphan
-        client.update_run(run_id, status="RUNNING")
-        if ORPHAN_TAG in client.get_run(run_id).data.tags:  # end_orphans' mark: the run is alive again
-            client.delete_tag(run_id, ORPHAN_TAG)
-        logged = {m.step for m in client.get_metric_history(run_id, "val_macro_f1")}
-        for row in resume["history"]:  # epochs checkpointed but killed before they reached MLflow
-            if row["epoch"] not in logged:
-                log_metrics_row(client, run_id, row)
+    with shielded():  # a stop signal waits for the run to be opened
+        if resume is None:
+            run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+            log_params(client, run_id, config)
+            log_datasets(client, run_id, datasets)
+        else:
+            run_id = resume["run_id"]
+            set_tags(client, run_id, process_tags())  # first: RUNNING with the dead process's tags is an orphan
+            client.update_run(run_id, status="RUNNING")
+            if ORPHAN_TAG in client.get_run(run_id).data.tags:  # end_orphans' mark: the run is alive again
+                client.delete_tag(run_id, ORPHAN_TAG)
+            logged = {m.step for m in client.get_metric_history(run_id, "val_macro_f1")}
+            for row in resume["history"]:  # epochs checkpointed but killed before they reached MLflow
+                if row["epoch"] not in logged:
+                    log_metrics_row(client, run_id, row)
     try:
         yield run_id
     except BaseException as err:
-        if server_lost(err):  # ending the run would wait out the retries again, and fail
+        end_run_after(client, run_id, err)
+        if server_lost(err):
             kept = (f"{checkpoint} keeps the last finished epoch, and the next `dvc repro` resumes from it into the "
                     "same run, logging the epochs the server missed" if checkpoint is not None and checkpoint.exists()
                     else "the next `dvc repro` trains again (train.checkpoint_every_epoch is off, or no epoch ended)")
@@ -343,21 +347,27 @@ def mlflow_run(client, experiment_id: str, resume: dict | None, *, run_name: str
                              f"({os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES')}, see MLFLOW_HTTP_REQUEST_*). "
                              f"Nothing is lost: {kept}. Start the server again (or set MLFLOW_TRACKING_URI to one "
                              "that answers), then run `dvc repro`.") from None
-        end_run_quietly(client, run_id, end_status(err))
         raise
-    client.set_terminated(run_id, status="FINISHED")
+    with shielded():
+        client.set_terminated(run_id, status="FINISHED")
 
 
-def end_run_quietly(client: MlflowClient, run_id: str, status: str) -> None:
-    """End a run that an error is ending, as well as the store allows: when the store fails too (its disk is full),
-    a warning, and the error that ended the run is the one the user sees."""
+@shielded()
+def end_run_after(client: MlflowClient, run_id: str, err: BaseException) -> None:
+    """End a run that `err` is ending (KILLED or FAILED, end_status) as well as the store allows: with the tracking
+    server gone, not at all (it would wait out the retries again; the run is resumed later); when the store fails
+    too (its disk is full), with a warning. The caller re-raises `err`: that is the error the user sees."""
+    if server_lost(err):
+        return
+    status = end_status(err)
     try:
         client.set_terminated(run_id, status=status)
-    except Exception as err:  # noqa: BLE001 - the caller re-raises the error that matters
+    except Exception as problem:  # noqa: BLE001 - the caller re-raises the error that matters
         log.warning("could not mark MLflow run %s %s (%s); the next command that connects marks it KILLED", run_id,
-                    status, complaint(err))
+                    status, complaint(problem))
 
 
+@shielded()
 def log_outputs(client, run_id: str, out_dir: Path, summary: dict, probe: Probe | None, dataset: Dataset) -> None:
     """The best epoch's figures (linked to the logged model and the val split), the probe's grid, the files."""
     log_metrics(client, run_id, {key: summary[key] for key in (
@@ -373,6 +383,7 @@ def log_outputs(client, run_id: str, out_dir: Path, summary: dict, probe: Probe 
         client.log_artifact(run_id, str(out_dir / name))
 
 
+@shielded()
 def log_evaluation(client: MlflowClient, summary: dict, metrics_by_split: dict[str, dict],
                    datasets: dict[str, Dataset], figures: dict[str, Figure]) -> None:
     """Val/test metrics and the confusion-matrix figures go into the same MLflow run as the training, as

@@ -10,7 +10,7 @@ from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from peftqa import methods
-from peftqa.common import PeftqaError, reading, require, sha256_file
+from peftqa.common import PeftqaError, corrupted, reading, require, sha256_file
 from peftqa.families.base import BACKBONES, METADATA_FILE, Backbone, detect_family, restore_fix
 from peftqa.families.resolve import _from_pretrained, resolve_model
 from peftqa.methods import ResolvedModel
@@ -39,9 +39,8 @@ def check_digests(folder: Path, digests: dict[str, str], method: str) -> None:
             raise PeftqaError(f"{path}: missing, though {METADATA_FILE} lists it; {restore_fix(folder, method)}")
         found = sha256_file(path)
         if found != digest:
-            raise PeftqaError(f"{path}: cannot be read, it is truncated or corrupted (its sha256 {found[:12]}… is not "
-                              f"the {digest[:12]}… that {METADATA_FILE} recorded when it was saved); "
-                              f"{restore_fix(folder, method)}")
+            raise corrupted(path, f"its sha256 {found[:12]}… is not the {digest[:12]}… that {METADATA_FILE} recorded "
+                                  "when it was saved", restore_fix(folder, method))
 
 
 def _attach_adapter(model: torch.nn.Module, peft_config: PeftConfig | None, adapter_dir: Path | None, *,
