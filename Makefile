@@ -38,7 +38,11 @@ TORCH_SOURCE = $(if $(strip $(PIP_FIND_LINKS)),$(foreach f,$(PIP_FIND_LINKS),--f
 # what each lock is resolved for: CPython 3.11 on x86-64 Linux (the platform of torch's CPU wheel)
 LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" --quiet
 
-.PHONY: install lock run test bench bench-reference sweep ablation ui push pull clean
+.PHONY: help install system-deps lock run test bench bench-reference sweep ablation ui push pull clean
+.DEFAULT_GOAL := help
+
+help:  ## list these targets (the text after each target's `##`)
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: $(STAMP)  ## create .venv and install the lock into it: exactly its packages and versions, hash-checked
 
@@ -75,16 +79,36 @@ run: install  ## the main job: every stage of dvc.yaml that is out of date
 # first (xdist would sort modules by their number of tests, and start the 6-test slice last). loadgroup would be
 # finer, but pytest 9.2 silently breaks its grouping (pytest-xdist issue #1386). UV_ENV: the fresh-virtualenv test
 # installs a served model's requirements with uv, from the cache `make install` filled.
-test: install  ## lint (ruff, configured in pyproject.toml), then every test, the slow end-to-end ones included
+# the MLflow UI test drives headless Chromium: Debian's package, installed here when it is missing and we are root
+# (these machines, CI); otherwise one paragraph says what to install, before any test runs
+CHROMIUM := /usr/bin/chromium
+system-deps:  ## install what the tests need outside Python: Debian's chromium (the MLflow UI test's browser)
+	@if [ -x $(CHROMIUM) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "system-deps: installing Debian's chromium for the MLflow UI test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null && exit 0; \
+		echo "system-deps: apt-get could not install chromium (see above)" >&2; exit 1; \
+	fi; \
+	echo "make test needs Chromium at $(CHROMIUM) for the MLflow UI test (tests/test_pipeline.py), and it is" \
+		"missing. Install Debian's package as root: 'sudo apt-get install chromium' (Debian, Ubuntu: chromium or" \
+		"chromium-browser, with a link to $(CHROMIUM)), then run make test again." >&2; exit 1
+
+test: install system-deps  ## lint (ruff, configured in pyproject.toml), then every test, the slow end-to-end ones included
 	$(VENV)/bin/ruff check peftqa stages tests
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(UV_ENV) $(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 # `make bench BENCH=smollm2`: SmolLM2-135M-Instruct at 256 tokens, batch 8, 16 test items, 3 timed steps per method;
 # the causal family's rows time the code before its speed-ups too, in the same run. BENCH_ARGS adds options.
 BENCH ?=
+BENCHES := smollm2
+ifneq ($(filter bench,$(MAKECMDGOALS)),)
+ifneq ($(filter-out $(BENCHES),$(BENCH)),)
+$(error BENCH=$(BENCH) is not a bench: use one of $(BENCHES), or no BENCH for params.yaml's profile)
+endif
+endif
 BENCH_smollm2 := --items 16 --train-batches 3 --set model.name_or_path=smollm2-135m-instruct \
 	--set model.max_length=256 --set train.batch_size=8
-bench: install  ## print training throughput and inference speed of the params.yaml profile (not a test)
+bench: install  ## print training throughput and inference speed of the params.yaml profile (not a test); BENCH=smollm2
 	HF_HUB_OFFLINE=1 $(strip $(PEFTQA) bench $(BENCH_$(BENCH)) $(BENCH_ARGS))
 
 # FLAN-T5-XL's shape with random weights (no download): the full shape on a CUDA GPU, a small one on CPU

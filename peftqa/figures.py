@@ -52,4 +52,9 @@ def save_figure(fig: Figure, path: Path) -> None:
     """Render to a temporary name, then rename: a half-written PNG never sits at `path`."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    close_figure(fig)
+
+
+def close_figure(fig: Figure) -> None:
+    """Let pyplot forget a figure it made (it keeps every one, and warns past 20): after it is saved or logged."""
     plt.close(fig)

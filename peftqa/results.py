@@ -282,8 +282,21 @@ def probe_truncation(root: Path) -> str:
             + markdown_table(["truncation", "max_length", "C chosen", "val macro-F1", "val log-loss"], rows))
 
 
+def fresh_clone(root: Path) -> str:
+    """README's two commands on a fresh clone, in the order a new user may run them, each timed (.ci/fresh-clone)."""
+    record = read_file(root, "bench/fresh_clone.json", read_json)
+    rows = [[str(i), f"`{step['command']}`", studies.duration(step["wall_s"]) if step["wall_s"] >= 90
+             else f"{step['wall_s']} s", "exit 0" if step["exit"] == 0 else f"**exit {step['exit']}**", step["outcome"]]
+            for i, step in enumerate(record["steps"], start=1)]
+    chromium = "installed at the start" if record["chromium_at_start"] else "absent at the start"
+    return (f"Measured by `{record['script']}` on {record['date_utc'][:10]}, from a fresh clone of commit "
+            f"`{record['commit'][:7]}`, on {record['machine']}; Chromium {chromium}. Disk at the end: "
+            + ", ".join(f"{name} {mb / 1024:.1f} GiB" for name, mb in record["disk_mb"].items()) + ".\n\n"
+            + markdown_table(["step", "command", "wall", "status", "what it printed"], rows))
+
+
 MEASURED_BLOCKS: dict[str, Callable[[Path], str]] = {
-    "default": bench_default, "reference": bench_reference, "truncation": probe_truncation,
+    "default": bench_default, "reference": bench_reference, "truncation": probe_truncation, "fresh-clone": fresh_clone,
 }
 
 

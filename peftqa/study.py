@@ -8,6 +8,8 @@ stage's resamples and seed).
 """
 from __future__ import annotations
 
+import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -305,10 +307,48 @@ def beside_reference(study: Study) -> str:
         markdown_table(["", "the reference", "here"], differs)])
 
 
+# The study's command cut to a demo, for a first look at SmolLM2 here: renamed, so that its name says it is not the
+# study, and sliced (train items; val and test items) to about ten minutes on 2 cores; reports/smollm2/demo.json
+# records a run of it, with its time
+DEMO_NAME = "smollm2-demo"
+DEMO_SETTINGS = ("train.limit_train=64", "evaluate.limit_items=32")
+DEMO_JSON = "demo.json"
+
+
+def demo_command(command: str) -> str:
+    """The study's `dvc exp run -n <name> -S ...` command as the demo: named DEMO_NAME, with DEMO_SETTINGS added."""
+    words = shlex.split(command)
+    words[words.index("-n") + 1] = DEMO_NAME
+    return shlex.join([*words, *(word for setting in DEMO_SETTINGS for word in ("-S", setting))])
+
+
+def shell_lines(command: str) -> str:
+    """A long command as a bash code block, continued before each `-S` that would pass the README's width."""
+    lines = [""]
+    for part in re.split(r" (?=-S )", command):
+        if lines[-1] and len(lines[-1]) + len(part) > 100:
+            lines.append("  ")
+        lines[-1] += ("" if lines[-1].strip() == "" else " ") + part
+    return "```bash\n" + " \\\n".join(lines) + "\n```"
+
+
+def commands(study: Study) -> str:
+    """How to run SmolLM2 here: the demo (its recorded run and time), then the study's own command (its time)."""
+    run, demo = study.run, read_file(study.root, DEMO_JSON, read_json)
+    expected = demo_command(run["command"])
+    if demo["command"] != expected:
+        raise PeftqaError(f"{study.root / DEMO_JSON} records `{demo['command']}`, not the demo of the study's "
+                          f"command (`{expected}`): run the demo again and record it there")
+    return (f"A demo-scale slice, `{DEMO_NAME}` ({', '.join(DEMO_SETTINGS)}): it took {duration(demo['wall_s'])} "
+            f"on {demo['finished'][:10]} on {demo['machine']}, from commit `{demo['commit'][:7]}`. It is a first "
+            f"look, not a result.\n\n{shell_lines(expected)}\n\nThe whole study, as it made `{study.root}/` "
+            f"({duration(run['wall_s'])} on {run['machine']}):\n\n{shell_lines(run['command'])}")
+
+
 BLOCKS: dict[str, Callable[[Study], str]] = {  # the blocks a study renders, by the name after the study's prefix
-    "provenance": provenance, "performance": performance, "verdict": verdict_summary, "verdict-detail": verdict_detail,
-    "detectable": detectable, "generate": generate, "training": training, "speed": speed,
-    "beside-reference": beside_reference,
+    "commands": commands, "provenance": provenance, "performance": performance, "verdict": verdict_summary,
+    "verdict-detail": verdict_detail, "detectable": detectable, "generate": generate, "training": training,
+    "speed": speed, "beside-reference": beside_reference,
 }
 
 

@@ -18,7 +18,7 @@ from peftqa import tracking
 from peftqa.common import PeftqaError, read_split, write_csv_atomic, write_json_atomic
 from peftqa.evaluation import generation_metrics, predict_batched, predictions_frame, split_metrics, time_per_example
 from peftqa.families import load_backbone
-from peftqa.figures import plot_confusion
+from peftqa.figures import close_figure, plot_confusion
 from peftqa.metrics import confusion_frame
 from peftqa.params import METHODS, load_params
 from peftqa.paths import DATA_DIR, EVAL_DIR, MODELS_DIR
@@ -69,7 +69,11 @@ def main(args: list[str]) -> None:
         figures[f"cm_{split}.png"] = plot_confusion(cm, labels, method, split)
         log.info("%s %s: accuracy %.4f macro-F1 %.4f, %.1f items/s batched, latency mean %.4f s", method, split,
                  metrics["accuracy"], metrics["macro_f1"], metrics["examples_per_s"], metrics["latency_mean_s"])
-    tracking.log_evaluation(client, summary, metrics_by_split, datasets, figures)
+    try:
+        tracking.log_evaluation(client, summary, metrics_by_split, datasets, figures)
+    finally:  # pyplot keeps every figure until it is closed
+        for figure in figures.values():
+            close_figure(figure)
 
 
 if __name__ == "__main__":

@@ -97,3 +97,18 @@ LONGEST_FIRST = ("test_pipeline.py", "test_learning.py", "test_smollm2.py", "tes
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: file order otherwise kept
+
+
+# the MLflow UI test must run, never pass by being skipped: the summary says how it ended, in every run of the suite
+UI_TEST = "test_pipeline.py::test_the_mlflow_server_shows_every_run_with_params_history_and_adapter"
+UI_OUTCOMES: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Under xdist this runs in the controller too, with the workers' reports."""
+    if report.nodeid.endswith(UI_TEST) and (report.when == "call" or report.outcome != "passed"):
+        UI_OUTCOMES.append(f"{report.outcome} ({report.when}, {report.duration:.0f} s)")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    terminalreporter.write_line(f"MLflow UI test in headless Chromium: {', '.join(UI_OUTCOMES) or 'not run'}")

@@ -46,7 +46,7 @@ def test_scores_and_losses_equal_the_head_at_every_position(tiny_paths, kind, me
     with computed_as_before(backbone):
         old_scores, old_loss = backbone.score(batch), backbone.loss(batch, class_weights=torch.tensor([1.0, 2.0]))
     assert (scores - old_scores).abs().max() <= TOLERANCE
-    assert abs(float(loss) - float(old_loss)) <= TOLERANCE
+    assert abs(loss.item() - old_loss.item()) <= TOLERANCE
     assert backbone.score(encode_items(backbone)).shape == (len(ITEMS), 2)
 
 
@@ -116,7 +116,7 @@ def test_validation_reads_loss_and_scores_from_one_pass_as_from_two(tiny_paths, 
     batch = uneven_batch(backbone)
     weights = torch.tensor([1.0, 2.0])
     loss, scores = backbone.loss_and_score(batch, weights)
-    assert abs(float(loss) - float(backbone.loss(batch, weights))) <= TOLERANCE
+    assert abs(loss.item() - backbone.loss(batch, weights).item()) <= TOLERANCE
     assert (scores - backbone.score(backbone.encode([i["question"] for i in ITEMS],
                                                     [i["context"][: 20 + 25 * n] for n, i in enumerate(ITEMS)]))
             ).abs().max() <= TOLERANCE

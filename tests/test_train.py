@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import hold
 import pandas as pd
 import pytest
 import torch
@@ -183,29 +184,17 @@ def run_stage(root: Path, method: str) -> subprocess.CompletedProcess:
 
 def kill_after_checkpoints(root: Path, method: str, writes: int, sig: signal.Signals = signal.SIGKILL,
                            command: list[str] | None = None) -> tuple[Path, int, str]:
-    """Start the real train command in root (or `command`) and send it `sig` as soon as its checkpoint has been
-    written `writes` times (each write renames a new file into place: a new inode); returns the checkpoint's path,
-    the exit status and stderr."""
+    """Start the real train command in root (or `command`), hold it right after its checkpoint's `writes`th write
+    (tests/hold.py: it says so and blocks there, so no speed can take it past that point) and send it `sig` there;
+    returns the checkpoint's path, the exit status and stderr."""
     command = command or [sys.executable, "-m", "stages.train", method]
-    with open(root / "stderr.log", "w+") as stderr:
-        process = subprocess.Popen(command, cwd=root, env=stage_env(root), stdout=subprocess.DEVNULL, stderr=stderr)
-        checkpoint = root / f"models/{method}/checkpoint.pt"
-        seen, last = 0, None
-        deadline = time.time() + 240
-        while seen < writes and process.poll() is None and time.time() < deadline:
-            try:
-                version = (checkpoint.stat().st_ino, checkpoint.stat().st_mtime_ns)
-            except FileNotFoundError:
-                version = None
-            if version is not None and version != last:
-                seen, last = seen + 1, version
-            else:
-                time.sleep(0.005)
-        process.send_signal(sig)
-        status = process.wait(timeout=120)
-        stderr.seek(0)
-        text = stderr.read()
-    assert checkpoint.exists(), f"training ended before its checkpoint could be interrupted:\n{text[-3000:]}"
+    log = root / "stderr.log"
+    with hold.held_process(command, log, after_checkpoints=writes, cwd=root, env=stage_env(root)) as held:
+        held.process.send_signal(sig)
+        status = held.process.wait(timeout=120)
+    text = log.read_text()
+    checkpoint = root / f"models/{method}/checkpoint.pt"
+    assert checkpoint.exists(), f"no checkpoint after its write {writes}:\n{text[-3000:]}"
     assert not (root / f"models/{method}/train_summary.json").exists()
     return checkpoint, status, text
 
@@ -222,11 +211,11 @@ def trained_outputs(root: Path, method: str) -> tuple[bytes, pd.DataFrame]:
 
 @pytest.mark.parametrize("method", ["bottleneck"])  # written here, with its own save; peft's lora: the mid-epoch test
 def test_killed_training_resumes_to_the_same_result(stage_dir, tmp_path, method):
-    """SIGKILL after the first checkpoint; the re-run resumes, continues the same MLflow run, and ends with
+    """SIGKILL after epoch 1's checkpoint; the re-run resumes, continues the same MLflow run, and ends with
     bytes identical to an uninterrupted run (CPU is deterministic). The method is a native one, whose weights peftqa
     saves itself; the mid-epoch test below does the same for peft's LoRA."""
     root = stage_dir(n_train=96, **{"train.epochs": 2, "train.patience": 5})  # killed after epoch 1, resumes epoch 2
-    checkpoint, status, _ = kill_after_checkpoints(root, method, writes=1)
+    checkpoint, status, _ = kill_after_checkpoints(root, method, writes=2)  # epoch 1's: epoch 0 is the start
     assert status == -signal.SIGKILL
     client = mlflow_client(root)
     assert only_run(client, method).info.status == "RUNNING"  # nothing could end it
@@ -297,19 +286,16 @@ def test_a_tracking_server_that_dies_mid_training_fails_it_in_seconds_and_the_re
     env = {**stage_env(root), "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
     server = start_server(root, port, log_path)
     try:
-        with open(tmp_path / "train.log", "w+") as stderr:
-            training = subprocess.Popen([sys.executable, "-m", "stages.train", "lora"], cwd=root, env=env,
-                                        stdout=subprocess.DEVNULL, stderr=stderr)
-            deadline = time.monotonic() + 240
-            while "epoch 1: train_loss" not in (tmp_path / "train.log").read_text() and training.poll() is None:
-                assert time.monotonic() < deadline, "epoch 1 never ended"
-                time.sleep(0.01)
+        log = tmp_path / "train.log"  # held after epoch 1's checkpoint: the 2nd write, epoch 0 being the start
+        with hold.held_process([sys.executable, "-m", "stages.train", "lora"], log, after_checkpoints=2, cwd=root,
+                               env=env) as training:
+            assert "epoch 1: train_loss" in log.read_text()  # validated, its metrics not sent yet
             os.killpg(server.pid, signal.SIGKILL)
             killed = time.monotonic()
-            status = training.wait(timeout=240)
+            training.release()
+            status = training.process.wait(timeout=240)
             waited = time.monotonic() - killed
-            stderr.seek(0)
-            text = stderr.read()
+        text = log.read_text()
         server.wait(timeout=30)
         assert status == 1 and "Traceback" not in text, text[-3000:]
         (error,) = [line for line in text.splitlines() if line.startswith("error:")]

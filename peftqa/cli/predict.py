@@ -66,10 +66,11 @@ def parse_items(lines: Iterable[str], source: str = "<stdin>") -> pd.DataFrame:
 
 
 def output_records(predictions: pd.DataFrame) -> list[dict[str, object]]:
-    """Rows of (pmid, pred, p_yes, latency_s) -> output dicts; no pmid key where the input had none, NaN -> null."""
+    """Rows of (pmid, pred, p_yes, latency_s) -> output dicts; no pmid key where the input had none (None, or NaN
+    once pandas has mixed it with strings), NaN -> null."""
     records = []
     for row in predictions.itertuples(index=False):
-        record: dict[str, object] = {} if row.pmid is None else {"pmid": row.pmid}
+        record: dict[str, object] = {} if pd.isna(row.pmid) else {"pmid": row.pmid}
         p_yes = float(row.p_yes)
         record.update(label=row.pred, p_yes=None if math.isnan(p_yes) else p_yes, latency_s=float(row.latency_s))
         records.append(record)
@@ -101,7 +102,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def write_json_lines(records: list[dict[str, object]], stream: TextIO) -> None:
     for record in records:
-        stream.write(json.dumps(record) + "\n")
+        stream.write(json.dumps(record, allow_nan=False) + "\n")  # strict JSON: a NaN would raise, not be written
     stream.flush()
 
 

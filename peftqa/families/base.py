@@ -8,6 +8,7 @@ its peft task type, its default target layers and the rule that recognises its m
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from peft import TaskType
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from peftqa import methods
-from peftqa.common import PeftqaError, sha256_file, write_json_atomic
+from peftqa.common import PeftqaError, sha256_file, write_json_atomic, write_text_atomic
 from peftqa.methods import ResolvedModel
 from peftqa.params import ModelParams
 
@@ -181,6 +182,7 @@ class Backbone:
             self.entry.native.save(self.model, folder, self.knobs, type(self))
         elif not self.entry.frozen:
             self.model.save_pretrained(folder)
+            name_base_as_params(folder, self.model_name)
 
     def _load_weights(self, folder: Path) -> None:
         """Load what the model loader does not: nothing here, the head for the encoder."""
@@ -207,6 +209,24 @@ class Backbone:
                 raise PeftqaError(f"label {unknown[0]!r} is not one of prepare.labels {list(self.labels)}")
             batch["label_ids"] = torch.tensor([self.labels.index(label) for label in labels])
         return {key: value.to(self.device) for key, value in batch.items()}
+
+
+def name_base_as_params(folder: Path, name: str) -> None:
+    """peft names the base model in adapter_config.json (base_model_name_or_path) and the adapter's README by the
+    folder it was loaded from (a venv's site-packages, a cache): a machine path, which would follow the adapter to
+    another checkout or machine, name nothing there, and change adapter_bytes with the path. Rewrite both to the name
+    params give (`model.name_or_path`), after peft's save (whose own checks read the real folder)."""
+    config_path = folder / "adapter_config.json"
+    if not config_path.exists():  # a whole model (full_finetune): transformers' config.json names no base
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    machine_path = config.get("base_model_name_or_path")
+    if not machine_path or machine_path == name:
+        return
+    write_text_atomic(config_path, json.dumps({**config, "base_model_name_or_path": name}, indent=2, sort_keys=True))
+    readme = folder / "README.md"
+    if readme.exists():
+        write_text_atomic(readme, readme.read_text(encoding="utf-8").replace(machine_path, name))
 
 
 def _weighted_mean(losses: torch.Tensor, batch: Batch, class_weights: torch.Tensor | None) -> torch.Tensor:
