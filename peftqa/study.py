@@ -308,8 +308,8 @@ def beside_reference(study: Study) -> str:
 
 
 # The study's command cut to a demo, for a first look at SmolLM2 here: renamed, so that its name says it is not the
-# study, and sliced (train items; val and test items) to about ten minutes on 2 cores; reports/smollm2/demo.json
-# records a run of it, with its time
+# study, and sliced (train items; val and test items) to a fraction of the study's hour on 2 cores;
+# reports/smollm2/demo.json records a run of it, with its time
 DEMO_NAME = "smollm2-demo"
 DEMO_SETTINGS = ("train.limit_train=64", "evaluate.limit_items=32")
 DEMO_JSON = "demo.json"
@@ -339,10 +339,10 @@ def commands(study: Study) -> str:
     if demo["command"] != expected:
         raise PeftqaError(f"{study.root / DEMO_JSON} records `{demo['command']}`, not the demo of the study's "
                           f"command (`{expected}`): run the demo again and record it there")
-    return (f"A demo-scale slice, `{DEMO_NAME}` ({', '.join(DEMO_SETTINGS)}): it took {duration(demo['wall_s'])} "
-            f"on {demo['finished'][:10]} on {demo['machine']}, from commit `{demo['commit'][:7]}`. It is a first "
-            f"look, not a result.\n\n{shell_lines(expected)}\n\nThe whole study, as it made `{study.root}/` "
-            f"({duration(run['wall_s'])} on {run['machine']}):\n\n{shell_lines(run['command'])}")
+    return (f"A demo-scale slice, `{DEMO_NAME}` ({', '.join(DEMO_SETTINGS)}), a first look and not a result: "
+            f"{duration(demo['wall_s'])} on {demo['finished'][:10]}, from commit `{demo['commit'][:7]}`, on "
+            f"{demo['machine']}.\n\n{shell_lines(expected)}\n\nThe whole study, as it made `{SMOLLM2_DIR}/`: "
+            f"{duration(run['wall_s'])} on {run['machine']}.\n\n{shell_lines(run['command'])}")
 
 
 BLOCKS: dict[str, Callable[[Study], str]] = {  # the blocks a study renders, by the name after the study's prefix
