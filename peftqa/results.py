@@ -291,7 +291,8 @@ def fresh_clone(root: Path) -> str:
     chromium = "installed at the start" if record["chromium_at_start"] else "absent at the start"
     return (f"Measured by `{record['script']}` on {record['date_utc'][:10]}, from a fresh clone of commit "
             f"`{record['commit'][:7]}`, on {record['machine']}; Chromium {chromium}. Disk at the end: "
-            + ", ".join(f"{name} {mb / 1024:.1f} GiB" for name, mb in record["disk_mb"].items()) + ".\n\n"
+            + ", ".join(f"{name} {mb / 1024:.1f} GiB" if mb >= 1024 else f"{name} {mb} MB"
+                        for name, mb in record["disk_mb"].items()) + ".\n\n"
             + markdown_table(["step", "command", "wall", "status", "what it printed"], rows))
 
 
