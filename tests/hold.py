@@ -16,6 +16,7 @@ import importlib.util
 import os
 import secrets
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -167,13 +168,22 @@ class Listener:
         self.close()
 
 
+def default_stop_signals() -> None:
+    """In the child before it runs: SIGINT and SIGTERM at their default, as a terminal's foreground job has them. A
+    suite started in the background by a shell without job control (`make test &`, some CI runners) passes SIGINT on
+    ignored, and peftqa rightly leaves an inherited SIG_IGN alone: a sent SIGINT would then do nothing at all."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 @contextmanager
 def held_process(command: list[str], log: Path, after_checkpoints: int = 0, **popen) -> Iterator[Held]:
-    """Start `command` (stdout dropped, stderr to `log`; `popen` as for Popen, its env given) and yield it once it is
-    held at its point; it is killed on the way out if it still runs."""
+    """Start `command` (stdout dropped, stderr to `log`, stop signals at their default; `popen` as for Popen, its env
+    given) and yield it once it is held at its point; it is killed on the way out if it still runs."""
     with Listener() as listener, log.open("w") as stderr:
         env = listener.env(popen.pop("env"), after_checkpoints)
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, **popen)
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                   preexec_fn=default_stop_signals, **popen)
         try:
             yield listener.accept(process, log)
         finally:
