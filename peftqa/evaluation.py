@@ -16,23 +16,28 @@ from tqdm import tqdm
 from peftqa.common import PeftqaError
 from peftqa.families import Backbone
 from peftqa.metrics import classification_metrics, latency_summary, top_label_probability
-from peftqa.scoring import autocast, iterate_batches, labels_from_log_probs, score_frame
+from peftqa.scoring import autocast, iterate_batches, labels_from_log_probs, length_order, score_frame
 
 ABSTAIN = "abstain"  # the label written when the model is not confident enough (--abstain-below)
 
 
 @torch.no_grad()
-def predict_batched(backbone: Backbone, frame: pd.DataFrame, batch_size: int, scoring: str, bf16: bool
-                    ) -> tuple[list[str | None], np.ndarray | None, float]:
-    """Predicted labels, label log-probs (verbalizer only) and the batched run's wall time in seconds."""
+def predict_batched(backbone: Backbone, frame: pd.DataFrame, batch_size: int, scoring: str, bf16: bool,
+                    by_length: bool = False) -> tuple[list[str | None], np.ndarray | None, float]:
+    """Predicted labels, label log-probs (verbalizer only) and the batched run's wall time in seconds, in the frame's
+    order; by_length (train.length_groups) runs the batches from shortest to longest prompt."""
     start = time.perf_counter()
     if scoring == "generate" and backbone.generates:
-        preds: list[str | None] = []
-        for questions, contexts, _ in iterate_batches(frame, batch_size):
+        order = length_order(backbone.token_lengths(frame)) if by_length else np.arange(len(frame))
+        answers: list[str | None] = []
+        for questions, contexts, _ in iterate_batches(frame, batch_size, order):
             with autocast(backbone.device, bf16):
-                preds.extend(backbone.generate(backbone.encode(questions, contexts)))
+                answers.extend(backbone.generate(backbone.encode(questions, contexts)))
+        preds: list[str | None] = [None] * len(frame)
+        for row, answer in zip(order, answers, strict=True):
+            preds[row] = answer
         return preds, None, time.perf_counter() - start
-    _, log_probs = score_frame(backbone, frame, batch_size, with_loss=False, bf16=bf16)
+    _, log_probs = score_frame(backbone, frame, batch_size, with_loss=False, bf16=bf16, by_length=by_length)
     return labels_from_log_probs(log_probs, backbone.labels), log_probs, time.perf_counter() - start
 
 
@@ -61,12 +66,13 @@ def predictions_frame(frame: pd.DataFrame, preds: list[str | None], log_probs: n
 
 
 def generation_metrics(backbone: Backbone, frame: pd.DataFrame, preds: list[str | None], scoring: str,
-                       batch_size: int, bf16: bool) -> dict[str, float]:
+                       batch_size: int, bf16: bool, by_length: bool = False) -> dict[str, float]:
     """Language models: the share of greedy answers (MAX_NEW_TOKENS) that map to a label, and under verbalizer
     scoring the share where that answer is the verbalizer's prediction. Nothing for the encoder (no generation)."""
     if not backbone.generates or not len(frame):
         return {}
-    answers = preds if scoring == "generate" else predict_batched(backbone, frame, batch_size, "generate", bf16)[0]
+    answers = preds if scoring == "generate" else predict_batched(backbone, frame, batch_size, "generate", bf16,
+                                                                            by_length)[0]
     metrics = {"generate_parse_rate": float(np.mean([answer is not None for answer in answers]))}
     if scoring != "generate":
         metrics["generate_agreement"] = float(np.mean([a == p for a, p in zip(answers, preds)]))
@@ -83,29 +89,34 @@ def split_metrics(preds: pd.DataFrame, labels: tuple[str, ...], seconds: float, 
     return metrics
 
 
-
-
 def predict_frame(backbone: Backbone, items: pd.DataFrame, batch_size: int, scoring: str, bf16: bool,
-                  abstain_below: float | None = None) -> pd.DataFrame:
-    """(pmid, pred, p_yes, latency_s) per item. latency_s is the item's share of its batch's wall time
-    (tokenisation included); with batch_size 1 it is the per-request latency."""
+                  abstain_below: float | None = None, by_length: bool = False) -> pd.DataFrame:
+    """(pmid, pred, p_yes, latency_s) per item, in the items' order. latency_s is the item's share of its batch's
+    wall time (tokenisation included); with batch_size 1 it is the per-request latency. by_length
+    (train.length_groups) batches the items from shortest to longest prompt."""
     # evaluate's scoring passes gold labels to encode (for the loss it skips here): any valid label will do
     frame = items.assign(label=backbone.labels[0])
-    preds, log_probs, latencies = [], [], []
+    order = length_order(backbone.token_lengths(frame)) if by_length else np.arange(len(frame))
+    preds, log_probs, latencies = [None] * len(frame), [], np.zeros(len(frame))
     for start in range(0, len(frame), batch_size):
-        chunk = frame.iloc[start : start + batch_size]
-        chunk_preds, chunk_log_probs, seconds = predict_batched(backbone, chunk, batch_size, scoring, bf16)
-        preds.extend(chunk_preds)
+        rows = order[start : start + batch_size]
+        chunk_preds, chunk_log_probs, seconds = predict_batched(backbone, frame.iloc[rows], batch_size, scoring, bf16)
+        for row, pred in zip(rows, chunk_preds, strict=True):
+            preds[row] = pred
         if chunk_log_probs is not None:
             log_probs.append(chunk_log_probs)
-        latencies.extend([seconds / len(chunk)] * len(chunk))
+        latencies[rows] = seconds / len(rows)
+    if log_probs:
+        in_order = np.empty((len(frame), len(backbone.labels)), dtype=log_probs[0].dtype)
+        in_order[order] = np.concatenate(log_probs)
+        log_probs = [in_order]
     log_probs = np.concatenate(log_probs) if log_probs else None
     if abstain_below is not None:
         if log_probs is None and len(frame):
             raise PeftqaError("--abstain-below needs label probabilities, but model.scoring is 'generate'; "
                               "use model.scoring: verbalizer")
         preds = apply_abstention(preds, log_probs, abstain_below) if len(frame) else preds
-    out = predictions_frame(frame, preds, log_probs, backbone.labels, latencies)
+    out = predictions_frame(frame, preds, log_probs, backbone.labels, latencies.tolist())
     out["pmid"] = items["pmid"].values  # keep None where the input gave no pmid
     return out[["pmid", "pred", "p_yes", "latency_s"]]
 

@@ -72,7 +72,7 @@ class ModelParams:
     template: str = "Question: {question}\nContext: {context}\nAnswer:"
     truncation: Literal["start", "end", "both"] = "start"
     scoring: Literal["verbalizer", "generate"] = "verbalizer"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "bf16_compute", "bfloat16"] = "auto"
     chat_template: Literal["auto", "none"] = "auto"
     label_words: Literal["auto", "exact", "cased"] = "auto"
 
@@ -99,6 +99,7 @@ class TrainParams:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every_epoch: bool = True
     checkpoint_every_steps: int = 0
+    length_groups: bool = False
 
     def __post_init__(self):
         require(self.epochs >= 1, "train.epochs", self.epochs, "must be >= 1")

@@ -87,7 +87,8 @@ def predict_items(params: Params, method: str, adapter_dir: Path, items: pd.Data
     backbone = load_backbone(params.model, method, params.peft, params.prepare.labels, seed=params.train.seed,
                              device=params.train.device, adapter_dir=adapter_dir)
     bf16 = use_bf16(params.model.dtype, backbone.device)
-    preds, log_probs, _ = predict_batched(backbone, items, params.evaluate.batch_size, params.model.scoring, bf16)
+    preds, log_probs, _ = predict_batched(backbone, items, params.evaluate.batch_size, params.model.scoring, bf16,
+                                         params.train.length_groups)
     frame = predictions_frame(items, preds, log_probs, params.prepare.labels, latencies=[])
     return frame[["pmid", "gold", "pred", "p_yes"]]
 

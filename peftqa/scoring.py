@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from peftqa.compute import autocast, use_bf16  # noqa: F401 (re-exported: where scoring's callers find them)
 from peftqa.families import Backbone
 
 
@@ -26,14 +27,21 @@ def balanced_class_weights(labels: Sequence[str], label_set: Sequence[str]) -> t
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def length_order(lengths: Sequence[int]) -> np.ndarray:
+    """Row positions from shortest to longest prompt (ties in file order): batches padded to almost nothing."""
+    return np.argsort(np.asarray(lengths), kind="stable")
+
+
 @torch.no_grad()
 def score_frame(backbone: Backbone, frame: pd.DataFrame, batch_size: int,
-                class_weights: torch.Tensor | None = None, with_loss: bool = True, bf16: bool = False
-                ) -> tuple[float, np.ndarray]:
-    """Mean loss over the items (NaN when with_loss is False) and label log-probabilities, shape (N, n_labels)."""
+                class_weights: torch.Tensor | None = None, with_loss: bool = True, bf16: bool = False,
+                by_length: bool = False) -> tuple[float, np.ndarray]:
+    """Mean loss over the items (NaN when with_loss is False) and label log-probabilities, shape (N, n_labels), in
+    the frame's order. by_length (train.length_groups) scores the items from shortest to longest prompt."""
     backbone.model.eval()
+    order = length_order(backbone.token_lengths(frame)) if by_length else np.arange(len(frame))
     losses, log_probs = [], []
-    for questions, contexts, labels in iterate_batches(frame, batch_size):
+    for questions, contexts, labels in iterate_batches(frame, batch_size, order):
         batch = backbone.encode(questions, contexts, labels)
         with autocast(backbone.device, bf16):
             if with_loss:
@@ -43,16 +51,11 @@ def score_frame(backbone: Backbone, frame: pd.DataFrame, batch_size: int,
                 scores = backbone.score(batch)
             log_probs.append(scores.float().cpu().numpy())
     mean_loss = sum(losses) / len(frame) if with_loss and len(frame) else float("nan")
-    return mean_loss, np.concatenate(log_probs) if log_probs else np.zeros((0, len(backbone.labels)))
-
-
-def use_bf16(dtype: str, device: torch.device) -> bool:
-    """model.dtype 'auto' means bf16 autocast on CUDA (as the reference trained FLAN-T5-XL) and fp32 on CPU."""
-    return dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda")
-
-
-def autocast(device: torch.device, bf16: bool) -> torch.autocast:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+    if not log_probs:
+        return mean_loss, np.zeros((0, len(backbone.labels)))
+    in_frame_order = np.empty((len(frame), len(backbone.labels)), dtype=np.float32)
+    in_frame_order[order] = np.concatenate(log_probs)
+    return mean_loss, in_frame_order
 
 
 def labels_from_log_probs(log_probs: np.ndarray, label_set: Sequence[str]) -> list[str]:

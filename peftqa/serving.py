@@ -100,6 +100,7 @@ class PeftqaModel(mlflow.pyfunc.PythonModel):
         self.backbone = load_backbone(model_params, method, PeftParams(), labels, seed=seed, device="auto",
                                       adapter_dir=Path(context.artifacts["adapter"]))
         self.dtype = model_params.dtype
+        self.by_length = bool(config.get("train.length_groups", False))  # batches in length order, as it was scored
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from peftqa.evaluation import predict_frame
@@ -108,7 +109,7 @@ class PeftqaModel(mlflow.pyfunc.PythonModel):
         items = check_input(model_input).assign(pmid=None)[["pmid", "question", "context"]]
         batch_size = check_batch_size((params or {}).get("batch_size", 32))
         bf16 = use_bf16(self.dtype, self.backbone.device)
-        preds = predict_frame(self.backbone, items, batch_size, self.scoring, bf16)
+        preds = predict_frame(self.backbone, items, batch_size, self.scoring, bf16, by_length=self.by_length)
         return pd.DataFrame({"label": preds["pred"].values, "p_yes": preds["p_yes"].values})
 
 

@@ -45,6 +45,7 @@ def main(args: list[str]) -> None:
     backbone = load_backbone(params.model, method, params.peft, labels, seed=params.train.seed,
                              device=params.train.device, adapter_dir=MODELS_DIR / method / "adapter")
     bf16 = use_bf16(params.model.dtype, backbone.device)
+    by_length = params.train.length_groups  # batches in length order, predictions written in split order
     scoring = params.model.scoring
 
     out_dir = EVAL_DIR / method
@@ -52,12 +53,14 @@ def main(args: list[str]) -> None:
     for split in SPLITS:
         frame = read_split(DATA_DIR / f"{split}.csv", params.evaluate.limit_items)
         datasets[split] = tracking.split_dataset(frame, split, str(DATA_DIR / f"{split}.csv"))
-        preds, log_probs, seconds = predict_batched(backbone, frame, params.evaluate.batch_size, scoring, bf16)
+        preds, log_probs, seconds = predict_batched(backbone, frame, params.evaluate.batch_size, scoring, bf16,
+                                                   by_length)
         timed = frame if params.evaluate.latency_items == 0 else frame.iloc[: params.evaluate.latency_items]
         latencies = time_per_example(backbone, timed, scoring, bf16)
         pred_frame = predictions_frame(frame, preds, log_probs, labels, latencies)
         metrics = split_metrics(pred_frame, labels, seconds, summary)
-        metrics.update(generation_metrics(backbone, frame, preds, scoring, params.evaluate.batch_size, bf16))
+        metrics.update(generation_metrics(backbone, frame, preds, scoring, params.evaluate.batch_size, bf16,
+                                          by_length))
         if metrics["unmapped"]:
             log.warning("%s %s: %d generations mapped to no label (counted as wrong)", method, split,
                         metrics["unmapped"])

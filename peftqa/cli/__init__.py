@@ -19,6 +19,7 @@ SUBCOMMANDS = {  # subcommand: the module of this package whose main(args) it ru
     "register": "register",
     "bench": "bench",
     "bench-reference": "bench_reference",
+    "bench-cpu": "bench_cpu",
     "sweep": "sweep",
     "ablation": "ablation",
     "clean": "clean",

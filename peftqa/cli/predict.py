@@ -125,6 +125,7 @@ def main(argv: list[str]) -> None:
     backbone = load_backbone(params.model, args.method, params.peft, params.prepare.labels, seed=params.train.seed,
                              device=params.train.device, adapter_dir=adapter_dir)
     predictions = predict_frame(backbone, items, args.batch_size or params.evaluate.batch_size, params.model.scoring,
-                                use_bf16(params.model.dtype, backbone.device), args.abstain_below)
+                                use_bf16(params.model.dtype, backbone.device), args.abstain_below,
+                                by_length=params.train.length_groups)
     write_json_lines(output_records(predictions), sys.stdout)
 

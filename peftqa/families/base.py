@@ -15,7 +15,7 @@ import torch
 from peft import TaskType
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-from peftqa import methods
+from peftqa import compute, methods
 from peftqa.common import PeftqaError, sha256_file, write_json_atomic, write_text_atomic
 from peftqa.methods import ResolvedModel
 from peftqa.params import ModelParams
@@ -104,6 +104,11 @@ class Backbone:
         self._configure(model_params)
         for part in self._parts():
             part.to(device)
+        if compute.use_bf16(model_params.dtype, device):
+            compute.warn_if_emulated(device.type)
+        if compute.fp32_weights_bf16_compute(model_params.dtype, device):
+            for head in self._output_heads():
+                compute.keep_in_fp32(head)
     # -- what each family defines
 
     def _configure(self, model_params: ModelParams) -> None:
@@ -124,6 +129,12 @@ class Backbone:
     def _parts(self) -> list[torch.nn.Module]:
         """Every module that holds weights: the model, plus the encoder's head."""
         return [self.model]
+
+    def _output_heads(self) -> list[torch.nn.Linear]:
+        """The projection whose outputs are read as label scores: a language model's vocabulary head (the encoder
+        overrides this with its classification head). Under bf16 compute it stays fp32 (compute.keep_in_fp32)."""
+        head = self.model.get_output_embeddings()
+        return [head] if isinstance(head, torch.nn.Linear) else []
 
     # -- shared
 
@@ -146,6 +157,12 @@ class Backbone:
 
     def _losses_and_label_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return self._example_losses(batch), self._label_logits(batch)
+
+    def token_lengths(self, frame) -> list[int]:
+        """Each row's input length in tokens, as encode builds it (truncated, the answer left out): what
+        train.length_groups groups batches by."""
+        return [int(self.encode([q], [c])["attention_mask"].sum())
+                for q, c in zip(frame["question"], frame["context"], strict=True)]
 
     def generate(self, batch: Batch) -> list[str | None]:
         """The predicted label per example (here the best score; the language models override this with generation)."""

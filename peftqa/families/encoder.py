@@ -57,6 +57,9 @@ class EncoderBackbone(Backbone):
     def _parts(self) -> list[torch.nn.Module]:
         return [self.model, self.head]
 
+    def _output_heads(self) -> list[torch.nn.Linear]:
+        return [self.head]
+
     def head_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.head.parameters() if p.requires_grad]
 

@@ -49,9 +49,9 @@ def set_seed(seed: int) -> None:
 
 
 def validate(backbone: Backbone, val: pd.DataFrame, batch_size: int, class_weights: torch.Tensor | None,
-             bf16: bool) -> dict[str, float]:
+             bf16: bool, by_length: bool = False) -> dict[str, float]:
     """Val loss and metrics: the numbers early stopping and the MLflow curves use."""
-    loss, log_probs = scoring.score_frame(backbone, val, batch_size, class_weights, bf16=bf16)
+    loss, log_probs = scoring.score_frame(backbone, val, batch_size, class_weights, bf16=bf16, by_length=by_length)
     metrics = classification_metrics(val["label"].tolist(), scoring.labels_from_log_probs(log_probs, backbone.labels),
                                      backbone.labels)
     out = {"val_loss": loss, "val_accuracy": metrics["accuracy"], "val_macro_f1": metrics["macro_f1"]}
@@ -59,10 +59,30 @@ def validate(backbone: Backbone, val: pd.DataFrame, batch_size: int, class_weigh
     return out
 
 
-def epoch_rows(accelerator: Accelerator, n_train: int, seed: int) -> np.ndarray:
+LENGTH_CHUNK_BATCHES = 64  # train.length_groups sorts within chunks of this many batches of the shuffle
+
+
+def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """`order` (a shuffle of row positions) regrouped into batches of similar length: sorted by length within chunks
+    of LENGTH_CHUNK_BATCHES batches, cut into batches, the full batches shuffled (a last, partial one stays last,
+    so every batch boundary holds). Each row is still seen once an epoch, and the order depends only on `rng`."""
+    chunk = batch_size * LENGTH_CHUNK_BATCHES
+    parts = [order[start : start + chunk] for start in range(0, len(order), chunk)]
+    ordered = np.concatenate([part[np.argsort(lengths[part], kind="stable")] for part in parts]) if parts else order
+    n_full = len(ordered) // batch_size
+    batches = ordered[: n_full * batch_size].reshape(n_full, batch_size)[rng.permutation(n_full)]  # (n_full, B)
+    return np.concatenate([batches.ravel(), ordered[n_full * batch_size:]])
+
+
+def epoch_rows(accelerator: Accelerator, n_train: int, seed: int, lengths: np.ndarray | None = None,
+               batch_size: int = 1) -> np.ndarray:
     """This process's share of an epoch's seeded shuffle of train (seed: train.seed + epoch), as row positions: the
-    same on every process and again in a resumed epoch, so a checkpoint needs to save only how far it got."""
-    order = np.random.default_rng(seed).permutation(n_train)
+    same on every process and again in a resumed epoch, so a checkpoint needs to save only how far it got. With
+    `lengths` (train.length_groups: each row's tokens), the shuffle is regrouped into batches of similar length."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n_train)
+    if lengths is not None:
+        order = length_grouped(order, lengths, batch_size, rng)
     # contiguous shares; the last is padded with the last row, so every process takes the same steps (DDP syncs each)
     with accelerator.split_between_processes(order.tolist(), apply_padding=True) as share:
         return np.asarray(share)
@@ -71,13 +91,13 @@ def epoch_rows(accelerator: Accelerator, n_train: int, seed: int) -> np.ndarray:
 def train_one_epoch(backbone: Backbone, model: torch.nn.Module, accelerator: Accelerator, train: pd.DataFrame,
                     optimizer: torch.optim.Optimizer, scheduler, cfg: TrainParams, class_weights: torch.Tensor | None,
                     position: EpochPosition, bf16: bool,
-                    save: Callable[[EpochPosition], None] | None = None) -> float:
+                    save: Callable[[EpochPosition], None] | None = None, lengths: np.ndarray | None = None) -> float:
     """One pass over a seeded shuffle of train, this process's share of it; `model` is TrainingLoss as prepared
     (DDP under several processes). Goes on from `position` (a fresh one: the epoch's start) and keeps it up to date;
     `save(position)` runs every train.checkpoint_every_steps optimizer steps. Returns the mean (weighted) training
-    loss per item, over all processes."""
+    loss per item, over all processes. `lengths`: each train row's tokens, under train.length_groups."""
     backbone.model.train()
-    rows = epoch_rows(accelerator, len(train), cfg.seed + position.epoch)
+    rows = epoch_rows(accelerator, len(train), cfg.seed + position.epoch, lengths, cfg.batch_size)
     parameters = backbone.trainable_parameters()
     n_batches = -(-len(rows) // cfg.batch_size)
     done = position.micro_steps  # resumed mid-epoch: skip the micro-batches done before the kill, in the same order
@@ -161,6 +181,7 @@ def fit(backbone: Backbone, accelerator: Accelerator, train: pd.DataFrame, val: 
     every batch round (DDP averages the gradients), the main process validates, and all follow its early-stopping
     decisions."""
     weights = class_weights(train, backbone, cfg)
+    lengths = np.asarray(backbone.token_lengths(train)) if cfg.length_groups else None
     parameters = backbone.trainable_parameters()
     optimizer, scheduler = make_optimizer(backbone, accelerator, len(train), cfg, lr, head_lr)
     history, best = restore_state(resume, parameters, optimizer, scheduler) if resume else ([], BestEpoch())
@@ -181,10 +202,11 @@ def fit(backbone: Backbone, accelerator: Accelerator, train: pd.DataFrame, val: 
         # epoch 0 trains nothing: the starting point (a fresh adapter, a head from the probe) is a candidate too,
         # so training that only hurts val ends where it began
         train_loss = float("nan") if epoch == 0 else train_one_epoch(
-            backbone, model, accelerator, train, optimizer, scheduler, cfg, weights, position, bf16, save)
+            backbone, model, accelerator, train, optimizer, scheduler, cfg, weights, position, bf16, save, lengths)
         row = None
         if accelerator.is_main_process:
-            row = {"epoch": epoch, "train_loss": train_loss, **validate(backbone, val, cfg.batch_size, weights, bf16),
+            row = {"epoch": epoch, "train_loss": train_loss,
+                   **validate(backbone, val, cfg.batch_size, weights, bf16, cfg.length_groups),
                    "seconds": time.perf_counter() - start}
         row = broadcast_object_list([row])[0]  # every process takes the same decisions below
         history.append(row)
@@ -207,7 +229,8 @@ def validate_start(backbone: Backbone, train: pd.DataFrame, val: pd.DataFrame, c
     """A frozen method (zero-shot, or the probe solved) trains no epoch: one validation pass, recorded as epoch 0."""
     start = time.perf_counter()
     row = {"epoch": 0, "train_loss": probe.chosen["train_loss"] if probe else float("nan"),
-           **validate(backbone, val, cfg.batch_size, class_weights(train, backbone, cfg), bf16), "seconds": 0.0}
+           **validate(backbone, val, cfg.batch_size, class_weights(train, backbone, cfg), bf16, cfg.length_groups),
+           "seconds": 0.0}
     row["seconds"] = time.perf_counter() - start
     log_epoch(row)
     return [row], 0

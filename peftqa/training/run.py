@@ -16,7 +16,7 @@ import pandas as pd
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from peftqa import common, environment, scoring, serving, tracking
+from peftqa import common, compute, environment, scoring, serving, tracking
 from peftqa.common import PeftqaError
 from peftqa.families import Backbone, load_backbone
 from peftqa.features import features_for
@@ -66,6 +66,8 @@ def resolved_config(params: Params, method: str, backbone: Backbone, world_size:
     config.update(flatten(params.train, "train."))
     config.update(flatten(params.peft[method], f"peft.{method}."))
     config["world_size"] = world_size  # DDP: the effective batch is batch_size x grad_accum x this
+    config["compute"] = compute.describe(params.model.dtype, backbone.device)  # model.dtype as this device resolved it
+    config["cpu_bf16"] = compute.cpu_bf16_support()  # the CPU's native bf16 instructions, or none
     config.update(environment.environment_tags())  # the installed lock: a result names the environment that made it
     peft_config = getattr(backbone.model, "peft_config", {}).get("default")
     if peft_config is not None:

@@ -1,0 +1,169 @@
+"""Benchmark (not a test): SmolLM2 on CPU with bf16 compute and batches of similar length, against fp32 as today.
+
+Three parts, each writing one file under reports/bench/ (every figure of the docs' CPU speed section comes from them):
+  agreement  do bf16 compute and length order change the answers? SmolLM2's zero-shot on all 890 items, and one
+             LoRA adapter trained on 128 train items for one epoch under fp32 and under bf16 compute (same seed),
+             scored on val and test; label agreement, |delta p_yes| and macro-F1 against fp32 in file order
+             (cpu-bf16-agreement.json).
+  speed      training (prompt, prefix, LoRA) and scoring at 256 and 512 tokens, fp32 with today's batches against
+             bf16 compute, length groups, and both, timed in one run on real items; the peer row times
+             lm-evaluation-harness on the same zero-shot items and prompt (cpu-bf16.json).
+  profile    torch.profiler's top operators of one LoRA training step at 256 and 512 tokens, fp32 and bf16
+             (cpu-bf16-profile.md).
+Reads data/processed/{train,val,test}.csv (the default profile's 890 yes/no items) and the SmolLM2 study's params
+(reports/smollm2/params.yaml). Usage: peftqa bench-cpu PART [--json PATH] (`make bench BENCH=smollm2` runs
+speed after `peftqa bench`; agreement and profile are run by hand: see docs/models.md).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from peftqa import compute
+from peftqa.cli.bench_reference import describe_environment
+from peftqa.common import PeftqaError, write_json_atomic
+from peftqa.families import Backbone, load_backbone
+from peftqa.metrics import classification_metrics
+from peftqa.params import Params, load_params
+from peftqa.scoring import labels_from_log_probs, score_frame
+from peftqa.training.checkpoint import EpochPosition
+from peftqa.training.distributed import TrainingLoss, make_accelerator
+from peftqa.training.loop import class_weights, make_optimizer, set_seed, train_one_epoch
+
+DATA_DIR = Path("data/processed")
+STUDY_PARAMS = Path("reports/smollm2/params.yaml")  # SmolLM2's profile: template, label words, learning rates
+BENCH_DIR = Path("reports/bench")
+CHANGES = {"fp32": ("float32", False), "bf16": ("bf16_compute", False), "length_groups": ("float32", True),
+           "both": ("bf16_compute", True)}  # change: (model.dtype, train.length_groups)
+TRAINED = ("prompt_tuning", "prefix_tuning", "lora")
+SEED = 42
+
+
+def study_params(max_length: int, *overrides: str) -> Params:
+    """The SmolLM2 study's profile at `max_length` tokens (it cut prompts at 256 and kept their start)."""
+    return load_params(STUDY_PARAMS, overrides=[f"model.max_length={max_length}", *overrides])
+
+
+def read_split(split: str, limit: int = 0) -> pd.DataFrame:
+    """A split of the default profile, its first `limit` rows (0: all)."""
+    path = DATA_DIR / f"{split}.csv"
+    if not path.exists():
+        raise PeftqaError(f"{path} not found: run `dvc repro prepare` (or `make run`) first")
+    frame = pd.read_csv(path, dtype={"pmid": str})
+    return frame.iloc[:limit] if limit else frame
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -----------------------------------------------------------------------------
+# agreement: the answers under each change, against fp32 in file order
+
+
+def p_yes(log_probs: np.ndarray, labels: tuple[str, ...]) -> np.ndarray:
+    return np.exp(log_probs[:, labels.index("yes")])
+
+
+def compare(frame: pd.DataFrame, labels: tuple[str, ...], reference: np.ndarray, changed: np.ndarray) -> dict:
+    """Label agreement, |delta p_yes| and each side's macro-F1 of two (N, n_labels) log-prob arrays over `frame`."""
+    ref_pred, new_pred = labels_from_log_probs(reference, labels), labels_from_log_probs(changed, labels)
+    gap = np.abs(p_yes(reference, labels) - p_yes(changed, labels))
+    gold = frame["label"].tolist()
+    return {"items": len(frame), "label_agreement": float(np.mean([a == b for a, b in zip(ref_pred, new_pred)])),
+            "labels_differing": int(sum(a != b for a, b in zip(ref_pred, new_pred))),
+            "median_abs_delta_p_yes": float(np.median(gap)), "max_abs_delta_p_yes": float(gap.max()),
+            "macro_f1_fp32": classification_metrics(gold, ref_pred, labels)["macro_f1"],
+            "macro_f1": classification_metrics(gold, new_pred, labels)["macro_f1"]}
+
+
+def scored(backbone: Backbone, frame: pd.DataFrame, batch_size: int, change: str) -> np.ndarray:
+    """Label log-probs of `frame` under `change` (the backbone loaded as bf16_compute: its head stays fp32, and
+    without autocast it computes exactly as a float32 one). Agreement runs time nothing: the speed part does."""
+    dtype, by_length = CHANGES[change]
+    return score_frame(backbone, frame, batch_size, with_loss=False, bf16=dtype != "float32", by_length=by_length)[1]
+
+
+def train_adapter(params: Params, train: pd.DataFrame, bf16: bool) -> Backbone:
+    """LoRA trained for one epoch as the train stage trains it (train_one_epoch, AdamW, warmup and decay, class
+    weights), under bf16 compute or fp32; no validation, no early stopping."""
+    set_seed(SEED)
+    backbone = load_backbone(params.model, "lora", params.peft, params.prepare.labels, seed=SEED, device="cpu")
+    accelerator = make_accelerator("cpu")
+    cfg = params.train
+    optimizer, scheduler = make_optimizer(backbone, accelerator, len(train), cfg, params.peft.lora.lr, None)
+    train_one_epoch(backbone, TrainingLoss(backbone), accelerator, train, optimizer, scheduler, cfg,
+                    class_weights(train, backbone, cfg), EpochPosition(1), bf16)
+    backbone.model.eval()
+    return backbone
+
+
+def agreement(max_length: int, train_items: int, limit: int) -> dict:
+    # bf16_compute keeps the LM head fp32 in every backbone here; scoring with bf16=False is then fp32 throughout
+    params = study_params(max_length, "model.dtype=bf16_compute", "train.length_groups=false")
+    labels, batch = params.prepare.labels, params.evaluate.batch_size
+    splits = {split: read_split(split, limit) for split in ("train", "val", "test")}
+    every = pd.concat(splits.values(), ignore_index=True)
+    rows = []
+    backbone = load_backbone(params.model, "base", params.peft, labels, seed=SEED, device="cpu")
+    zero_shot = {}
+    for change in CHANGES:
+        progress(f"zero-shot, {len(every)} items, {change}")
+        zero_shot[change] = scored(backbone, every, batch, change)
+    val_rows = np.arange(len(splits["train"]), len(splits["train"]) + len(splits["val"]))
+    for change in ("bf16", "length_groups", "both"):
+        for name, rows_at in ((f"all {len(every)} items", np.arange(len(every))), ("val", val_rows)):
+            rows.append({"model": "zero-shot", "items_from": name, "change": change,
+                         **compare(every.iloc[rows_at], labels, zero_shot["fp32"][rows_at],
+                                   zero_shot[change][rows_at])})
+    del backbone
+    train = splits["train"].iloc[:train_items]
+    adapters = {}
+    for trained in ("fp32", "bf16"):
+        progress(f"LoRA on {len(train)} train items, one epoch, trained under {trained}")
+        backbone = train_adapter(params, train, bf16=trained == "bf16")
+        for split in ("val", "test"):
+            for change in ("fp32", "bf16"):
+                progress(f"  scoring {split} under {change}")
+                adapters[trained, split, change] = scored(backbone, splits[split], batch, change)
+    for split in ("val", "test"):
+        reference = adapters["fp32", split, "fp32"]
+        for trained, change, what in (("bf16", "bf16", "trained and scored under bf16 compute"),
+                                      ("fp32", "bf16", "trained under fp32, scored under bf16 compute")):
+            rows.append({"model": f"LoRA ({len(train)} train items, 1 epoch)", "items_from": split,
+                         "change": "bf16", "what": what,
+                         **compare(splits[split], labels, reference, adapters[trained, split, change])})
+    return {"max_length": max_length, "train_items": len(train), "rows": rows}
+
+
+# -----------------------------------------------------------------------------
+# the command
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="peftqa bench-cpu", description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=("agreement", "speed", "profile"))
+    parser.add_argument("--json", type=Path, default=None, help="where to write (default: reports/bench/cpu-bf16*.*)")
+    parser.add_argument("--train-items", type=int, default=128, help="agreement: LoRA's train items (default 128)")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N items of each split (a smoke run)")
+    args = parser.parse_args(argv)
+    if compute.cpu_bf16_support() == "none":
+        compute.warn_if_emulated("cpu")
+    command = " ".join(["peftqa bench-cpu", *map(shlex.quote, argv)])
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    header = {"command": command, "commit": commit, "environment": describe_environment(torch.device("cpu")),
+              "cpu_bf16": compute.cpu_bf16_support()}
+    start = time.perf_counter()
+    if args.part == "agreement":
+        result = agreement(512, args.train_items, args.limit)
+        path = args.json or BENCH_DIR / "cpu-bf16-agreement.json"
+    write_json_atomic(path, {**header, "seconds": round(time.perf_counter() - start), **result})
+    progress(f"wrote {path}")
