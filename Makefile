@@ -97,6 +97,14 @@ test: install system-deps  ## lint (ruff, configured in pyproject.toml), then ev
 	$(VENV)/bin/ruff check peftqa stages tests
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(UV_ENV) $(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
+# the peer row's own venv: lm-evaluation-harness beside the same torch (CPU wheel) and transformers, outside the lock
+# (requirements/lm-eval.txt); peftqa/lm_eval_peer.py runs in it. No test depends on it.
+LMEVAL_VENV := .venv-lmeval
+$(LMEVAL_VENV)/.installed: requirements/lm-eval.txt
+	test -x $(LMEVAL_VENV)/bin/python || python3 -m venv $(LMEVAL_VENV)
+	$(LMEVAL_VENV)/bin/pip install --quiet -r requirements/lm-eval.txt
+	touch $@
+
 # `make bench BENCH=smollm2`: SmolLM2-135M-Instruct at 256 tokens, batch 8, 16 test items, 3 timed steps per method;
 # the causal family's rows time the code before its speed-ups too, in the same run. BENCH_ARGS adds options.
 BENCH ?=
@@ -108,8 +116,12 @@ endif
 endif
 BENCH_smollm2 := --items 16 --train-batches 3 --set model.name_or_path=smollm2-135m-instruct \
 	--set model.max_length=256 --set train.batch_size=8
-bench: install  ## print training throughput and inference speed of the params.yaml profile (not a test); BENCH=smollm2
+# BENCH=smollm2 then runs `peftqa bench-cpu speed`: bf16 compute and length groups against fp32 at 256 and 512 tokens,
+# and the lm-evaluation-harness peer row (reports/bench/cpu-bf16.json; about 30 min on 2 cores)
+BENCH_AFTER_smollm2 := HF_HUB_OFFLINE=1 $(PEFTQA) bench-cpu speed
+bench: install $(if $(filter smollm2,$(BENCH)),$(LMEVAL_VENV)/.installed)  ## print training throughput and inference speed of the params.yaml profile (not a test); BENCH=smollm2
 	HF_HUB_OFFLINE=1 $(strip $(PEFTQA) bench $(BENCH_$(BENCH)) $(BENCH_ARGS))
+	$(BENCH_AFTER_$(BENCH))
 
 # FLAN-T5-XL's shape with random weights (no download): the full shape on a CUDA GPU, a small one on CPU
 bench-reference: install  ## time prompt and prefix tuning at the reference's scale (not a test); needs only torch, transformers, peft

@@ -29,3 +29,71 @@ def format_reference_table(rows: list[dict]) -> str:
                      f"| {row['achieved_tflops']:.3g} | {mfu} "
                      f"| {row['projected_712x5_s'] / 60:.1f} min ({row['steps_for_712x5']} steps) |")
     return "\n".join(lines)
+
+
+# the targets of the CPU bf16 issue: "both" (bf16 compute and length groups) against fp32 with today's batches
+CPU_BF16_TARGETS = {(256, "train_speedup"): 1.5, (256, "score_speedup"): 1.7, (512, "train_speedup"): 1.8}
+PEER_TARGETS = {"fp32, length order": 1.0, "bf16 compute, length order": 1.5}  # peftqa's speed over lm-eval's
+
+
+def target_note(value: float, target: float | None) -> str:
+    if target is None:
+        return ""
+    return f" (target {target:g}x: met)" if value >= target else f" (target {target:g}x: **missed**)"
+
+
+def format_cpu_bf16_agreement(record: dict) -> str:
+    """reports/bench/cpu-bf16-agreement.json as a sentence and a table: each change's answers against fp32."""
+    from peftqa.report.tables import markdown_table  # imports pandas: only where the docs render
+    rows = [[row["model"] + (f": {row['what']}" if row.get("what") else ""), row["items_from"], row["change"],
+             f"{row['label_agreement']:.1%} ({row['labels_differing']} of {row['items']} differ)",
+             f"{row['median_abs_delta_p_yes']:.4f} / {row['max_abs_delta_p_yes']:.4f}",
+             f"{row['macro_f1_fp32']:.3f}", f"{row['macro_f1']:.3f}",
+             f"{row['macro_f1'] - row['macro_f1_fp32']:+.3f}"] for row in record["rows"]]
+    return (f"SmolLM2-135M-Instruct with its chat template at max_length {record['max_length']}, against fp32 in file "
+            "order. CPU bf16 instructions: " + record["cpu_bf16"] + ".\n\n"
+            + markdown_table(["model", "items", "change", "labels equal to fp32", "median / max |Δ p_yes|",
+                              "macro-F1, fp32", "macro-F1, changed", "Δ macro-F1"], rows))
+
+
+def format_cpu_bf16_speed(record: dict) -> str:
+    """reports/bench/cpu-bf16.json: each change's speed-up against fp32 with today's batches, training and scoring,
+    the padding they remove, and the lm-evaluation-harness peer."""
+    from peftqa.report.tables import markdown_table  # imports pandas: only where the docs render
+    rows = []
+    for row in record["rows"]:
+        kind = "score_speedup" if row["score_speedup"] is not None else "train_speedup"
+        target = CPU_BF16_TARGETS.get((row["max_length"], kind)) if row["change"] == "both" else None
+        agreement = "" if row["label_agreement"] is None else f"{row['label_agreement']:.1%}"
+        rows.append([row["max_length"], row["method"] + (" (scoring)" if kind == "score_speedup" else " (training)"),
+                     row["change"], f"{row[kind]:.2f}x" + target_note(row[kind], target),
+                     f"{row['items_per_s_fp32']:.2f} → {row['items_per_s']:.2f}",
+                     f"{row['median_step_s_fp32']:.2f} → {row['median_step_s']:.2f}", agreement])
+    padding = [[row["max_length"], f"{row['split']} ({row['items']} items, batches of {row['batch_size']})",
+                f"{row['today']:.3f}", f"{row['grouped']:.3f}"] for row in record["padding"]]
+    peer = record["peer"]
+    peer_rows = []
+    for row in peer["rows"]:
+        target = next((t for name, t in PEER_TARGETS.items() if name in row["scorer"]), None)
+        peer_rows.append([row["scorer"], f"{row['items_per_s']:.2f}", f"{row['vs_lm_eval']:.2f}x"
+                          + target_note(row["vs_lm_eval"], target), f"{row['label_agreement']:.1%}",
+                          f"{row['max_abs_margin_difference']:.1e}"])
+    first = record["rows"][0]
+    return (f"CPU bf16 instructions: {record['cpu_bf16']}. Training: {first['items']} real train items per row, in "
+            f"batches of {first['batch_size']}, {first['timed_steps']} timed optimizer steps after a warm-up step; "
+            "scoring: the zero-shot model on the test items, in batches of the same size. A speed-up is items per "
+            "second over the same items against fp32 with today's batches, measured in the same run (length groups "
+            "change which items share a batch, so the whole pass is compared; the median step is shown too). "
+            "Label agreement: the agreement part's figure for that change (below), where it measured one.\n\n"
+            + markdown_table(["max_length", "what", "change", "speed-up", "items/s, fp32 → changed",
+                              "median step (s), fp32 → changed", "labels equal to fp32"], rows)
+            + "\n\nPadding: padded tokens over real tokens (1.000 is none), today's batches against batches of "
+            "similar length; train in epoch 1's order.\n\n"
+            + markdown_table(["max_length", "batches", "today", "length groups"], padding)
+            + f"\n\nThe peer, in the same run: zero-shot scoring of the same {peer['items']} test items with the "
+            f"same {peer['template']} prompt, whole (max_length {peer['max_length']}, nothing cut); lm-evaluation-"
+            f"harness in its own venv (requirements/lm-eval.txt; its model load, {peer['lm_eval_load_seconds']:.0f} s, "
+            "not counted), each a single timed pass.\n\n"
+            + markdown_table(["scorer", "items/s", "against lm-eval", "labels equal to lm-eval's",
+                              "max |Δ margin|"], peer_rows))
+

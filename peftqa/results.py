@@ -25,7 +25,12 @@ import pandas as pd
 import yaml
 
 from peftqa import study as studies
-from peftqa.bench_tables import format_bench_table, format_reference_table
+from peftqa.bench_tables import (
+    format_bench_table,
+    format_cpu_bf16_agreement,
+    format_cpu_bf16_speed,
+    format_reference_table,
+)
 from peftqa.params import Params, _Loader, parse_params
 from peftqa.paths import MODELS_DIR, REFERENCES_CHOICES_JSON
 from peftqa.report.inputs import ProtocolResults, read_json
@@ -296,8 +301,22 @@ def fresh_clone(root: Path) -> str:
             + markdown_table(["step", "command", "wall", "status", "what it printed"], rows))
 
 
+def cpu_bf16_agreement(root: Path) -> str:
+    """Do bf16 compute and length order change SmolLM2's answers? (peftqa bench-cpu agreement)"""
+    record = read_file(root, "bench/cpu-bf16-agreement.json", read_json)
+    return f"{measured_on(record)} at commit `{record['commit']}`, {studies.duration(record['seconds'])}; " + \
+        format_cpu_bf16_agreement(record)
+
+
+def cpu_bf16_speed(root: Path) -> str:
+    """bf16 compute and length groups against fp32 with today's batches (peftqa bench-cpu speed), and the peer."""
+    record = read_file(root, "bench/cpu-bf16.json", read_json)
+    return f"{measured_on(record)} at commit `{record['commit']}`, {studies.duration(record['seconds'])} in all; " + \
+        format_cpu_bf16_speed(record)
+
 MEASURED_BLOCKS: dict[str, Callable[[Path], str]] = {
     "default": bench_default, "reference": bench_reference, "truncation": probe_truncation, "fresh-clone": fresh_clone,
+    "cpu-bf16-agreement": cpu_bf16_agreement, "cpu-bf16": cpu_bf16_speed,
 }
 
 

@@ -95,6 +95,10 @@ EDITS = {
                                            '"lora": (0.987654, 4)'),
     "measured:fresh-clone": lambda root: edit_json(root / "reports/bench/fresh_clone.json",
                                                    lambda r: r["steps"][0].update(outcome="0.987654 passed")),
+    "measured:cpu-bf16-agreement": lambda root: edit_json(root / "reports/bench/cpu-bf16-agreement.json",
+                                                          lambda r: r["rows"][0].update(macro_f1=0.987654)),
+    "measured:cpu-bf16": lambda root: edit_json(root / "reports/bench/cpu-bf16.json",
+                                                lambda r: r["rows"][0].update(items_per_s=987.654)),
 }
 
 

@@ -18,7 +18,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from peftqa import tracking
+from peftqa import compute, tracking
 from peftqa.common import PeftqaError
 from peftqa.training import loop
 from peftqa.training import run as training_run
@@ -59,6 +59,8 @@ def test_training_run_is_logged_to_mlflow_with_params_metrics_and_artifacts(stag
     assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
     assert run.data.params["peft.lora.r"] == "8" and run.data.params["peft_config.r"] == "8"
     assert run.data.params["train.epochs"] == "2" and run.data.params["family"] == "encoder"
+    # model.dtype as this device resolved it (auto on CPU: fp32), and what the CPU offers for bf16
+    assert run.data.params["compute"] == "fp32" and run.data.params["cpu_bf16"] == compute.cpu_bf16_support()
     assert run.data.tags["stage"] == "train@lora" and run.data.tags["method"] == "lora"
     for column in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_f1_yes", "val_f1_no", "seconds"):
         logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, column))
@@ -327,7 +329,9 @@ def test_a_tracking_server_that_dies_mid_training_fails_it_in_seconds_and_the_re
 
 
 # 156 items in micro-batches of 4: 39 per epoch, 20 optimizer steps of 2 (the last of 1), a checkpoint every 2 steps
-MID_EPOCH = {"train.epochs": 2, "train.patience": 5, "train.grad_accum_steps": 2, "train.checkpoint_every_steps": 2}
+# batches of similar length: their order must come back on resume as the plain shuffle's does
+MID_EPOCH = {"train.epochs": 2, "train.patience": 5, "train.grad_accum_steps": 2, "train.checkpoint_every_steps": 2,
+             "train.length_groups": True}
 
 
 def train_in_process(root: Path, monkeypatch, keep_step: int = 0) -> list[torch.Tensor]:
@@ -402,7 +406,8 @@ def test_a_mid_epoch_resume_that_loses_its_place_ends_elsewhere(stage_dir, monke
         monkeypatch.setattr(loop, "resume_position", lambda *args: loop.EpochPosition(real_position(*args).epoch))
     else:
         real_rows = loop.epoch_rows
-        monkeypatch.setattr(loop, "epoch_rows", lambda accelerator, n, seed: real_rows(accelerator, n, seed + 1000))
+        monkeypatch.setattr(loop, "epoch_rows",
+                            lambda accelerator, n, seed, *rest: real_rows(accelerator, n, seed + 1000, *rest))
     faulty_weights = train_in_process(root, monkeypatch)
     _, faulty_history = trained_outputs(root, "lora")
     assert not same_weights(faulty_weights, clean_weights)

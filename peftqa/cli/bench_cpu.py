@@ -17,9 +17,12 @@ speed after `peftqa bench`; agreement and profile are run by hand: see docs/mode
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,15 +31,17 @@ import pandas as pd
 import torch
 
 from peftqa import compute
+from peftqa.bench_peer import PEER_MAX_LENGTH, peer
+from peftqa.bench_profile import profile_report
 from peftqa.cli.bench_reference import describe_environment
-from peftqa.common import PeftqaError, write_json_atomic
+from peftqa.common import PeftqaError, write_json_atomic, write_text_atomic
 from peftqa.families import Backbone, load_backbone
 from peftqa.metrics import classification_metrics
 from peftqa.params import Params, load_params
-from peftqa.scoring import labels_from_log_probs, score_frame
+from peftqa.scoring import autocast, iterate_batches, labels_from_log_probs, length_order, score_frame
 from peftqa.training.checkpoint import EpochPosition
 from peftqa.training.distributed import TrainingLoss, make_accelerator
-from peftqa.training.loop import class_weights, make_optimizer, set_seed, train_one_epoch
+from peftqa.training.loop import class_weights, length_grouped, make_optimizer, set_seed, train_one_epoch
 
 DATA_DIR = Path("data/processed")
 STUDY_PARAMS = Path("reports/smollm2/params.yaml")  # SmolLM2's profile: template, label words, learning rates
@@ -145,6 +150,147 @@ def agreement(max_length: int, train_items: int, limit: int) -> dict:
 
 
 # -----------------------------------------------------------------------------
+# speed: each change against fp32 with today's batches, in one run
+
+
+def batch_orders(backbone: Backbone, frame: pd.DataFrame, batch_size: int, seed: int) -> dict[bool, np.ndarray]:
+    """Row orders of `frame` for training: today's seeded shuffle (False) and regrouped by length (True), as
+    train_one_epoch draws them."""
+    rng = np.random.default_rng(seed)
+    shuffle = rng.permutation(len(frame))
+    lengths = np.asarray(backbone.token_lengths(frame))
+    return {False: shuffle, True: length_grouped(shuffle, lengths, batch_size, rng)}
+
+
+def padding_share(lengths: np.ndarray, order: np.ndarray, batch_size: int) -> float:
+    """Padded tokens over real tokens, batches cut from `order`: 1.0 is no padding."""
+    padded = sum(lengths[order[i : i + batch_size]].max() * len(order[i : i + batch_size])
+                 for i in range(0, len(order), batch_size))
+    return float(padded / lengths.sum())
+
+
+def time_training(backbone: Backbone, frame: pd.DataFrame, order: np.ndarray, batch_size: int, lr: float,
+                  bf16: bool) -> list[float]:
+    """Seconds of each optimizer step (encode, forward, backward, AdamW) over the batches of `order`, after one
+    untimed warm-up step on its first batch."""
+    optimizer = torch.optim.AdamW(backbone.trainable_parameters(), lr=lr)
+    backbone.model.train()
+    batches = list(iterate_batches(frame, batch_size, order))
+    seconds = []
+    for i, (questions, contexts, labels) in enumerate([batches[0], *batches]):
+        start = time.perf_counter()
+        with autocast(backbone.device, bf16):
+            loss = backbone.loss(backbone.encode(questions, contexts, labels))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i:
+            seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+@torch.no_grad()
+def time_scoring(backbone: Backbone, frame: pd.DataFrame, order: np.ndarray, batch_size: int, bf16: bool
+                 ) -> tuple[list[float], np.ndarray]:
+    """Seconds of each batch (encode and score) in `order`, after an untimed warm-up batch, and the label log-probs
+    in the frame's order."""
+    backbone.model.eval()
+    batches = list(iterate_batches(frame, batch_size, order))
+    seconds, log_probs = [], []
+    for i, (questions, contexts, _) in enumerate([batches[0], *batches]):
+        start = time.perf_counter()
+        with autocast(backbone.device, bf16):
+            scores = backbone.score(backbone.encode(questions, contexts))
+        if i:
+            seconds.append(time.perf_counter() - start)
+            log_probs.append(scores.float().numpy())
+    in_order = np.empty((len(frame), len(backbone.labels)), dtype=np.float32)
+    in_order[order] = np.concatenate(log_probs)
+    return seconds, in_order
+
+
+def measured_agreement(agreement_file: dict | None, max_length: int, method: str, change: str) -> tuple[float | None,
+                                                                                                         str]:
+    """Item 3's label agreement for this row (cpu-bf16-agreement.json, at its max_length), and where it is from."""
+    if agreement_file is None or agreement_file["max_length"] != max_length:
+        return None, "not measured at this max_length"
+    if method == "zero-shot":
+        wanted = [r for r in agreement_file["rows"] if r["model"] == "zero-shot" and r["change"] == change
+                  and r["items_from"].startswith("all")]
+    elif method == "lora" and change == "bf16":
+        wanted = [r for r in agreement_file["rows"] if r["model"].startswith("LoRA") and
+                  r.get("what", "").startswith("trained and scored")]
+    else:
+        return None, "not measured (the agreement part trains LoRA under bf16 compute, not under length groups)"
+    items = sum(r["items"] for r in wanted)
+    agree = sum(r["label_agreement"] * r["items"] for r in wanted) / items
+    return agree, f"cpu-bf16-agreement.json: {' + '.join(r['items_from'] for r in wanted)} ({items} items)"
+
+
+def speed_rows(max_length: int, train: pd.DataFrame, test: pd.DataFrame, train_items: int,
+               agreement_file: dict | None) -> tuple[list[dict], dict]:
+    """Every change against fp32 with today's batches at `max_length`: training per method, then zero-shot scoring."""
+    rows = []
+    sample = train.sample(n=train_items, random_state=SEED).reset_index(drop=True)
+    for method in (*TRAINED, "zero-shot"):
+        rates, answers = {}, {}  # change: (items/s, median step s, steps); change: zero-shot labels
+        for dtype in ("float32", "bf16_compute"):
+            params = study_params(max_length, f"model.dtype={dtype}")
+            batch = params.train.batch_size
+            set_seed(SEED)
+            backbone = load_backbone(params.model, "base" if method == "zero-shot" else method, params.peft,
+                                     params.prepare.labels, seed=SEED, device="cpu")
+            frame = test if method == "zero-shot" else sample
+            orders = batch_orders(backbone, frame, batch, SEED) if method != "zero-shot" else {
+                False: np.arange(len(frame)), True: length_order(backbone.token_lengths(frame))}
+            for change, (change_dtype, grouped) in CHANGES.items():
+                if change_dtype != dtype:
+                    continue
+                progress(f"{max_length} tokens, {method}, {change}")
+                bf16 = dtype == "bf16_compute"
+                if method == "zero-shot":
+                    seconds, log_probs = time_scoring(backbone, frame, orders[grouped], batch, bf16)
+                    answers[change] = labels_from_log_probs(log_probs, backbone.labels)
+                else:
+                    seconds = time_training(backbone, frame, orders[grouped], batch, params.peft[method].lr, bf16)
+                rates[change] = (len(frame) / sum(seconds), statistics.median(seconds), len(seconds))
+            del backbone
+        for change in ("bf16", "length_groups", "both"):
+            agree, source = measured_agreement(agreement_file, max_length, method, change)
+            row = {"max_length": max_length, "method": method, "change": change,
+                   "items": len(test) if method == "zero-shot" else len(sample), "batch_size": batch,
+                   "timed_steps": rates[change][2], "items_per_s_fp32": rates["fp32"][0],
+                   "items_per_s": rates[change][0], "median_step_s_fp32": rates["fp32"][1],
+                   "median_step_s": rates[change][1],
+                   "train_speedup": None, "score_speedup": None, "label_agreement": agree,
+                   "label_agreement_from": source}
+            row["score_speedup" if method == "zero-shot" else "train_speedup"] = rates[change][0] / rates["fp32"][0]
+            if method == "zero-shot":  # the bench's own 89 items, beside item 3's figure
+                row["bench_items_label_agreement"] = float(np.mean(
+                    [a == b for a, b in zip(answers["fp32"], answers[change])]))
+            rows.append(row)
+    return rows
+
+
+def padding_rows(max_length: int, train: pd.DataFrame, test: pd.DataFrame) -> list[dict]:
+    """Padded over real tokens at `max_length`: an epoch of train in batches of train.batch_size (today's shuffle,
+    and length groups), and test scored in batches of evaluate.batch_size (file order, and length order)."""
+    params = study_params(max_length)
+    backbone = load_backbone(params.model, "base", params.peft, params.prepare.labels, seed=SEED, device="cpu")
+    rows = []
+    for split, frame, batch in (("train", train, params.train.batch_size), ("test", test, params.evaluate.batch_size)):
+        lengths = np.asarray(backbone.token_lengths(frame))
+        if split == "train":
+            orders = batch_orders(backbone, frame, batch, params.train.seed + 1)  # epoch 1's order
+        else:
+            orders = {False: np.arange(len(frame)), True: length_order(lengths)}
+        rows.append({"max_length": max_length, "split": split, "items": len(frame), "batch_size": batch,
+                     "today": padding_share(lengths, orders[False], batch),
+                     "grouped": padding_share(lengths, orders[True], batch)})
+    return rows
+
+
+# -----------------------------------------------------------------------------
 # the command
 
 
@@ -153,6 +299,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("part", choices=("agreement", "speed", "profile"))
     parser.add_argument("--json", type=Path, default=None, help="where to write (default: reports/bench/cpu-bf16*.*)")
     parser.add_argument("--train-items", type=int, default=128, help="agreement: LoRA's train items (default 128)")
+    parser.add_argument("--speed-train-items", type=int, default=40,
+                        help="speed: train items timed per method and change (default 40: 5 batches of 8)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N items of each split (a smoke run)")
     args = parser.parse_args(argv)
     if compute.cpu_bf16_support() == "none":
@@ -165,5 +313,26 @@ def main(argv: list[str]) -> None:
     if args.part == "agreement":
         result = agreement(512, args.train_items, args.limit)
         path = args.json or BENCH_DIR / "cpu-bf16-agreement.json"
+    elif args.part == "speed":
+        agreement_path = BENCH_DIR / "cpu-bf16-agreement.json"
+        agreement_file = json.loads(agreement_path.read_text()) if agreement_path.exists() else None
+        train, test = read_split("train", args.limit), read_split("test", args.limit)
+        rows, padding = [], []
+        for max_length in (256, 512):
+            padding += padding_rows(max_length, train, test)
+            rows += speed_rows(max_length, train, test, args.speed_train_items, agreement_file)
+        peer_params = study_params(PEER_MAX_LENGTH, "model.chat_template=none", "model.label_words=exact",
+                                   "model.dtype=bf16_compute")
+        with tempfile.TemporaryDirectory() as workdir:
+            result = {"rows": rows, "padding": padding,
+                      "peer": peer(read_split("test", args.limit), Path(workdir), peer_params, SEED, progress)}
+        path = args.json or BENCH_DIR / "cpu-bf16.json"
+    else:
+        path = args.json or BENCH_DIR / "cpu-bf16-profile.md"
+        profiles = [study_params(max_length, f"model.dtype={dtype}") for max_length in (256, 512)
+                    for dtype in ("float32", "bf16_compute")]
+        write_text_atomic(path, profile_report(profiles, read_split("train"), header, SEED, progress))
+        progress(f"wrote {path}")
+        return
     write_json_atomic(path, {**header, "seconds": round(time.perf_counter() - start), **result})
     progress(f"wrote {path}")
