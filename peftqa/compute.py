@@ -62,12 +62,21 @@ def warn_if_emulated(device_type: str) -> None:
                     " or ".join(BF16_CPU_FLAGS))
 
 
-def keep_in_fp32(head: torch.nn.Linear) -> None:
-    """Make `head` (a Linear, weights fp32) compute in fp32 under autocast: its input is cast up and autocast is off
-    inside it. With logits_to_keep an LM head runs at the read positions only, so this costs next to nothing, and
-    bf16 rounding of the logits (which moved 4 of 89 zero-shot SmolLM2 answers) is gone."""
-    def forward(hidden: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            return F.linear(hidden.float(), head.weight, head.bias)
+class FP32Linear(torch.nn.Linear):
+    """A Linear (weights fp32) that computes in fp32 under autocast: its input is cast up and autocast is off inside
+    it. keep_in_fp32 turns a model's output head into one in place (its weights, ties and hooks kept)."""
 
-    head.forward = forward
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return F.linear(hidden.float(), self.weight, self.bias)
+
+
+def keep_in_fp32(head: torch.nn.Module) -> None:
+    """Make an output head compute in fp32 under autocast. With logits_to_keep an LM head runs at the read positions
+    only, so this costs next to nothing, and bf16 rounding of the logits (which moved answers of SmolLM2's zero-shot:
+    docs/models.md) is gone. A head that is no plain Linear (an adapter on lm_head) stays under autocast, said once."""
+    if type(head) is torch.nn.Linear:
+        head.__class__ = FP32Linear
+    elif not isinstance(head, FP32Linear):
+        log.warning("model.dtype bf16_compute: the output head is a %s, not a Linear; it stays under bf16 autocast",
+                    type(head).__name__)

@@ -32,6 +32,7 @@ IGNORED_KEYS = {  # JSON keys deleted at any depth before comparing -> why (and 
     "mlflow_run_id": "a new MLflow run each training (train_summary.json)",
     "mlflow_experiment_id": "depends on the MLflow store the run used",
     "mlflow_model_id": "a new logged model each training",
+    "cpu_bf16": "the CPU's bf16 instructions (resolved_config.json): the machine, not the run",
     "date_utc": "a date (no pipeline output has one today)", "timestamp_ms": "a timestamp (none today either)",
 }
 IGNORED_VALUES = {  # a JSON string or a report.md word that matches -> masked wherever it stands, why

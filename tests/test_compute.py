@@ -4,6 +4,7 @@ a CPU without native bf16 is warned about once, and length order changes the bat
 order."""
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from peftqa.evaluation import predict_batched, predict_frame
 from peftqa.families import load_backbone
 from peftqa.params import ModelParams, PeftParams
 from peftqa.scoring import autocast, length_order, score_frame
+from peftqa.training.checkpoint import same_run
 from peftqa.training.loop import length_grouped
 
 from tiny_models import ITEMS, make_tiny_model
@@ -165,3 +167,24 @@ def test_length_order_scores_the_same_answers_in_the_frame_s_order(tiny_paths, k
                               by_length=True)
     assert list(by_length["pmid"]) == list(items["pmid"]) and list(by_length["pred"]) == list(served["pred"])
     np.testing.assert_allclose(by_length["p_yes"], served["p_yes"], atol=FP32_TOLERANCE, rtol=0)
+
+
+def test_the_fp32_head_is_a_linear_that_copies_and_keeps_its_weights():
+    head = torch.nn.Linear(4, 3)
+    compute.keep_in_fp32(head)
+    copied = copy.deepcopy(head)
+    with torch.no_grad():
+        copied.weight.zero_()
+        copied.bias.zero_()
+    hidden = torch.ones(2, 4, dtype=torch.bfloat16)
+    with autocast(torch.device("cpu"), True):
+        out, out_copied = head(hidden), copied(hidden)
+    assert out.dtype == torch.float32 and isinstance(head, torch.nn.Linear)
+    assert torch.equal(out_copied, torch.zeros(2, 3)) and not torch.equal(out, out_copied)  # each its own weights
+
+
+def test_a_checkpoint_resumes_on_another_cpu_but_not_under_other_settings():
+    saved = {"train.seed": 42, "compute": "fp32", "cpu_bf16": "avx512_bf16"}
+    assert same_run(saved, {**saved, "cpu_bf16": "none"})  # the machine's own key: a run moved to another CPU
+    assert not same_run(saved, {**saved, "compute": "bf16 autocast, fp32 weights"})  # the control: a setting
+    assert not same_run(None, saved)

@@ -329,9 +329,8 @@ def test_a_tracking_server_that_dies_mid_training_fails_it_in_seconds_and_the_re
 
 
 # 156 items in micro-batches of 4: 39 per epoch, 20 optimizer steps of 2 (the last of 1), a checkpoint every 2 steps
-# batches of similar length: their order must come back on resume as the plain shuffle's does
-MID_EPOCH = {"train.epochs": 2, "train.patience": 5, "train.grad_accum_steps": 2, "train.checkpoint_every_steps": 2,
-             "train.length_groups": True}
+MID_EPOCH = {"train.epochs": 2, "train.patience": 5, "train.grad_accum_steps": 2, "train.checkpoint_every_steps": 2}
+LENGTH_GROUPS = {"train.length_groups": True}  # its order must come back on resume as the plain shuffle's does
 
 
 def train_in_process(root: Path, monkeypatch, keep_step: int = 0) -> list[torch.Tensor]:
@@ -359,11 +358,13 @@ def same_weights(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def test_training_killed_mid_epoch_resumes_at_its_next_micro_batch(stage_dir, monkeypatch, caplog):
+@pytest.mark.parametrize("batches", [{}, LENGTH_GROUPS], ids=["shuffled", "length-groups"])
+def test_training_killed_mid_epoch_resumes_at_its_next_micro_batch(stage_dir, monkeypatch, caplog, batches):
     """SIGKILL right after a checkpoint inside epoch 1; the re-run goes on at the next micro-batch of that epoch (same
     order, RNG, optimizer, scheduler, accumulation position), continues the MLflow run, and ends bit-identical to an
-    uninterrupted run: adapter, history and the last epoch's weights."""
-    root = stage_dir(n_train=156, **MID_EPOCH)
+    uninterrupted run: adapter, history and the last epoch's weights. With the plain shuffle and with batches of
+    similar length (train.length_groups)."""
+    root = stage_dir(n_train=156, **MID_EPOCH, **batches)
     checkpoint, _, _ = kill_after_checkpoints(root, "lora", writes=2)  # the first write is epoch 0's, the second in 1
     position = read_checkpoint(checkpoint).get("position")
     assert position is not None and position["epoch"] == 1, "the kill came after epoch 1's end"
@@ -395,8 +396,9 @@ def test_a_mid_epoch_resume_that_loses_its_place_ends_elsewhere(stage_dir, monke
     """The negative control of the test above: a resume that discards the checkpoint's step position (the epoch
     restarts at its first micro-batch) or draws another order for the rest of the epoch ends with other weights and
     another history, which that test's comparison catches. Its checkpoint is the one an uninterrupted run writes
-    after optimizer step 4 of epoch 1, put back as if that run had been killed there."""
-    root = stage_dir(n_train=156, **MID_EPOCH)
+    after optimizer step 4 of epoch 1, put back as if that run had been killed there. With length groups, so that a
+    reshuffle there must show too."""
+    root = stage_dir(n_train=156, **MID_EPOCH, **LENGTH_GROUPS)
     clean_weights = train_in_process(root, monkeypatch, keep_step=4)
     _, clean_history = trained_outputs(root, "lora")
     shutil.copy(root / "mid_epoch.pt", root / "models/lora/checkpoint.pt")

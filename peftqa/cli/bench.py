@@ -40,15 +40,18 @@ from peftqa.training.loop import set_seed
 DATA_DIR = Path("data/processed")
 
 
-def time_training(backbone: Backbone, frame: pd.DataFrame, batch_size: int, lr: float, batches: int) -> float:
-    """Examples per second over `batches` optimizer steps, after one warm-up step."""
+def time_training(backbone: Backbone, frame: pd.DataFrame, batch_size: int, lr: float, batches: int,
+                  bf16: bool = False) -> float:
+    """Examples per second over `batches` optimizer steps, after one warm-up step; bf16: under bf16 autocast, as
+    model.dtype asks."""
     optimizer = torch.optim.AdamW(backbone.trainable_parameters(), lr=lr)
     backbone.model.train()
     chunks = list(iterate_batches(frame, batch_size))[: batches + 1]
     seen, elapsed = 0, 0.0
     for i, (questions, contexts, labels) in enumerate(chunks):
         start = time.perf_counter()
-        loss = backbone.loss(backbone.encode(questions, contexts, labels))
+        with autocast(backbone.device, bf16):
+            loss = backbone.loss(backbone.encode(questions, contexts, labels))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -126,7 +129,8 @@ def bench_training(params: Params, train: pd.DataFrame, batches: int) -> list[di
         rates = {}
         for when, code in as_before_and_now(backbone):
             with code:
-                rates[when] = time_training(backbone, train, params.train.batch_size, params.peft[method].lr, batches)
+                rates[when] = time_training(backbone, train, params.train.batch_size, params.peft[method].lr, batches,
+                                            use_bf16(params.model.dtype, backbone.device))
         rows.append(measured(f"training: {method} (batch {params.train.batch_size})", rates))
     return rows
 

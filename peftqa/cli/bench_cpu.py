@@ -228,7 +228,7 @@ def measured_agreement(agreement_file: dict | None, max_length: int, method: str
 
 
 def speed_rows(max_length: int, train: pd.DataFrame, test: pd.DataFrame, train_items: int,
-               agreement_file: dict | None) -> tuple[list[dict], dict]:
+               agreement_file: dict | None) -> list[dict]:
     """Every change against fp32 with today's batches at `max_length`: training per method, then zero-shot scoring."""
     rows = []
     sample = train.sample(n=train_items, random_state=SEED).reset_index(drop=True)

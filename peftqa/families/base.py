@@ -130,11 +130,11 @@ class Backbone:
         """Every module that holds weights: the model, plus the encoder's head."""
         return [self.model]
 
-    def _output_heads(self) -> list[torch.nn.Linear]:
+    def _output_heads(self) -> list[torch.nn.Module]:
         """The projection whose outputs are read as label scores: a language model's vocabulary head (the encoder
         overrides this with its classification head). Under bf16 compute it stays fp32 (compute.keep_in_fp32)."""
         head = self.model.get_output_embeddings()
-        return [head] if isinstance(head, torch.nn.Linear) else []
+        return [] if head is None else [head]
 
     # -- shared
 

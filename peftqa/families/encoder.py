@@ -57,7 +57,7 @@ class EncoderBackbone(Backbone):
     def _parts(self) -> list[torch.nn.Module]:
         return [self.model, self.head]
 
-    def _output_heads(self) -> list[torch.nn.Linear]:
+    def _output_heads(self) -> list[torch.nn.Module]:
         return [self.head]
 
     def head_parameters(self) -> list[torch.nn.Parameter]:

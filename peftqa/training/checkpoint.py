@@ -50,6 +50,19 @@ def read_checkpoint(path: Path) -> dict:
     return torch.load(io.BytesIO(payload), weights_only=False)
 
 
+# resolved-config keys that describe the machine, not the run: a killed run goes on from its checkpoint on another
+# machine, and DDP ranks on different CPUs share one
+MACHINE_KEYS = ("cpu_bf16",)
+
+
+def same_run(saved: dict | None, config: dict) -> bool:
+    """Whether a checkpoint's config is this run's, the machine's own keys aside."""
+    def settings(c: dict) -> dict:
+        return {key: value for key, value in c.items() if key not in MACHINE_KEYS}
+
+    return saved is not None and settings(saved) == settings(config)
+
+
 def load_checkpoint(path: Path, config: dict) -> dict | None:
     """The saved state, if it was made by the same resolved config; a stale or unreadable checkpoint is ignored, with
     a warning, and training starts afresh (the next checkpoint replaces it)."""
@@ -63,7 +76,7 @@ def load_checkpoint(path: Path, config: dict) -> dict | None:
         log.warning("ignoring %s: it cannot be read, it is truncated or corrupted (%s); training starts afresh", path,
                     common.complaint(err))
         return None
-    if state.get("config") != config:
+    if not same_run(state.get("config"), config):
         log.warning("ignoring %s: it was saved by a different config", path)
         return None
     position = state.get("position")
