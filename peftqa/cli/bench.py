@@ -40,24 +40,31 @@ from peftqa.training.loop import set_seed
 DATA_DIR = Path("data/processed")
 
 
-def time_training(backbone: Backbone, frame: pd.DataFrame, batch_size: int, lr: float, batches: int,
-                  bf16: bool = False) -> float:
-    """Examples per second over `batches` optimizer steps, after one warm-up step; bf16: under bf16 autocast, as
-    model.dtype asks."""
+def step_seconds(backbone: Backbone, batches: list[tuple[list[str], list[str], list[str]]], lr: float,
+                 bf16: bool = False) -> list[float]:
+    """Seconds of each optimizer step (encode, forward, backward, AdamW) over `batches` (questions, contexts, labels),
+    from a fresh AdamW; bf16: under bf16 autocast, as model.dtype asks. The first step warms up allocators and kernels:
+    callers leave it out."""
     optimizer = torch.optim.AdamW(backbone.trainable_parameters(), lr=lr)
     backbone.model.train()
-    chunks = list(iterate_batches(frame, batch_size))[: batches + 1]
-    seen, elapsed = 0, 0.0
-    for i, (questions, contexts, labels) in enumerate(chunks):
+    seconds = []
+    for questions, contexts, labels in batches:
         start = time.perf_counter()
         with autocast(backbone.device, bf16):
             loss = backbone.loss(backbone.encode(questions, contexts, labels))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if i > 0:  # the first step warms up allocators and kernels
-            elapsed += time.perf_counter() - start
-            seen += len(questions)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def time_training(backbone: Backbone, frame: pd.DataFrame, batch_size: int, lr: float, batches: int,
+                  bf16: bool = False) -> float:
+    """Examples per second over `batches` optimizer steps, after one warm-up step."""
+    chunks = list(iterate_batches(frame, batch_size))[: batches + 1]
+    elapsed = sum(step_seconds(backbone, chunks, lr, bf16)[1:])
+    seen = sum(len(questions) for questions, _, _ in chunks[1:])
     return seen / elapsed if elapsed else float("nan")
 
 

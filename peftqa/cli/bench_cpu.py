@@ -33,6 +33,7 @@ import torch
 from peftqa import compute
 from peftqa.bench_peer import PEER_MAX_LENGTH, peer
 from peftqa.bench_profile import profile_report
+from peftqa.cli.bench import step_seconds
 from peftqa.cli.bench_reference import describe_environment
 from peftqa.common import PeftqaError, write_json_atomic, write_text_atomic
 from peftqa.families import Backbone, load_backbone
@@ -171,22 +172,9 @@ def padding_share(lengths: np.ndarray, order: np.ndarray, batch_size: int) -> fl
 
 def time_training(backbone: Backbone, frame: pd.DataFrame, order: np.ndarray, batch_size: int, lr: float,
                   bf16: bool) -> list[float]:
-    """Seconds of each optimizer step (encode, forward, backward, AdamW) over the batches of `order`, after one
-    untimed warm-up step on its first batch."""
-    optimizer = torch.optim.AdamW(backbone.trainable_parameters(), lr=lr)
-    backbone.model.train()
+    """Seconds of each optimizer step over the batches of `order`, after one untimed warm-up step on its first."""
     batches = list(iterate_batches(frame, batch_size, order))
-    seconds = []
-    for i, (questions, contexts, labels) in enumerate([batches[0], *batches]):
-        start = time.perf_counter()
-        with autocast(backbone.device, bf16):
-            loss = backbone.loss(backbone.encode(questions, contexts, labels))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if i:
-            seconds.append(time.perf_counter() - start)
-    return seconds
+    return step_seconds(backbone, [batches[0], *batches], lr, bf16)[1:]
 
 
 @torch.no_grad()
