@@ -1,6 +1,6 @@
 """Benchmark (not a test): SmolLM2 on CPU with bf16 compute and batches of similar length, against fp32 as today.
 
-Three parts, each writing one file under reports/bench/ (every figure of the docs' CPU speed section comes from them):
+Four parts, each writing one file under reports/bench/ (every figure of the docs' CPU speed section comes from them):
   agreement  do bf16 compute and length order change the answers? SmolLM2's zero-shot on all 890 items, and one
              LoRA adapter trained on 128 train items for one epoch under fp32 and under bf16 compute (same seed),
              scored on val and test; label agreement, |delta p_yes| and macro-F1 against fp32 in file order
@@ -8,11 +8,13 @@ Three parts, each writing one file under reports/bench/ (every figure of the doc
   speed      training (prompt, prefix, LoRA) and scoring at 256 and 512 tokens, fp32 with today's batches against
              bf16 compute, length groups, and both, timed in one run on real items; the peer row times
              lm-evaluation-harness on the same zero-shot items and prompt (cpu-bf16.json).
+  seeds      what the agreement's trained rows are to be read against: the same LoRA training in fp32 with
+             another train.seed, against the first (cpu-bf16-seeds.json).
   profile    torch.profiler's top operators of one LoRA training step at 256 and 512 tokens, fp32 and bf16
              (cpu-bf16-profile.md).
 Reads data/processed/{train,val,test}.csv (the default profile's 890 yes/no items) and the SmolLM2 study's params
 (reports/smollm2/params.yaml). Usage: peftqa bench-cpu PART [--json PATH] (`make bench BENCH=smollm2` runs
-speed after `peftqa bench`; agreement and profile are run by hand: see docs/models.md).
+speed after `peftqa bench`; agreement, seeds and profile are run by hand: see docs/models.md).
 """
 from __future__ import annotations
 
@@ -100,9 +102,11 @@ def scored(backbone: Backbone, frame: pd.DataFrame, batch_size: int, change: str
 
 def train_adapter(params: Params, train: pd.DataFrame, bf16: bool) -> Backbone:
     """LoRA trained for one epoch as the train stage trains it (train_one_epoch, AdamW, warmup and decay, class
-    weights), under bf16 compute or fp32; no validation, no early stopping."""
-    set_seed(SEED)
-    backbone = load_backbone(params.model, "lora", params.peft, params.prepare.labels, seed=SEED, device="cpu")
+    weights, train.seed for the adapter's start and the order), under bf16 compute or fp32; no validation, no early
+    stopping."""
+    set_seed(params.train.seed)
+    backbone = load_backbone(params.model, "lora", params.peft, params.prepare.labels, seed=params.train.seed,
+                             device="cpu")
     accelerator = make_accelerator("cpu")
     cfg = params.train
     optimizer, scheduler = make_optimizer(backbone, accelerator, len(train), cfg, params.peft.lora.lr, None)
@@ -147,6 +151,27 @@ def agreement(max_length: int, train_items: int, limit: int) -> dict:
             rows.append({"model": f"LoRA ({len(train)} train items, 1 epoch)", "items_from": split,
                          "change": "bf16", "what": what,
                          **compare(splits[split], labels, reference, adapters[trained, split, change])})
+    return {"max_length": max_length, "train_items": len(train), "rows": rows}
+
+
+def seed_noise(max_length: int, train_items: int, limit: int, other_seed: int = SEED + 1) -> dict:
+    """What bf16 training's gap is to be read against: the same LoRA training in fp32 with another train.seed (the
+    adapter's start and the data order), scored on val and test in fp32, against seed SEED's."""
+    splits = {split: read_split(split, limit) for split in ("train", "val", "test")}
+    train = splits["train"].iloc[:train_items]
+    scores = {}
+    for seed in (SEED, other_seed):
+        params = study_params(max_length, "model.dtype=bf16_compute", "train.length_groups=false",
+                              f"train.seed={seed}")
+        progress(f"LoRA on {len(train)} train items, one epoch, fp32, train.seed {seed}")
+        backbone = train_adapter(params, train, bf16=False)
+        for split in ("val", "test"):
+            scores[seed, split] = scored(backbone, splits[split], params.evaluate.batch_size, "fp32")
+    labels = params.prepare.labels
+    rows = [{"model": f"LoRA ({len(train)} train items, 1 epoch)", "items_from": split,
+             "change": f"train.seed {other_seed}", "what": f"trained and scored under fp32, train.seed {other_seed}",
+             **compare(splits[split], labels, scores[SEED, split], scores[other_seed, split])}
+            for split in ("val", "test")]
     return {"max_length": max_length, "train_items": len(train), "rows": rows}
 
 
@@ -284,7 +309,7 @@ def padding_rows(max_length: int, train: pd.DataFrame, test: pd.DataFrame) -> li
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="peftqa bench-cpu", description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=("agreement", "speed", "profile"))
+    parser.add_argument("part", choices=("agreement", "seeds", "speed", "profile"))
     parser.add_argument("--json", type=Path, default=None, help="where to write (default: reports/bench/cpu-bf16*.*)")
     parser.add_argument("--train-items", type=int, default=128, help="agreement: LoRA's train items (default 128)")
     parser.add_argument("--speed-train-items", type=int, default=40,
@@ -301,6 +326,9 @@ def main(argv: list[str]) -> None:
     if args.part == "agreement":
         result = agreement(512, args.train_items, args.limit)
         path = args.json or BENCH_DIR / "cpu-bf16-agreement.json"
+    elif args.part == "seeds":
+        result = seed_noise(512, args.train_items, args.limit)
+        path = args.json or BENCH_DIR / "cpu-bf16-seeds.json"
     elif args.part == "speed":
         agreement_path = BENCH_DIR / "cpu-bf16-agreement.json"
         agreement_file = json.loads(agreement_path.read_text()) if agreement_path.exists() else None
