@@ -42,16 +42,20 @@ def target_note(value: float, target: float | None) -> str:
     return f" (target {target:g}x: met)" if value >= target else f" (target {target:g}x: **missed**)"
 
 
-def format_cpu_bf16_agreement(record: dict) -> str:
-    """reports/bench/cpu-bf16-agreement.json as a sentence and a table: each change's answers against fp32."""
+def format_cpu_bf16_agreement(record: dict, seeds: dict) -> str:
+    """reports/bench/cpu-bf16-agreement.json as a sentence and a table, each change's answers against fp32; then
+    cpu-bf16-seeds.json's rows, the same fp32 training with another seed, which the trained rows are read against."""
     from peftqa.report.tables import markdown_table  # imports pandas: only where the docs render
     rows = [[row["model"] + (f": {row['what']}" if row.get("what") else ""), row["items_from"], row["change"],
              f"{row['label_agreement']:.1%} ({row['labels_differing']} of {row['items']} differ)",
              f"{row['median_abs_delta_p_yes']:.4f} / {row['max_abs_delta_p_yes']:.4f}",
              f"{row['macro_f1_fp32']:.3f}", f"{row['macro_f1']:.3f}",
-             f"{row['macro_f1'] - row['macro_f1_fp32']:+.3f}"] for row in record["rows"]]
+             f"{row['macro_f1'] - row['macro_f1_fp32']:+.3f}"] for row in [*record["rows"], *seeds["rows"]]]
     return (f"SmolLM2-135M-Instruct with its chat template at max_length {record['max_length']}, against fp32 in file "
-            "order. CPU bf16 instructions: " + record["cpu_bf16"] + ".\n\n"
+            f"order (the last {len(seeds['rows'])} rows: `{seeds['command']}` at commit `{seeds['commit']}`, "
+            f"{seeds['environment']['date_utc'][:10]}, against the fp32 training with train.seed 42). CPU bf16 "
+            f"instructions: {record['cpu_bf16']}. A target of the issue: labels equal on at least 97% of the items "
+            "and macro-F1 within 0.01.\n\n"
             + markdown_table(["model", "items", "change", "labels equal to fp32", "median / max |Δ p_yes|",
                               "macro-F1, fp32", "macro-F1, changed", "Δ macro-F1"], rows))
 
@@ -84,7 +88,7 @@ def format_cpu_bf16_speed(record: dict) -> str:
             "scoring: the zero-shot model on the test items, in batches of the same size. A speed-up is items per "
             "second over the same items against fp32 with today's batches, measured in the same run (length groups "
             "change which items share a batch, so the whole pass is compared; the median step is shown too). "
-            "Label agreement: the agreement part's figure for that change (below), where it measured one.\n\n"
+            "Label agreement: the agreement part's figure for that change (above), where it measured one.\n\n"
             + markdown_table(["max_length", "what", "change", "speed-up", "items/s, fp32 → changed",
                               "median step (s), fp32 → changed", "labels equal to fp32"], rows)
             + "\n\nPadding: padded tokens over real tokens (1.000 is none), today's batches against batches of "

@@ -304,8 +304,9 @@ def fresh_clone(root: Path) -> str:
 def cpu_bf16_agreement(root: Path) -> str:
     """Do bf16 compute and length order change SmolLM2's answers? (peftqa bench-cpu agreement)"""
     record = read_file(root, "bench/cpu-bf16-agreement.json", read_json)
+    seeds = read_file(root, "bench/cpu-bf16-seeds.json", read_json)
     return f"{measured_on(record)} at commit `{record['commit']}`, {studies.duration(record['seconds'])}; " + \
-        format_cpu_bf16_agreement(record)
+        format_cpu_bf16_agreement(record, seeds)
 
 
 def cpu_bf16_speed(root: Path) -> str:
