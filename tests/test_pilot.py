@@ -10,28 +10,42 @@ import pandas as pd
 import pytest
 import yaml
 
-from peftqa.cli.pilot import GRID_FILE, experiment_command
+from peftqa.cli.pilot import GRID_FILE, context_runs, experiment_command
 from peftqa.common import PeftqaError
 from peftqa.pilot import format_table, load_pilot_grid, pilot_table, run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_committed_grid_is_one_experiment_per_rate_index():
+def test_the_committed_grids_plan_their_runs():
+    """The first pilot: one experiment per rate index. The decisive study's: its context phase first, LoRA alone at
+    one rate, and no run scores a test item (train@base, never evaluate@)."""
+    old = load_pilot_grid(ROOT / "reports/smollm2-pilot/grid.yaml")
+    assert old.runs == 2 and set(old.lr) == {"prompt_tuning", "prefix_tuning", "lora"} and old.context is None
     grid = load_pilot_grid(ROOT / GRID_FILE)
-    assert grid.runs == 2 and set(grid.lr) == {"prompt_tuning", "prefix_tuning", "lora"}
-    command = experiment_command(grid, 1, "pilot-2")
-    assert f"peft.prompt_tuning.lr={grid.lr['prompt_tuning'][1]}" in command
-    assert 'methods=["base", "prompt_tuning", "prefix_tuning", "lora"]' in command
-    assert command[-4:] == ["train@prompt_tuning", "train@prefix_tuning", "train@lora", "evaluate@base"]
-    assert not any(target.startswith("evaluate@") and target != "evaluate@base" for target in command)
+    assert grid.runs == 3 and grid.primary["against"] == "base_calibrated" and grid.primary["split"] == "test"
+    assert grid.profile["prepare.labels"] == ["yes", "no"]
+    contexts = context_runs(grid, ROOT / GRID_FILE.parent)
+    assert [run.targets for run in contexts] == [["train@lora"]] * 3
+    command = experiment_command(contexts[1], "pilot-context-2")
+    assert "model.max_length=512" in command and 'model.truncation="start"' in command
+    assert 'methods=["base", "lora"]' in command and "peft.lora.lr=0.01" in command
+    assert grid.targets() == ["train@prompt_tuning", "train@prefix_tuning", "train@lora", "train@base"]
+    assert grid.variant_runs() == [("prefix_tuning", "peft.prefix_tuning.prefix_projection", False)]
 
 
 @pytest.mark.parametrize("grid, message", [
     ({"profile": {}, "lr": {"lora": [1e-3], "prompt_tuning": [1e-2, 1e-1]}}, "as many rates"),
-    ({"profile": {}, "lr": {"base": [1e-3]}}, "lr.base: not a tuned method"),
+    ({"profile": {}, "lr": {"base": [1e-3]}}, "lr.base: .base. is not a tuned method"),
     ({"profile": {}, "lr": {"lora": []}}, "lr.lora: expected a non-empty list"),
-    ({"lr": {"lora": [1e-3]}}, "exactly the keys profile and lr"),
+    ({"lr": {"lora": [1e-3]}}, "expected the keys profile and lr"),
+    ({"profile": {}, "lr": {"lora": [1e-3]}, "primary": {"method": "lora"}}, "primary: expected exactly the keys"),
+    ({"profile": {}, "lr": {"lora": [1e-3]}, "context": {"method": "lora", "lr": 1e-2, "options": [{}]}},
+     "context.options"),
+    ({"profile": {}, "lr": {"lora": [1e-3]}, "variants": {"lora": {"peft.lora.r": [8]}}}, "at least two"),
+    ({"profile": {}, "lr": {"lora": [1e-3]}, "variants": {"lora": {"train.epochs": [1, 2]}}}, "own settings"),
+    ({"profile": {"peft.lora.r": 4}, "lr": {"lora": [1e-3]}, "variants": {"lora": {"peft.lora.r": [8, 16]}}},
+     "the first value is the lr runs' own"),
 ])
 def test_a_bad_grid_is_refused_by_name(tmp_path, grid, message):
     path = tmp_path / "grid.yaml"
