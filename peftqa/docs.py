@@ -19,17 +19,39 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from peftqa import frontier, results
 from peftqa.common import PeftqaError
-from peftqa.study import BLOCKS, SMOLLM2_DIR, Study, load_study, require_full_scale
+from peftqa.official import OFFICIAL_BLOCKS, OFFICIAL_DIR, require_pilot_choices
+from peftqa.params import BASE_CALIBRATED
+from peftqa.study import BLOCKS, SMOLLM2_DIR, Study, load_study
+
+
+def require_full_scale(study: Study, names: Sequence[str] = ("train.limit_train", "evaluate.limit_items")) -> None:
+    """A study rendered as a result must be full scale: a shortened run has no place in these blocks' titles."""
+    limits = {"train.limit_train": study.params.train.limit_train,
+              "evaluate.limit_items": study.params.evaluate.limit_items}
+    short = [f"{name} {limits[name]}" for name in names if limits[name]]
+    if short:
+        raise PeftqaError(f"study {study.root}: params.yaml has {', '.join(short)}: a shortened run, not a result; "
+                          "label it demo scale instead of rendering it as the study")
+    if BASE_CALIBRATED not in study.references:
+        raise PeftqaError(f"study {study.root}: no {BASE_CALIBRATED} row (reports/references/choices.json): the "
+                          "verdict needs the calibrated zero-shot")
 
 
 def load_result_study(folder: Path) -> Study:
     """A study rendered as a result: full scale, with the calibrated zero-shot."""
     study = load_study(folder)
     require_full_scale(study)
+    return study
+
+
+def load_official_study(folder: Path) -> Study:
+    """The decisive study: a result, whose params are what its pilot chose on val."""
+    study = load_result_study(folder)
+    require_pilot_choices(study)
     return study
 
 
@@ -49,6 +71,8 @@ SOURCES = {  # by a block name's prefix
     "seeds3": Source(results.SEEDS3_DIR, results.read_protocol_copy, results.PROTOCOL_BLOCKS),
     "ablation": Source(results.ABLATION_DIR, results.read_sweeps, results.ABLATION_BLOCKS),
     "pilot": Source(results.PILOT_DIR, results.read_pilot, {"table": results.pilot_table}),
+    "official-pilot": Source(results.OFFICIAL_PILOT_DIR, results.read_official_pilot, results.OFFICIAL_PILOT_BLOCKS),
+    "official": Source(OFFICIAL_DIR, load_official_study, OFFICIAL_BLOCKS),
     "measured": Source(results.BENCH_DIR, Path, results.MEASURED_BLOCKS),
     "matrix": Source(results.MATRIX_DIR, results.read_matrix, results.MATRIX_BLOCKS),
     "methods-cv5": Source(frontier.FRONTIER_DIR, frontier.read_copy, frontier.BLOCKS),

@@ -20,7 +20,8 @@ from peftqa.methods import METHODS, REGISTRY, check_gradient_checkpointing
 
 KNOWN_LABELS = ("yes", "no", "maybe")
 BASE_CALIBRATED = "base_calibrated"  # the zero-shot base plus one val-chosen offset: the label prior's best fix
-REFERENCES = ("majority", "tfidf_lr", BASE_CALIBRATED)  # non-trained reference rows (stage references), not methods
+FEW_SHOT = "few_shot"  # the zero-shot base with solved train examples in its prompt (stage few_shot)
+REFERENCES = ("majority", "tfidf_lr", BASE_CALIBRATED, FEW_SHOT)  # non-trained reference rows (stage references)
 CLASS_WEIGHTINGS = ("none", "balanced")
 
 
@@ -194,6 +195,8 @@ class ReferencesParams:
     tfidf_c_grid: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
     tfidf_ngram_max: int = 2
     tfidf_class_weighting: tuple[str, ...] = CLASS_WEIGHTINGS
+    few_shot_draws: int = 3
+    few_shot_max_length: int = 2304
 
     def __post_init__(self):
         require(len(self.names) >= 1, "references.names", self.names, "list at least one reference")
@@ -214,12 +217,16 @@ class ReferencesParams:
                     f"'{weighting}' is not one of {CLASS_WEIGHTINGS}")
         require(len(set(self.tfidf_class_weighting)) == len(self.tfidf_class_weighting),
                 "references.tfidf_class_weighting", self.tfidf_class_weighting, "a weighting is listed twice")
+        require(1 <= self.few_shot_draws <= 20, "references.few_shot_draws", self.few_shot_draws,
+                "must be between 1 and 20")
+        require(self.few_shot_max_length >= 16, "references.few_shot_max_length", self.few_shot_max_length,
+                "must be at least 16 tokens")
 
     @property
     def per_fold(self) -> tuple[str, ...]:
         """The references the protocols stage refits on each CV fold: all but base_calibrated, which calibrates
-        evaluate@base's predictions and so exists for the main split only."""
-        return tuple(name for name in self.names if name != BASE_CALIBRATED)
+        evaluate@base's predictions, and few_shot, which stage few_shot scores: both exist for the main split only."""
+        return tuple(name for name in self.names if name not in (BASE_CALIBRATED, FEW_SHOT))
 
 
 @dataclass(frozen=True)

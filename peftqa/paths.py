@@ -15,6 +15,7 @@ MODELS_DIR = Path("models")  # stage train@<method>: models/<method>/{adapter/,h
 REPORTS_DIR = Path("reports")
 EVAL_DIR = REPORTS_DIR / "eval"  # stage evaluate@<method>: reports/eval/<method>/{preds,metrics,cm}_<split>.*
 CURVES_DIR = REPORTS_DIR / "curves"  # stage curves: one file per metric, one column per method
+FEW_SHOT_DIR = REPORTS_DIR / "few_shot"  # stage few_shot: preds_<split>.csv (the chosen draw), choices.json, ...
 REFERENCES_DIR = REPORTS_DIR / "references"  # stage references: reports/references/<reference>/preds_<split>.csv
 REFERENCES_METRICS_JSON = REPORTS_DIR / "references_metrics.json"
 REFERENCES_CHOICES_JSON = REFERENCES_DIR / "choices.json"  # per reference: what was chosen on val, or why it is

@@ -349,3 +349,25 @@ def format_phase(table: pd.DataFrame) -> str:
         setting = f"**{row['setting']}**" if row["chosen"] else str(row["setting"])
         lines.append(f"| {row['method']} | {row['lr']:g} | {setting} | {_training_cells(row)}")
     return "\n".join(lines) + "\n"
+
+
+def pilot_markdown(grid: PilotGrid, root: Path) -> str:
+    """The pilot's tables as `peftqa pilot table` prints them: a grid with phases gets a section per phase (the
+    context, the rates with the reference rows, the variants); a plain grid its one table."""
+    if grid.context is None and not grid.variants:
+        return format_table(pilot_table(grid, root))
+    sections = []
+    if grid.context is not None:
+        sections.append(f"### Context: {grid.context.method} at lr {grid.context.lr:g}\n\n"
+                        f"{format_phase(context_rows(grid, root))}")
+    sections.append(f"### Learning rates, at the chosen context\n\n{format_table(pilot_table(grid, root))}")
+    if grid.variants:
+        sections.append(f"### Variants, at the chosen rate\n\n{format_phase(variant_rows(grid, root))}")
+    return "\n".join(sections)
+
+
+def format_settings(settings: dict[str, object]) -> str:
+    """The full run's settings as a table: each params key and its value, as `dvc exp run -S` would set it."""
+    lines = ["| params key | value |", "| --- | --- |"]
+    lines += [f"| `{key}` | `{json.dumps(value)}` |" for key, value in settings.items()]
+    return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
 """Reference rows that involve no model training: the majority class, TF-IDF + logistic regression with its
-setting chosen on val, and base_calibrated: the zero-shot base's scores with one offset chosen on val. Scored on the
+setting chosen on val, base_calibrated: the zero-shot base's scores with one offset chosen on val, and few_shot: the
+zero-shot base with solved train examples in its prompt (scored by stage few_shot, peftqa.few_shot). Scored on the
 same items, in evaluate's prediction format, so stats and report treat them like methods.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 
 from peftqa.common import PeftqaError
 from peftqa.metrics import classification_metrics
-from peftqa.params import BASE_CALIBRATED, ReferencesParams
+from peftqa.params import BASE_CALIBRATED, FEW_SHOT, ReferencesParams
 
 SPLIT_COLUMNS = ("pmid", "question", "context", "label")  # what stages.prepare writes
 SCORED_SPLITS = ("val", "test")
@@ -246,17 +247,48 @@ def predict_base_calibrated(splits: dict[str, pd.DataFrame], base_preds: dict[st
 
 
 # -----------------------------------------------------------------------------
+# few_shot: stage few_shot's predictions (the zero-shot base with solved examples in its prompt)
+
+
+def aligned_predictions(preds: pd.DataFrame, frame: pd.DataFrame, path: str) -> pd.DataFrame:
+    """`preds` (evaluate's columns) in the split's item order; predictions of other items or gold labels are
+    stale."""
+    by_pmid = preds.assign(pmid=preds["pmid"].astype(str)).drop_duplicates("pmid").set_index("pmid")
+    pmids = frame["pmid"].astype(str)
+    if len(preds) != len(frame) or set(by_pmid.index) != set(pmids):
+        raise PeftqaError(f"{path} scores other items than the split ({len(preds)} rows, the split {len(frame)} "
+                          "items); it is stale: run `dvc repro few_shot`")
+    if (by_pmid.loc[pmids, "gold"].astype(str).values != frame["label"].astype(str).values).any():
+        raise PeftqaError(f"{path}: gold labels differ from the split's; it is stale: run `dvc repro few_shot`")
+    rows = by_pmid.loc[pmids]
+    return predictions_frame(frame, rows["pred"].astype(str).tolist(), rows["p_yes"].to_numpy(dtype=float))
+
+
+def predict_few_shot(splits: dict[str, pd.DataFrame], few_shot: dict[str, pd.DataFrame], choice: dict
+                     ) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Stage few_shot's val and test predictions (its draw chosen on val there), in the splits' order, and its
+    choice record as it wrote it."""
+    preds = {split: aligned_predictions(few_shot[split], splits[split], f"reports/few_shot/preds_{split}.csv")
+             for split in SCORED_SPLITS}
+    return preds, choice
+
+
+# -----------------------------------------------------------------------------
 # every reference
 
 
 def predict_references(splits: dict[str, pd.DataFrame], params: ReferencesParams, labels: Sequence[str],
-                       base_preds: dict[str, pd.DataFrame] | None = None
+                       base_preds: dict[str, pd.DataFrame] | None = None,
+                       few_shot: tuple[dict[str, pd.DataFrame], dict] | None = None
                        ) -> tuple[dict[str, dict[str, pd.DataFrame]], dict[str, dict]]:
     """Per reference in params.names: its val and test predictions, and its choice record. base_calibrated needs
-    evaluate@base's val and test predictions (`base_preds`); without them it is left out (its caller says why)."""
+    evaluate@base's val and test predictions (`base_preds`), few_shot stage few_shot's predictions and choice record
+    (`few_shot`); without them each is left out (its caller says why)."""
     predictors = {"majority": lambda: predict_majority(splits, labels),
                   "tfidf_lr": lambda: predict_tfidf_reference(splits, params, labels),
-                  BASE_CALIBRATED: lambda: predict_base_calibrated(splits, base_preds, labels)}
-    results = {name: predictors[name]() for name in params.names if name != BASE_CALIBRATED or base_preds is not None}
+                  BASE_CALIBRATED: lambda: predict_base_calibrated(splits, base_preds, labels),
+                  FEW_SHOT: lambda: predict_few_shot(splits, *few_shot)}
+    given = {BASE_CALIBRATED: base_preds is not None, FEW_SHOT: few_shot is not None}
+    results = {name: predictors[name]() for name in params.names if given.get(name, True)}
     return ({name: preds for name, (preds, _) in results.items()},
             {name: choice for name, (_, choice) in results.items()})

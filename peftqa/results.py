@@ -6,6 +6,7 @@ Each source is a folder of committed outputs, read once per rendering (peftqa.do
 - `cv5`, `seeds3`: reports/cv5/ and reports/seeds3/, copies of the protocols stage's tables from two experiments;
 - `ablation`: reports/ablation/, the sweeps' tables and the `dvc exp show --json` they were made from;
 - `pilot`: reports/smollm2-pilot/, the SmolLM2 recipe pilot's table;
+- `official-pilot`: reports/smollm2-official-pilot/, the decisive study's pilot: its phases' tables and choices;
 - `bench`: reports/bench/*.json and reports/probe/truncation.json, written by `peftqa bench --json`,
   `peftqa bench-reference --json` and `peftqa probe --compare-truncation --json`;
 - `matrix`: tests/method_matrix.py, the family x method data test_learning runs, with the method registry.
@@ -40,6 +41,7 @@ from peftqa.study import Study, read_file
 
 DEFAULT_DIR, CV5_DIR, SEEDS3_DIR = Path("."), Path("reports/cv5"), Path("reports/seeds3")
 ABLATION_DIR, PILOT_DIR = Path("reports/ablation"), Path("reports/smollm2-pilot")
+OFFICIAL_PILOT_DIR = Path("reports/smollm2-official-pilot")  # the decisive study's pilot, with phases
 BENCH_DIR = Path("reports")  # bench/<name>.json and probe/truncation.json
 SWEPT = ("prompt_tuning", "prefix_tuning", "lora")  # the methods reports/ablation/ has a table of
 
@@ -247,6 +249,24 @@ def pilot_table(table: pd.DataFrame) -> str:
     from peftqa.pilot import format_table
 
     return format_table(table)
+
+
+def read_official_pilot(root: Path) -> tuple[object, Path]:
+    from peftqa.pilot import load_pilot_grid
+    return load_pilot_grid(root / "grid.yaml"), root
+
+
+def official_pilot_tables(pilot: tuple[object, Path]) -> str:
+    from peftqa.pilot import pilot_markdown
+    return pilot_markdown(*pilot)
+
+
+def official_pilot_choices(pilot: tuple[object, Path]) -> str:
+    from peftqa.pilot import format_settings, full_run_settings
+    return format_settings(full_run_settings(*pilot))
+
+
+OFFICIAL_PILOT_BLOCKS = {"tables": official_pilot_tables, "choices": official_pilot_choices}
 
 
 def measured_on(record: dict) -> str:

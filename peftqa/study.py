@@ -12,18 +12,32 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import pandas as pd
 
 from peftqa.common import PeftqaError
-from peftqa.params import BASE_CALIBRATED, Params, load_params
-from peftqa.paths import DATA_DIR, EVAL_DIR, MODELS_DIR, REFERENCES_CHOICES_JSON, REFERENCES_DIR, STATS_CSV
+from peftqa.params import FEW_SHOT, Params, load_params
+from peftqa.paths import (
+    DATA_DIR,
+    EVAL_DIR,
+    FEW_SHOT_DIR,
+    MODELS_DIR,
+    REFERENCES_CHOICES_JSON,
+    REFERENCES_DIR,
+    STATS_CSV,
+)
 from peftqa.report.figures import performance_intervals
 from peftqa.report.findings import DETECT_ALPHA, DETECT_POWER, dominant_prediction, format_detectable, stats_row
 from peftqa.report.inputs import read_csv, read_json
 from peftqa.report.tables import markdown_table, p_clause, reference_label
-from peftqa.stats import defined_references, mcnemar_detectable_difference
+from peftqa.stats import (
+    ADD_ONE_NOTE,
+    defined_references,
+    mcnemar_detectable_difference,
+    mcnemar_exact_floor,
+    with_add_one_bootstrap_p,
+)
 
 SMOLLM2_DIR = Path("reports/smollm2")
 RUN_JSON = "run.json"  # what made the study: the command, the commit, the machine, when and how long
@@ -100,8 +114,22 @@ def load_study(root: str | Path) -> Study:
         preds={row: read_file(root, folder / "preds_test.csv", read_csv) for row, folder in folders.items()},
         summary={m: read_file(root, MODELS_DIR / m / "train_summary.json", read_json) for m in params.methods},
         history={m: read_file(root, MODELS_DIR / m / "history.csv", pd.read_csv) for m in params.methods},
-        stats=read_file(root, STATS_CSV, pd.read_csv), references=references,
+        stats=read_stats(root, params), references=references,
         split_stats=read_file(root, DATA_DIR / "split_stats.csv", pd.read_csv).set_index("split"))
+
+
+def read_stats(root: Path, params: Params) -> pd.DataFrame:
+    """The stats stage's table; one written before the add-one mend of bootstrap p-values (its prose says so: the
+    note is not in its markdown twin) gets them as the stage now computes them (with_add_one_bootstrap_p)."""
+    table = read_file(root, STATS_CSV, pd.read_csv)
+    if ADD_ONE_NOTE in read_file(root, STATS_CSV.with_suffix(".md"), lambda path: path.read_text(encoding="utf-8")):
+        return table
+    return with_add_one_bootstrap_p(table, params.stats.n_bootstrap)
+
+
+def family_size(study: Study) -> int:
+    """How many comparisons one Holm family holds: those of one test on one metric (all the same size)."""
+    return int(len(study.stats[(study.stats["test"] == "mcnemar_exact") & (study.stats["metric"] == "accuracy")]))
 
 
 # -----------------------------------------------------------------------------
@@ -185,7 +213,9 @@ def effect_ci(row: pd.Series) -> str:
 
 
 def verdict_detail(study: Study) -> str:
-    """Every tuned method against the baseline and each reference row: Δ with CIs, McNemar, Holm, the answer."""
+    """Every tuned method against the baseline and each reference row. The answer is decided on macro-F1 by the
+    paired bootstrap (its CI, and its Holm p for the caveat), so that p stands beside it; accuracy's columns, with
+    McNemar's p, follow, each column naming its metric."""
     confidence = study.params.stats.confidence
     rows = []
     for method in study.tuned:
@@ -193,61 +223,74 @@ def verdict_detail(study: Study) -> str:
             boot = stats_row(study.stats, method, other, "paired_bootstrap", "macro_f1")
             accuracy = stats_row(study.stats, method, other, "paired_bootstrap", "accuracy")
             mcnemar = stats_row(study.stats, method, other, "mcnemar_exact", "accuracy")
-            rows.append([method, row_label(study, other), effect_ci(boot), effect_ci(accuracy),
-                         f"{int(mcnemar.b)} / {int(mcnemar.c)}", p_clause(mcnemar.p_value, mcnemar.p_holm),
-                         answer(boot, confidence)])
+            rows.append([method, row_label(study, other), effect_ci(boot), p_clause(boot.p_value, boot.p_holm),
+                         answer(boot, confidence), effect_ci(accuracy), f"{int(mcnemar.b)} / {int(mcnemar.c)}",
+                         p_clause(mcnemar.p_value, mcnemar.p_holm)])
     level = f"{confidence:.0%}"
-    return markdown_table(["method", "against", f"Δ macro-F1 [{level} CI]", f"Δ accuracy [{level} CI]",
-                           "b / c", "McNemar exact", "answer"], rows)
-
-
-def mcnemar_exact_floor(alpha: float) -> int:
-    """The fewest discordant items for which the two-sided exact McNemar test can reach p <= alpha: all of them one
-    way, b = k and c = 0, gives p = 2 * 0.5**k."""
-    k = 1
-    while 2 * 0.5**k > alpha:
-        k += 1
-    return k
+    table = markdown_table(["method", "against", f"Δ macro-F1 [{level} CI]", "macro-F1: bootstrap p (Holm)",
+                            "answer, on macro-F1", f"Δ accuracy [{level} CI]", "accuracy: b / c",
+                            "accuracy: McNemar exact p (Holm)"], rows)
+    return (f"{table}\n\nThe answer is decided on macro-F1: the paired bootstrap's {level} CI, and its Holm p. Holm "
+            f"adjusts within each (test, metric) family: the {family_size(study)} comparisons of one test on one "
+            "metric that the stats stage made (this table shows the tuned methods' rows of them).")
 
 
 def detectable(study: Study) -> str:
-    """What 89 items can decide: the exact McNemar floor, and per comparison the smallest accuracy difference found
-    with 80% power at its observed discordance, on this test split and on all items under k-fold CV."""
+    """What the test items can decide: the exact McNemar floor, and per comparison the smallest accuracy difference
+    the exact test finds with 80% power at its observed discordance, alone and at Holm's strictest step, on this test
+    split and on all items under k-fold CV."""
     n, n_all = study.n_test, int(study.split_stats["n"].sum())  # k-fold CV tests every item once
-    floor = mcnemar_exact_floor(DETECT_ALPHA)
+    floor, family = mcnemar_exact_floor(DETECT_ALPHA), family_size(study)
+    strictest = DETECT_ALPHA / family
+
+    def smallest(items: int, rate: float, alpha: float) -> str:
+        return format_detectable(mcnemar_detectable_difference(items, rate, alpha, DETECT_POWER))
+
     rows = []
     for method in study.tuned:
         for other in comparators(study):
             row = stats_row(study.stats, method, other, "mcnemar_exact", "accuracy")
             rate = (row.b + row.c) / n
             boot = stats_row(study.stats, method, other, "paired_bootstrap", "macro_f1")
-            rows.append([method, row_label(study, other), f"{rate:.3f}",
-                         format_detectable(mcnemar_detectable_difference(n, rate, DETECT_ALPHA, DETECT_POWER)),
-                         format_detectable(mcnemar_detectable_difference(n_all, rate, DETECT_ALPHA, DETECT_POWER)),
+            rows.append([method, row_label(study, other), f"{rate:.3f}", smallest(n, rate, DETECT_ALPHA),
+                         smallest(n, rate, strictest), smallest(n_all, rate, DETECT_ALPHA),
                          f"{boot.ci_high - boot.ci_low:.3f}"])
     table = markdown_table(["method", "against", "discordance (b+c)/n",
-                            f"smallest detectable Δ accuracy, n={n}", f"the same, n={n_all} ({CV_FOLDS}-fold CV)",
-                            "width of the Δ macro-F1 CI"], rows)
+                            f"smallest detectable Δ accuracy, n={n}", f"the same at Holm's strictest step, n={n}",
+                            f"the same, n={n_all} ({CV_FOLDS}-fold CV)", "width of the Δ macro-F1 CI"], rows)
     cost = (f" and trains every method {CV_FOLDS} times: about {CV_FOLDS} × this run's "
             f"{duration(study.run['wall_s'])}, {duration(CV_FOLDS * study.run['wall_s'])} on the same machine"
             if "wall_s" in study.run else f" and trains every method {CV_FOLDS} times")
     return (f"The exact McNemar test at α = {DETECT_ALPHA:.2f} needs at least {floor} discordant items, all one "
             f"way, to call any difference: on n = {n} that is an accuracy gap of {floor / n:.3f} at the very least. "
-            f"The table gives, per comparison, the smallest accuracy difference a two-sided McNemar test detects "
-            f"with {DETECT_POWER:.0%} power at the discordance observed here ('none': not even a method winning "
-            f"every discordant item), on this test split and on all {n_all} items.\n\n{table}\n\n"
+            f"The table gives, per comparison, the smallest accuracy difference the two-sided exact McNemar test "
+            f"detects with {DETECT_POWER:.0%} power at the discordance observed here (its exact power, summed over "
+            f"every count and split of discordant items; 'none': not even a method winning every discordant item): "
+            f"at α = {DETECT_ALPHA:.2f}, at Holm's strictest step over the family's {family} comparisons "
+            f"(α / {family} = {strictest:.4f}), and on all {n_all} items.\n\n{table}\n\n"
             f"{CV_FOLDS}-fold cross-validation (`prepare.folds: {CV_FOLDS}`) tests all {n_all} items once{cost}.")
+
+
+def scored_rows(study: Study) -> dict[str, dict[str, dict]]:
+    """{row: {split: metrics}} of every row a model scored: the methods (evaluate's metrics) and the reference rows
+    with a stage of their own (few_shot's, with its throughput and greedy answers)."""
+    rows = {m: {split: study.metrics[split][m] for split in ("val", "test")} for m in study.methods}
+    if FEW_SHOT in study.references:
+        rows[FEW_SHOT] = {split: read_file(study.root, FEW_SHOT_DIR / f"metrics_{split}.json", read_json)
+                          for split in ("val", "test")}
+    return rows
 
 
 def generate(study: Study) -> str:
     """The greedy answers: the share that map to a label, and the share that agree with the verbalizer."""
-    def share(row: str, split: str, key: str) -> str:
-        value = study.metrics[split][row].get(key)
+    def share(metrics: dict, key: str) -> str:
+        value = metrics.get(key)
         return "n/a" if value is None else f"{value:.3f}"
 
-    rows = [[m, *(share(m, split, key) for split in ("val", "test")
-                  for key in ("generate_parse_rate", "generate_agreement"))] for m in study.methods]
-    return markdown_table(["method", "val parse rate", "val agreement", "test parse rate", "test agreement"], rows)
+    rows = [[row_label(study, row), *(share(by_split[split], key) for split in ("val", "test")
+                                      for key in ("generate_parse_rate", "generate_agreement"))]
+            for row, by_split in scored_rows(study).items()]
+    return markdown_table(["row", "val parse rate", "val agreement", "test parse rate", "test agreement"], rows)
 
 
 def training(study: Study) -> str:
@@ -271,11 +314,15 @@ def training(study: Study) -> str:
 
 
 def speed(study: Study) -> str:
-    """Seconds per item scored: batched (the whole split) and one at a time (the timed first items)."""
-    rows = [[m, *(f"{1 / study.metrics[split][m]['examples_per_s']:.2f}" for split in ("val", "test")),
-             f"{study.metrics['test'][m]['latency_mean_s']:.2f}", f"{study.metrics['test'][m]['latency_p95_s']:.2f}"]
-            for m in study.methods]
-    return markdown_table(["method", "val s/item (batched)", "test s/item (batched)", "one at a time: mean (s)",
+    """Seconds per item scored: batched (the whole split) and one at a time (the timed first items; few_shot times
+    none)."""
+    def latency(metrics: dict, key: str) -> str:
+        return f"{metrics[key]:.2f}" if key in metrics else "n/a"
+
+    rows = [[row_label(study, row), *(f"{1 / by_split[split]['examples_per_s']:.2f}" for split in ("val", "test")),
+             latency(by_split["test"], "latency_mean_s"), latency(by_split["test"], "latency_p95_s")]
+            for row, by_split in scored_rows(study).items()]
+    return markdown_table(["row", "val s/item (batched)", "test s/item (batched)", "one at a time: mean (s)",
                            "p95 (s)"], rows)
 
 
@@ -350,16 +397,3 @@ BLOCKS: dict[str, Callable[[Study], str]] = {  # the blocks a study renders, by 
     "verdict-detail": verdict_detail, "detectable": detectable, "generate": generate, "training": training,
     "speed": speed, "beside-reference": beside_reference,
 }
-
-
-def require_full_scale(study: Study, names: Sequence[str] = ("train.limit_train", "evaluate.limit_items")) -> None:
-    """A study rendered as a result must be full scale: a shortened run has no place in these blocks' titles."""
-    limits = {"train.limit_train": study.params.train.limit_train,
-              "evaluate.limit_items": study.params.evaluate.limit_items}
-    short = [f"{name} {limits[name]}" for name in names if limits[name]]
-    if short:
-        raise PeftqaError(f"study {study.root}: params.yaml has {', '.join(short)}: a shortened run, not a result; "
-                          "label it demo scale instead of rendering it as the study")
-    if BASE_CALIBRATED not in study.references:
-        raise PeftqaError(f"study {study.root}: no {BASE_CALIBRATED} row (reports/references/choices.json): the "
-                          "verdict needs the calibrated zero-shot")

@@ -6,12 +6,14 @@ n-gram range, C and class weighting chosen on val macro-F1 (test is never used t
 zero-shot base (seq2seq or causal family, labels yes/no) with one offset on its margin log p(yes) - log p(no),
 chosen on val macro-F1: all a model gains by learning the label prior. It is not defined for the encoder family
 (base is a trained probe there), for three labels, without base in methods, or without p_yes: no row is written,
-and choices.json says why. They are not training methods: no adapter, no MLflow run; stats and report show them as
-reference rows.
+and choices.json says why. `few_shot` is the zero-shot base with solved train examples in its prompt, as stage
+few_shot scored it (its draw chosen on val there; not defined for the encoder family). They are not training
+methods: no adapter, no MLflow run; stats and report show them as reference rows.
 
 Inputs:  data/processed/{train,val,test}.csv (pmid, question, context, label); params: references, prepare.labels,
          methods, model.scoring; for base_calibrated models/base/train_summary.json (its family) and
-         reports/eval/base/preds_{val,test}.csv (its p_yes).
+         reports/eval/base/preds_{val,test}.csv (its p_yes); for few_shot reports/few_shot/choices.json and
+         preds_{val,test}.csv.
 Outputs: reports/references/<r>/preds_<split>.csv     pmid, gold, pred, p_yes, latency_s (evaluate's columns;
                                                        latency_s is NaN: nothing is timed)
          reports/references/<r>/metrics_<split>.json  classification_metrics of those predictions
@@ -32,8 +34,8 @@ from typing import Callable, TypeVar
 import pandas as pd
 
 from peftqa.common import PeftqaError, read_split, replace_dir_atomic, run_cli, write_csv_atomic, write_json_atomic
-from peftqa.params import BASE_CALIBRATED, Params, load_params
-from peftqa.paths import DATA_DIR, EVAL_DIR, MODELS_DIR, REFERENCES_DIR, REFERENCES_METRICS_JSON
+from peftqa.params import BASE_CALIBRATED, FEW_SHOT, Params, load_params
+from peftqa.paths import DATA_DIR, EVAL_DIR, FEW_SHOT_DIR, MODELS_DIR, REFERENCES_DIR, REFERENCES_METRICS_JSON
 from peftqa.references import (
     SCORED_SPLITS,
     base_calibrated_undefined,
@@ -75,6 +77,23 @@ def read_zero_shot_base(params: Params) -> tuple[dict[str, pd.DataFrame] | None,
                              lambda path: pd.read_csv(path, dtype={"pmid": str})) for split in SCORED_SPLITS}, None
 
 
+def read_few_shot(params: Params) -> tuple[tuple[dict[str, pd.DataFrame], dict] | None, str | None]:
+    """Stage few_shot's val and test predictions and its choice record, or why the row is not defined (None, None
+    when it is not asked for)."""
+    if FEW_SHOT not in params.references.names:
+        return None, None
+    path = FEW_SHOT_DIR / "choices.json"
+    try:
+        choice = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PeftqaError(f"{path} not found: run `dvc repro few_shot`, or drop few_shot from "
+                          "references.names") from None
+    if "not_defined" in choice:
+        return None, choice["not_defined"]
+    preds = {split: pd.read_csv(FEW_SHOT_DIR / f"preds_{split}.csv", dtype={"pmid": str}) for split in SCORED_SPLITS}
+    return (preds, choice), None
+
+
 def main(args: list[str]) -> None:
     if args:
         raise PeftqaError(f"stages.references takes no arguments (it reads params.yaml), got {args}")
@@ -85,9 +104,12 @@ def main(args: list[str]) -> None:
     splits = {split: check_split(read_split(DATA_DIR / f"{split}.csv", limits[split]), DATA_DIR / f"{split}.csv",
                                  labels) for split in SPLITS}
     base_preds, not_defined = read_zero_shot_base(params)
-    preds, choices = predict_references(splits, params.references, labels, base_preds)
+    few_shot, few_shot_undefined = read_few_shot(params)
+    preds, choices = predict_references(splits, params.references, labels, base_preds, few_shot)
     if not_defined:
         choices[BASE_CALIBRATED] = {"not_defined": not_defined}
+    if few_shot_undefined:
+        choices[FEW_SHOT] = {"not_defined": few_shot_undefined}
     metrics = {name: {split: score_predictions(frames[split], labels) for split in SCORED_SPLITS}
                for name, frames in preds.items()}
 

@@ -21,7 +21,7 @@ DECLARED = [
         "models/{m}/train_summary.json",
         "reports/eval/{m}/preds_val.csv", "reports/eval/{m}/cm_val.csv", "reports/eval/{m}/cm_test.csv",
         "reports/eval/{m}/metrics_val.json", "reports/eval/{m}/metrics_test.json", "reports/eval/{m}/preds_test.csv")],
-    "reports/curves/", "reports/references/", "reports/references_metrics.json",
+    "reports/curves/", "reports/few_shot/", "reports/references/", "reports/references_metrics.json",
     "reports/stats/stats_eval_test.csv", "reports/stats/stats_eval_test.md", "reports/stats/stats_summary.json",
     "reports/protocols/", "reports/protocols_metrics.json",
     "reports/figures/", "reports/report.md", "reports/submission/",

@@ -221,7 +221,7 @@ def test_debug_shows_the_traceback(tmp_path, cli, write_params, stage):
 
 @pytest.mark.parametrize("overrides, needles", [
     ({"train.lr_typo": 0.1}, ["unknown key 'train.lr_typo'", "Check the spelling in params.yaml"]),
-    ({"peft.lora.lr": -0.001}, ["'peft.lora.lr' = -0.001 is invalid", "must be in (0, 1)"]),
+    ({"peft.lora.lr": -0.001}, ["'peft.lora.lr' = -0.001 is invalid", "must be in (0, 10]"]),
     ({"train.batch_size": 0}, ["'train.batch_size' = 0 is invalid", "must be >= 1"]),
 ], ids=["unknown-key", "negative-lr", "zero-batch-size"])
 def test_bad_params_yaml_stops_the_first_stage_before_it_writes(tmp_path, cli, write_params, overrides, needles):

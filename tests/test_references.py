@@ -317,9 +317,18 @@ def test_bad_references_params_name_the_key(params_data, section, key):
 # the stage
 
 
+FEW_SHOT_UNDEFINED = {"not_defined": "not defined for the encoder family: it reads no examples in a prompt"}
+
+
 def write_stage_inputs(splits: dict[str, pd.DataFrame], family: str,
-                       base: dict[str, pd.DataFrame] | None = None) -> None:
-    """The splits, train@base's summary (its family) and, when given, evaluate@base's predictions, in the cwd."""
+                       base: dict[str, pd.DataFrame] | None = None, few_shot: dict | None = None) -> None:
+    """The splits, train@base's summary (its family), stage few_shot's choices.json (and its predictions, under
+    "preds") and, when given, evaluate@base's predictions, in the cwd."""
+    few_shot = dict(few_shot or FEW_SHOT_UNDEFINED)
+    Path("reports/few_shot").mkdir(parents=True, exist_ok=True)
+    for split, frame in few_shot.pop("preds", {}).items():
+        frame.to_csv(f"reports/few_shot/preds_{split}.csv", index=False)
+    Path("reports/few_shot/choices.json").write_text(json.dumps(few_shot))
     Path("data/processed").mkdir(parents=True, exist_ok=True)
     for split, frame in splits.items():
         frame.to_csv(f"data/processed/{split}.csv", index=False)
@@ -365,8 +374,31 @@ def test_main_writes_preds_metrics_and_choices(tmp_path, monkeypatch, write_para
 
     assert not stale.exists()  # the folder is replaced whole
     choices, _ = check_written(["majority", "tfidf_lr"], labels)
-    assert list(choices) == ["majority", "tfidf_lr", "base_calibrated"]
+    assert list(choices) == ["majority", "tfidf_lr", "base_calibrated", "few_shot"]
     assert choices["base_calibrated"] == {"not_defined": why}
+    assert choices["few_shot"] == FEW_SHOT_UNDEFINED
+
+
+def test_main_takes_few_shot_from_its_stage(tmp_path, monkeypatch, write_params):
+    """The row is stage few_shot's predictions, in the split's order, scored like the others; its choice record is
+    the stage's. Without the stage's output the error names the file and the fix."""
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, {"references.names": ["majority", "few_shot"]})
+    splits = make_splits()
+    preds = {split: pd.DataFrame({"pmid": frame["pmid"], "gold": frame["label"], "pred": "yes", "p_yes": 0.7,
+                                  "latency_s": float("nan")}).iloc[::-1] for split, frame in splits.items()
+             if split != "train"}
+    write_stage_inputs(splits, family="causal", few_shot={"chosen": 2, "draws": [], "preds": preds})
+
+    references.main([])
+
+    choices, summary = check_written(["majority", "few_shot"])
+    assert choices["few_shot"] == {"chosen": 2, "draws": []}
+    written = pd.read_csv("reports/references/few_shot/preds_test.csv", dtype={"pmid": str})
+    assert written["pmid"].tolist() == splits["test"]["pmid"].astype(str).tolist()
+    Path("reports/few_shot/choices.json").unlink()
+    with pytest.raises(PeftqaError, match=r"reports/few_shot/choices.json not found: run `dvc repro few_shot`"):
+        references.main([])
 
 
 def test_main_calibrates_a_generative_base_and_records_its_offset(tmp_path, monkeypatch, write_params):

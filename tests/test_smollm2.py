@@ -165,3 +165,24 @@ def test_an_adapter_learns_a_fixed_batch_and_reloads_to_identical_scores(params,
     with torch.no_grad():
         after = reloaded.score(batch_of(reloaded, items, labels=False))
     assert torch.equal(before, after)
+
+
+def test_few_shot_examples_are_earlier_chatml_turns_and_answer_like_the_target(base, items):
+    """few_shot's prompt under the real chat template: one system prompt, then each example as a user turn and an
+    assistant turn that holds the target word, then the item; the examples change the scores. The base's own
+    prompt is put back afterwards (the fixture is shared)."""
+    chat = base.chat
+    try:
+        base.max_length = 4 * MAX_LENGTH  # two whole examples and the item
+        base.set_demonstrations([(i["question"], i["context"], i["label"]) for i in (items[0], items[-1])])
+        text = base.tokenizer.decode(base._prompt_ids(items[1]["question"], items[1]["context"]))
+        assert text.count("<|im_start|>system") == 1 and text.count("<|im_start|>user") == 3
+        assert "<|im_start|>assistant\nYes<|im_end|>" in text and "<|im_start|>assistant\nNo<|im_end|>" in text
+        assert items[0]["context"] in text and text.endswith("<|im_start|>assistant\n")
+        with torch.no_grad():
+            shown = base.score(batch_of(base, items[1:2], labels=False))
+    finally:
+        base.chat, base.max_length, base.n_examples = chat, MAX_LENGTH, 0
+    with torch.no_grad():
+        alone = base.score(batch_of(base, items[1:2], labels=False))
+    assert not torch.allclose(shown, alone)

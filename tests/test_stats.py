@@ -28,6 +28,7 @@ from peftqa.stats import (
     holm_adjust,
     mcnemar_detectable_difference,
     mcnemar_exact,
+    mcnemar_exact_power,
     paired_bootstrap,
     resample_metrics,
     resample_weights,
@@ -88,21 +89,27 @@ def test_mcnemar_counts_fixes_as_b_and_regressions_as_c():
     assert (b, c) == (2, 1)
 
 
-def test_detectable_difference_matches_a_hand_computed_value():
-    """n = 89, ψ = 0.35, z_0.975 = 1.959964, z_0.8 = 0.841621: δ = √0.35 [1.959964 √89 + 0.841621 √(89 - 3.841459 +
-    0.708326)] / (89 + 0.708326) = 0.591608 x (18.49026 + 7.79878) / 89.708326 = 0.17337."""
-    assert mcnemar_detectable_difference(89, 0.35) == pytest.approx(0.17337, abs=2e-5)
+@pytest.mark.parametrize(("n", "expected"), [(89, 0.216), (445, 0.096), (890, 0.068)])
+def test_detectable_difference_matches_an_independent_computation(n, expected):
+    """An independent re-computation of the SmolLM2 study (its own code) found these at the discordance 0.506 of
+    LoRA against base_calibrated: exact McNemar, α = 0.05, 80% power. Connor's normal approximation gives 0.208 at
+    n = 89: the negative control, which the exact test must not reproduce."""
+    assert mcnemar_detectable_difference(n, 0.506) == pytest.approx(expected, abs=1.5e-3)
+    assert abs(mcnemar_detectable_difference(89, 0.506) - 0.208) > 0.005
 
 
-@pytest.mark.parametrize(("n", "psi"), [(89, 0.35), (89, 0.6), (500, 0.2), (40, 0.9)])
-def test_detectable_difference_solves_the_sample_size_formula(n, psi):
-    """Put δ back into n = [z_(α/2) √ψ + z_β √(ψ − δ²)]² / δ²: it gives n back; more items detect less."""
-    from scipy.stats import norm
-
+@pytest.mark.parametrize(("n", "psi"), [(89, 0.35), (89, 0.6), (445, 0.2), (40, 0.9)])
+def test_detectable_difference_is_where_the_exact_power_reaches_80_percent(n, psi):
+    """At δ the power is 0.8, just below it less; more items detect less. And a simulation of the stats stage's own
+    test (mcnemar_exact on drawn correctness vectors) at δ rejects about 80% of the time."""
     delta = mcnemar_detectable_difference(n, psi, alpha=0.05, power=0.8)
-    z_alpha, z_beta = norm.ppf(0.975), norm.ppf(0.8)
-    assert (z_alpha * np.sqrt(psi) + z_beta * np.sqrt(psi - delta**2)) ** 2 / delta**2 == pytest.approx(n)
+    assert mcnemar_exact_power(n, psi, delta) >= 0.8 > mcnemar_exact_power(n, psi, delta - 1e-4)
     assert mcnemar_detectable_difference(4 * n, psi) < delta
+    rng = np.random.default_rng(0)
+    draws = 2000
+    kinds = rng.choice(3, size=(draws, n), p=[(psi + delta) / 2, (psi - delta) / 2, 1 - psi])  # fix, regression, same
+    rejected = sum(mcnemar_exact(kind == 1, kind == 0)[2] <= 0.05 for kind in kinds)
+    assert abs(rejected / draws - 0.8) < 3 * np.sqrt(0.8 * 0.2 / draws)
 
 
 def test_detectable_difference_edge_cases():
@@ -186,9 +193,11 @@ def test_bootstrap_of_identical_predictions_gives_zero_effect_and_p_one():
         assert (result.effect, result.ci_low, result.ci_high, result.p_value) == (0.0, 0.0, 0.0, 1.0)
 
 
-@pytest.mark.parametrize(("deltas", "p"), [([-1, 0, 1, 2], 1.0), ([1, 2, 3, -1], 0.5), ([0.1, 0.2], 0.0)])
-def test_bootstrap_p_value_is_twice_the_smaller_tail(deltas, p):
-    assert bootstrap_p_value(np.array(deltas, dtype=float)) == p
+@pytest.mark.parametrize(("deltas", "p"), [([-1, 0, 1, 2], 1.0), ([1, 2, 3, -1, 4], 2 * 2 / 6),
+                                           ([0.1, 0.2, 0.3], 2 / 4)])
+def test_bootstrap_p_value_is_twice_the_smaller_tail_plus_one(deltas, p):
+    """(k + 1) / (R + 1) per tail: no resample on the far side of 0 gives 2 / (R + 1), never 0."""
+    assert bootstrap_p_value(np.array(deltas, dtype=float)) == pytest.approx(p)
 
 
 # -----------------------------------------------------------------------------

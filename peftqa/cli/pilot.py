@@ -43,10 +43,9 @@ from peftqa.pilot import (
     context_folder,
     context_rows,
     copied_files,
-    format_phase,
-    format_table,
     full_run_settings,
     load_pilot_grid,
+    pilot_markdown,
     pilot_table,
     run_folder,
     variant_folder,
@@ -199,23 +198,16 @@ def run_pilot(grid: PilotGrid, grid_dir: Path, root: Path, dry_run: bool) -> Non
 
 
 def write_table(grid: PilotGrid, grid_dir: Path) -> str:
-    """table.md and table.csv (the lr phase and the reference rows); with phases, context.csv and variants.csv too,
-    and choices.json: what the pilot chose and the full run's settings, which the study's params must equal."""
-    table = pilot_table(grid, grid_dir)
-    sections = []
+    """table.md (pilot_markdown) and table.csv (the lr phase and the reference rows); with phases, context.csv and
+    variants.csv too, and choices.json: the full run's settings, which the study's params must equal."""
+    write_csv_atomic(grid_dir / "table.csv", pilot_table(grid, grid_dir))
     if grid.context is not None:
-        context = context_rows(grid, grid_dir)
-        write_csv_atomic(grid_dir / "context.csv", context)
-        sections.append(f"### Context: {grid.context.method} at lr {grid.context.lr:g}\n\n{format_phase(context)}")
-    sections.append(("### Learning rates\n\n" if sections else "") + format_table(table))
+        write_csv_atomic(grid_dir / "context.csv", context_rows(grid, grid_dir))
     if grid.variants:
-        variants = variant_rows(grid, grid_dir)
-        write_csv_atomic(grid_dir / "variants.csv", variants)
-        sections.append(f"### Variants, at the chosen rate\n\n{format_phase(variants)}")
-    markdown = "\n".join(sections)
-    write_csv_atomic(grid_dir / "table.csv", table)
+        write_csv_atomic(grid_dir / "variants.csv", variant_rows(grid, grid_dir))
     if grid.context is not None or grid.variants or grid.full_run:
         write_json_atomic(grid_dir / "choices.json", {"full_run": full_run_settings(grid, grid_dir)})
+    markdown = pilot_markdown(grid, grid_dir)
     write_text_atomic(grid_dir / "table.md", markdown)
     return markdown
 

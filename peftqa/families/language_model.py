@@ -27,6 +27,8 @@ class LanguageModelBackbone(Backbone):
     def _configure(self, model_params: ModelParams) -> None:
         self.template = model_params.template
         self.truncation = model_params.truncation
+        self.demonstrations = ""  # plain prompts: solved examples before the template (set_demonstrations)
+        self.n_examples = 0
         self.chat = self._chat_parts(model_params.chat_template)  # (text before, text after) the user message, or None
         mode = model_params.label_words
         if mode == "auto":
@@ -46,22 +48,45 @@ class LanguageModelBackbone(Backbone):
             log.warning("model.chat_template: auto, but %s has no chat template: using the plain model.template",
                         self.model_name)
             return None
+        log.info("model.chat_template: auto: the prompt is wrapped in %s's chat template", self.model_name)
+        return self._around_message([])
+
+    def _around_message(self, turns: list[dict[str, str]]) -> tuple[str, str]:
+        """The chat text before and after the user's last message, `turns` (earlier messages) before it."""
         marker = "\x00peftqa-message\x00"
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": marker}], add_generation_prompt=True,
-                                                  tokenize=False)
+        text = self.tokenizer.apply_chat_template([*turns, {"role": "user", "content": marker}],
+                                                  add_generation_prompt=True, tokenize=False)
         before, found, after = text.partition(marker)
         if not found:
             raise PeftqaError(f"the chat template of {self.model_name} drops the user's message; set "
                               "model.chat_template: none")
-        log.info("model.chat_template: auto: the prompt is wrapped in %s's chat template", self.model_name)
         return before, after
+
+    def _template_text(self, question: str, context: str) -> str:
+        before, after = (part.replace("{question}", question) for part in self.template.split("{context}"))
+        return before + context + after
+
+    def set_demonstrations(self, examples: list[tuple[str, str, str]]) -> None:
+        """Put solved examples (question, context, label) before every prompt, each in the template with its whole
+        context and answered by its label's target word (label_words' first): earlier chat turns, user then
+        assistant, under a chat template; else "<filled template> <word>" paragraphs. Only the item's own context is
+        ever cut (model.truncation), never an example's."""
+        self.n_examples = len(examples)
+        if not self.chat:
+            self.demonstrations = "".join(f"{self._template_text(q, c)} {self.label_words[label][0]}\n\n"
+                                          for q, c, label in examples)
+            return
+        turns = [turn for q, c, label in examples
+                 for turn in ({"role": "user", "content": self._template_text(q, c)},
+                              {"role": "assistant", "content": self.label_words[label][0]})]
+        self.chat = self._around_message(turns)
 
     def _filled(self, question: str, context: str) -> tuple[str, str, str]:
         """The prompt as (text before the context, the context, text after it), chat-wrapped if configured."""
         before, after = (part.replace("{question}", question) for part in self.template.split("{context}"))
         if self.chat:
             before, after = self.chat[0] + before, after + self.chat[1]
-        return before, context, after
+        return self.demonstrations + before, context, after
 
     def _tokenize(self, text: str, **kwargs) -> dict:
         """Chat text carries its own special tokens; a plain prompt gets the tokenizer's."""
@@ -100,9 +125,11 @@ class LanguageModelBackbone(Backbone):
         # tokens wholly inside the context; special tokens have empty spans, tokens straddling the edge are kept
         inside = [i for i, (s, e) in enumerate(encoded["offset_mapping"]) if start <= s < e <= end]
         if len(inside) < excess:
-            raise PeftqaError(f"model.max_length = {self.max_length} is too short: the instruction and question alone "
-                              f"take {len(ids) - len(inside)} tokens of the {self._prompt_budget()} a prompt may use. "
-                              "Raise model.max_length or shorten model.template.")
+            setting, parts = (("references.few_shot_max_length", f"the {self.n_examples} examples, the instruction and "
+                               "question") if self.n_examples else ("model.max_length", "the instruction and question"))
+            raise PeftqaError(f"{setting} = {self.max_length} is too short: {parts} alone take "
+                              f"{len(ids) - len(inside)} tokens of the {self._prompt_budget()} a prompt may use. "
+                              f"Raise {setting} or shorten model.template.")
         dropped = set(inside) - {inside[i] for i in kept_positions(len(inside), len(inside) - excess, self.truncation)}
         return [token for i, token in enumerate(ids) if i not in dropped]
 

@@ -10,6 +10,8 @@ from typing import ClassVar
 
 from peftqa.common import require
 
+MAX_LR = 10.0  # the largest learning rate a method's section accepts
+
 
 @dataclass(frozen=True)
 class TrainedKnobs:
@@ -19,7 +21,8 @@ class TrainedKnobs:
     at_least_one: ClassVar[tuple[str, ...]] = ()  # the sizes among the knobs: each must be >= 1
 
     def __post_init__(self):
-        require(0 < self.lr < 1, "lr", self.lr, "learning rate must be in (0, 1)")
+        # up to 10: soft prompts train at rates of 0.3 and more (Lester et al.); beyond is a typo
+        require(0 < self.lr <= MAX_LR, "lr", self.lr, f"learning rate must be in (0, {MAX_LR:g}]")
         require(0 < self.head_lr < 1, "head_lr", self.head_lr, "learning rate must be in (0, 1)")
         for key in self.at_least_one:
             require(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")

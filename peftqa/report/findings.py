@@ -157,10 +157,11 @@ def detectable_difference_sentence(stats: pd.DataFrame, methods: Sequence[str], 
     each = ", ".join(f"{comparison_name(m, r, baseline, references)} {rates[m, r]:.3f} → "
                      f"{format_detectable(deltas[m, r])}" for m, r in pairs)
     text = (f"Smallest detectable difference: with n = {n_test} test items, the smallest accuracy difference a "
-            f"two-sided McNemar test at α = {DETECT_ALPHA:.2f} detects with {DETECT_POWER:.0%} power is "
+            f"two-sided exact McNemar test at α = {DETECT_ALPHA:.2f} detects with {DETECT_POWER:.0%} power is "
             f"{format_detectable(mean_delta)}, at the discordance rate (b+c)/n = {mean_rate:.3f}, the mean over "
-            f"{which} (per comparison, (b+c)/n → smallest difference: {each}). It uses the normal approximation "
-            "n = [z_(α/2)√ψ + z_β√(ψ − δ²)]² / δ², solved for the accuracy difference δ at the discordance ψ. "
+            f"{which} (per comparison, (b+c)/n → smallest difference: {each}). It is the accuracy difference δ at "
+            "which the exact test's power, summed over every count and split of the discordant items at the "
+            "discordance ψ, reaches that level. "
             "A smaller true difference would most often go undetected, so 'indistinguishable' does not mean 'equal'.")
     if any(math.isinf(delta) for delta in [mean_delta, *deltas.values()]):
         text += (" 'none': even a method winning every discordant item would fall short of that power at this "

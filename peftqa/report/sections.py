@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from peftqa.params import BASE_CALIBRATED, Params
+from peftqa.params import BASE_CALIBRATED, FEW_SHOT, Params
 from peftqa.report.tables import markdown_table, mean_std, provenance_table, significance_table
 
 if TYPE_CHECKING:
@@ -22,6 +22,9 @@ REFERENCE_DESCRIPTIONS = {
                      "(yes where margin + δ > 0), δ chosen on val macro-F1 ({val_macro_f1:.3f} there, "
                      "{val_macro_f1_at_zero:.3f} at δ = 0), never on test: the most a model gains by learning the "
                      "label prior alone, so a method that beats it learned more than the prior",
+    FEW_SHOT: "is the zero-shot base with one solved train example per label, whole, before each item in its prompt "
+              "(stage `few_shot`: draw {chosen} of those tried, chosen on val macro-F1; prompts up to {max_length} "
+              "tokens): what in-context examples give without tuning",
 }
 
 
