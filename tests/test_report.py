@@ -743,3 +743,11 @@ def test_provenance_names_each_methods_run_and_model_and_each_protocols_parent_r
     rows = parse_tables(report_tables.provenance_table(summary, {"cv": "p9"}))["MLflow run id"]
     assert [(r["Run"], r["MLflow run id"], r["MLflow logged model id"]) for r in rows] == [
         ("base", "`r0`", "`m-0`"), ("lora", "`r1`", "—"), ("protocol cv (parent run)", "`p9`", "—")]
+
+
+def test_every_reference_row_has_its_grey() -> None:
+    """A reference the figures know no colour for fails the report stage after the whole run (few_shot did, once)."""
+    from peftqa.params import REFERENCES
+    from peftqa.report.figures import REFERENCE_COLORS
+
+    assert set(REFERENCE_COLORS) == set(REFERENCES)

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from peftqa.report.inputs import ReportInputs
 
 SERIES_STYLES = ({"alpha": 1.0}, {"alpha": 0.5, "hatch": "//"}, {"alpha": 0.3, "hatch": ".."})  # bars of one method
-REFERENCE_COLORS = {"majority": "0.8", "tfidf_lr": "0.55", "base_calibrated": "0.35"}  # greys: not methods
+# greys: not methods; one per name of params.REFERENCES (tests/test_report.py checks it)
+REFERENCE_COLORS = {"majority": "0.8", "tfidf_lr": "0.55", "base_calibrated": "0.35", "few_shot": "0.2"}
 FIGURE_CAPTIONS = {  # the fixed figures; one confusion matrix per method comes on top (confusion_figure_name)
     "performance_bar_test.png": "Test accuracy and macro-F1 per method and reference row (grey), with each one's "
                                 "bootstrap interval",
