@@ -32,6 +32,7 @@ from peftqa.study import (
 )
 
 OFFICIAL_DIR = Path("reports/smollm2-official")  # the decisive study: PubMedQA's official test split, 445 items
+METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy"}  # as the tables write them
 
 
 def project_root_of(study: Study) -> Path:
@@ -75,6 +76,7 @@ def primary(study: Study) -> str:
     spec = load_pilot_grid(pilot_folder(study) / "grid.yaml").primary
     method = best_val_method(study) if spec["method"] == "best_val" else str(spec["method"])
     against, metric = str(spec["against"]), str(spec["metric"])
+    shown = METRIC_NAMES.get(metric, metric)
     confidence = study.params.stats.confidence
     if abs(1 - confidence - float(spec["alpha"])) > 1e-12:
         raise PeftqaError(f"study {study.root}: the primary comparison's alpha {spec['alpha']} needs stats.confidence "
@@ -89,14 +91,14 @@ def primary(study: Study) -> str:
               if spec["method"] == "best_val" else "")
     if boot.ci_low > 0 or boot.ci_high < 0:
         verdict = (f"{method} {'beats' if boot.ci_low > 0 else 'is below'} {row_label(study, against)} on test "
-                   f"{metric.replace('_', '-')}: the interval excludes 0")
+                   f"{shown}: the interval excludes 0")
     else:
         verdict = f"undecidable at n = {n}: the interval contains 0"
     level = f"{confidence:.0%}"
-    return (f"**The primary comparison**, named in [`grid.yaml`](../{study.run['pilot']}/grid.yaml) before the pilot "
+    return (f"**The primary comparison**, named in `{study.run['pilot']}/grid.yaml` before the pilot "
             f"ran: **{method}**{picked}, against **{row_label(study, against)}**, on test "
-            f"{metric.replace('_', '-')} (n = {n}, α = {spec['alpha']}, unadjusted: it is the one primary "
-            f"comparison). Δ {metric.replace('_', '-')} = {effect_ci(boot)} ({level} paired bootstrap interval), "
+            f"{shown} (n = {n}, α = {spec['alpha']}, unadjusted: it is the one primary "
+            f"comparison). Δ {shown} = {effect_ci(boot)} ({level} paired bootstrap interval), "
             f"bootstrap p = {boot.p_value:.4f}: **{verdict}**. On accuracy, Δ = {effect_ci(accuracy)}, b / c = "
             f"{int(mcnemar.b)} / {int(mcnemar.c)}, exact McNemar p = {mcnemar.p_value:.4f}. At this comparison's "
             f"discordance ({rate:.3f}) the exact McNemar test detects an accuracy difference of {smallest} with "

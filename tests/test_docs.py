@@ -72,6 +72,16 @@ def edit_csv(path: Path, column: str, value: object) -> None:
     frame.to_csv(path, index=False)
 
 
+def edit_primary(path: Path) -> None:
+    """Every paired-bootstrap macro-F1 interval against base_calibrated ends at 0.987654: the primary comparison's too,
+    whichever tuned method val picked."""
+    frame = pd.read_csv(path)
+    rows = (frame["reference"] == "base_calibrated") & (frame["test"] == "paired_bootstrap") & (
+        frame["metric"] == "macro_f1")
+    frame.loc[rows, "ci_high"] = 0.987654
+    frame.to_csv(path, index=False)
+
+
 # one committed output per source, and a block that renders it: changing the output must change the block
 EDITS = {
     "default:performance": lambda root: edit_json(root / "reports/eval/lora/metrics_test.json",
@@ -99,6 +109,9 @@ EDITS = {
                                                           lambda r: r["rows"][0].update(macro_f1=0.987654)),
     "measured:cpu-bf16": lambda root: edit_json(root / "reports/bench/cpu-bf16.json",
                                                 lambda r: r["rows"][0].update(items_per_s=987.654)),
+    "official:primary": lambda root: edit_primary(root / "reports/smollm2-official/reports/stats/stats_eval_test.csv"),
+    "official-pilot:tables": lambda root: edit_csv(
+        root / "reports/smollm2-official-pilot/runs/run-1/models/prompt_tuning/history.csv", "val_accuracy", 0.987654),
 }
 
 
