@@ -242,7 +242,7 @@ def test_a_protocol_copy_without_its_run_record_is_named(project: Path):
 def test_rendering_keeps_everything_outside_the_blocks(project: Path):
     text = "intro\n<!-- peftqa:begin smollm2:generate -->\nold\n<!-- peftqa:end smollm2:generate -->\noutro\n"
     rendered = docs.render_text(text, project, "page.md")
-    assert rendered.startswith("intro\n<!-- peftqa:begin smollm2:generate -->\n| method |")
+    assert rendered.startswith("intro\n<!-- peftqa:begin smollm2:generate -->\n| row |")
     assert rendered.endswith("<!-- peftqa:end smollm2:generate -->\noutro\n") and "old" not in rendered
     assert docs.render_text(rendered, project, "page.md") == rendered
 
