@@ -207,17 +207,24 @@ def choose_offset(margins: np.ndarray, gold: Sequence[str], labels: Sequence[str
             "candidates": len(candidates)}
 
 
+def aligned_rows(preds: pd.DataFrame, frame: pd.DataFrame, path: str, split: str, fix: str) -> pd.DataFrame:
+    """A stage's predictions (evaluate's columns) in the split's item order; predictions of other items or gold
+    labels are stale, and the error names `path` and the command that mends it (`fix`)."""
+    by_pmid = preds.assign(pmid=preds["pmid"].astype(str)).drop_duplicates("pmid").set_index("pmid")
+    pmids = frame["pmid"].astype(str)
+    if len(preds) != len(frame) or set(by_pmid.index) != set(pmids):
+        raise PeftqaError(f"{path} scores other items than data/processed/{split}.csv ({len(preds)} rows, the split "
+                          f"{len(frame)} items); it is stale: run `{fix}`")
+    rows = by_pmid.loc[pmids]
+    if (rows["gold"].astype(str).values != frame["label"].astype(str).values).any():
+        raise PeftqaError(f"{path}: gold labels differ from data/processed/{split}.csv; run `{fix}`")
+    return rows
+
+
 def aligned_p_yes(base: pd.DataFrame, frame: pd.DataFrame, split: str) -> np.ndarray:
     """evaluate@base's p_yes in the split's item order; predictions of other items or gold labels are stale."""
     path = f"reports/eval/base/preds_{split}.csv"
-    by_pmid = base.assign(pmid=base["pmid"].astype(str)).drop_duplicates("pmid").set_index("pmid")
-    pmids = frame["pmid"].astype(str)
-    if len(base) != len(frame) or set(by_pmid.index) != set(pmids):
-        raise PeftqaError(f"{path} scores other items than data/processed/{split}.csv ({len(base)} rows, the split "
-                          f"{len(frame)} items); it is stale: run `dvc repro evaluate@base`")
-    if (by_pmid.loc[pmids, "gold"].astype(str).values != frame["label"].astype(str).values).any():
-        raise PeftqaError(f"{path}: gold labels differ from data/processed/{split}.csv; run `dvc repro evaluate@base`")
-    p_yes = by_pmid.loc[pmids, "p_yes"].to_numpy(dtype=float)
+    p_yes = aligned_rows(base, frame, path, split, "dvc repro evaluate@base")["p_yes"].to_numpy(dtype=float)
     if np.isnan(p_yes).any():
         raise PeftqaError(f"{path}: {int(np.isnan(p_yes).sum())} of {len(p_yes)} items have no p_yes, which "
                           "base_calibrated needs (model.scoring: verbalizer writes it for every item); it is stale, "
@@ -250,26 +257,16 @@ def predict_base_calibrated(splits: dict[str, pd.DataFrame], base_preds: dict[st
 # few_shot: stage few_shot's predictions (the zero-shot base with solved examples in its prompt)
 
 
-def aligned_predictions(preds: pd.DataFrame, frame: pd.DataFrame, path: str) -> pd.DataFrame:
-    """`preds` (evaluate's columns) in the split's item order; predictions of other items or gold labels are
-    stale."""
-    by_pmid = preds.assign(pmid=preds["pmid"].astype(str)).drop_duplicates("pmid").set_index("pmid")
-    pmids = frame["pmid"].astype(str)
-    if len(preds) != len(frame) or set(by_pmid.index) != set(pmids):
-        raise PeftqaError(f"{path} scores other items than the split ({len(preds)} rows, the split {len(frame)} "
-                          "items); it is stale: run `dvc repro few_shot`")
-    if (by_pmid.loc[pmids, "gold"].astype(str).values != frame["label"].astype(str).values).any():
-        raise PeftqaError(f"{path}: gold labels differ from the split's; it is stale: run `dvc repro few_shot`")
-    rows = by_pmid.loc[pmids]
-    return predictions_frame(frame, rows["pred"].astype(str).tolist(), rows["p_yes"].to_numpy(dtype=float))
-
-
 def predict_few_shot(splits: dict[str, pd.DataFrame], few_shot: dict[str, pd.DataFrame], choice: dict
                      ) -> tuple[dict[str, pd.DataFrame], dict]:
     """Stage few_shot's val and test predictions (its draw chosen on val there), in the splits' order, and its
     choice record as it wrote it."""
-    preds = {split: aligned_predictions(few_shot[split], splits[split], f"reports/few_shot/preds_{split}.csv")
-             for split in SCORED_SPLITS}
+    preds = {}
+    for split in SCORED_SPLITS:
+        rows = aligned_rows(few_shot[split], splits[split], f"reports/few_shot/preds_{split}.csv", split,
+                            "dvc repro few_shot")
+        preds[split] = predictions_frame(splits[split], rows["pred"].astype(str).tolist(),
+                                         rows["p_yes"].to_numpy(dtype=float))
     return preds, choice
 
 
