@@ -16,6 +16,7 @@ from tqdm import tqdm
 from peftqa.common import PeftqaError
 from peftqa.families import Backbone
 from peftqa.metrics import classification_metrics, latency_summary, top_label_probability
+from peftqa.params import Params
 from peftqa.scoring import autocast, iterate_batches, labels_from_log_probs, length_order, score_frame
 
 ABSTAIN = "abstain"  # the label written when the model is not confident enough (--abstain-below)
@@ -77,6 +78,20 @@ def generation_metrics(backbone: Backbone, frame: pd.DataFrame, preds: list[str 
     if scoring != "generate":
         metrics["generate_agreement"] = float(np.mean([a == p for a, p in zip(answers, preds)]))
     return metrics
+
+
+def scored_split(backbone: Backbone, frame: pd.DataFrame, params: Params, bf16: bool
+                 ) -> tuple[pd.DataFrame, dict[str, float], float]:
+    """A split scored as evaluate batches it (evaluate.batch_size, model.scoring, train.length_groups), no item timed
+    alone: the predictions in evaluate's columns (latency_s NaN), their classification metrics, and the batched
+    run's seconds. The pilot's base and the few_shot stage score through it."""
+    labels = params.prepare.labels
+    preds, log_probs, seconds = predict_batched(backbone, frame, params.evaluate.batch_size, params.model.scoring,
+                                                bf16, params.train.length_groups)
+    pred_frame = predictions_frame(frame, preds, log_probs, labels, [])
+    metrics = classification_metrics(pred_frame["gold"].tolist(), [p if isinstance(p, str) else None for p in preds],
+                                     labels)
+    return pred_frame, metrics, seconds
 
 
 def split_metrics(preds: pd.DataFrame, labels: tuple[str, ...], seconds: float, summary: dict) -> dict[str, float]:

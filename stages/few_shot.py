@@ -30,12 +30,11 @@ import pandas as pd
 
 from peftqa.common import PeftqaError, read_split, replace_dir_atomic, run_cli, write_csv_atomic, write_json_atomic
 from peftqa.compute import use_bf16
-from peftqa.evaluation import generation_metrics, predict_batched, predictions_frame
+from peftqa.evaluation import generation_metrics, scored_split
 from peftqa.families import Backbone, load_backbone
 from peftqa.families.load import backbone_class
 from peftqa.families.resolve import resolve_model
 from peftqa.few_shot import chosen_draw, draw_examples, draw_seed, examples_of, few_shot_undefined
-from peftqa.metrics import classification_metrics
 from peftqa.params import Params, load_params
 from peftqa.paths import DATA_DIR, FEW_SHOT_DIR
 
@@ -54,12 +53,7 @@ def prompt_tokens(backbone: Backbone, frame: pd.DataFrame) -> dict[str, float]:
 
 def score(backbone: Backbone, frame: pd.DataFrame, params: Params, bf16: bool) -> tuple[pd.DataFrame, dict]:
     """The split's predictions in evaluate's columns, and its metrics with the batched run's throughput."""
-    labels = params.prepare.labels
-    preds, log_probs, seconds = predict_batched(backbone, frame, params.evaluate.batch_size, params.model.scoring,
-                                                bf16, params.train.length_groups)
-    pred_frame = predictions_frame(frame, preds, log_probs, labels, [])
-    metrics = classification_metrics(pred_frame["gold"].tolist(), [p if isinstance(p, str) else None for p in preds],
-                                     labels)
+    pred_frame, metrics, seconds = scored_split(backbone, frame, params, bf16)
     metrics["examples_per_s"] = len(frame) / seconds if seconds > 0 else float("nan")
     return pred_frame, {**metrics, **prompt_tokens(backbone, frame)}
 

@@ -113,21 +113,15 @@ def score_base_on_val(root: Path, staging: Path) -> None:
     into the copy: val alone, so the pilot scores no test item (evaluate@base would score both splits)."""
     from peftqa.common import read_split
     from peftqa.compute import use_bf16
-    from peftqa.evaluation import predict_batched, predictions_frame
+    from peftqa.evaluation import scored_split
     from peftqa.families import load_backbone
-    from peftqa.metrics import classification_metrics
     from peftqa.paths import DATA_DIR, MODELS_DIR
 
     params = load_params(root / "params.yaml")
-    labels = params.prepare.labels
     frame = read_split(root / DATA_DIR / "val.csv", params.evaluate.limit_items)
-    backbone = load_backbone(params.model, BASELINE, params.peft, labels, seed=params.train.seed,
+    backbone = load_backbone(params.model, BASELINE, params.peft, params.prepare.labels, seed=params.train.seed,
                              device=params.train.device, adapter_dir=root / MODELS_DIR / BASELINE / "adapter")
-    preds, log_probs, _ = predict_batched(backbone, frame, params.evaluate.batch_size, params.model.scoring,
-                                          use_bf16(params.model.dtype, backbone.device), params.train.length_groups)
-    pred_frame = predictions_frame(frame, preds, log_probs, labels, [])
-    metrics = classification_metrics(pred_frame["gold"].tolist(), [p if isinstance(p, str) else None for p in preds],
-                                     labels)
+    pred_frame, metrics, _ = scored_split(backbone, frame, params, use_bf16(params.model.dtype, backbone.device))
     folder = staging / "reports" / "eval" / BASELINE
     folder.mkdir(parents=True, exist_ok=True)
     pred_frame.to_csv(folder / "preds_val.csv", index=False)
