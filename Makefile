@@ -58,7 +58,7 @@ $(STAMP): $(LOCK) requirements/tools.txt requirements/nodeps.txt pyproject.toml 
 	$(UV_ENV) $(UV) pip sync --quiet --python $(PY) --compile-bytecode $(LOCK) requirements/tools.txt
 	$(UV_ENV) $(UV) pip install --quiet --python $(PY) --no-deps -e .
 	$(UV_ENV) $(UV) pip install --quiet --python $(PY) --no-deps --require-hashes -r requirements/nodeps.txt
-	$(PY) -m peftqa.environment record $(TORCH)
+	$(PY) -m peftqa.mlops.environment record $(TORCH)
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 # after changing a dependency in pyproject.toml: `make lock`, then `make test` (which reinstalls from the new lock)
@@ -67,8 +67,8 @@ lock: install  ## re-resolve pyproject.toml into requirements/*.txt (exact versi
 	$(UV) pip compile pyproject.toml --extra test $(LOCK_FLAGS) -o requirements/cuda.txt  # PyPI's torch: the CUDA build
 	$(UV) pip compile requirements/tools.in $(LOCK_FLAGS) -o requirements/tools.txt
 	$(UV) pip compile requirements/nodeps.in --no-deps $(LOCK_FLAGS) -o requirements/nodeps.txt
-	$(PY) -m peftqa.environment stamp cpu
-	$(PY) -m peftqa.environment stamp cuda
+	$(PY) -m peftqa.mlops.environment stamp cpu
+	$(PY) -m peftqa.mlops.environment stamp cuda
 
 run: install  ## the main job: every stage of dvc.yaml that is out of date
 	dvc repro
@@ -98,7 +98,7 @@ test: install system-deps  ## lint (ruff, configured in pyproject.toml), then ev
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(UV_ENV) $(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 # the peer row's own venv: lm-evaluation-harness beside the same torch (CPU wheel) and transformers, outside the lock
-# (requirements/lm-eval.txt); peftqa/lm_eval_peer.py runs in it. No test depends on it.
+# (requirements/lm-eval.txt); peftqa/studies/lm_eval_peer.py runs in it. No test depends on it.
 LMEVAL_VENV := .venv-lmeval
 $(LMEVAL_VENV)/.installed: requirements/lm-eval.txt
 	test -x $(LMEVAL_VENV)/bin/python || python3 -m venv $(LMEVAL_VENV)

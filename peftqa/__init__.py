@@ -1,11 +1,11 @@
 """peftqa: parameter-efficient fine-tuning on PubMedQA's yes/no questions, measured with honest statistics.
 
-The library behind the DVC stages of stages/ and the `peftqa` command (peftqa.cli):
-- params (params.yaml as typed sections), paths (where each stage keeps its files);
-- dataset, download: PubMedQA's raw files, validated and split;
-- methods/ (one module per PEFT method), families/ (one per model family; resolve and load);
-- training/ (the loop, checkpoints, several processes, one training run), features, probe, scoring;
-- evaluation, metrics, stats, references, protocols, history, report/;
-- tracking (MLflow), serving (the adapter as an MLflow model), environment (the installed lock).
+The library behind the DVC stages of stages/ and the `peftqa` command (peftqa.cli), one concern a subpackage:
+- params (params.yaml as typed sections), paths (where each stage keeps its files), errors, files (atomic writes),
+  stops (clean stops), compute (the precision a model computes in);
+- data/ (PubMedQA fetched, validated and split; the frozen encoder's features), methods/ (one module per PEFT
+  method), families/ (one per model family), training/ (one method's training), evaluation/ (scoring, metrics,
+  statistics, references, protocols), mlops/ (MLflow), report/ (stage report), studies/ (the committed studies and
+  their docs blocks), cli/ (the command).
 Importing peftqa imports none of them: each module is imported where it is used.
 """

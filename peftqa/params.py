@@ -15,7 +15,7 @@ from typing import Literal, Sequence
 
 import yaml
 
-from peftqa.common import InvalidValue, ParamsError, require
+from peftqa.errors import InvalidValue, ParamsError, require
 from peftqa.methods import METHODS, REGISTRY, check_gradient_checkpointing
 
 KNOWN_LABELS = ("yes", "no", "maybe")

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from peftqa.common import replace_dir_atomic, write_json_atomic
-from peftqa.history import METRICS, read_history
+from peftqa.files import replace_dir_atomic, write_json_atomic
 from peftqa.params import load_params
 from peftqa.paths import CURVES_DIR
+from peftqa.training.history import METRICS, read_history
 
 log = logging.getLogger("peftqa.curves")
 
@@ -51,6 +51,6 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from peftqa.common import run_cli
+    from peftqa.stops import run_cli
 
     run_cli(main)

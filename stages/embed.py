@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from peftqa.common import PeftqaError, replace_dir_atomic, write_json_atomic
+from peftqa.data.features import BATCH_SIZE, SPLITS, embed_frame, features_key, save_features
+from peftqa.errors import PeftqaError
 from peftqa.families import EncoderBackbone, load_backbone
-from peftqa.features import BATCH_SIZE, SPLITS, embed_frame, features_key, save_features
+from peftqa.files import replace_dir_atomic, write_json_atomic
 from peftqa.params import PeftParams, load_params
 from peftqa.paths import DATA_DIR, FEATURES_DIR
 
@@ -55,6 +56,6 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from peftqa.common import run_cli
+    from peftqa.stops import run_cli
 
     run_cli(main)

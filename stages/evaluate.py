@@ -14,15 +14,22 @@ from __future__ import annotations
 import json
 import logging
 
-from peftqa import tracking
-from peftqa.common import PeftqaError, read_split, write_csv_atomic, write_json_atomic
-from peftqa.evaluation import generation_metrics, predict_batched, predictions_frame, split_metrics, time_per_example
+from peftqa.errors import PeftqaError
+from peftqa.evaluation.metrics import confusion_frame
+from peftqa.evaluation.predictions import (
+    generation_metrics,
+    predict_batched,
+    predictions_frame,
+    split_metrics,
+    time_per_example,
+)
+from peftqa.evaluation.scoring import use_bf16
 from peftqa.families import load_backbone
-from peftqa.figures import close_figure, plot_confusion
-from peftqa.metrics import confusion_frame
+from peftqa.files import read_split, write_csv_atomic, write_json_atomic
+from peftqa.mlops import tracking
 from peftqa.params import METHODS, load_params
 from peftqa.paths import DATA_DIR, EVAL_DIR, MODELS_DIR
-from peftqa.scoring import use_bf16
+from peftqa.report.palette import close_figure, plot_confusion
 
 log = logging.getLogger("peftqa.evaluate")
 
@@ -80,6 +87,6 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from peftqa.common import run_cli
+    from peftqa.stops import run_cli
 
     run_cli(main)

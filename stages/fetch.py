@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from peftqa.common import replace_dir_atomic
-from peftqa.download import HINT, copy_verified, resolve_source
+from peftqa.data.download import HINT, copy_verified, resolve_source
+from peftqa.files import replace_dir_atomic
 from peftqa.params import load_params
 from peftqa.paths import RAW_DIR
 
@@ -45,6 +45,6 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from peftqa.common import run_cli
+    from peftqa.stops import run_cli
 
     run_cli(main)

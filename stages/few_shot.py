@@ -1,7 +1,8 @@
 """Stage few_shot: the zero-shot base with solved train examples in its prompt, scored like a method; the references
 stage makes it the reference row `few_shot`.
 
-Each of references.few_shot_draws draws one train item per label (seed train.seed + 1000 + k, peftqa.few_shot), puts
+Each of references.few_shot_draws draws one train item per label (seed train.seed + 1000 + k,
+peftqa.evaluation.few_shot), puts
 them whole before every prompt (earlier chat turns under a chat template) and scores val with the verbalizer. The
 draw with the best val macro-F1 (ties: the earlier) is the row: val and test are scored with it, greedy answers too
 (generate_parse_rate, generate_agreement), and its batched test throughput is its cost. Test is scored once, with the
@@ -28,17 +29,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from peftqa.common import PeftqaError, read_split, replace_dir_atomic, run_cli, write_csv_atomic, write_json_atomic
 from peftqa.compute import use_bf16
-from peftqa.evaluation import generation_metrics, scored_split
+from peftqa.errors import PeftqaError
+from peftqa.evaluation.few_shot import (
+    chosen_draw,
+    draw_examples,
+    draw_seed,
+    examples_of,
+    few_shot_undefined,
+)
+from peftqa.evaluation.predictions import generation_metrics, scored_split
 from peftqa.families import Backbone, load_backbone
 from peftqa.families.load import backbone_class
 from peftqa.families.resolve import resolve_model
-from peftqa.few_shot import chosen_draw, draw_examples, draw_seed, examples_of, few_shot_undefined
+from peftqa.files import read_split, replace_dir_atomic, write_csv_atomic, write_json_atomic
 from peftqa.params import Params, load_params
 from peftqa.paths import DATA_DIR, FEW_SHOT_DIR
+from peftqa.stops import run_cli
 
-log = logging.getLogger("peftqa.few_shot")
+log = logging.getLogger("peftqa.evaluation.few_shot")
 
 SCORED_SPLITS = ("val", "test")
 

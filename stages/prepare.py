@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from peftqa.common import write_csv_atomic, write_json_atomic
-from peftqa.dataset import (
+from peftqa.data.dataset import (
     assign_folds,
     clean_items,
     parse_json,
@@ -24,6 +23,7 @@ from peftqa.dataset import (
     validate_ground_truth,
     validate_records,
 )
+from peftqa.files import write_csv_atomic, write_json_atomic
 from peftqa.params import load_params
 from peftqa.paths import DATA_DIR, GROUND_TRUTH_JSON, RAW_JSON
 
@@ -62,6 +62,6 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from peftqa.common import run_cli
+    from peftqa.stops import run_cli
 
     run_cli(main)

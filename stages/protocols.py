@@ -31,10 +31,8 @@ import shutil
 
 import pandas as pd
 
-from peftqa.common import PeftqaError, read_split, sha256_file, write_csv_atomic, write_json_atomic
-from peftqa.params import load_params
-from peftqa.paths import DATA_DIR, PROTOCOLS_DIR, PROTOCOLS_METRICS_JSON
-from peftqa.protocols import (
+from peftqa.errors import PeftqaError
+from peftqa.evaluation.protocols import (
     PRED_COLUMNS,
     SEED_COLUMNS,
     ParentRuns,
@@ -44,9 +42,12 @@ from peftqa.protocols import (
     run_units,
     seeds_summary,
 )
-from peftqa.stats import STATS_COLUMNS, compare_methods
+from peftqa.evaluation.stats import STATS_COLUMNS, compare_methods
+from peftqa.files import read_split, sha256_file, write_csv_atomic, write_json_atomic
+from peftqa.params import load_params
+from peftqa.paths import DATA_DIR, PROTOCOLS_DIR, PROTOCOLS_METRICS_JSON
 
-log = logging.getLogger("peftqa.protocols")
+log = logging.getLogger("peftqa.evaluation.protocols")
 
 PARENTS_JSON = PROTOCOLS_DIR / "parent_runs.json"  # {protocol: MLflow parent run id}, for the report's provenance
 
@@ -98,6 +99,6 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from peftqa.common import run_cli
+    from peftqa.stops import run_cli
 
     run_cli(main)

@@ -33,18 +33,20 @@ from typing import Callable, TypeVar
 
 import pandas as pd
 
-from peftqa.common import PeftqaError, read_split, replace_dir_atomic, run_cli, write_csv_atomic, write_json_atomic
-from peftqa.params import BASE_CALIBRATED, FEW_SHOT, Params, load_params
-from peftqa.paths import DATA_DIR, EVAL_DIR, FEW_SHOT_DIR, MODELS_DIR, REFERENCES_DIR, REFERENCES_METRICS_JSON
-from peftqa.references import (
+from peftqa.errors import PeftqaError
+from peftqa.evaluation.references import (
     SCORED_SPLITS,
     base_calibrated_undefined,
     check_split,
     predict_references,
     score_predictions,
 )
+from peftqa.files import read_split, replace_dir_atomic, write_csv_atomic, write_json_atomic
+from peftqa.params import BASE_CALIBRATED, FEW_SHOT, Params, load_params
+from peftqa.paths import DATA_DIR, EVAL_DIR, FEW_SHOT_DIR, MODELS_DIR, REFERENCES_DIR, REFERENCES_METRICS_JSON
+from peftqa.stops import run_cli
 
-log = logging.getLogger("peftqa.references")
+log = logging.getLogger("peftqa.evaluation.references")
 
 SPLITS = ("train", "val", "test")  # fitted on train, chosen on val, reported on val and test
 T = TypeVar("T")

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import logging
 
-from peftqa.common import atomic_path, run_cli, write_json_atomic
-from peftqa.figures import save_figure
+from peftqa.files import atomic_path, write_json_atomic
 from peftqa.params import load_params
 from peftqa.paths import FIGURES_DIR, REPORTS_DIR, SUBMISSION_DIR
 from peftqa.report.build import build_report, build_submission
 from peftqa.report.figures import FIGURE_CAPTIONS, build_figures
 from peftqa.report.inputs import check_inputs_fresh, check_protocols_fresh, read_inputs
+from peftqa.report.palette import save_figure
 from peftqa.report.tables import performance_columns
+from peftqa.stops import run_cli
 
 log = logging.getLogger("peftqa.report")
 

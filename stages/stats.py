@@ -20,10 +20,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from peftqa.common import PeftqaError, log, run_cli, write_csv_atomic, write_json_atomic, write_text_atomic
+from peftqa.errors import PeftqaError, log
+from peftqa.evaluation.stats import (
+    compare_methods,
+    defined_references,
+    format_markdown,
+    preds_path,
+    summarize_comparisons,
+)
+from peftqa.files import write_csv_atomic, write_json_atomic, write_text_atomic
 from peftqa.params import load_params
 from peftqa.paths import REFERENCES_CHOICES_JSON, STATS_CSV, STATS_DIR
-from peftqa.stats import compare_methods, defined_references, format_markdown, preds_path, summarize_comparisons
+from peftqa.stops import run_cli
 
 # -----------------------------------------------------------------------------
 # the stage

@@ -10,7 +10,8 @@ Usage:   python -m stages.train <method> [--debug]
 """
 from __future__ import annotations
 
-from peftqa.common import PeftqaError, read_split
+from peftqa.errors import PeftqaError
+from peftqa.files import read_split
 from peftqa.params import METHODS, load_params
 from peftqa.paths import DATA_DIR, MODELS_DIR
 from peftqa.training.distributed import end_processes
@@ -29,6 +30,6 @@ def main(args: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from peftqa.common import run_cli
+    from peftqa.stops import run_cli
 
     run_cli(main)

@@ -1,4 +1,5 @@
-"""Tests for `peftqa ablation` (peftqa/experiments.py, peftqa/ablation.py, peftqa/cli/ablation.py): pure tests on a
+"""Tests for `peftqa ablation` (peftqa/studies/experiments.py, peftqa/studies/ablation.py,
+peftqa/cli/ablation_table.py): pure tests on a
 hand-made `dvc exp show --json` (the DVC 3.67 shape), one error-path test per failure mode, and one run against a real
 throwaway git + DVC repo with three `dvc exp run -S peft.lora.r=...`."""
 from __future__ import annotations
@@ -11,10 +12,10 @@ import sys
 import pandas as pd
 import pytest
 
-from peftqa.ablation import build_ablation, format_markdown, metrics_path, plot_ablation
-from peftqa.cli.ablation import main, read_exp_show
-from peftqa.common import PeftqaError
-from peftqa.experiments import parse_exp_show
+from peftqa.cli.ablation_table import main, read_exp_show
+from peftqa.errors import PeftqaError
+from peftqa.studies.ablation import build_ablation, format_markdown, metrics_path, plot_ablation
+from peftqa.studies.experiments import parse_exp_show
 
 BASE_PARAMS = {"peft": {"lora": {"lr": 1e-3, "r": 8, "alpha": 16}, "prompt_tuning": {"init": "random"}},
                "train": {"epochs": 4, "seed": 42}}

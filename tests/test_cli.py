@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from peftqa.cli import SUBCOMMANDS, main
-from peftqa.common import PeftqaError
+from peftqa.errors import PeftqaError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLI_DIR = REPO_ROOT / "peftqa/cli"

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from peftqa import compute
-from peftqa.evaluation import predict_batched, predict_frame
+from peftqa.evaluation.predictions import predict_batched, predict_frame
+from peftqa.evaluation.scoring import autocast, length_order, score_frame
 from peftqa.families import load_backbone
 from peftqa.params import ModelParams, PeftParams
-from peftqa.scoring import autocast, length_order, score_frame
 from peftqa.training.checkpoint import same_run
 from peftqa.training.loop import length_grouped
 

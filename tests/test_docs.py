@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from peftqa import docs, study
-from peftqa.common import PeftqaError
-from peftqa.study import SMOLLM2_DIR
+from peftqa.errors import PeftqaError
+from peftqa.studies import docs, study
+from peftqa.studies.study import SMOLLM2_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -150,15 +150,15 @@ def collapsed_deps(paths: list[str], root: Path = ROOT) -> list[str]:
 
 
 def test_the_static_reader_sees_module_level_imports_only():
-    serving, tracking = ROOT / "peftqa/serving.py", ROOT / "peftqa/tracking.py"
+    serving, tracking = ROOT / "peftqa/mlops/serving.py", ROOT / "peftqa/mlops/tracking.py"
     # `from peftqa import environment, tracking` names two submodules
-    assert {"peftqa.environment", "peftqa.tracking", "peftqa.params"} <= import_targets(serving, ROOT, True)
+    assert {"peftqa.mlops.environment", "peftqa.mlops.tracking", "peftqa.params"} <= import_targets(serving, ROOT, True)
     # imported inside the model's load_context, only where the model is loaded: not a dep, but still an import
     assert "peftqa.families" not in import_targets(serving, ROOT, module_level_only=True)
     assert "peftqa.families" in import_targets(serving, ROOT, module_level_only=False)
     # under `if TYPE_CHECKING:`, for an annotation only
-    assert "peftqa.probe" not in import_targets(tracking, ROOT, module_level_only=True)
-    assert "peftqa.probe" in import_targets(tracking, ROOT, module_level_only=False)
+    assert "peftqa.training.probe" not in import_targets(tracking, ROOT, module_level_only=True)
+    assert "peftqa.training.probe" in import_targets(tracking, ROOT, module_level_only=False)
 
 
 def test_the_closure_counts_package_faces_and_skips_lazy_and_type_only_imports(tmp_path):

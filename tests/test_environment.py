@@ -1,4 +1,5 @@
-"""The locked environment (peftqa/environment.py, requirements/): .venv holds exactly the lock's packages at the lock's
+"""The locked environment (peftqa/mlops/environment.py, requirements/): .venv holds exactly the lock's packages at the
+lock's
 versions, the lock was made from this pyproject.toml's dependencies, the two variants differ only in torch's build,
 and a run names the lock it was made with."""
 from __future__ import annotations
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from peftqa import environment, serving, tracking
-from peftqa.common import sha256_file
+from peftqa.files import sha256_file
+from peftqa.mlops import environment, serving, tracking
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = REPO_ROOT / "pyproject.toml"
@@ -105,12 +106,13 @@ def test_the_stamp_replaces_the_digest_line(tmp_path):
 
 
 def test_environment_check_passes_in_the_venv_and_fails_against_the_other_lock():
-    """`python -m peftqa.environment check` (what a user runs to ask "is my venv the lock?"): it passes for the cpu
+    """`python -m peftqa.mlops.environment check` (what a user runs to ask "is my venv the lock?"): it passes for the
+    cpu
     lock `make install` installed, and fails against the cuda lock, naming torch's build and a missing package."""
-    ok = subprocess.run([sys.executable, "-m", "peftqa.environment", "check", "cpu"], cwd=REPO_ROOT,
+    ok = subprocess.run([sys.executable, "-m", "peftqa.mlops.environment", "check", "cpu"], cwd=REPO_ROOT,
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "matches" in ok.stdout, ok.stderr
-    other = subprocess.run([sys.executable, "-m", "peftqa.environment", "check", "cuda"], cwd=REPO_ROOT,
+    other = subprocess.run([sys.executable, "-m", "peftqa.mlops.environment", "check", "cuda"], cwd=REPO_ROOT,
                            capture_output=True, text=True, timeout=120)
     assert other.returncode == 1, other.stdout
     assert "torch: locked 2.13.0, installed 2.13.0+cpu" in other.stderr
@@ -140,4 +142,4 @@ def test_make_install_torch_cuda_syncs_the_cuda_lock_and_records_it():
     assert dry.returncode == 0, dry.stderr
     sync = "pip sync --quiet --python .venv/bin/python --compile-bytecode requirements/cuda.txt requirements/tools.txt"
     assert sync in dry.stdout
-    assert "peftqa.environment record cuda" in dry.stdout and "touch .venv/.installed-cuda" in dry.stdout
+    assert "peftqa.mlops.environment record cuda" in dry.stdout and "touch .venv/.installed-cuda" in dry.stdout

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoConfig
 
 from peftqa import methods
-from peftqa.common import PeftqaError
+from peftqa.errors import PeftqaError
 from peftqa.families import (
     HEAD_FILE,
     METADATA_FILE,
@@ -433,7 +433,7 @@ def test_a_gguf_name_without_its_wheel_says_how_to_install_it(monkeypatch, tmp_p
 def test_evaluate_records_the_generate_parse_rate_of_language_models_only(tiny_paths):
     import pandas as pd
 
-    from peftqa.evaluation import generation_metrics, predict_batched
+    from peftqa.evaluation.predictions import generation_metrics, predict_batched
     frame = pd.DataFrame([{**item, "pmid": str(i)} for i, item in enumerate(ITEMS)])
     lm = load(tiny_paths, "gpt2", "base")
     preds = predict_batched(lm, frame, 4, "verbalizer", False)[0]

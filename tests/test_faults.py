@@ -2,7 +2,7 @@
 
 An adapter's weights, the encoder's head and a features file are refused by the stage that reads them, in one
 paragraph naming the file and how to get it back, with nothing else overwritten; a corrupted checkpoint makes the
-training start afresh, saying so. Each has a control: with peftqa's checks bypassed (`common.reading` and the sha256
+training start afresh, saying so. Each has a control: with peftqa's checks bypassed (`errors.reading` and the sha256
 check of peftqa.json made no-ops), the library's own exception reaches the user, or, for a byte flipped inside the
 weights, which no library checks, the damaged adapter is used without a word.
 """
@@ -24,8 +24,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from peftqa import common, features
-from peftqa.common import PeftqaError
+from peftqa import errors, files, stops
+from peftqa.data import features
+from peftqa.errors import PeftqaError
 from peftqa.families import encoder as encoder_family
 from peftqa.families import load as families_load
 from peftqa.training import checkpoint
@@ -139,9 +140,9 @@ def test_a_checkpoint_s_flipped_data_byte_loads_silently_without_its_sha256():
 def test_only_a_corrupt_file_s_errors_are_rewritten():
     """A read that fails for another reason (a missing file, a permission, a bug) keeps its own error."""
     for other in (FileNotFoundError("x"), PermissionError(13, "denied"), KeyError("features"), ValueError("shape")):
-        assert not common.unreadable(other), other
+        assert not errors.unreadable(other), other
         with pytest.raises(type(other)):
-            with common.reading("x.npz", "fix"):
+            with errors.reading("x.npz", "fix"):
                 raise other
 
 
@@ -194,7 +195,7 @@ def writers(tiny_model_paths) -> dict[str, Callable[[Path, int], None]]:
     adapter folder (a real peft LoRA's save_pretrained, the encoder's head and peftqa.json, into a temporary folder)."""
     import matplotlib.pyplot as plt
 
-    from peftqa.figures import save_figure
+    from peftqa.report.palette import save_figure
 
     def figure(path: Path, version: int) -> None:
         fig, ax = plt.subplots(figsize=(8, 8))
@@ -204,15 +205,15 @@ def writers(tiny_model_paths) -> dict[str, Callable[[Path, int], None]]:
 
     backbone = tiny_lora(tiny_model_paths)
     return {
-        "summary.json": lambda path, version: common.write_json_atomic(path, {"v": version, "pad": "x" * 200_000}),
-        "history.csv": lambda path, version: common.write_csv_atomic(path, pd.DataFrame({"v": [version] * 40_000})),
+        "summary.json": lambda path, version: files.write_json_atomic(path, {"v": version, "pad": "x" * 200_000}),
+        "history.csv": lambda path, version: files.write_csv_atomic(path, pd.DataFrame({"v": [version] * 40_000})),
         "figure.png": figure,
         "checkpoint.pt": lambda path, version: checkpoint.save_checkpoint(path, {"v": version,
                                                                                 "w": torch.full((60_000,), version)}),
-        "adapter": lambda path, version: common.replace_dir_atomic(backbone.save, path),
+        "adapter": lambda path, version: files.replace_dir_atomic(backbone.save, path),
         # a folder whose first refused write is one of its files' own atomic writes (embed's, the pilot's)
-        "features": lambda path, version: common.replace_dir_atomic(
-            lambda tmp: common.write_json_atomic(tmp / "features.json", {"v": version, "pad": "x" * 100_000}), path),
+        "features": lambda path, version: files.replace_dir_atomic(
+            lambda tmp: files.write_json_atomic(tmp / "features.json", {"v": version, "pad": "x" * 100_000}), path),
     }
 
 
@@ -247,7 +248,7 @@ def test_a_file_written_in_place_on_a_full_disk_is_lost(small_disk):
     """The control: without atomic_path (the write straight onto the path, as peft's save_pretrained and torch.save
     do), the disk's refusal leaves a truncated file where the previous one was."""
     path = small_disk / "summary.json"
-    common.write_json_atomic(path, {"v": 1})
+    files.write_json_atomic(path, {"v": 1})
     before = path.read_bytes()
     fill(small_disk)
     with pytest.raises(OSError):
@@ -289,7 +290,7 @@ def test_a_running_run_whose_process_is_gone_is_marked_killed_and_a_live_one_is_
     KILLED with the tag that says so; the run of a live process (this one), one from another pid namespace (a
     container's) and one from another host are left RUNNING. The control: with the liveness check bypassed, the live
     process's run is marked too."""
-    from peftqa import tracking
+    from peftqa.mlops import tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     client, experiment_id = tracking.connect("tests")
@@ -332,40 +333,40 @@ def test_only_the_faults_are_taken_for_faults(tmp_path):
     answer from a live server is no lost server, an error is no interrupt, and run_cli lets any other error through."""
     from mlflow.exceptions import MlflowException
 
-    from peftqa import tracking
+    from peftqa.mlops import tracking
 
-    assert common.disk_full(OSError(28, "No space left on device")) and not common.disk_full(PermissionError(13, "x"))
-    assert common.disk_full(MlflowException("(sqlite3.OperationalError) database or disk is full"))
+    assert errors.disk_full(OSError(28, "No space left on device")) and not errors.disk_full(PermissionError(13, "x"))
+    assert errors.disk_full(MlflowException("(sqlite3.OperationalError) database or disk is full"))
     lost = MlflowException("API request to http://127.0.0.1:1/api/2.0/mlflow/runs/get failed with exception "
                            "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url")
     assert tracking.server_lost(lost) and not tracking.server_lost(MlflowException("Run 'x' not found"))
-    assert tracking.end_status(KeyboardInterrupt()) == tracking.end_status(common.Interrupted(15)) == "KILLED"
+    assert tracking.end_status(KeyboardInterrupt()) == tracking.end_status(stops.Interrupted(15)) == "KILLED"
     assert tracking.end_status(ValueError()) == "FAILED"
 
     def main(args):
         raise PermissionError(13, "Permission denied", str(tmp_path / "x"))
 
     with pytest.raises(PermissionError):
-        common.run_cli(main, [])
+        stops.run_cli(main, [])
 
 
 def test_a_stop_signal_waits_for_a_shielded_store_write_and_is_raised_after_it(monkeypatch):
-    """SIGTERM inside common.shielded() (every MLflow write) is held until the block ends, so a sqlite transaction is
+    """SIGTERM inside stops.shielded() (every MLflow write) is held until the block ends, so a sqlite transaction is
     never cut (a cut one kept this process's own lock on the store, and the run could not be ended KILLED: seen once in
     a fresh clone's run). The control: outside the block, the same signal is raised at once."""
     import os
     import signal
 
-    previous = common._handle_stops()
+    previous = stops.handle_stops()
     try:
         reached = []
-        with pytest.raises(common.Interrupted) as stopped:
-            with common.shielded():
+        with pytest.raises(stops.Interrupted) as stopped:
+            with stops.shielded():
                 os.kill(os.getpid(), signal.SIGTERM)
                 reached.append("the write went on to its end")
         assert reached and stopped.value.signum == signal.SIGTERM
-        common._handle_stops()  # the handler is one-shot: put it back for the control
-        with pytest.raises(common.Interrupted):
+        stops.handle_stops()  # the handler is one-shot: put it back for the control
+        with pytest.raises(stops.Interrupted):
             os.kill(os.getpid(), signal.SIGTERM)
             reached.append("not reached")
         assert reached == ["the write went on to its end"]

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from peftqa.common import PeftqaError
+from peftqa.errors import PeftqaError
 from stages import fetch
 
 UNREACHABLE = "http://127.0.0.1:9/{}"  # the discard port: connection refused at once, no network needed

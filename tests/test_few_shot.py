@@ -1,4 +1,5 @@
-"""The few_shot reference row (peftqa/few_shot.py, stages/few_shot.py, the references stage's few_shot row): the
+"""The few_shot reference row (peftqa/evaluation/few_shot.py, stages/few_shot.py, the references stage's few_shot row):
+the
 examples are one per label, drawn with a seed; they go whole into the prompt, as earlier chat turns under a chat
 template, and only the item's own context is ever cut; the stage chooses its draw on val and scores test with it
 alone; the references stage takes its predictions in the split's order and refuses stale ones."""
@@ -14,9 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from peftqa.common import PeftqaError
-from peftqa.few_shot import chosen_draw, draw_examples, examples_of, few_shot_undefined
-from peftqa.references import predict_few_shot
+from peftqa.errors import PeftqaError
+from peftqa.evaluation.few_shot import chosen_draw, draw_examples, examples_of, few_shot_undefined
+from peftqa.evaluation.references import predict_few_shot
 
 from test_families import CHATML, chat_model, load, load_chat, tiny_paths  # noqa: F401  (fixtures)
 from tiny_models import ITEMS

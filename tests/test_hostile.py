@@ -34,9 +34,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_prepare import SOURCE, good_data, processed, record, stage_dir  # noqa: F401 (stage_dir: a fixture)
 
-from peftqa import dataset, tracking
-from peftqa.common import PeftqaError
+from peftqa.data import dataset
+from peftqa.errors import PeftqaError
 from peftqa.families import load_backbone
+from peftqa.mlops import tracking
 from peftqa.params import ModelParams, PeftParams
 from peftqa.training import run as training_run
 from stages import evaluate as evaluate_stage
@@ -216,7 +217,7 @@ def test_debug_shows_the_traceback(tmp_path, cli, write_params, stage):
     result = cli([f"stages.{stage}", *args, "--debug"], env)
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("peftqa.common.PeftqaError: ")
+    assert result.stderr.strip().splitlines()[-1].startswith("peftqa.errors.PeftqaError: ")
 
 
 @pytest.mark.parametrize("overrides, needles", [

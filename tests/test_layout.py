@@ -4,7 +4,9 @@
 - no file over 400 lines, no function over 60;
 - no duplicated code (a run of 6 or more normalised lines that stands twice);
 - stages/ holds exactly dvc.yaml's stages, each stage running the module named like it;
-- `import peftqa` stays light: it does not import torch.
+- `import peftqa` stays light: it does not import torch;
+- the top level shows the architecture: at most MAX_TOP_LEVEL modules beside the subpackages, no two modules under
+  peftqa/ share a file name, and docs/contributing.md's layout names every subpackage with its one-line concern.
 Each checker is a function of a root folder, and each test has a negative control that runs the checker on a small
 synthetic tree in tmp_path and sees it fail, so a checker that cannot fail does not pass silently.
 """
@@ -25,6 +27,7 @@ CHECKED = ("peftqa", "stages")  # the folders the rules hold for
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60  # a def's lines, from its `def` line (decorators excluded) to its last line
 MIN_DUPLICATE_LINES = 6  # as the `duplicates` command's default
+MAX_TOP_LEVEL = 8  # modules directly in peftqa/ (its __init__.py and __main__.py counted)
 HEAVY_MODULES = ("torch",)  # what `import peftqa` must not import: seconds to load, and the package face is cheap
 LONE_PUNCTUATION = re.compile(r"[\s()\[\]{}:,;.]*")  # `)`, `],`, `}):` ... : a line that says nothing by itself
 DUPLICATES_ROW = re.compile(r"^D\d+ (\S+):(\d+)-(\d+) ~ (\S+):(\d+)-(\d+)")  # `D1 a.py:10-24 ~ b.py:40-54 shape`
@@ -324,6 +327,47 @@ def test_the_light_import_check_sees_a_heavy_face(tmp_path):
     write_tree(tmp_path, {"face/__init__.py": "from face import inner\n", "face/inner.py": "import heavy\n",
                           "heavy.py": ""})
     assert heavy_imports("face", tmp_path, heavy=("heavy", "torch")) == ["heavy"]
+
+
+# -----------------------------------------------------------------------------
+# g. the top level shows the architecture
+
+
+def layout_problems(root: Path, guide: str = "docs/contributing.md") -> list[str]:
+    """Too many modules at peftqa/'s top level, two modules of one file name (package faces and __main__.py aside),
+    and subpackages that the guide's layout block does not list as `  <name>/  <its concern>`."""
+    package = root / "peftqa"
+    found = []
+    top = sorted(path.name for path in package.glob("*.py"))
+    if len(top) > MAX_TOP_LEVEL:
+        found.append(f"peftqa/ holds {len(top)} modules at its top level (at most {MAX_TOP_LEVEL}): {', '.join(top)}")
+    by_name = defaultdict(list)
+    for path in sorted(package.rglob("*.py")):
+        if path.name not in ("__init__.py", "__main__.py"):
+            by_name[path.name].append(relative(path, root))
+    found += [f"{name}: {' and '.join(paths)} share a file name" for name, paths in by_name.items() if len(paths) > 1]
+    text = (root / guide).read_text(encoding="utf-8") if (root / guide).is_file() else ""
+    for folder in sorted(path.parent for path in package.glob("*/__init__.py")):
+        if not re.search(rf"^  {folder.name}/ +\S", text, re.M):
+            found.append(f"peftqa/{folder.name}/: {guide}'s layout does not state its concern")
+    return found
+
+
+def test_the_top_level_shows_the_architecture():
+    found = layout_problems(ROOT)
+    assert not found, "\n".join(found)
+
+
+def test_the_layout_check_sees_a_crowded_top_a_shared_name_and_an_unlisted_package(tmp_path):
+    files = {f"peftqa/m{i}.py": "" for i in range(MAX_TOP_LEVEL + 1)}
+    files.update({"peftqa/a/__init__.py": "", "peftqa/a/io.py": "", "peftqa/b/__init__.py": "", "peftqa/b/io.py": "",
+                  "docs/contributing.md": "```\n  a/      what a does\n```\n"})
+    write_tree(tmp_path, files)
+    assert layout_problems(tmp_path) == [
+        f"peftqa/ holds {MAX_TOP_LEVEL + 1} modules at its top level (at most {MAX_TOP_LEVEL}): "
+        + ", ".join(sorted(f"m{i}.py" for i in range(MAX_TOP_LEVEL + 1))),
+        "io.py: peftqa/a/io.py and peftqa/b/io.py share a file name",
+        "peftqa/b/: docs/contributing.md's layout does not state its concern"]
 
 
 def write_tree(root: Path, files: dict[str, str]) -> None:

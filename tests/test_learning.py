@@ -34,9 +34,9 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from peftqa.common import PeftqaError
+from peftqa.data.features import embed_frame
+from peftqa.errors import PeftqaError
 from peftqa.families import Backbone, load_backbone
-from peftqa.features import embed_frame
 from peftqa.methods import (
     AdaptionPromptParams,
     BaseMethodParams,
@@ -53,9 +53,9 @@ from peftqa.methods import (
     VeraParams,
 )
 from peftqa.params import ModelParams, PeftParams, TrainParams
-from peftqa.probe import load_into_head, solve_probe
 from peftqa.training.distributed import make_accelerator
 from peftqa.training.loop import fit, set_seed, validate
+from peftqa.training.probe import load_into_head, solve_probe
 
 from tiny_models import build_word_tokenizer
 

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from peftqa import methods
-from peftqa.common import ParamsError
+from peftqa.errors import ParamsError
 from peftqa.methods import LoraParams, build_lora
 from peftqa.params import load_params
 from stages import evaluate as evaluate_stage

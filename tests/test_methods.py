@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from peftqa.common import PeftqaError
+from peftqa.errors import PeftqaError
 from peftqa.families import BACKBONES
 from peftqa.methods import bitfit, bottleneck
 from peftqa.methods.bottleneck import BottleneckParams

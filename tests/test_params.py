@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from peftqa.common import ParamsError
+from peftqa.errors import ParamsError
 from peftqa.params import Params, PeftParams, load_params, parse_params
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -171,7 +171,7 @@ def test_params_yaml_holds_the_val_chosen_row_of_every_committed_sweep_table():
     import yaml
 
     from peftqa.cli.sweep import GRID_FILE, load_grid, lookup_dotted
-    from peftqa.common import project_root
+    from peftqa.files import project_root
 
     root = project_root()
     grid = load_grid(root / GRID_FILE)

@@ -1,4 +1,4 @@
-"""The recipe pilot's grid and table (peftqa/pilot.py, `peftqa pilot`): the committed grid parses into one DVC
+"""The recipe pilot's grid and table (peftqa/studies/pilot.py, `peftqa pilot`): the committed grid parses into one DVC
 experiment per rate index, bad grids are refused by name, and the table marks each method's val-chosen rate and
 flags a training that kept its start."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from peftqa.cli.pilot import GRID_FILE, context_runs, experiment_command, lr_runs, variant_runs
-from peftqa.common import PeftqaError
-from peftqa.pilot import (
+from peftqa.cli.pilot_run import GRID_FILE, context_runs, experiment_command, lr_runs, variant_runs
+from peftqa.errors import PeftqaError
+from peftqa.studies.pilot import (
     context_folder,
     format_table,
     full_run_settings,
@@ -168,7 +168,7 @@ def test_the_study_must_hold_the_pilots_choices(tmp_path):
     name (the negative control), one that holds them all passes."""
     from types import SimpleNamespace
 
-    from peftqa.official import require_pilot_choices
+    from peftqa.studies.official import require_pilot_choices
 
     pilot = tmp_path / "reports" / "pilot"
     pilot.mkdir(parents=True)

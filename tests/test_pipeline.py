@@ -31,8 +31,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from peftqa import environment, serving, tracking
 from peftqa.cli import register as registry
+from peftqa.mlops import environment, serving, tracking
 from peftqa.report.figures import FIGURE_CAPTIONS
 
 from mlflow_server import CHROMIUM, api, chromium, mlflow_server
@@ -269,7 +269,7 @@ def test_the_champion_loads_and_predicts_in_a_fresh_virtualenv_from_its_own_requ
     the cache `make install` filled, constrained to the lock (so nothing newer is fetched)."""
     import mlflow.pyfunc
 
-    from peftqa.evaluation import predict_frame
+    from peftqa.evaluation.predictions import predict_frame
     from peftqa.families import load_backbone
     from peftqa.params import load_params
 

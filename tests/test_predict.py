@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from peftqa.cli import predict
-from peftqa.common import PeftqaError
+from peftqa.errors import PeftqaError
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

@@ -14,8 +14,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from peftqa.common import PeftqaError
-from peftqa.dataset import (
+from peftqa.data.dataset import (
     Item,
     check_stratifiable,
     clean_items,
@@ -26,6 +25,7 @@ from peftqa.dataset import (
     validate_ground_truth,
     validate_records,
 )
+from peftqa.errors import PeftqaError
 from peftqa.params import PrepareParams
 from stages import prepare
 

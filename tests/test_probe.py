@@ -20,11 +20,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from transformers import AutoModel, AutoTokenizer
 
-from peftqa import features as features_module
+from peftqa.data import features as features_module
 from peftqa.params import _Loader
-from peftqa.probe import head_terms, solve_probe
 from peftqa.training import loop
 from peftqa.training import run as training_run
+from peftqa.training.probe import head_terms, solve_probe
 from stages import embed as embed_stage
 from stages import evaluate as evaluate_stage
 from stages import train as train_stage
@@ -137,7 +137,7 @@ def test_embed_caches_features_that_the_probe_reuses(probe_dir, tiny_model_paths
     assert list(pmids) == list(pd.read_csv(probe_dir / "data/processed/val.csv", dtype={"pmid": str})["pmid"])
     np.testing.assert_allclose(features, independent_features(str(tiny_model_paths["encoder"]), pd.read_csv(
         probe_dir / "data/processed/val.csv")), atol=1e-5)
-    with caplog.at_level("INFO", logger="peftqa.features"):
+    with caplog.at_level("INFO", logger="peftqa.data.features"):
         train_stage.main(["base"])
     assert "embedding them now" not in caplog.text  # read from the cache
 

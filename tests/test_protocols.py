@@ -14,9 +14,10 @@ import pytest
 import yaml
 from test_train import mlflow_client
 
-from peftqa import dataset, protocols
-from peftqa.cli import frontier as frontier_cli
-from peftqa.common import PeftqaError
+from peftqa.cli import frontier_run as frontier_cli
+from peftqa.data import dataset
+from peftqa.errors import PeftqaError
+from peftqa.evaluation import protocols
 from peftqa.params import load_params
 from stages import protocols as protocols_stage
 
@@ -198,8 +199,8 @@ def test_protocols_stage_runs_seeds_and_folds_end_to_end(stage_dir):  # noqa: F8
 
 def test_the_frontier_adjusts_its_p_values_over_its_own_methods_only(tmp_path, write_params):
     """Holm over the methods against the baseline, not over every pair cv_stats.csv holds (there: lora vs dora too)."""
-    from peftqa.frontier import Frontier, frontier_table
-    from peftqa.stats import holm_adjust
+    from peftqa.evaluation.stats import holm_adjust
+    from peftqa.studies.frontier import Frontier, frontier_table
 
     def rows(method, reference, p):
         return [{"method": method, "reference": reference, "test": "mcnemar_exact", "metric": "accuracy", "n": 4,

@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peftqa.common import ParamsError, PeftqaError
-from peftqa.metrics import classification_metrics
-from peftqa.params import ReferencesParams, parse_params
-from peftqa.references import (
+from peftqa.errors import ParamsError, PeftqaError
+from peftqa.evaluation.metrics import classification_metrics
+from peftqa.evaluation.references import (
     PRED_COLUMNS,
     TfidfSetting,
     base_calibrated_undefined,
@@ -32,6 +31,7 @@ from peftqa.references import (
     score_predictions,
     tfidf_grid,
 )
+from peftqa.params import ReferencesParams, parse_params
 from stages import references
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -266,7 +266,9 @@ def test_stale_base_predictions_name_the_file(edit, message):
 
 @pytest.mark.parametrize("name", ["majority", "tfidf_lr", "base_calibrated"])
 def test_predictions_have_evaluates_columns(name):
-    from peftqa.evaluation import predictions_frame as evaluate_predictions_frame  # imports torch: only here
+    from peftqa.evaluation.predictions import (
+        predictions_frame as evaluate_predictions_frame,  # imports torch: only here
+    )
 
     splits = make_splits()
     base = {split: base_preds(splits[split], np.linspace(0.1, 0.9, len(splits[split]))) for split in ("val", "test")}

@@ -1,4 +1,5 @@
-"""The model registry and what a served model is (peftqa/cli/register.py, peftqa/serving.py): which run is registered,
+"""The model registry and what a served model is (peftqa/cli/register.py, peftqa/mlops/serving.py): which run is
+registered,
 the logged model of the training run as the registered version's source, the alias champion, a run's status left
 alone by log_model, what a served model's requirements are, the rows it refuses, and the champion served over REST by
 `mlflow models serve`. The registered model loaded and scored in a fresh virtualenv is in tests/test_pipeline.py, on
@@ -18,9 +19,9 @@ from types import SimpleNamespace as Fake
 import pandas as pd
 import pytest
 
-from peftqa import serving
 from peftqa.cli import register as registry
 from peftqa.cli.register import pick_best_runs
+from peftqa.mlops import serving
 
 from mlflow_server import free_port, stop
 
@@ -202,7 +203,7 @@ def test_log_model_logs_into_a_running_run_and_leaves_it_running(tmp_path, monke
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path / "dl")))
     assert (local / "artifacts/adapter/adapter_config.json").is_file()
     assert (local / "artifacts/resolved_config.json").is_file()
-    assert (local / "code/peftqa/serving.py").is_file() and not list(local.rglob("__pycache__"))
+    assert (local / "code/peftqa/mlops/serving.py").is_file() and not list(local.rglob("__pycache__"))
     assert (local / "requirements.txt").read_text().split() == serving.requirements()
     meta = mlflow.models.Model.load(str(local))
     assert meta.signature == serving.SIGNATURE and meta.run_id == run_id and meta.model_id == model_id

@@ -25,7 +25,7 @@ WRITER = """
 import sys
 import pandas as pd
 import hold
-from peftqa.common import write_csv_atomic
+from peftqa.files import write_csv_atomic
 
 real_to_csv = pd.DataFrame.to_csv
 

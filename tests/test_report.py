@@ -1,6 +1,7 @@
 """Stage report on a tiny, consistent set of upstream files: figures exist, tables equal their sources, prose is honest.
 
-The inputs are written in the formats the upstream stages write, with metrics computed by peftqa.metrics so they
+The inputs are written in the formats the upstream stages write, with metrics computed by peftqa.evaluation.metrics so
+they
 agree with the preds; the stats CSV is written by hand (the stats stage is not imported).
 """
 from __future__ import annotations
@@ -17,15 +18,20 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from peftqa import protocols
-from peftqa.common import PeftqaError
-from peftqa.metrics import abstention_curve, classification_metrics, confusion_frame, latency_summary
+from peftqa.errors import PeftqaError
+from peftqa.evaluation import protocols
+from peftqa.evaluation.metrics import (
+    abstention_curve,
+    classification_metrics,
+    confusion_frame,
+    latency_summary,
+)
+from peftqa.evaluation.stats import bootstrap_interval, mcnemar_detectable_difference
 from peftqa.report import abstention as report_abstention
 from peftqa.report import figures as report_figures
 from peftqa.report import findings as report_findings
 from peftqa.report import sections as report_sections
 from peftqa.report import tables as report_tables
-from peftqa.stats import bootstrap_interval, mcnemar_detectable_difference
 from stages import report
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peftqa.common import PeftqaError
+from peftqa.errors import PeftqaError
 from peftqa.families import GGUF_MODELS, CausalBackbone, load_backbone, resolve_model
 from peftqa.params import load_params
 

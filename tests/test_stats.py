@@ -15,10 +15,9 @@ from hypothesis import strategies as st
 from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-from peftqa.common import PeftqaError
-from peftqa.metrics import classification_metrics
-from peftqa.params import StatsParams, load_params
-from peftqa.stats import (
+from peftqa.errors import PeftqaError
+from peftqa.evaluation.metrics import classification_metrics
+from peftqa.evaluation.stats import (
     STATS_COLUMNS,
     bootstrap_p_value,
     compare_methods,
@@ -33,6 +32,7 @@ from peftqa.stats import (
     resample_metrics,
     resample_weights,
 )
+from peftqa.params import StatsParams, load_params
 from stages.stats import main, preds_path
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"

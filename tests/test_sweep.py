@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from peftqa.cli.sweep import GRID_FILE, load_grid, queue_commands
-from peftqa.common import PeftqaError, project_root
+from peftqa.errors import PeftqaError
+from peftqa.files import project_root
 
 PARAMS = {"peft": {"lora": {"lr": 5e-4, "r": 8}, "prefix_tuning": {"lr": 1e-2, "prefix_projection": False}}}
 

@@ -18,8 +18,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from peftqa import compute, tracking
-from peftqa.common import PeftqaError
+from peftqa import compute
+from peftqa.errors import PeftqaError
+from peftqa.mlops import tracking
 from peftqa.training import loop
 from peftqa.training import run as training_run
 from peftqa.training.checkpoint import read_checkpoint

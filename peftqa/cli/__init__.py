@@ -14,22 +14,23 @@ import importlib
 import sys
 from pathlib import Path
 
-SUBCOMMANDS = {  # subcommand: the module of this package whose main(args) it runs
+SUBCOMMANDS = {  # subcommand: the module of this package whose main(args) it runs (named apart from the
+    # library module it drives where they would share a file name: cli/pilot_run.py runs peftqa/studies/pilot.py)
     "predict": "predict",
     "register": "register",
     "bench": "bench",
     "bench-reference": "bench_reference",
     "bench-cpu": "bench_cpu",
     "sweep": "sweep",
-    "ablation": "ablation",
+    "ablation": "ablation_table",
     "clean": "clean",
-    "probe": "probe",
-    "pilot": "pilot",
-    "frontier": "frontier",
-    "docs": "docs",
+    "probe": "probe_truncation",
+    "pilot": "pilot_run",
+    "frontier": "frontier_run",
+    "docs": "docs_render",
 }
-# called directly, not through peftqa.common.run_cli: it raises no PeftqaError, and needs only torch, transformers
-# and peft (run_cli's module imports pandas)
+# called directly, not through peftqa.stops.run_cli: it raises no PeftqaError, and needs only torch, transformers
+# and peft
 STANDALONE = {"bench-reference"}
 USAGE = "usage: peftqa <subcommand> [args] [--debug]"
 
@@ -52,7 +53,7 @@ def run_subcommand(name: str, args: list[str]) -> None:
     if name in STANDALONE:
         module.main(args)
         return
-    from peftqa.common import run_cli
+    from peftqa.stops import run_cli
 
     run_cli(module.main, args)
 

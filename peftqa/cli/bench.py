@@ -6,7 +6,7 @@ Prints a markdown table of examples per second and per-example latency for:
   - seq2seq/causal only: the reference's per-example greedy generate loop (max_new_tokens=2), as a ratio
     measured in the same run on the same items.
 For the causal family each measurement runs twice in the same process: "before", the code as it was before the LM
-head ran only where it is read and greedy decoding kept a key/value cache (peftqa/causal_before.py), and
+head ran only where it is read and greedy decoding kept a key/value cache (peftqa/studies/causal_before.py), and
 today's, with the speed-up between them.
 Usage: peftqa bench [--items N] [--train-batches K] [--set KEY=VALUE ...] [--json PATH]   (reads
        data/processed/test.csv and train.csv; --set overrides a params.yaml key for this bench only, as
@@ -27,14 +27,15 @@ import pandas as pd
 import torch
 
 from peftqa import methods
-from peftqa.bench_tables import format_bench_table
-from peftqa.causal_before import computed_as_before
 from peftqa.cli.bench_reference import describe_environment
-from peftqa.common import PeftqaError, write_json_atomic
+from peftqa.errors import PeftqaError
+from peftqa.evaluation.scoring import autocast, iterate_batches, score_frame, use_bf16
 from peftqa.families import Backbone, load_backbone
 from peftqa.families.causal import CausalBackbone
+from peftqa.files import write_json_atomic
 from peftqa.params import Params, load_params
-from peftqa.scoring import autocast, iterate_batches, score_frame, use_bf16
+from peftqa.studies.bench_tables import format_bench_table
+from peftqa.studies.causal_before import computed_as_before
 from peftqa.training.loop import set_seed
 
 DATA_DIR = Path("data/processed")

@@ -33,15 +33,22 @@ import pandas as pd
 import torch
 
 from peftqa import compute
-from peftqa.bench_peer import PEER_MAX_LENGTH, peer
-from peftqa.bench_profile import profile_report
 from peftqa.cli.bench import step_seconds
 from peftqa.cli.bench_reference import describe_environment
-from peftqa.common import PeftqaError, write_json_atomic, write_text_atomic
+from peftqa.errors import PeftqaError
+from peftqa.evaluation.metrics import classification_metrics
+from peftqa.evaluation.scoring import (
+    autocast,
+    iterate_batches,
+    labels_from_log_probs,
+    length_order,
+    score_frame,
+)
 from peftqa.families import Backbone, load_backbone
-from peftqa.metrics import classification_metrics
+from peftqa.files import write_json_atomic, write_text_atomic
 from peftqa.params import Params, load_params
-from peftqa.scoring import autocast, iterate_batches, labels_from_log_probs, length_order, score_frame
+from peftqa.studies.bench_peer import PEER_MAX_LENGTH, peer
+from peftqa.studies.bench_profile import profile_report
 from peftqa.training.checkpoint import EpochPosition
 from peftqa.training.distributed import TrainingLoss, make_accelerator
 from peftqa.training.loop import class_weights, length_grouped, make_optimizer, set_seed, train_one_epoch

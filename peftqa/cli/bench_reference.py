@@ -33,7 +33,7 @@ from peft import PeftConfig, PeftModel, PrefixTuningConfig, PromptTuningConfig, 
 from transformers import T5Config, T5ForConditionalGeneration
 
 from peftqa import compute
-from peftqa.bench_tables import format_reference_table
+from peftqa.studies.bench_tables import format_reference_table
 
 # -----------------------------------------------------------------------------
 # the reference setup
@@ -309,7 +309,7 @@ def main(argv: list[str]) -> dict:
               "warmup_steps": args.warmup, "peak_flops": peak_flops,
               "command": " ".join(["peftqa bench-reference", *argv]),
               "methods": rows}
-    if args.json:  # renamed into place whole; not peftqa.common's writer, which imports pandas
+    if args.json:  # renamed into place whole; not peftqa.files' writer, which imports pandas
         args.json.parent.mkdir(parents=True, exist_ok=True)
         partial = args.json.with_name(f".{args.json.name}.tmp")
         partial.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from peftqa.common import PeftqaError
+from peftqa.errors import PeftqaError
 
 
 def declared_outputs(root: str | Path = ".") -> list[Path]:

@@ -20,11 +20,12 @@ from typing import Iterable, TextIO
 
 import pandas as pd
 
-from peftqa.common import TEXT_FIELDS, PeftqaError, text_field_problem
-from peftqa.evaluation import predict_frame
+from peftqa.data.items import TEXT_FIELDS, text_field_problem
+from peftqa.errors import PeftqaError
+from peftqa.evaluation.predictions import predict_frame
+from peftqa.evaluation.scoring import use_bf16
 from peftqa.families import load_backbone
 from peftqa.params import METHODS, load_params
-from peftqa.scoring import use_bf16
 
 INPUT_FIELDS = TEXT_FIELDS  # required in every input line; "pmid" is optional
 
@@ -78,7 +79,8 @@ def output_records(predictions: pd.DataFrame) -> list[dict[str, object]]:
 
 
 # -----------------------------------------------------------------------------
-# the command: evaluate's own scoring (peftqa.evaluation.predict_frame), so predict and evaluate cannot drift apart
+# the command: evaluate's own scoring (peftqa.evaluation.predictions.predict_frame), so predict and evaluate cannot
+# drift apart
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

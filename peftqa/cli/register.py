@@ -2,7 +2,7 @@
 
 Inputs:  the MLflow store (tracking.tracking_uri()); its finished train@<method> runs of the main protocol (runs of
          the seeds and cv protocols, tagged `protocol`, are never registered), each with its logged model (an MLflow 3
-         LoggedModel, made by peftqa.serving.log_model when train ran) or at least the artifacts adapter/ and
+         LoggedModel, made by peftqa.mlops.serving.log_model when train ran) or at least the artifacts adapter/ and
          resolved_config.json; params: methods, mlflow.experiment.
 Outputs: per method, a new version of registered model "peftqa-<method>" whose source is the winning run's logged
          model (models:/<model_id>), and the alias `champion` moved to it. The winner is the run with the best val
@@ -25,10 +25,10 @@ from typing import Sequence
 from mlflow.entities import LoggedModelStatus, Run
 from mlflow.exceptions import MlflowException
 
-from peftqa import serving, tracking
-from peftqa.common import PeftqaError
+from peftqa.errors import PeftqaError
+from peftqa.mlops import serving, tracking
+from peftqa.mlops.serving import SIGNATURE, PeftqaModel, model_params_from_config  # noqa: F401  (pyfunc_model/ pickles
 from peftqa.params import METHODS, load_params
-from peftqa.serving import SIGNATURE, PeftqaModel, model_params_from_config  # noqa: F401  (pyfunc_model/ pickles
 
 # of older registrations name peftqa.cli.register.PeftqaModel)
 
@@ -62,7 +62,7 @@ def pick_best_runs(runs: Sequence[Run], methods: Sequence[str]) -> dict[str, Run
 
 
 def logged_model_id(client, run: Run) -> str | None:
-    """The newest READY model that peftqa.serving.log_model logged into `run`, or None."""
+    """The newest READY model that peftqa.mlops.serving.log_model logged into `run`, or None."""
     models = client.search_logged_models(
         experiment_ids=[run.info.experiment_id],
         filter_string=f"source_run_id = '{run.info.run_id}'", max_results=100)  # (a status filter finds none here)

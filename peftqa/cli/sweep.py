@@ -20,8 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from peftqa.common import PeftqaError, log, project_root
-from peftqa.experiments import flatten_params
+from peftqa.errors import PeftqaError, log
+from peftqa.files import project_root
+from peftqa.studies.experiments import flatten_params
 
 GRID_FILE = Path("reports/ablation/grid.yaml")
 

@@ -12,7 +12,15 @@ from peftqa.families.encoder import EncoderBackbone
 from peftqa.families.seq2seq import Seq2SeqBackbone
 from peftqa.families.causal import CausalBackbone
 # isort: on
-from peftqa.families.base import BACKBONES, HEAD_FILE, METADATA_FILE, Backbone, Batch, detect_family, register_family
+from peftqa.families.backbone import (
+    BACKBONES,
+    HEAD_FILE,
+    METADATA_FILE,
+    Backbone,
+    Batch,
+    detect_family,
+    register_family,
+)
 from peftqa.families.language_model import LanguageModelBackbone, label_words
 from peftqa.families.load import backbone_class, load_backbone
 from peftqa.families.resolve import GGUF_MODELS, resolve_model, resolve_model_path

@@ -7,7 +7,7 @@ from peft import PeftType, TaskType
 from transformers import AutoModelForCausalLM, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from peftqa.families.base import (
+from peftqa.families.backbone import (
     IGNORE_INDEX,
     MAX_NEW_TOKENS,
     Batch,

@@ -16,8 +16,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, PretrainedConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from peftqa.common import PeftqaError, atomic_path, reading
-from peftqa.families.base import (
+from peftqa.errors import PeftqaError, reading
+from peftqa.families.backbone import (
     HEAD_FILE,
     Backbone,
     Batch,
@@ -27,6 +27,7 @@ from peftqa.families.base import (
     restore_fix,
 )
 from peftqa.families.tokens import kept_positions
+from peftqa.files import atomic_path
 from peftqa.params import ModelParams
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from peftqa.common import PeftqaError, log
-from peftqa.families.base import Backbone, Batch
+from peftqa.errors import PeftqaError, log
+from peftqa.families.backbone import Backbone, Batch
 from peftqa.families.tokens import answer_to_label, kept_positions, verbalizer_token_ids
 from peftqa.params import ModelParams
 

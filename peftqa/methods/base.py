@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peftqa.common import require
+from peftqa.errors import require
 from peftqa.methods.registry import Family, Method, ResolvedModel, register
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from peftqa.common import PeftqaError
+from peftqa.errors import PeftqaError
 from peftqa.methods.base import build_no_adapter
 from peftqa.methods.knobs import TrainedKnobs
 from peftqa.methods.registry import Family, Method, Native, register

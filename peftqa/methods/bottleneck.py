@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from peftqa.common import PeftqaError, require, write_json_atomic
+from peftqa.errors import PeftqaError, require
+from peftqa.files import write_json_atomic
 from peftqa.methods.base import build_no_adapter
 from peftqa.methods.knobs import TrainedKnobs
 from peftqa.methods.registry import Family, Method, Native, register

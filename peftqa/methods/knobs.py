@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from peftqa.common import require
+from peftqa.errors import require
 
 MAX_LR = 10.0  # the largest learning rate a method's section accepts
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from peftqa.common import PeftqaError, require
+from peftqa.errors import PeftqaError, require
 from peftqa.methods.knobs import TrainedKnobs
 from peftqa.methods.registry import Family, Method, ResolvedModel, matches_target, register
 

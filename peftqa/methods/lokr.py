@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from peftqa.common import require
+from peftqa.errors import require
 from peftqa.methods.loha import LohaParams, refuse_conv1d
 from peftqa.methods.registry import Family, Method, ResolvedModel, register
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from peftqa.common import require
+from peftqa.errors import require
 from peftqa.methods.knobs import TrainedKnobs
 from peftqa.methods.registry import Family, Method, ResolvedModel, register
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from peftqa.common import ParamsError, PeftqaError
+from peftqa.errors import ParamsError, PeftqaError
 
 if TYPE_CHECKING:
     import torch

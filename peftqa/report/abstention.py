@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from peftqa.metrics import abstention_curve, top_label_probability
+from peftqa.evaluation.metrics import abstention_curve, top_label_probability
 from peftqa.report.tables import markdown_table
 
 ABSTAIN_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9)  # --abstain-below P values tabulated; 0.5 answers all

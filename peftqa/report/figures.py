@@ -1,7 +1,8 @@
 """The report's figures: performance, latency, parameter footprint, training curves, efficiency, abstention, seeds.
 
 One helper per kind of drawing (grouped bars, per-epoch lines, labelled points), shared by the figures that use it;
-methods keep their colours (peftqa.figures.method_color) and reference rows are grey. build_figures maps each file
+methods keep their colours (peftqa.report.palette.method_color) and reference rows are grey. build_figures maps each
+file
 name under reports/figures/ to its figure; FIGURE_CAPTIONS gives the fixed ones their captions in the report.
 """
 from __future__ import annotations
@@ -21,10 +22,10 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from peftqa.figures import method_color, plot_confusion  # noqa: E402
+from peftqa.evaluation.stats import bootstrap_interval  # noqa: E402
 from peftqa.report.abstention import abstention_frame, majority_class_accuracy, split_scored_methods  # noqa: E402
+from peftqa.report.palette import method_color, plot_confusion  # noqa: E402
 from peftqa.report.tables import format_count, reference_label  # noqa: E402
-from peftqa.stats import bootstrap_interval  # noqa: E402
 
 if TYPE_CHECKING:
     from peftqa.params import StatsParams
@@ -120,7 +121,7 @@ def plot_performance(metrics: dict[str, dict], n_test: int, reference_metrics: d
 def performance_intervals(preds: Mapping[str, pd.DataFrame], labels: Sequence[str], stats_params: StatsParams
                           ) -> dict[str, dict[str, tuple[float, float]]]:
     """Each row's (method's or reference row's) percentile bootstrap interval on its test predictions, by name
-    (stats' resamples and seed). The report's bars and peftqa.study's tables both draw them here."""
+    (stats' resamples and seed). The report's bars and peftqa.studies.study's tables both draw them here."""
     return {name: bootstrap_interval(frame["gold"].astype(str).tolist(),
                                      [p if isinstance(p, str) else None for p in frame["pred"]], labels,
                                      stats_params.n_bootstrap, stats_params.seed, stats_params.confidence)

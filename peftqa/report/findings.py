@@ -14,12 +14,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from peftqa.common import PeftqaError
-from peftqa.metrics import UNMAPPED
+from peftqa.errors import PeftqaError
+from peftqa.evaluation.metrics import UNMAPPED
+from peftqa.evaluation.stats import mcnemar_detectable_difference
 from peftqa.params import BASE_CALIBRATED
 from peftqa.paths import STATS_CSV
 from peftqa.report.tables import comparison_name, format_p, p_clause, reference_label
-from peftqa.stats import mcnemar_detectable_difference
 
 COLLAPSE_SHARE = 0.95  # a method giving one label to more than this share of test items has collapsed to it
 DETECT_ALPHA = 0.05  # the smallest detectable difference: two-sided McNemar at this level...

@@ -11,8 +11,8 @@ from typing import Callable, Sequence, TypeVar
 
 import pandas as pd
 
-from peftqa.common import PeftqaError
-from peftqa.history import read_history
+from peftqa.errors import PeftqaError
+from peftqa.evaluation.stats import defined_references
 from peftqa.params import Params
 from peftqa.paths import (
     DATA_DIR,
@@ -24,7 +24,7 @@ from peftqa.paths import (
     STATS_CSV,
 )
 from peftqa.report.findings import stats_row
-from peftqa.stats import defined_references
+from peftqa.training.history import read_history
 
 REQUIRED_STATS = (("paired_bootstrap", "macro_f1"), ("mcnemar_exact", "accuracy"))  # per tuned method vs baseline
 T = TypeVar("T")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from peftqa import common
+from peftqa.errors import complaint, unreadable
+from peftqa.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getbuffer()
-    with common.atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(b"peftqa-checkpoint sha256=%s\n" % hashlib.sha256(payload).hexdigest().encode())
         f.write(payload)
 
@@ -71,10 +72,10 @@ def load_checkpoint(path: Path, config: dict) -> dict | None:
     try:
         state = read_checkpoint(path)
     except Exception as err:  # noqa: BLE001 - a corrupt checkpoint's, else re-raised
-        if not (isinstance(err, CorruptCheckpoint) or common.unreadable(err)):
+        if not (isinstance(err, CorruptCheckpoint) or unreadable(err)):
             raise
         log.warning("ignoring %s: it cannot be read, it is truncated or corrupted (%s); training starts afresh", path,
-                    common.complaint(err))
+                    complaint(err))
         return None
     if not same_run(state.get("config"), config):
         log.warning("ignoring %s: it was saved by a different config", path)

@@ -10,7 +10,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
-from peftqa.common import PeftqaError
+from peftqa.errors import PeftqaError
 from peftqa.families import Backbone, Batch
 from peftqa.training.checkpoint import load_checkpoint
 

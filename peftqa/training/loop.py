@@ -21,11 +21,10 @@ from accelerate.utils import broadcast_object_list, gather_object
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from peftqa import scoring
+from peftqa.evaluation import scoring
+from peftqa.evaluation.metrics import classification_metrics
 from peftqa.families import Backbone
-from peftqa.metrics import classification_metrics
 from peftqa.params import TrainParams
-from peftqa.probe import Probe
 from peftqa.training.checkpoint import (
     BestEpoch,
     EpochPosition,
@@ -36,6 +35,7 @@ from peftqa.training.checkpoint import (
     training_state,
 )
 from peftqa.training.distributed import TrainingLoss
+from peftqa.training.probe import Probe
 
 log = logging.getLogger(__name__)
 

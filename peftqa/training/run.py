@@ -1,6 +1,6 @@
 """One training, from params to saved adapter: load the backbone, start the encoder's head from the probe, fit,
 write the adapter, history.csv, train_summary.json and resolved_config.json, and log it all to one MLflow run
-(its life is peftqa.tracking.mlflow_run). Stage train@<method> calls train_method once; the protocols stage once
+(its life is peftqa.mlops.tracking.mlflow_run). Stage train@<method> calls train_method once; the protocols stage once
 per seed or fold.
 """
 from __future__ import annotations
@@ -16,18 +16,21 @@ import pandas as pd
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from peftqa import common, compute, environment, scoring, serving, tracking
-from peftqa.common import PeftqaError
+from peftqa import compute
+from peftqa.data.features import features_for
+from peftqa.errors import PeftqaError
+from peftqa.evaluation import scoring
 from peftqa.families import Backbone, load_backbone
-from peftqa.features import features_for
-from peftqa.history import history_columns
+from peftqa.files import folder_bytes, replace_dir_atomic, write_csv_atomic, write_json_atomic
+from peftqa.mlops import environment, serving, tracking
+from peftqa.mlops.tracking import log_metrics_row, log_outputs, mlflow_run
 from peftqa.params import Params, flatten
 from peftqa.paths import DATA_DIR
-from peftqa.probe import Probe, load_into_head, solve_probe
-from peftqa.tracking import log_metrics_row, log_outputs, mlflow_run
 from peftqa.training.checkpoint import resumed_seconds
 from peftqa.training.distributed import make_accelerator, rank_digests, shared_resume
+from peftqa.training.history import history_columns
 from peftqa.training.loop import fit, set_seed, validate_start
+from peftqa.training.probe import Probe, load_into_head, solve_probe
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +85,18 @@ def write_outputs(backbone: Backbone, out_dir: Path, config: dict, history: list
                   train_seconds: float, n_train: int, probe: Probe | None, run: dict[str, object]) -> dict[str, object]:
     """Save the adapter and its config, log it as an MLflow model, write history.csv and train_summary.json;
     returns the summary. `run` holds the MLflow ids and the per-rank digests."""
-    common.replace_dir_atomic(backbone.save, out_dir / "adapter")
-    common.write_json_atomic(out_dir / "resolved_config.json", config)
+    replace_dir_atomic(backbone.save, out_dir / "adapter")
+    write_json_atomic(out_dir / "resolved_config.json", config)
     model_id = serving.log_model(run["client"], run["mlflow_run_id"], out_dir / "adapter",
                                  out_dir / "resolved_config.json", name=backbone.method, step=best_epoch)
     history_frame = pd.DataFrame(history, columns=history_columns(backbone.labels))
-    common.write_csv_atomic(out_dir / "history.csv", history_frame)
+    write_csv_atomic(out_dir / "history.csv", history_frame)
     best = history_frame.loc[history_frame["epoch"] == best_epoch].iloc[0]
     epochs_run = int((history_frame["epoch"] > 0).sum())
     trainable, total = backbone.count_parameters()
     summary = {
         "method": backbone.method, "family": backbone.family, "model": backbone.model_name,
-        "trainable_params": trainable, "total_params": total, "adapter_bytes": common.folder_bytes(out_dir / "adapter"),
+        "trainable_params": trainable, "total_params": total, "adapter_bytes": folder_bytes(out_dir / "adapter"),
         "best_epoch": best_epoch, "best_val_macro_f1": float(best["val_macro_f1"]), "epochs_run": epochs_run,
         "train_seconds": round(train_seconds, 3),
         "examples_per_s": round(n_train * epochs_run / train_seconds, 3) if epochs_run else 0.0,
@@ -103,7 +106,7 @@ def write_outputs(backbone: Backbone, out_dir: Path, config: dict, history: list
     }
     if probe is not None:  # the head's starting point (base: its solution), C chosen on val
         summary["probe_c"], summary["probe_grid"] = probe.c, probe.grid
-    common.write_json_atomic(out_dir / "train_summary.json", summary)
+    write_json_atomic(out_dir / "train_summary.json", summary)
     return summary
 
 
