@@ -106,7 +106,8 @@ $(LMEVAL_VENV)/.installed: requirements/lm-eval.txt
 	touch $@
 
 # `make bench BENCH=smollm2`: SmolLM2-135M-Instruct at 256 tokens, batch 8, 16 test items, 3 timed steps per method;
-# the causal family's rows time the code before its speed-ups too, in the same run. BENCH_ARGS adds options.
+# beside each rate, the causal code's before its speed-ups, as committed from the run that timed both (--before).
+# BENCH_ARGS adds options.
 BENCH ?=
 BENCHES := smollm2
 ifneq ($(filter bench,$(MAKECMDGOALS)),)
@@ -115,7 +116,7 @@ $(error BENCH=$(BENCH) is not a bench: use one of $(BENCHES), or no BENCH for pa
 endif
 endif
 BENCH_smollm2 := --items 16 --train-batches 3 --set model.name_or_path=smollm2-135m-instruct \
-	--set model.max_length=256 --set train.batch_size=8
+	--set model.max_length=256 --set train.batch_size=8 --before reports/bench/smollm2-before.json
 # BENCH=smollm2 then runs `peftqa bench-cpu speed`: bf16 compute and length groups against fp32 at 256 and 512 tokens,
 # and the lm-evaluation-harness peer row (reports/bench/cpu-bf16.json; about 30 min on 2 cores)
 BENCH_AFTER_smollm2 := HF_HUB_OFFLINE=1 $(PEFTQA) bench-cpu speed

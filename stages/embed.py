@@ -18,9 +18,9 @@ import pandas as pd
 
 from peftqa.data.features import BATCH_SIZE, SPLITS, embed_frame, features_key, save_features
 from peftqa.errors import PeftqaError
-from peftqa.families import EncoderBackbone, load_backbone
+from peftqa.families import EncoderBackbone, load_model
 from peftqa.files import replace_dir_atomic, write_json_atomic
-from peftqa.params import PeftParams, load_params
+from peftqa.params import load_params
 from peftqa.paths import DATA_DIR, FEATURES_DIR
 
 log = logging.getLogger("peftqa.embed")
@@ -30,8 +30,9 @@ def main(args: list[str]) -> None:
     if args:
         raise PeftqaError(f"stages.embed takes no arguments (it reads params.yaml), got {args}")
     params = load_params()
-    backbone = load_backbone(params.model, "base", PeftParams(), params.prepare.labels, seed=params.train.seed,
-                             device=params.train.device)
+    # the model as it is, no method attached: this stage depends on no method's code
+    backbone = load_model(params.model, None, None, params.prepare.labels, seed=params.train.seed,
+                          device=params.train.device)
     meta = {**features_key(params.model), "family": backbone.family}
     if not isinstance(backbone, EncoderBackbone):
         meta["note"] = f"no features: the {backbone.family} family has no probe (base is zero-shot)"

@@ -24,8 +24,8 @@ from peftqa.evaluation.predictions import (
     time_per_example,
 )
 from peftqa.evaluation.scoring import use_bf16
-from peftqa.families import load_backbone
 from peftqa.files import read_split, write_csv_atomic, write_json_atomic
+from peftqa.methods.attach import load_backbone
 from peftqa.mlops import tracking
 from peftqa.params import METHODS, load_params
 from peftqa.paths import DATA_DIR, EVAL_DIR, MODELS_DIR

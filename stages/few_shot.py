@@ -39,10 +39,11 @@ from peftqa.evaluation.few_shot import (
     few_shot_undefined,
 )
 from peftqa.evaluation.predictions import generation_metrics, scored_split
-from peftqa.families import Backbone, load_backbone
+from peftqa.families import Backbone
 from peftqa.families.load import backbone_class
 from peftqa.families.resolve import resolve_model
 from peftqa.files import read_split, replace_dir_atomic, write_csv_atomic, write_json_atomic
+from peftqa.methods.attach import load_backbone
 from peftqa.params import Params, load_params
 from peftqa.paths import DATA_DIR, FEW_SHOT_DIR
 from peftqa.stops import run_cli

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from peftqa.params import _Loader  # the project's YAML loader: yes/no stay strings (they are labels)
+from peftqa.params import YamlLoader  # the project's YAML loader: yes/no stay strings (they are labels)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_YAML = REPO_ROOT / "params.yaml"
@@ -22,7 +22,7 @@ REPO_FILES = ("dvc.yaml", "params.yaml", "stages", "peftqa", "requirements", ".d
 
 def params_dict(overrides: dict[str, object] | None = None, source: Path = PARAMS_YAML) -> dict:
     """The repo's params.yaml (or `source`) as a fresh dict, with {"dotted.key": value} overrides applied."""
-    data = yaml.load(source.read_text(encoding="utf-8"), Loader=_Loader)
+    data = yaml.load(source.read_text(encoding="utf-8"), Loader=YamlLoader)
     for dotted, value in (overrides or {}).items():
         *parents, leaf = dotted.split(".")
         node = data

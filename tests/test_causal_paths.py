@@ -1,5 +1,5 @@
 """The causal family computes the LM head only where it is read and decodes greedily with a key/value cache; both
-must give what the old code gave (peftqa/studies/causal_before.py: the head at every position, each new token
+must give what the old code gave (tests/causal_before.py: the head at every position, each new token
 re-running the whole sequence). On a tiny GPT-2 (absolute positions) and a tiny Llama (rotary), zero-shot and with
 every adapter, its weights perturbed so that it changes the output; rows of different lengths, so padding is in
 play. Negative controls: the checks catch scoring at unshifted positions, and decoding without each row's own
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from causal_before import computed_as_before
 
 from peftqa.families import causal
-from peftqa.studies.causal_before import computed_as_before
 
 from test_families import encode_items, load, tiny_paths  # noqa: F401  (tiny_paths: the fixture)
 from tiny_models import ITEMS
@@ -71,7 +71,7 @@ def test_gradients_equal_the_head_at_every_position(tiny_paths, method):
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_cached_greedy_answers_equal_rerunning_the_sequence(tiny_paths, kind, method, monkeypatch):
     monkeypatch.setattr(causal, "MAX_NEW_TOKENS", 6)  # several cached steps, not just one
-    monkeypatch.setattr("peftqa.studies.causal_before.MAX_NEW_TOKENS", 6)
+    monkeypatch.setattr("causal_before.MAX_NEW_TOKENS", 6)
     backbone = perturbed(tiny_paths, kind, method)
     batch = uneven_batch(backbone, with_labels=False)
     answers = backbone._generated_texts(batch)
@@ -94,7 +94,7 @@ def test_negative_control_decoding_without_each_rows_positions_is_caught(tiny_pa
     """Without its own position ids, a shorter row's new tokens take the padded width's positions. On GPT-2 (absolute
     positions): a tiny random Llama's rotary attention is too flat for that shift to change an argmax."""
     monkeypatch.setattr(causal, "MAX_NEW_TOKENS", 6)
-    monkeypatch.setattr("peftqa.studies.causal_before.MAX_NEW_TOKENS", 6)
+    monkeypatch.setattr("causal_before.MAX_NEW_TOKENS", 6)
     backbone = perturbed(tiny_paths, "gpt2", "base")
     batch = uneven_batch(backbone, with_labels=False)
     with computed_as_before(backbone):

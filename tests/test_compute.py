@@ -16,7 +16,7 @@ import torch
 from peftqa import compute
 from peftqa.evaluation.predictions import predict_batched, predict_frame
 from peftqa.evaluation.scoring import autocast, length_order, score_frame
-from peftqa.families import load_backbone
+from peftqa.methods.attach import load_backbone
 from peftqa.params import ModelParams, PeftParams
 from peftqa.training.checkpoint import same_run
 from peftqa.training.loop import length_grouped

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from test_train import mlflow_client
 
-from peftqa.families import Backbone, load_backbone
+from peftqa.families import Backbone
+from peftqa.methods.attach import load_backbone
 from peftqa.params import load_params
 from peftqa.training.distributed import parameter_digest
 

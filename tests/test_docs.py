@@ -28,7 +28,7 @@ def fresh_studies():
 
 
 DOC_INPUTS = ("README.md", "dvc.yaml", "params.yaml", "docs", "reports", "models", "data/processed",
-              "tests/method_matrix.py")
+              "peftqa/methods/support.py")
 
 
 def committed_copy(source: Path, dest: Path) -> Path:
@@ -101,7 +101,7 @@ EDITS = {
                                                  lambda r: r["methods"][0].update(step_s_median=9.87654)),
     "methods-cv5:frontier": lambda root: edit_csv(root / "reports/methods-cv5/frontier.csv", "accuracy", 0.987654),
     "methods-cv5:grid": lambda root: edit_csv(root / "reports/methods-cv5/table.csv", "val_accuracy", 0.987654),
-    "matrix:table": lambda root: edit_text(root / "tests/method_matrix.py", '"lora": (1e-2, 4)',
+    "matrix:table": lambda root: edit_text(root / "peftqa/methods/support.py", '"lora": (1e-2, 4)',
                                            '"lora": (0.987654, 4)'),
     "measured:fresh-clone": lambda root: edit_json(root / "reports/bench/fresh_clone.json",
                                                    lambda r: r["steps"][0].update(outcome="0.987654 passed")),

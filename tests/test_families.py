@@ -12,7 +12,6 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from peftqa import methods
 from peftqa.errors import PeftqaError
 from peftqa.families import (
     HEAD_FILE,
@@ -20,11 +19,13 @@ from peftqa.families import (
     Backbone,
     backbone_class,
     detect_family,
-    load_backbone,
     resolve_model_path,
 )
 from peftqa.families.tokens import answer_to_label, kept_positions, verbalizer_token_ids
-from peftqa.methods import (
+from peftqa.methods import registry as methods
+from peftqa.methods.attach import load_backbone
+from peftqa.params import ModelParams, PeftParams
+from peftqa.params.knobs import (
     METHODS,
     BottleneckParams,
     DoraParams,
@@ -38,7 +39,6 @@ from peftqa.methods import (
     PTuningParams,
     VeraParams,
 )
-from peftqa.params import ModelParams, PeftParams
 
 from tiny_models import ITEMS, make_tiny_model
 

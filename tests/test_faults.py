@@ -183,7 +183,7 @@ def fill(disk: Path) -> Path:
 
 
 def tiny_lora(tiny_model_paths):
-    from peftqa.families import load_backbone
+    from peftqa.methods.attach import load_backbone
     from peftqa.params import load_params
 
     params = load_params()

@@ -36,7 +36,7 @@ from test_prepare import SOURCE, good_data, processed, record, stage_dir  # noqa
 
 from peftqa.data import dataset
 from peftqa.errors import PeftqaError
-from peftqa.families import load_backbone
+from peftqa.methods.attach import load_backbone
 from peftqa.mlops import tracking
 from peftqa.params import ModelParams, PeftParams
 from peftqa.training import run as training_run

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from method_matrix import CANNOT_LEARN, KINDS, RECIPES, REFUSED, TRAINED_METHODS
 from transformers import (
     BertConfig,
     BertModel,
@@ -36,8 +35,11 @@ from transformers import (
 
 from peftqa.data.features import embed_frame
 from peftqa.errors import PeftqaError
-from peftqa.families import Backbone, load_backbone
-from peftqa.methods import (
+from peftqa.families import Backbone
+from peftqa.methods.attach import load_backbone
+from peftqa.methods.support import CANNOT_LEARN, KINDS, RECIPES, REFUSED, TRAINED_METHODS
+from peftqa.params import ModelParams, PeftParams, TrainParams
+from peftqa.params.knobs import (
     AdaptionPromptParams,
     BaseMethodParams,
     BottleneckParams,
@@ -52,7 +54,6 @@ from peftqa.methods import (
     PTuningParams,
     VeraParams,
 )
-from peftqa.params import ModelParams, PeftParams, TrainParams
 from peftqa.training.distributed import make_accelerator
 from peftqa.training.loop import fit, set_seed, validate
 from peftqa.training.probe import load_into_head, solve_probe

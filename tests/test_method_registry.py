@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from peftqa import methods
 from peftqa.errors import ParamsError
-from peftqa.methods import LoraParams, build_lora
+from peftqa.methods import registry as methods
+from peftqa.methods.lora import build_lora
 from peftqa.params import load_params
+from peftqa.params.knobs import LoraParams
 from stages import evaluate as evaluate_stage
 from stages import train as train_stage
 

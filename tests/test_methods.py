@@ -120,9 +120,9 @@ def test_bitfit_is_refused_for_a_model_without_biases(tiny, kind):
 def test_a_sample_vocab_prompt_starts_as_rows_of_the_embedding(tiny, kind):
     """prompt_tuning init sample_vocab (peft's SAMPLE_VOCAB): every virtual token starts as some real token's
     embedding, unlike a random init."""
-    from peftqa.families import load_backbone
-    from peftqa.methods import PromptTuningParams
+    from peftqa.methods.attach import load_backbone
     from peftqa.params import ModelParams, PeftParams
+    from peftqa.params.knobs import PromptTuningParams
 
     def prompt_rows(init: str) -> tuple[torch.Tensor, torch.Tensor]:
         peft_params = PeftParams(prompt_tuning=PromptTuningParams(num_virtual_tokens=4, init=init))
@@ -142,9 +142,9 @@ def test_a_sample_vocab_prompt_starts_as_rows_of_the_embedding(tiny, kind):
 @pytest.mark.parametrize("ratio", [1.0, 16.0])
 def test_lora_plus_gives_the_b_matrices_their_own_learning_rate(tiny, ratio):
     """peft.lora.lr_ratio_b (LoRA+): every lora_B at lr x ratio, every lora_A at lr; ratio 1 keeps one group."""
-    from peftqa.families import load_backbone
-    from peftqa.methods import LoraParams
+    from peftqa.methods.attach import load_backbone
     from peftqa.params import ModelParams, PeftParams
+    from peftqa.params.knobs import LoraParams
     from peftqa.training.loop import parameter_groups
 
     backbone = load_backbone(ModelParams(name_or_path=str(tiny["bert"]), max_length=64), "lora",
@@ -175,7 +175,7 @@ def test_adaption_prompt_is_refused_for_more_layers_than_the_model_has(tiny):
 @pytest.mark.parametrize("method", ["loha", "lokr"])
 def test_the_conv1d_refusal_looks_only_at_the_targeted_layers(tiny, method):
     """GPT-2's c_attn is a Conv1D, so LoHa and LoKr are refused there; Llama's projections are Linear, so not."""
-    from peftqa.methods import REGISTRY
+    from peftqa.methods.registry import REGISTRY
 
     entry = REGISTRY[method]
     family = BACKBONES["causal"]
@@ -185,9 +185,9 @@ def test_the_conv1d_refusal_looks_only_at_the_targeted_layers(tiny, method):
 
 
 def lora_backbone(tiny: dict[str, Path], kind: str, init: str, adapter_dir: Path | None = None):
-    from peftqa.families import load_backbone
-    from peftqa.methods import LoraParams
+    from peftqa.methods.attach import load_backbone
     from peftqa.params import ModelParams, PeftParams
+    from peftqa.params.knobs import LoraParams
 
     knobs = LoraParams(init=init, target_modules=("c_attn",) if kind == "gpt2" else ())
     return load_backbone(ModelParams(name_or_path=str(tiny[kind]), max_length=64), "lora", PeftParams(lora=knobs),

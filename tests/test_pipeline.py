@@ -270,7 +270,7 @@ def test_the_champion_loads_and_predicts_in_a_fresh_virtualenv_from_its_own_requ
     import mlflow.pyfunc
 
     from peftqa.evaluation.predictions import predict_frame
-    from peftqa.families import load_backbone
+    from peftqa.methods.attach import load_backbone
     from peftqa.params import load_params
 
     root = pipeline.root

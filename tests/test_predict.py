@@ -158,8 +158,8 @@ def test_a_trained_adapter_names_its_base_as_params_do_and_predicts_from_another
     peft would write into adapter_config.json and the adapter's README. The trained adapter names the base as params
     do instead, holds no path of this machine, and, copied with its params to another folder, predicts there what it
     predicts here. The control: peft's own save of the same model names the site-packages folder."""
-    from peftqa.families import load_backbone
     from peftqa.families.resolve import resolve_model_path
+    from peftqa.methods.attach import load_backbone
     from peftqa.params import load_params
     from stages import train as train_stage
 

@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from transformers import AutoModel, AutoTokenizer
 
 from peftqa.data import features as features_module
-from peftqa.params import _Loader
+from peftqa.params import YamlLoader
 from peftqa.training import loop
 from peftqa.training import run as training_run
 from peftqa.training.probe import head_terms, solve_probe
@@ -97,7 +97,7 @@ def test_evaluate_base_equals_an_independent_logistic_regression(probe_dir, tiny
 def test_the_probe_does_not_depend_on_the_training_seed(probe_dir):
     heads = []
     for seed in (1, 2):
-        data = yaml.load((probe_dir / "params.yaml").read_text(), Loader=_Loader)
+        data = yaml.load((probe_dir / "params.yaml").read_text(), Loader=YamlLoader)
         data["train"]["seed"] = seed
         (probe_dir / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         train_stage.main(["base"])
@@ -145,7 +145,7 @@ def test_embed_caches_features_that_the_probe_reuses(probe_dir, tiny_model_paths
 def test_a_tuned_encoder_method_starts_its_head_from_the_probe(probe_dir):
     train_stage.main(["base"])
     probe_head = load_file(str(probe_dir / "models/base/adapter/head.safetensors"))
-    from peftqa.families import load_backbone
+    from peftqa.methods.attach import load_backbone
     from peftqa.params import load_params
 
     params = load_params()
@@ -163,9 +163,9 @@ def test_features_embedded_on_the_fly_are_the_frozen_encoders(probe_dir, method,
     """Without a cache (another model, another split), a tuned backbone's probe features come from the encoder alone,
     its adapter switched off: the same numbers stage embed caches. A PiSSA start has moved the weights' principal
     part into the adapter, so there the encoder is read with it (switched off, it would give the residual's)."""
-    from peftqa.families import load_backbone
-    from peftqa.methods import LoraParams
+    from peftqa.methods.attach import load_backbone
     from peftqa.params import load_params
+    from peftqa.params.knobs import LoraParams
 
     params = load_params()
     peft = params.peft.replace(lora=LoraParams(init=init)) if init else params.peft

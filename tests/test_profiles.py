@@ -13,9 +13,9 @@ import torch
 from peft import get_peft_model
 from transformers import T5ForConditionalGeneration
 
-from peftqa import methods
 from peftqa.cli.bench_reference import SHAPES, build_t5_config
 from peftqa.families.seq2seq import Seq2SeqBackbone
+from peftqa.methods import registry as methods
 from peftqa.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def trainable_parameters(settings: list[str], method: str) -> int:
     knobs = params.peft[method]
     if getattr(knobs, "init", None) == "text":  # the init reads the hub's tokenizer; it sets values, not sizes
         knobs = dataclasses.replace(knobs, init="random")
-    config = methods.build_peft_config(method, knobs, Seq2SeqBackbone, (params.model.name_or_path, {}))
+    config = methods.get(method).peft_config(knobs, Seq2SeqBackbone, (params.model.name_or_path, {}))
     with torch.device("meta"):
         model = get_peft_model(T5ForConditionalGeneration(build_t5_config(SHAPES["full"])), config)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

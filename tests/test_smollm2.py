@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from peftqa.errors import PeftqaError
-from peftqa.families import GGUF_MODELS, CausalBackbone, load_backbone, resolve_model
+from peftqa.families import GGUF_MODELS, CausalBackbone, resolve_model
+from peftqa.methods.attach import load_backbone
 from peftqa.params import load_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")]

@@ -5,10 +5,11 @@ Prints a markdown table of examples per second and per-example latency for:
   - inference, batched label scoring (the evaluate stage's default) against one-at-a-time scoring;
   - seq2seq/causal only: the reference's per-example greedy generate loop (max_new_tokens=2), as a ratio
     measured in the same run on the same items.
-For the causal family each measurement runs twice in the same process: "before", the code as it was before the LM
-head ran only where it is read and greedy decoding kept a key/value cache (peftqa/studies/causal_before.py), and
-today's, with the speed-up between them.
-Usage: peftqa bench [--items N] [--train-batches K] [--set KEY=VALUE ...] [--json PATH]   (reads
+--before PATH puts a committed bench's rates beside each measurement of the same name, with the speed-up: `make bench
+BENCH=smollm2` gives reports/bench/smollm2-before.json, the causal family's code as it was before the LM head ran
+only where it is read and greedy decoding kept a key/value cache, timed at commit d2caa3b (its record says where
+and how). That old code is a test oracle now (tests/causal_before.py), not timed again: the speed-up is across runs.
+Usage: peftqa bench [--items N] [--train-batches K] [--set KEY=VALUE ...] [--before PATH] [--json PATH]   (reads
        data/processed/test.csv and train.csv; --set overrides a params.yaml key for this bench only, as
        `dvc exp run -S` does; --json also writes the rows, the settings and the environment, as
        reports/bench/default.json, which docs/models.md renders, was written)
@@ -16,26 +17,24 @@ Usage: peftqa bench [--items N] [--train-batches K] [--set KEY=VALUE ...] [--jso
 from __future__ import annotations
 
 import argparse
-import contextlib
+import json
 import os
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import torch
 
-from peftqa import methods
 from peftqa.cli.bench_reference import describe_environment
-from peftqa.errors import PeftqaError
+from peftqa.errors import PeftqaError, complaint
 from peftqa.evaluation.scoring import autocast, iterate_batches, score_frame, use_bf16
-from peftqa.families import Backbone, load_backbone
-from peftqa.families.causal import CausalBackbone
+from peftqa.families import Backbone
 from peftqa.files import write_json_atomic
+from peftqa.methods import registry as methods
+from peftqa.methods.attach import load_backbone
 from peftqa.params import Params, load_params
 from peftqa.studies.bench_tables import format_bench_table
-from peftqa.studies.causal_before import computed_as_before
 from peftqa.training.loop import set_seed
 
 DATA_DIR = Path("data/processed")
@@ -83,63 +82,59 @@ def time_one_at_a_time(backbone: Backbone, frame: pd.DataFrame, how: str, bf16: 
     return np.asarray(seconds)
 
 
-def as_before_and_now(backbone: Backbone) -> Iterator[tuple[str, contextlib.AbstractContextManager]]:
-    """("before", the old code) then ("", today's) for the causal family; only today's for the others."""
-    if isinstance(backbone, CausalBackbone):
-        yield "before", computed_as_before(backbone)
-    yield "", contextlib.nullcontext()
+def read_before(path: Path | None) -> dict[str, float]:
+    """{measurement: examples/s} of a committed bench record (`--before`), {} without one."""
+    if path is None:
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return {row["what"]: float(row["before_examples_per_s"]) for row in record["rows"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise PeftqaError(f"--before {path}: not a bench record whose rows hold `what` and `before_examples_per_s` "
+                          f"({complaint(err)}); reports/bench/smollm2-before.json is one") from None
 
 
-def measured(name: str, rates: dict[str, float], seconds: np.ndarray | None = None, batched: float = float("nan")
-             ) -> dict:
-    """One table row: today's examples/s, the old code's and the speed-up where it was timed too."""
-    rate, before = rates[""], rates.get("before", float("nan"))
-    return {"what": name, "examples_per_s": rate, "before_examples_per_s": before, "speedup": rate / before,
+def measured(name: str, rate: float, before: dict[str, float], seconds: np.ndarray | None = None,
+             batched: float = float("nan")) -> dict:
+    """One table row: today's examples/s, and the committed before rate of the same measurement with the speed-up
+    where `before` has one."""
+    old = before.get(name, float("nan"))
+    return {"what": name, "examples_per_s": rate, "before_examples_per_s": old, "speedup": rate / old,
             "latency_mean_s": seconds.mean() if seconds is not None else float("nan"),
             "latency_p95_s": float(np.percentile(seconds, 95)) if seconds is not None else float("nan"),
             "vs_batched": rate / batched}
 
 
-def bench_inference(params: Params, frame: pd.DataFrame) -> list[dict]:
+def bench_inference(params: Params, frame: pd.DataFrame, before: dict[str, float]) -> list[dict]:
     labels = params.prepare.labels
     backbone = load_backbone(params.model, "base", params.peft, labels, seed=params.train.seed,
                              device=params.train.device)
     bf16 = use_bf16(params.model.dtype, backbone.device)
     score_frame(backbone, frame.iloc[:2], 2, with_loss=False, bf16=bf16)  # warm-up
-    batched = {}
-    for when, code in as_before_and_now(backbone):
-        with code:
-            start = time.perf_counter()
-            score_frame(backbone, frame, params.evaluate.batch_size, with_loss=False, bf16=bf16)
-            batched[when] = len(frame) / (time.perf_counter() - start)
-    rows = [measured(f"inference: batched label scoring (batch {params.evaluate.batch_size})", batched,
-                     batched=batched[""])]
+    start = time.perf_counter()
+    score_frame(backbone, frame, params.evaluate.batch_size, with_loss=False, bf16=bf16)
+    batched = len(frame) / (time.perf_counter() - start)
+    rows = [measured(f"inference: batched label scoring (batch {params.evaluate.batch_size})", batched, before,
+                     batched=batched)]
     loops = [("score", "inference: label scoring, one item at a time")]
     if backbone.generates:
         loops.append(("generate", "inference: greedy generate loop (2 new tokens), one at a time"))
     for how, name in loops:
-        rates, seconds = {}, None
-        for when, code in as_before_and_now(backbone):
-            with code:
-                seconds = time_one_at_a_time(backbone, frame, how, bf16)
-            rates[when] = len(seconds) / seconds.sum()
-        rows.append(measured(name, rates, seconds, batched[""]))
+        seconds = time_one_at_a_time(backbone, frame, how, bf16)
+        rows.append(measured(name, len(seconds) / seconds.sum(), before, seconds, batched))
     return rows
 
 
-def bench_training(params: Params, train: pd.DataFrame, batches: int) -> list[dict]:
+def bench_training(params: Params, train: pd.DataFrame, batches: int, before: dict[str, float]) -> list[dict]:
     rows = []
     for method in params.methods:
         if methods.get(method).frozen:
             continue  # zero-shot, or the encoder's probe (solved by LogisticRegression): no training loop to time
         backbone = load_backbone(params.model, method, params.peft, params.prepare.labels, seed=params.train.seed,
                                  device=params.train.device)
-        rates = {}
-        for when, code in as_before_and_now(backbone):
-            with code:
-                rates[when] = time_training(backbone, train, params.train.batch_size, params.peft[method].lr, batches,
-                                            use_bf16(params.model.dtype, backbone.device))
-        rows.append(measured(f"training: {method} (batch {params.train.batch_size})", rates))
+        rate = time_training(backbone, train, params.train.batch_size, params.peft[method].lr, batches,
+                             use_bf16(params.model.dtype, backbone.device))
+        rows.append(measured(f"training: {method} (batch {params.train.batch_size})", rate, before))
     return rows
 
 
@@ -149,6 +144,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--train-batches", type=int, default=3, help="timed optimizer steps per method (default 3)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params.yaml key for this bench, e.g. --set model.max_length=256")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="a committed bench record whose rates go beside today's "
+                             "(e.g. reports/bench/smollm2-before.json)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and how they were made here")
     args = parser.parse_args(argv)
     params = load_params(overrides=args.set)
@@ -158,7 +156,8 @@ def main(argv: list[str]) -> None:
     test = pd.read_csv(DATA_DIR / "test.csv", dtype={"pmid": str}).iloc[: args.items]
     train = pd.read_csv(DATA_DIR / "train.csv", dtype={"pmid": str})
     set_seed(params.train.seed)
-    rows = bench_training(params, train, args.train_batches) + bench_inference(params, test)
+    before = read_before(args.before)
+    rows = bench_training(params, train, args.train_batches, before) + bench_inference(params, test, before)
 
     device = "cuda" if torch.cuda.is_available() and params.train.device != "cpu" else f"cpu ({os.cpu_count()} cores)"
     print(f"\nmodel {params.model.name_or_path}, max_length {params.model.max_length}, {len(test)} test items, "

@@ -44,8 +44,9 @@ from peftqa.evaluation.scoring import (
     length_order,
     score_frame,
 )
-from peftqa.families import Backbone, load_backbone
+from peftqa.families import Backbone
 from peftqa.files import write_json_atomic, write_text_atomic
+from peftqa.methods.attach import load_backbone
 from peftqa.params import Params, load_params
 from peftqa.studies.bench_peer import PEER_MAX_LENGTH, peer
 from peftqa.studies.bench_profile import profile_report

@@ -107,8 +107,8 @@ def score_base_on_val(root: Path, staging: Path) -> None:
     into the copy: val alone, so the pilot scores no test item (evaluate@base would score both splits)."""
     from peftqa.compute import use_bf16
     from peftqa.evaluation.predictions import scored_split
-    from peftqa.families import load_backbone
     from peftqa.files import read_split
+    from peftqa.methods.attach import load_backbone
     from peftqa.paths import DATA_DIR, MODELS_DIR
 
     params = load_params(root / "params.yaml")

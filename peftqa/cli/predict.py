@@ -24,7 +24,7 @@ from peftqa.data.items import TEXT_FIELDS, text_field_problem
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.predictions import predict_frame
 from peftqa.evaluation.scoring import use_bf16
-from peftqa.families import load_backbone
+from peftqa.methods.attach import load_backbone
 from peftqa.params import METHODS, load_params
 
 INPUT_FIELDS = TEXT_FIELDS  # required in every input line; "pmid" is optional

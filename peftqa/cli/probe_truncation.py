@@ -34,7 +34,7 @@ def compare_truncation(modes: tuple[str, ...] = ("start", "end", "both"),
     import pandas as pd
 
     from peftqa.data.features import BATCH_SIZE, embed_frame
-    from peftqa.families import load_backbone
+    from peftqa.methods.attach import load_backbone
     from peftqa.params import PeftParams, load_params
     from peftqa.paths import DATA_DIR
 

@@ -15,8 +15,8 @@ import pandas as pd
 
 from peftqa.errors import PeftqaError
 from peftqa.params import FEW_SHOT
+from peftqa.params.traits import traits
 
-GENERATIVE_FAMILIES = ("seq2seq", "causal")  # what can read examples in its prompt (the encoder classifies)
 SEED_OFFSET = 1000  # draw k uses train.seed + SEED_OFFSET + k: apart from the seeds the trainings use
 SCORE_TOLERANCE = 1e-12  # val scores closer than this are a tie, won by the earlier draw
 
@@ -25,7 +25,7 @@ def few_shot_undefined(names: Sequence[str], family: str | None) -> str | None:
     """Why the row is not defined for this run (the sentence the report prints), or None when it is."""
     if FEW_SHOT not in names:
         return "not defined: few_shot is not in references.names"
-    if family is not None and family not in GENERATIVE_FAMILIES:
+    if family is not None and not traits(family).generates:
         return f"not defined for the {family} family: it reads no examples in a prompt, it classifies features"
     return None
 

@@ -19,8 +19,8 @@ from peftqa.evaluation.metrics import classification_metrics
 from peftqa.evaluation.predictions import predict_batched, predictions_frame
 from peftqa.evaluation.references import predict_references
 from peftqa.evaluation.scoring import use_bf16
-from peftqa.families import load_backbone
 from peftqa.files import read_split, write_csv_atomic, write_json_atomic
+from peftqa.methods.attach import load_backbone
 from peftqa.mlops import tracking
 from peftqa.params import Params, flatten
 from peftqa.paths import DATA_DIR, PROTOCOLS_DIR

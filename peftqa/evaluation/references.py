@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.metrics import classification_metrics
 from peftqa.params import BASE_CALIBRATED, FEW_SHOT, ReferencesParams
+from peftqa.params.traits import traits
 
 SPLIT_COLUMNS = ("pmid", "question", "context", "label")  # what stages.prepare writes
 SCORED_SPLITS = ("val", "test")
@@ -30,7 +31,6 @@ SCORE_TOLERANCE = 1e-12  # val scores closer than this are a tie, won by the sim
 P_YES_CLIP = 1e-12  # p_yes is clipped to [this, 1 - this] before its logit: evaluate's float32 p_yes is exactly 1
                    # past a margin of about 17; such items keep a finite margin, tied as they are in the file
 OUTER_MARGIN = 1.0  # base_calibrated's all-yes and all-no candidates: the threshold this far beyond the extreme margins
-GENERATIVE_FAMILIES = ("seq2seq", "causal")  # where base is the zero-shot model (the encoder's base is a trained probe)
 
 
 def check_split(frame: pd.DataFrame, path: Path, labels: Sequence[str]) -> pd.DataFrame:
@@ -163,11 +163,8 @@ def base_calibrated_undefined(methods: Sequence[str], labels: Sequence[str], sco
         return "not defined: base is not in methods, so there is no zero-shot prediction to calibrate"
     if family is None:
         return None
-    if family == "encoder":
-        return "not defined for the encoder family: its base is a trained probe, not a zero-shot model"
-    if family not in GENERATIVE_FAMILIES:
-        raise PeftqaError(f"models/base/train_summary.json: family '{family}' is none of encoder, "
-                          f"{', '.join(GENERATIVE_FAMILIES)}; it is stale, run `dvc repro train@base`")
+    if traits(family, "models/base/train_summary.json (run `dvc repro train@base`)").has_probe:
+        return f"not defined for the {family} family: its base is a trained probe, not a zero-shot model"
     if scoring == "generate":
         return "not defined under model.scoring: generate: the zero-shot base writes no p_yes to calibrate"
     return None

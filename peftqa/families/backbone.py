@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from peft import TaskType
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-from peftqa import compute, methods
+from peftqa import compute
 from peftqa.errors import PeftqaError
+from peftqa.families.resolve import ResolvedModel
 from peftqa.files import sha256_file, write_json_atomic, write_text_atomic
-from peftqa.methods import ResolvedModel
 from peftqa.params import ModelParams
 
 METADATA_FILE = "peftqa.json"  # {method, family, model, labels, sha256}: what an adapter folder was trained for
@@ -28,6 +29,19 @@ IGNORE_INDEX = -100  # target positions without loss (prompt, padding); torch's 
 MAX_NEW_TOKENS = 2  # greedy generation: the label word, perhaps followed by punctuation
 
 Batch = dict[str, torch.Tensor]  # what encode returns: padded tensors on the backbone's device
+
+
+class MethodEntry(Protocol):
+    """What a backbone reads of its method's registry entry (peftqa.methods.registry.Method), handed to it by whoever
+    loads it (peftqa.methods.attach): this package never imports the methods."""
+    name: str
+    frozen: bool  # nothing of the backbone trains
+    whole_model: bool  # every weight trains: saved whole, not as an adapter
+    native: object  # None, or the attach/save/load of a method written here
+    refuse: object  # None, or a check that raises for a model the method cannot serve
+
+    def peft_config(self, knobs: object, family: type, model: ResolvedModel, *,
+                    gradient_checkpointing: bool = False) -> object: ...
 
 # -----------------------------------------------------------------------------
 # the registry of families, and the rules that tell them apart
@@ -40,7 +54,7 @@ def restore_fix(adapter_dir: Path, method: str) -> str:
     return f"restore it with `dvc checkout {adapter_dir}` (or retrain: `dvc repro -f train@{method}`)"
 
 
-def _is_encoder_decoder(config: PretrainedConfig) -> bool:
+def is_encoder_decoder(config: PretrainedConfig) -> bool:
     return bool(getattr(config, "is_encoder_decoder", False))
 
 
@@ -84,7 +98,7 @@ class Backbone:
     attention_output_layers: tuple[str, ...]
     feedforward_output_layers: tuple[str, ...]
     layer_norm_layers: tuple[str, ...]  # the layer norms' names (suffixes): LN tuning's default targets
-    generates: bool = True  # answers by greedy generation too (a language model); else only by label scores
+    generates: bool = True  # answers by greedy generation too (a language model; peftqa.params.traits)
 
     @classmethod
     def claims(cls, config: PretrainedConfig) -> bool:
@@ -93,10 +107,10 @@ class Backbone:
 
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, *, method: str,
                  labels: tuple[str, ...], model_params: ModelParams, device: torch.device, source: ResolvedModel,
-                 knobs: object = None):
+                 knobs: object = None, entry: MethodEntry | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.method, self.labels = method, tuple(labels)
-        self.entry = methods.get(method)  # what the method trains and saves
+        self.entry = entry  # what the method trains and saves; None: the model as it is, nothing attached
         self.knobs = knobs  # its peft.<method> section: how a native method (entry.native) saves itself
         self.model_name = model_params.name_or_path  # as params spell it: recorded in peftqa.json
         self.source = source  # resolve_model's (what from_pretrained got, its gguf_file=): the machine's path
@@ -190,15 +204,20 @@ class Backbone:
         digests = {path.name: sha256_file(path) for path in sorted(folder.iterdir()) if path.suffix in WEIGHT_SUFFIXES}
         write_json_atomic(folder / METADATA_FILE, {**self.metadata(), "sha256": digests})
 
+    @property
+    def frozen(self) -> bool:
+        """Nothing of the model trains: a frozen method's (linear probe, zero-shot), or no method at all."""
+        return self.entry is None or self.entry.frozen
+
     def metadata(self) -> dict[str, object]:
         return {"method": self.method, "family": self.family, "model": self.model_name, "labels": list(self.labels)}
 
     def _save_weights(self, folder: Path) -> None:
         """peft's save_pretrained: the adapter, or the whole model; a native method's own save; a frozen backbone has
         no weight of its own."""
-        if self.entry.native is not None:
+        if self.entry is not None and self.entry.native is not None:
             self.entry.native.save(self.model, folder, self.knobs, type(self))
-        elif not self.entry.frozen:
+        elif not self.frozen:
             self.model.save_pretrained(folder)
             name_base_as_params(folder, self.model_name)
 
@@ -207,7 +226,7 @@ class Backbone:
 
     def prepare_for_training(self) -> None:
         """Train mode; a frozen method (linear probe, zero-shot) freezes the whole model, peft froze an adapter's."""
-        if self.entry.frozen:
+        if self.frozen:
             self.model.requires_grad_(False)
         for part in self._parts():
             part.train()

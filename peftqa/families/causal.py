@@ -12,11 +12,11 @@ from peftqa.families.backbone import (
     MAX_NEW_TOKENS,
     Batch,
     _has_causal_architecture,
-    _is_encoder_decoder,
+    is_encoder_decoder,
     register_family,
 )
 from peftqa.families.language_model import LanguageModelBackbone
-from peftqa.families.tokens import _pad, _padded_inputs, _token_nll
+from peftqa.families.tokens import pad_rows, padded_inputs, token_nll
 
 
 @register_family
@@ -34,7 +34,7 @@ class CausalBackbone(LanguageModelBackbone):
     @classmethod
     def claims(cls, config: PretrainedConfig) -> bool:
         """A causal-LM architecture, or a model type that is causal-LM only (BERT-likes register one too)."""
-        if _is_encoder_decoder(config):
+        if is_encoder_decoder(config):
             return False
         return _has_causal_architecture(config) or (config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
                                                     and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
@@ -61,12 +61,13 @@ class CausalBackbone(LanguageModelBackbone):
         answers = [self.answer_ids[label] for label in labels] if labels is not None else [[] for _ in prompts]
         batch = self._rows_to_batch([p + a for p, a in zip(prompts, answers)], [len(p) for p in prompts])
         if labels is not None:
-            batch["target_ids"] = _pad([[IGNORE_INDEX] * len(p) + a for p, a in zip(prompts, answers)], IGNORE_INDEX)
+            targets = [[IGNORE_INDEX] * len(p) + a for p, a in zip(prompts, answers)]
+            batch["target_ids"] = pad_rows(targets, IGNORE_INDEX)
         return self._with_labels(batch, labels)
 
     def _rows_to_batch(self, rows: list[list[int]], prompt_lengths: list[int]) -> Batch:
         """Padded rows plus "prompt_lengths" (B,): where each prompt ends, i.e. where the answer is predicted."""
-        return {**_padded_inputs(rows, self.tokenizer.pad_token_id), "prompt_lengths": torch.tensor(prompt_lengths)}
+        return {**padded_inputs(rows, self.tokenizer.pad_token_id), "prompt_lengths": torch.tensor(prompt_lengths)}
 
     def _virtual_positions(self) -> int:
         """How many virtual tokens prompt and p-tuning prepend to the sequence the model sees (prefix tuning's sit in
@@ -109,14 +110,14 @@ class CausalBackbone(LanguageModelBackbone):
     def _example_losses(self, batch: Batch) -> torch.Tensor:
         """The answer tokens' NLL, each predicted from the position before it."""
         index, answer = self._answer_positions(batch)
-        return _token_nll(self._logits_at(batch, index - 1), answer)
+        return token_nll(self._logits_at(batch, index - 1), answer)
 
     def _losses_and_label_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass: the answer's first token is predicted at the prompt's end, where scoring reads (the
         answer after it cannot change that position's logits)."""
         index, answer = self._answer_positions(batch)
         logits = self._logits_at(batch, index - 1)  # (B, K, V)
-        return _token_nll(logits, answer), self._verbalize(logits[:, 0])
+        return token_nll(logits, answer), self._verbalize(logits[:, 0])
 
     @torch.no_grad()
     def _generated_texts(self, batch: Batch) -> list[str]:

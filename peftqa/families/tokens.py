@@ -38,18 +38,18 @@ def kept_positions(n_tokens: int, budget: int, truncation: str) -> list[int]:
     return list(range(head)) + list(range(n_tokens - (budget - head), n_tokens))
 
 
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+def pad_rows(rows: list[list[int]], value: int) -> torch.Tensor:
     """Rows of ids -> (B, T), padded on the right with `value`."""
     width = max(len(row) for row in rows)
     return torch.tensor([row + [value] * (width - len(row)) for row in rows])
 
 
-def _padded_inputs(rows: list[list[int]], pad_id: int) -> Batch:
+def padded_inputs(rows: list[list[int]], pad_id: int) -> Batch:
     """input_ids and attention_mask (B, T), right-padded: positions then start at 0 in every row."""
-    return {"input_ids": _pad(rows, pad_id), "attention_mask": _pad([[1] * len(row) for row in rows], 0)}
+    return {"input_ids": pad_rows(rows, pad_id), "attention_mask": pad_rows([[1] * len(row) for row in rows], 0)}
 
 
-def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood per example over its target tokens: (B, L, V) and (B, L) -> (B,)."""
     nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
     return nll.sum(dim=1) / (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)

@@ -3,24 +3,17 @@ adapter_len tokens join the attention of the top adapter_layers layers through a
 writes it for three causal architectures only (llama, mistral, gpt2), so any other model is refused by name."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 from peftqa.errors import PeftqaError
-from peftqa.methods.knobs import TrainedKnobs
-from peftqa.methods.registry import Family, Method, ResolvedModel, register
+from peftqa.methods.registry import Family, Method, register
+from peftqa.params.knobs import AdaptionPromptParams
 
 if TYPE_CHECKING:
     import torch
     from peft import PeftConfig
 
-
-@dataclass(frozen=True)
-class AdaptionPromptParams(TrainedKnobs):
-    lr: float = 1e-2
-    adapter_len: int = 10  # learned prompt tokens per adapted layer
-    adapter_layers: int = 1  # how many of the top layers get them
-    at_least_one: ClassVar[tuple[str, ...]] = ("adapter_len", "adapter_layers")
+    from peftqa.families.resolve import ResolvedModel
 
 
 def build_adaption_prompt(knobs: AdaptionPromptParams, family: Family, model: ResolvedModel) -> PeftConfig:
@@ -34,7 +27,7 @@ def refuse(model: torch.nn.Module, knobs: AdaptionPromptParams, family: Family) 
     from peft.tuners.adaption_prompt.config import TRANSFORMERS_MODEL_CONFIG
 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if family.family != "causal" or model_type not in TRANSFORMERS_MODEL_CONFIG:
+    if family.task_type != "CAUSAL_LM" or model_type not in TRANSFORMERS_MODEL_CONFIG:
         raise PeftqaError(f"adaption_prompt cannot serve this {family.family} model ({model_type}): peft's "
                           f"LLaMA-Adapter is written for the causal architectures {sorted(TRANSFORMERS_MODEL_CONFIG)} "
                           "only; drop adaption_prompt from methods for this model")
@@ -47,6 +40,5 @@ def refuse(model: torch.nn.Module, knobs: AdaptionPromptParams, family: Family) 
 register(Method("adaption_prompt", AdaptionPromptParams, build_adaption_prompt,
                 paper="Zhang et al. 2023 (LLaMA-Adapter)",
                 refuse=refuse,
-                gradient_checkpointing=False,
                 note="adaption_prompt: base weights frozen; learned prompts and their zero-started gates in the top "
                      "adapter_layers attention layers trained"))

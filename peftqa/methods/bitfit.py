@@ -6,24 +6,18 @@ holds `bitfit.safetensors`: the trained biases, by parameter name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peftqa.errors import PeftqaError
-from peftqa.methods.base import build_no_adapter
-from peftqa.methods.knobs import TrainedKnobs
 from peftqa.methods.registry import Family, Method, Native, register
+from peftqa.methods.shared import build_no_adapter
+from peftqa.params.knobs import BitfitParams
 
 if TYPE_CHECKING:
     import torch
 
 WEIGHTS = "bitfit.safetensors"
-
-
-@dataclass(frozen=True)
-class BitfitParams(TrainedKnobs):
-    lr: float = 1e-3
 
 
 def bias_names(model: torch.nn.Module) -> list[str]:

@@ -17,36 +17,19 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from peftqa.errors import PeftqaError, require
+from peftqa.errors import PeftqaError
 from peftqa.files import write_json_atomic
-from peftqa.methods.base import build_no_adapter
-from peftqa.methods.knobs import TrainedKnobs
 from peftqa.methods.registry import Family, Method, Native, register
+from peftqa.methods.shared import build_no_adapter
+from peftqa.params.knobs import BottleneckParams
 
 if TYPE_CHECKING:
     import torch
 
 WEIGHTS, CONFIG = "bottleneck.safetensors", "bottleneck.json"
-NON_LINEARITIES = ("relu", "gelu", "silu", "tanh")
-
-
-@dataclass(frozen=True)
-class BottleneckParams(TrainedKnobs):
-    lr: float = 1e-3
-    placement: Literal["houlsby", "pfeiffer"] = "pfeiffer"  # houlsby: after attention and feed-forward; pfeiffer: after
-    reduction_factor: int = 16  # hidden width / bottleneck width (d_model 384 -> 24)
-    non_linearity: str = "relu"  # between the two projections: relu | gelu | silu | tanh
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.placement in ("houlsby", "pfeiffer"), "placement", self.placement, "choose houlsby or pfeiffer")
-        require(self.reduction_factor >= 1, "reduction_factor", self.reduction_factor, "must be >= 1")
-        require(self.non_linearity in NON_LINEARITIES, "non_linearity", self.non_linearity,
-                f"choose one of {list(NON_LINEARITIES)}")
 
 
 def adapted_paths(model: torch.nn.Module, knobs: BottleneckParams, family: Family) -> list[str]:

@@ -2,25 +2,20 @@
 weight with a trained magnitude vector (peft's LoraConfig with use_dora)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from peftqa.methods.lora import LoraParams, build_lora, lora_plus_groups
-from peftqa.methods.registry import Family, Method, ResolvedModel, register
+from peftqa.methods.registry import Family, Method, register
+from peftqa.methods.shared import lora_config, lora_plus_groups
+from peftqa.params.knobs import DoraParams
 
 if TYPE_CHECKING:
     from peft import PeftConfig
 
-
-@dataclass(frozen=True)
-class DoraParams(LoraParams):
-    lr: float = 5e-4
+    from peftqa.families.resolve import ResolvedModel
 
 
 def build_dora(knobs: DoraParams, family: Family, model: ResolvedModel) -> PeftConfig:
-    config = build_lora(knobs, family, model)
-    config.use_dora = True
-    return config
+    return lora_config(knobs, family, use_dora=True)
 
 
 register(Method("dora", DoraParams, build_dora, paper="Liu et al. 2024", optimizer_groups=lora_plus_groups,

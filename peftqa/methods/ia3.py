@@ -1,28 +1,16 @@
 """Method ia3: learned rescaling vectors on the target layers (peft's IA3Config)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from peftqa.errors import PeftqaError, require
-from peftqa.methods.knobs import TrainedKnobs
-from peftqa.methods.registry import Family, Method, ResolvedModel, register
+from peftqa.errors import PeftqaError
+from peftqa.methods.registry import Family, Method, register
+from peftqa.params.knobs import Ia3Params
 
 if TYPE_CHECKING:
     from peft import PeftConfig
 
-
-@dataclass(frozen=True)
-class Ia3Params(TrainedKnobs):
-    lr: float = 3e-3
-    target_modules: tuple[str, ...] = ()  # () = the family's key, value and feed-forward output layers
-    feedforward_modules: tuple[str, ...] = ()  # () = the family's feed-forward output layers
-
-    def __post_init__(self):
-        super().__post_init__()
-        extra = set(self.feedforward_modules) - set(self.target_modules)
-        require(not self.target_modules or not extra, "feedforward_modules", sorted(extra),
-                "feed-forward modules must also be listed in target_modules")
+    from peftqa.families.resolve import ResolvedModel
 
 
 def build_ia3(knobs: Ia3Params, family: Family, model: ResolvedModel) -> PeftConfig:

@@ -2,20 +2,15 @@
 LNTuningConfig. peft knows no layer-norm names for BERT (its are `LayerNorm`), so each family names its own."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from peftqa.methods.knobs import TrainedKnobs
-from peftqa.methods.registry import Family, Method, ResolvedModel, register
+from peftqa.methods.registry import Family, Method, register
+from peftqa.params.knobs import LnTuningParams
 
 if TYPE_CHECKING:
     from peft import PeftConfig
 
-
-@dataclass(frozen=True)
-class LnTuningParams(TrainedKnobs):
-    lr: float = 1e-3
-    target_modules: tuple[str, ...] = ()  # () = the family's layer norms
+    from peftqa.families.resolve import ResolvedModel
 
 
 def build_ln_tuning(knobs: LnTuningParams, family: Family, model: ResolvedModel) -> PeftConfig:

@@ -2,26 +2,16 @@
 LoHa, it cannot wrap GPT-2's Conv1D layers, which are refused by name."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from peftqa.errors import require
-from peftqa.methods.loha import LohaParams, refuse_conv1d
-from peftqa.methods.registry import Family, Method, ResolvedModel, register
+from peftqa.methods.registry import Family, Method, register
+from peftqa.methods.shared import refuse_conv1d
+from peftqa.params.knobs import LokrParams
 
 if TYPE_CHECKING:
     from peft import PeftConfig
 
-
-@dataclass(frozen=True)
-class LokrParams(LohaParams):
-    decompose_factor: int = -1  # the Kronecker factor's size; -1 = the most square split of each dimension
-
-    def __post_init__(self):
-        super().__post_init__()
-
-        require(self.decompose_factor == -1 or self.decompose_factor >= 1, "decompose_factor",
-                self.decompose_factor, "must be -1 (automatic) or >= 1")
+    from peftqa.families.resolve import ResolvedModel
 
 
 def build_lokr(knobs: LokrParams, family: Family, model: ResolvedModel) -> PeftConfig:

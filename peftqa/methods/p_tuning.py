@@ -1,21 +1,15 @@
 """Method p_tuning: virtual tokens produced by a small MLP prompt encoder (peft's PromptEncoderConfig)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
-from peftqa.methods.knobs import VirtualTokenKnobs
-from peftqa.methods.registry import Family, Method, ResolvedModel, register
+from peftqa.methods.registry import Family, Method, register
+from peftqa.params.knobs import PTuningParams
 
 if TYPE_CHECKING:
     from peft import PeftConfig
 
-
-@dataclass(frozen=True)
-class PTuningParams(VirtualTokenKnobs):
-    lr: float = 1e-2
-    encoder_hidden_size: int = 128
-    at_least_one: ClassVar[tuple[str, ...]] = ("num_virtual_tokens", "encoder_hidden_size")
+    from peftqa.families.resolve import ResolvedModel
 
 
 def build_p_tuning(knobs: PTuningParams, family: Family, model: ResolvedModel) -> PeftConfig:

@@ -1,22 +1,15 @@
 """Method prefix_tuning: trained key/value prefixes in every attention layer (peft's PrefixTuningConfig)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
-from peftqa.methods.knobs import VirtualTokenKnobs
-from peftqa.methods.registry import Family, Method, ResolvedModel, register
+from peftqa.methods.registry import Family, Method, register
+from peftqa.params.knobs import PrefixTuningParams
 
 if TYPE_CHECKING:
     from peft import PeftConfig
 
-
-@dataclass(frozen=True)
-class PrefixTuningParams(VirtualTokenKnobs):
-    lr: float = 1e-2
-    prefix_projection: bool = False
-    projection_hidden_size: int = 512
-    at_least_one: ClassVar[tuple[str, ...]] = ("num_virtual_tokens", "projection_hidden_size")
+    from peftqa.families.resolve import ResolvedModel
 
 
 def build_prefix_tuning(knobs: PrefixTuningParams, family: Family, model: ResolvedModel) -> PeftConfig:
@@ -28,5 +21,4 @@ def build_prefix_tuning(knobs: PrefixTuningParams, family: Family, model: Resolv
                               encoder_hidden_size=knobs.projection_hidden_size)
 
 
-register(Method("prefix_tuning", PrefixTuningParams, build_prefix_tuning, paper="Li & Liang 2021",
-                gradient_checkpointing=False))  # peft passes the prefix as a key/value cache, which checkpointing drops
+register(Method("prefix_tuning", PrefixTuningParams, build_prefix_tuning, paper="Li & Liang 2021"))

@@ -1,27 +1,15 @@
 """Method prompt_tuning: a trained soft prompt of virtual tokens in front of the input (peft's PromptTuningConfig)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from peftqa.errors import require
-from peftqa.methods.knobs import VirtualTokenKnobs
-from peftqa.methods.registry import Family, Method, ResolvedModel, register
+from peftqa.methods.registry import Family, Method, register
+from peftqa.params.knobs import PromptTuningParams
 
 if TYPE_CHECKING:
     from peft import PeftConfig
 
-
-@dataclass(frozen=True)
-class PromptTuningParams(VirtualTokenKnobs):
-    lr: float = 3e-2
-    init: Literal["random", "text", "sample_vocab"] = "random"  # sample_vocab: rows of the embedding, drawn at random
-    init_text: str = "Is the answer to the biomedical question yes or no?"
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(self.init != "text" or bool(self.init_text.strip()), "init_text", self.init_text,
-                "must be non-empty when init is 'text'")
+    from peftqa.families.resolve import ResolvedModel
 
 
 def build_prompt_tuning(knobs: PromptTuningParams, family: Family, model: ResolvedModel) -> PeftConfig:

@@ -1,45 +1,39 @@
-"""The method registry: one `Method` entry per PEFT method, the checks every method shares, and `build_peft_config`.
+"""The method registry: one `Method` entry per PEFT method, its builder and what else differs by method.
 
 An entry's name is used everywhere: the params key (peft.<name>), the dvc.yaml foreach item, the models/<name>/
-folder, the MLflow run name and the report's row. Its knobs are a frozen dataclass, the defaults and checks of its
-params.yaml section. Its builder turns the knobs into the `peft` config for one backbone family, or None for the
-two methods that are not adapters. What else differs by method is a property of the entry (`frozen`,
-`whole_model`, `gradient_checkpointing`), so no other module branches on a method's name.
+folder, the MLflow run name and the report's row. Its knobs (peftqa.params.knobs) are a frozen dataclass, the
+defaults and checks of its params.yaml section. Its builder turns the knobs into the `peft` config for one backbone
+family, or None for the methods that are not peft adapters. What else differs by method is a property of the entry
+(`frozen`, `whole_model`, `native`, `refuse`, `optimizer_groups`), so no other module branches on a method's name.
 
-`register` adds an entry. METHODS is a live view of the registered names: a method registered at run time (a
-plug-in, a test) is known to the params checks, the stages' command lines and the report alike.
-A builder sees a family only through `Family`, the few class attributes it reads, so this package never imports
-peftqa.families (which imports it).
+Each shipped method is a module, peftqa/methods/<name>.py, imported the first time its entry is asked for (`get`):
+a stage that trains or loads one method runs that method's module and the shared ones (this registry, shared.py),
+never the others, so dvc.yaml's train@<name> and evaluate@<name> depend on <name>'s module alone. `register` adds an
+entry (a shipped module registers itself; a plug-in or a test registers its own, and its knobs join peftqa.params.knobs'
+KNOBS, so params, the stages' command lines and the report know it). A builder sees a family only through
+`Family`, the few class attributes it reads: this package imports peftqa.families only inside functions, and
+peftqa.families never imports it (a backbone gets its method's entry from whoever loads it: methods.attach).
 """
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
-from peftqa.errors import ParamsError, PeftqaError
+from peftqa.errors import PeftqaError
+from peftqa.methods.shared import Family
+from peftqa.params.knobs import BUILTIN, KNOBS, METHODS, check_gradient_checkpointing
 
 if TYPE_CHECKING:
     import torch
-    from peft import PeftConfig, TaskType
+    from peft import PeftConfig
 
-ResolvedModel = tuple[str, dict[str, str]]  # what from_pretrained gets, and its extra kwargs (gguf_file=)
-
-
-class Family(Protocol):
-    """What a builder reads of a backbone family: class attributes of a peftqa.families Backbone subclass."""
-
-    family: str  # the name params use (model.family)
-    task_type: TaskType  # what peft wraps the model as
-    query_value_layers: tuple[str, ...]  # attention query and value projections: LoRA's default targets
-    key_value_layers: tuple[str, ...]  # attention key and value projections: with the next, IA3's default targets
-    feedforward_layers: tuple[str, ...]  # feed-forward output layers (IA3 scales their input)
-    attention_output_layers: tuple[str, ...]  # exact module paths (regexes, whole name) of attention output projections
-    feedforward_output_layers: tuple[str, ...]  # ... and of feed-forward output projections (bottleneck adapters)
-    layer_norm_layers: tuple[str, ...]  # the layer norms' names: LN tuning's default targets
+    from peftqa.families.resolve import ResolvedModel
 
 
-Builder = Callable[[Any, Family, ResolvedModel], "PeftConfig | None"]  # (knobs, family, model) -> config
+Builder = Callable[[Any, Family, "ResolvedModel"], "PeftConfig | None"]  # (knobs, family, model) -> config
 
 
 @dataclass(frozen=True)
@@ -62,12 +56,23 @@ class Method:
     note_without_head: str = ""  # the note for a family without a classification head, where it differs
     frozen: bool = False  # nothing of the backbone trains: at most the encoder's head (a linear probe)
     whole_model: bool = False  # every weight trains, so the whole model is saved, not an adapter
-    gradient_checkpointing: bool = True  # whether it can train under train.gradient_checkpointing
     native: Native | None = None  # a method written here, not a peft config: its attach, save and load
     # the adapter's AdamW groups from its (name, parameter) pairs, the knobs and lr; None: one group at lr
     optimizer_groups: Callable[[list[tuple[str, torch.nn.Parameter]], Any, float], list[dict]] | None = None
     # raises PeftqaError, naming the family and the reason, for a model the method cannot serve (model, knobs, family)
     refuse: Callable[[torch.nn.Module, Any, Family], None] | None = None
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether it can train under train.gradient_checkpointing: its knobs say (peftqa.params.knobs)."""
+        return self.knobs.gradient_checkpointing
+
+    def peft_config(self, knobs: object, family: Family, model: ResolvedModel, *,
+                    gradient_checkpointing: bool = False) -> PeftConfig | None:
+        """Its peft config on `family` (None: not an adapter, or written here), after the checks peft itself would only
+        fail late or obscurely."""
+        check_gradient_checkpointing(self.name, gradient_checkpointing)
+        return self.build(knobs, family, model)
 
     def describe(self, has_head: bool) -> str:
         if not has_head and self.note_without_head:
@@ -76,54 +81,48 @@ class Method:
                              "started from the probe) trained")
 
 
-REGISTRY: dict[str, Method] = {}
-METHODS = REGISTRY.keys()  # a live view, in registration order
-
-
-def register(method: Method) -> Method:
-    """Add a method under its name; a name is registered once."""
-    if method.name in REGISTRY:
-        raise ValueError(f"method {method.name!r} is already registered")
-    REGISTRY[method.name] = method
-    return method
+_LOADED: dict[str, Method] = {}  # the entries registered so far, by name
 
 
 def get(name: str) -> Method:
-    if name not in REGISTRY:
+    """Method `name`'s entry; a shipped method's module is imported (and so registered) the first time."""
+    if name not in _LOADED and name in BUILTIN:
+        importlib.import_module(f"{__package__}.{name}")
+    if name not in _LOADED:
         raise PeftqaError(f"unknown method {name!r}; choose one of {list(METHODS)}")
-    return REGISTRY[name]
+    return _LOADED[name]
 
 
-# -----------------------------------------------------------------------------
+def register(method: Method) -> Method:
+    """Add a method under its name; a name is registered once (a shipped method's own module first)."""
+    if method.name in BUILTIN and method.name not in _LOADED and KNOBS[method.name] is not method.knobs:
+        get(method.name)  # the shipped method's own entry, which this one would shadow
+    if method.name in _LOADED:
+        raise ValueError(f"method {method.name!r} is already registered")
+    _LOADED[method.name] = method
+    KNOBS.setdefault(method.name, method.knobs)
+    return method
 
 
-def check_gradient_checkpointing(name: str, gradient_checkpointing: bool) -> None:
-    if gradient_checkpointing and not get(name).gradient_checkpointing:
-        raise ParamsError(f"train.gradient_checkpointing: true cannot be combined with {name}: peft passes its "
-                          "virtual tokens as a key/value cache, which gradient checkpointing disables. Set "
-                          f"train.gradient_checkpointing: false or drop {name} from methods.")
+class Registry(Mapping):
+    """Every method's entry by name, in METHODS' order: reading one imports its module (get); iterating them all
+    imports every shipped method. `del REGISTRY[name]` takes a plug-in back out (tests)."""
+
+    def __getitem__(self, name: str) -> Method:
+        if name not in KNOBS:
+            raise KeyError(name)
+        return get(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(METHODS))
+
+    def __len__(self) -> int:
+        return len(KNOBS)
+
+    def __delitem__(self, name: str) -> None:
+        del _LOADED[name]
+        if name not in BUILTIN:
+            del KNOBS[name]
 
 
-def build_peft_config(name: str, knobs: object, family: Family, model: ResolvedModel, *,
-                      gradient_checkpointing: bool = False) -> PeftConfig | None:
-    """The peft config of method `name` on `family`, after the checks peft itself would only fail late or obscurely."""
-    check_gradient_checkpointing(name, gradient_checkpointing)
-    return get(name).build(knobs, family, model)
-
-
-def matches_target(module_name: str, target: str) -> bool:
-    """peft's rule for a target_modules entry: the module's whole name, or its last dotted names."""
-    return module_name == target or module_name.endswith(f".{target}")
-
-
-def check_target_modules(peft_config: PeftConfig | None, model: torch.nn.Module, *, method: str,
-                         model_name: str) -> None:
-    """Fail on a target module the model lacks; peft only fails when *none* match, silently skipping the rest."""
-    targets = getattr(peft_config, "target_modules", None) or ()
-    module_names = [name for name, _ in model.named_modules()]
-    for target in sorted(targets):
-        if not any(matches_target(name, target) for name in module_names):
-            leaves = {name.rsplit(".", 1)[-1] for name in module_names}
-            examples = sorted(leaf for leaf in leaves if leaf and not leaf.isdigit())[:12]  # indices say nothing
-            raise PeftqaError(f"peft.{method}.target_modules: module '{target}' does not exist in model "
-                              f"'{model_name}'. Fix that params key; this model's layer names include {examples}.")
+REGISTRY = Registry()

@@ -3,31 +3,15 @@ random low-rank matrices is shared by every target layer; only a scaling vector 
 random pair is drawn from projection_prng_key and saved with the adapter, so a reload needs no seed."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
-from peftqa.errors import require
-from peftqa.methods.knobs import TrainedKnobs
-from peftqa.methods.registry import Family, Method, ResolvedModel, register
+from peftqa.methods.registry import Family, Method, register
+from peftqa.params.knobs import VeraParams
 
 if TYPE_CHECKING:
     from peft import PeftConfig
 
-
-@dataclass(frozen=True)
-class VeraParams(TrainedKnobs):
-    lr: float = 5e-3
-    r: int = 256  # the shared random matrices' rank: VeRA's trained count grows with it only through d (r per layer)
-    dropout: float = 0.0
-    d_initial: float = 0.1  # the start of the trained vector d (the other, b, starts at 0: the identity)
-    projection_prng_key: int = 0  # the seed of the shared random matrices
-    target_modules: tuple[str, ...] = ()  # () = the family's query and value projections
-    at_least_one: ClassVar[tuple[str, ...]] = ("r",)
-
-    def __post_init__(self):
-        super().__post_init__()
-        require(0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
-        require(self.d_initial > 0, "d_initial", self.d_initial, "must be > 0")
+    from peftqa.families.resolve import ResolvedModel
 
 
 def build_vera(knobs: VeraParams, family: Family, model: ResolvedModel) -> PeftConfig:

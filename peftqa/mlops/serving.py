@@ -94,7 +94,7 @@ class PeftqaModel(mlflow.pyfunc.PythonModel):
     """Base model + saved adapter behind pyfunc's predict: a frame of question, context -> label, p_yes."""
 
     def load_context(self, context) -> None:
-        from peftqa.families import load_backbone  # heavy: only where the model is loaded
+        from peftqa.methods.attach import load_backbone  # heavy: only where the model is loaded
 
         config = json.loads(Path(context.artifacts["resolved_config"]).read_text(encoding="utf-8"))
         model_params, labels, seed, method = model_params_from_config(config)

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from peftqa.evaluation.metrics import UNMAPPED  # noqa: E402
 from peftqa.files import atomic_path  # noqa: E402
-from peftqa.methods import METHODS  # noqa: E402
+from peftqa.params.knobs import METHODS  # noqa: E402
 
 DPI = 120  # sharp in a browser, small in git
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.scoring import score_frame
-from peftqa.families import load_backbone
+from peftqa.methods.attach import load_backbone
 from peftqa.params import Params
 
 LM_EVAL_PYTHON = Path(".venv-lmeval/bin/python")  # its own venv, outside the lock (make .venv-lmeval/.installed)

@@ -5,7 +5,7 @@ import pandas as pd
 import torch
 
 from peftqa.evaluation.scoring import autocast
-from peftqa.families import load_backbone
+from peftqa.methods.attach import load_backbone
 from peftqa.params import Params
 from peftqa.training.loop import set_seed
 

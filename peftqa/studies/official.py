@@ -13,7 +13,7 @@ import yaml
 
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.stats import mcnemar_detectable_difference
-from peftqa.params import _Loader
+from peftqa.params import YamlLoader
 from peftqa.report.findings import DETECT_ALPHA, DETECT_POWER, format_detectable, stats_row
 from peftqa.report.inputs import read_json
 from peftqa.report.tables import markdown_table
@@ -57,7 +57,7 @@ def require_pilot_choices(study: Study) -> None:
     """The study's params.yaml must hold every setting the pilot's choices give the full run
     (reports/<pilot>/choices.json, written by `peftqa pilot table` from its runs): what ran is what val chose."""
     wanted = read_file(pilot_folder(study), "choices.json", read_json)["full_run"]
-    held = yaml.load((study.root / "params.yaml").read_text(encoding="utf-8"), Loader=_Loader)
+    held = yaml.load((study.root / "params.yaml").read_text(encoding="utf-8"), Loader=YamlLoader)
     differ = {key: (dotted(held, key), value) for key, value in wanted.items() if dotted(held, key) != value}
     if differ:
         listed = "; ".join(f"{key}: {got!r}, the pilot chose {want!r}" for key, (got, want) in differ.items())

@@ -25,7 +25,7 @@ import yaml
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.metrics import classification_metrics
 from peftqa.evaluation.references import choose_offset, margins_from_p_yes, predict_with_offset
-from peftqa.methods import METHODS
+from peftqa.params.knobs import METHODS
 
 BASELINE = "base"  # trained by no run, evaluated once; for a language model, base_calibrated is its val-chosen offset
 CALIBRATED = "base_calibrated"

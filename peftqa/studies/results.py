@@ -9,7 +9,7 @@ Each source is a folder of committed outputs, read once per rendering (peftqa.st
 - `official-pilot`: reports/smollm2-official-pilot/, the decisive study's pilot: its phases' tables and choices;
 - `bench`: reports/bench/*.json and reports/probe/truncation.json, written by `peftqa bench --json`,
   `peftqa bench-reference --json` and `peftqa probe --compare-truncation --json`;
-- `matrix`: tests/method_matrix.py, the family x method data test_learning runs, with the method registry.
+- `matrix`: peftqa/methods/support.py, the family x method data test_learning runs, with the method registry.
 Every table is drawn by the code that prints it elsewhere (the report's sections, the study's blocks, the bench's and
 the pilot's formatters), so a docs table and its command's output cannot drift apart.
 """
@@ -25,7 +25,7 @@ from typing import Callable
 import pandas as pd
 import yaml
 
-from peftqa.params import Params, _Loader, parse_params
+from peftqa.params import Params, YamlLoader, parse_params
 from peftqa.paths import MODELS_DIR, REFERENCES_CHOICES_JSON
 from peftqa.report.inputs import ProtocolResults, read_json
 from peftqa.report.sections import cv_section, seeds_section
@@ -125,7 +125,7 @@ def read_protocol_copy(root: Path) -> ProtocolCopy:
     """A copy's params.yaml (without its `peft` section, written in a format older than today's parser; the protocol
     tables need none of it), run.json and whichever protocol tables it holds (the others empty)."""
     def params_of(path: Path) -> Params:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=YamlLoader)
         data.pop("peft", None)
         return parse_params(data, str(path))
 
@@ -342,13 +342,13 @@ MEASURED_BLOCKS: dict[str, Callable[[Path], str]] = {
 
 
 # -----------------------------------------------------------------------------
-# matrix: tests/method_matrix.py, test_learning's family x method data, and the registry
+# matrix: peftqa/methods/support.py, the family x method data test_learning runs, and the registry
 
 
 def read_matrix(folder: Path) -> ModuleType:
-    """tests/method_matrix.py, loaded by path (tests/ is not a package peftqa imports)."""
-    path = folder / "method_matrix.py"
-    spec = importlib.util.spec_from_file_location("method_matrix", path)
+    """peftqa/methods/support.py, loaded by path from the folder rendered (the docs check renders copies)."""
+    path = folder / "support.py"
+    spec = importlib.util.spec_from_file_location("method_support", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -373,7 +373,8 @@ def matrix_table(matrix: ModuleType) -> str:
 def methods_table(matrix: ModuleType) -> str:
     """One row per registered method: its paper, what it trains, its knobs, where it comes from and the families
     the matrix shows it serving."""
-    from peftqa import methods
+    from peftqa.methods import registry as methods
+    from peftqa.methods.shared import build_no_adapter
 
     def knobs(entry: methods.Method) -> str:
         names = [f.name for f in dataclasses.fields(entry.knobs) if f.name not in ("lr", "head_lr")]
@@ -382,7 +383,7 @@ def methods_table(matrix: ModuleType) -> str:
     def source(entry: methods.Method) -> str:
         if entry.native is not None:
             return "peftqa (native)"
-        return "peftqa (no adapter)" if entry.build is methods.build_no_adapter else "peft"
+        return "peftqa (no adapter)" if entry.build is build_no_adapter else "peft"
 
     def serves(name: str) -> str:
         if name not in matrix.TRAINED_METHODS:
@@ -394,5 +395,5 @@ def methods_table(matrix: ModuleType) -> str:
     return markdown_table(["method", "paper", "what trains", "knobs (besides lr, head_lr)", "from", "families"], rows)
 
 
-MATRIX_DIR = Path("tests")
+MATRIX_DIR = Path("peftqa/methods")
 MATRIX_BLOCKS: dict[str, Callable[[ModuleType], str]] = {"table": matrix_table, "methods": methods_table}

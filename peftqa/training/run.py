@@ -20,8 +20,9 @@ from peftqa import compute
 from peftqa.data.features import features_for
 from peftqa.errors import PeftqaError
 from peftqa.evaluation import scoring
-from peftqa.families import Backbone, load_backbone
+from peftqa.families import Backbone
 from peftqa.files import folder_bytes, replace_dir_atomic, write_csv_atomic, write_json_atomic
+from peftqa.methods.attach import load_backbone
 from peftqa.mlops import environment, serving, tracking
 from peftqa.mlops.tracking import log_metrics_row, log_outputs, mlflow_run
 from peftqa.params import Params, flatten

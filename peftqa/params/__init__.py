@@ -16,7 +16,7 @@ from typing import Literal, Sequence
 import yaml
 
 from peftqa.errors import InvalidValue, ParamsError, require
-from peftqa.methods import METHODS, REGISTRY, check_gradient_checkpointing
+from peftqa.params.knobs import KNOBS, METHODS, check_gradient_checkpointing
 
 KNOWN_LABELS = ("yes", "no", "maybe")
 BASE_CALIBRATED = "base_calibrated"  # the zero-shot base plus one val-chosen offset: the label prior's best fix
@@ -119,16 +119,16 @@ class TrainParams:
 
 
 class PeftParams(Mapping):
-    """The peft: section: one knobs dataclass per registered method (peftqa.methods), by name: `params.peft.lora`,
+    """The peft: section: one knobs dataclass per method (peftqa.params.knobs), by name: `params.peft.lora`,
     or `params.peft[name]`. A section left out of params.yaml gets its knobs' defaults."""
 
     def __init__(self, **sections: object):
-        unknown = sorted(set(sections) - set(REGISTRY))
+        unknown = sorted(set(sections) - set(KNOBS))
         if unknown:
             raise ParamsError(f"params: unknown key 'peft.{unknown[0]}'; the keys of 'peft' are the registered "
                               f"methods {list(METHODS)}")
-        object.__setattr__(self, "_sections", {name: sections[name] if name in sections else method.knobs()
-                                               for name, method in REGISTRY.items()})
+        object.__setattr__(self, "_sections", {name: sections[name] if name in sections else knobs()
+                                               for name, knobs in KNOBS.items()})
 
     def __setattr__(self, name: str, value: object) -> None:
         raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}: params are frozen; use replace()")
@@ -316,24 +316,24 @@ def _build_peft(data: object, where: str) -> PeftParams:
     require(isinstance(data, dict), where, data, "expected a mapping")
     sections = {}
     for name, section in data.items():
-        if name not in REGISTRY:
+        if name not in KNOBS:
             raise ParamsError(f"params: unknown key '{where}.{name}'; the keys of '{where}' are the registered "
                               f"methods {sorted(METHODS)}. Check the spelling in params.yaml or your `dvc exp run -S` "
                               "override.")
         require(isinstance(section, dict), f"{where}.{name}", section, "expected a mapping")
-        sections[name] = _build(REGISTRY[name].knobs, section, f"{where}.{name}", relative_checks=True)
+        sections[name] = _build(KNOBS[name], section, f"{where}.{name}", relative_checks=True)
     return PeftParams(**sections)
 
 
-class _Loader(yaml.SafeLoader):
+class YamlLoader(yaml.SafeLoader):
     """SafeLoader that keeps yes/no/on/off as strings: they are labels here, not booleans."""
 
 
-_Loader.yaml_implicit_resolvers = {
+YamlLoader.yaml_implicit_resolvers = {
     ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
     for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
 }
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                               list("tTfF"))
 
 
@@ -355,7 +355,7 @@ def load_params(path: str | Path = "params.yaml", overrides: Sequence[str] = ())
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run from the repository root (where dvc.yaml is)") from None
     try:
-        data = yaml.load(text, Loader=_Loader)
+        data = yaml.load(text, Loader=YamlLoader)
         for setting in overrides:
             _override(data, setting, path)
     except yaml.YAMLError as err:
@@ -374,7 +374,7 @@ def _override(data: dict, setting: str, path: Path) -> None:
         if not isinstance(node, dict) or not isinstance(node.get(part), dict):
             raise ParamsError(f"{setting}: {path} has no section {'.'.join(parents[: depth + 1])!r}")
         node = node[part]
-    node[leaf] = yaml.load(value, Loader=_Loader)
+    node[leaf] = yaml.load(value, Loader=YamlLoader)
 
 
 def flatten(obj: object, prefix: str = "") -> dict[str, object]:

@@ -2,8 +2,9 @@
 and greedy decoding kept a key/value cache: the head at every position, (B, T, V), and the whole sequence re-run
 for each new token.
 
-Not used by the pipeline. `peftqa bench` times it as "before" in the same run as today's code, and the equality
-tests compare today's code against it (`with computed_as_before(backbone): ...`).
+A test oracle, not library code: tests/test_causal_paths.py compares today's code against it (`with
+computed_as_before(backbone): ...`). Its rates, timed in one run beside the code of that day, are committed in
+reports/bench/smollm2-before.json, which `peftqa bench --before` reads.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 
 from peftqa.families.backbone import MAX_NEW_TOKENS, Batch
 from peftqa.families.causal import CausalBackbone
-from peftqa.families.tokens import _token_nll
+from peftqa.families.tokens import token_nll
 
 
 def full_logits(backbone: CausalBackbone, batch: Batch) -> torch.Tensor:
@@ -34,7 +35,7 @@ def label_logits(backbone: CausalBackbone, batch: Batch) -> torch.Tensor:
 
 
 def example_losses(backbone: CausalBackbone, batch: Batch) -> torch.Tensor:
-    return _token_nll(full_logits(backbone, batch)[:, :-1], batch["target_ids"][:, 1:])
+    return token_nll(full_logits(backbone, batch)[:, :-1], batch["target_ids"][:, 1:])
 
 
 def separate_passes(backbone: CausalBackbone, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

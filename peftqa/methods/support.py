@@ -1,6 +1,7 @@
-"""The family x method matrix of test_learning, as data: every (family, method) pair is a recipe that learns, a
-recipe expected to fail (CANNOT_LEARN, strict xfail), or a refusal with its named error. `peftqa docs` renders it as
-docs/models.md's matrix table (results.method_matrix), so the table and the test cannot drift apart."""
+"""Which method serves which family, as data: every (family, method) pair is a recipe that learns (tests/
+test_learning.py trains each on a tiny model), a recipe expected to fail (CANNOT_LEARN, strict xfail there), or a
+refusal with its named error. `peftqa docs` renders it as docs/models.md's matrix table (studies.results), so the
+table and the test cannot drift apart. Pure data: it imports nothing, and the docs read it by path."""
 from __future__ import annotations
 
 KINDS = {"encoder": "bert", "seq2seq": "t5", "causal": "gpt2"}  # tiny model kind per family
