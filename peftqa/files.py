@@ -1,5 +1,5 @@
 """Files: every output written atomically (a temporary name in the same folder, fsync, then a rename), a folder
-swapped into place whole, a prepared split read back, hashes and sizes, and the project root."""
+swapped into place whole, a JSON file read, hashes and sizes, and the project root."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import pandas as pd
 
-from peftqa.errors import PeftqaError, naming_a_full_disk
+from peftqa.errors import naming_a_full_disk
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask (os.umask can only be read by setting it)
@@ -72,16 +72,9 @@ def _json_default(obj: object) -> object:
 # files and paths
 
 
-def read_split(path: str | Path, limit: int = 0) -> pd.DataFrame:
-    """A prepared split (pmid, question, context, label; pmids and labels stay strings), its first `limit` rows
-    when limit > 0 (train.limit_train, evaluate.limit_items: demo slices that never change the split itself)."""
-    try:
-        frame = pd.read_csv(path, dtype={"pmid": str, "label": str})
-    except FileNotFoundError:
-        raise PeftqaError(f"{path} not found; run `dvc repro prepare` first") from None
-    except pd.errors.EmptyDataError:
-        raise PeftqaError(f"{path}: empty file; run `dvc repro prepare`") from None
-    return frame.iloc[:limit] if limit else frame
+def read_json(path: str | Path) -> object:
+    """A JSON file that no pipeline stage writes (a study's run.json, a bench record); outputs: peftqa.catalog."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def sha256_file(path: str | Path) -> str:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from peftqa.files import replace_dir_atomic, write_json_atomic
+from peftqa.catalog import CURVE, HISTORY_METRICS
+from peftqa.files import replace_dir_atomic
 from peftqa.params import load_params
-from peftqa.paths import CURVES_DIR
-from peftqa.training.history import METRICS, read_history
+from peftqa.training.history import read_history
 
 log = logging.getLogger("peftqa.curves")
 
@@ -43,11 +43,11 @@ def main(args: list[str]) -> None:
     histories = {method: read_history(method) for method in methods}
 
     def write(folder: Path) -> None:
-        for metric in METRICS:
-            write_json_atomic(folder / f"{metric}.json", curve_rows(histories, metric))
+        for metric in HISTORY_METRICS:
+            CURVE.write(curve_rows(histories, metric), into=folder, metric=metric)
 
-    replace_dir_atomic(write, CURVES_DIR)  # a method dropped from params leaves no stale column behind
-    log.info("wrote %s for %s", ", ".join(f"{CURVES_DIR}/{m}.json" for m in METRICS), ", ".join(methods))
+    replace_dir_atomic(write, CURVE.folder_path())  # a method dropped from params leaves no stale column behind
+    log.info("wrote %s for %s", ", ".join(str(CURVE.path(metric=m)) for m in HISTORY_METRICS), ", ".join(methods))
 
 
 if __name__ == "__main__":

@@ -14,14 +14,12 @@ import logging
 import time
 from pathlib import Path
 
-import pandas as pd
-
+from peftqa.catalog import FEATURES, FEATURES_META, read_split
 from peftqa.data.features import BATCH_SIZE, SPLITS, embed_frame, features_key, save_features
 from peftqa.errors import PeftqaError
 from peftqa.families import EncoderBackbone, load_model
-from peftqa.files import replace_dir_atomic, write_json_atomic
+from peftqa.files import replace_dir_atomic
 from peftqa.params import load_params
-from peftqa.paths import DATA_DIR, FEATURES_DIR
 
 log = logging.getLogger("peftqa.embed")
 
@@ -36,11 +34,11 @@ def main(args: list[str]) -> None:
     meta = {**features_key(params.model), "family": backbone.family}
     if not isinstance(backbone, EncoderBackbone):
         meta["note"] = f"no features: the {backbone.family} family has no probe (base is zero-shot)"
-        replace_dir_atomic(lambda folder: write_json_atomic(folder / "features.json", meta), FEATURES_DIR)
+        replace_dir_atomic(lambda folder: FEATURES_META.write(meta, into=folder), FEATURES_META.folder_path())
         log.info("embed: %s", meta["note"])
         return
 
-    frames = {split: pd.read_csv(DATA_DIR / f"{split}.csv", dtype={"pmid": str}) for split in SPLITS}
+    frames = {split: read_split(split) for split in SPLITS}
     start = time.perf_counter()
     features = {split: embed_frame(backbone, frame, BATCH_SIZE, desc=f"embed {split}")
                 for split, frame in frames.items()}
@@ -49,11 +47,11 @@ def main(args: list[str]) -> None:
 
     def write(folder: Path) -> None:
         for split, frame in frames.items():
-            save_features(folder / f"{split}.npz", frame, features[split])
-        write_json_atomic(folder / "features.json", meta)
+            save_features(FEATURES.path(into=folder, split=split), frame, features[split])
+        FEATURES_META.write(meta, into=folder)
 
-    replace_dir_atomic(write, FEATURES_DIR)
-    log.info("embed: %s in %.0f s -> %s", meta["shapes"], meta["seconds"], FEATURES_DIR)
+    replace_dir_atomic(write, FEATURES.folder_path())
+    log.info("embed: %s in %.0f s -> %s", meta["shapes"], meta["seconds"], FEATURES.folder_path())
 
 
 if __name__ == "__main__":

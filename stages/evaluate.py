@@ -11,24 +11,22 @@ Throughput is timed over the batched run; latency per example on a separate pass
 """
 from __future__ import annotations
 
-import json
 import logging
 
+from peftqa.catalog import ADAPTER, CONFUSION, METRICS, PREDS, SPLIT, TRAIN_SUMMARY, read_split
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.metrics import confusion_frame
 from peftqa.evaluation.predictions import (
     generation_metrics,
     predict_batched,
-    predictions_frame,
+    scored_predictions,
     split_metrics,
     time_per_example,
 )
 from peftqa.evaluation.scoring import use_bf16
-from peftqa.files import read_split, write_csv_atomic, write_json_atomic
 from peftqa.methods.attach import load_backbone
 from peftqa.mlops import tracking
 from peftqa.params import METHODS, load_params
-from peftqa.paths import DATA_DIR, EVAL_DIR, MODELS_DIR
 from peftqa.report.palette import close_figure, plot_confusion
 
 log = logging.getLogger("peftqa.evaluate")
@@ -43,28 +41,27 @@ def main(args: list[str]) -> None:
     method = args[0]
     params = load_params()
     labels = params.prepare.labels
-    summary_path = MODELS_DIR / method / "train_summary.json"
+    summary_path = TRAIN_SUMMARY.path(method=method)
     if not summary_path.exists():
         raise PeftqaError(f"{summary_path} not found: train the method first (`dvc repro train@{method}`)")
-    summary = json.loads(summary_path.read_text())
+    summary = TRAIN_SUMMARY.read(method=method)
     client, _ = tracking.connect(params.mlflow.experiment)  # an unusable store fails now, not after the scoring
     tracking.check_run(client, summary["mlflow_run_id"], str(summary_path))
     backbone = load_backbone(params.model, method, params.peft, labels, seed=params.train.seed,
-                             device=params.train.device, adapter_dir=MODELS_DIR / method / "adapter")
+                             device=params.train.device, adapter_dir=ADAPTER.path(method=method))
     bf16 = use_bf16(params.model.dtype, backbone.device)
     by_length = params.train.length_groups  # batches in length order, predictions written in split order
     scoring = params.model.scoring
 
-    out_dir = EVAL_DIR / method
     metrics_by_split, figures, datasets = {}, {}, {}
     for split in SPLITS:
-        frame = read_split(DATA_DIR / f"{split}.csv", params.evaluate.limit_items)
-        datasets[split] = tracking.split_dataset(frame, split, str(DATA_DIR / f"{split}.csv"))
+        frame = read_split(split, params.evaluate.limit_items)
+        datasets[split] = tracking.split_dataset(frame, split, str(SPLIT.path(split=split)))
         preds, log_probs, seconds = predict_batched(backbone, frame, params.evaluate.batch_size, scoring, bf16,
                                                    by_length)
         timed = frame if params.evaluate.latency_items == 0 else frame.iloc[: params.evaluate.latency_items]
         latencies = time_per_example(backbone, timed, scoring, bf16)
-        pred_frame = predictions_frame(frame, preds, log_probs, labels, latencies)
+        pred_frame = scored_predictions(frame, preds, log_probs, labels, latencies)
         metrics = split_metrics(pred_frame, labels, seconds, summary)
         metrics.update(generation_metrics(backbone, frame, preds, scoring, params.evaluate.batch_size, bf16,
                                           by_length))
@@ -72,9 +69,9 @@ def main(args: list[str]) -> None:
             log.warning("%s %s: %d generations mapped to no label (counted as wrong)", method, split,
                         metrics["unmapped"])
         cm = confusion_frame(pred_frame["gold"].tolist(), [p if isinstance(p, str) else None for p in preds], labels)
-        write_csv_atomic(out_dir / f"preds_{split}.csv", pred_frame)
-        write_json_atomic(out_dir / f"metrics_{split}.json", metrics)
-        write_csv_atomic(out_dir / f"cm_{split}.csv", cm)
+        PREDS.write(pred_frame, method=method, split=split)
+        METRICS.write(metrics, method=method, split=split)
+        CONFUSION.write(cm, method=method, split=split)
         metrics_by_split[split] = metrics
         figures[f"cm_{split}.png"] = plot_confusion(cm, labels, method, split)
         log.info("%s %s: accuracy %.4f macro-F1 %.4f, %.1f items/s batched, latency mean %.4f s", method, split,

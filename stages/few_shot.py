@@ -29,6 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from peftqa.catalog import (
+    FEW_SHOT_CHOICES,
+    FEW_SHOT_DRAW,
+    FEW_SHOT_METRICS,
+    FEW_SHOT_PREDS,
+    SCORED_SPLITS,
+    read_split,
+)
 from peftqa.compute import use_bf16
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.few_shot import (
@@ -42,15 +50,12 @@ from peftqa.evaluation.predictions import generation_metrics, scored_split
 from peftqa.families import Backbone
 from peftqa.families.load import backbone_class
 from peftqa.families.resolve import resolve_model
-from peftqa.files import read_split, replace_dir_atomic, write_csv_atomic, write_json_atomic
+from peftqa.files import replace_dir_atomic
 from peftqa.methods.attach import load_backbone
 from peftqa.params import Params, load_params
-from peftqa.paths import DATA_DIR, FEW_SHOT_DIR
 from peftqa.stops import run_cli
 
 log = logging.getLogger("peftqa.evaluation.few_shot")
-
-SCORED_SPLITS = ("val", "test")
 
 
 def prompt_tokens(backbone: Backbone, frame: pd.DataFrame) -> dict[str, float]:
@@ -78,12 +83,12 @@ def main(args: list[str]) -> None:
                                  backbone_class(params.model.family, resolve_model(params.model.name_or_path)).family)
     if why:
         log.info("few_shot: %s; no row is written", why)
-        replace_dir_atomic(lambda folder: write_json_atomic(folder / "choices.json", {"not_defined": why}),
-                           FEW_SHOT_DIR)
+        replace_dir_atomic(lambda folder: FEW_SHOT_CHOICES.write({"not_defined": why}, into=folder),
+                           FEW_SHOT_CHOICES.folder_path())
         return
     labels = params.prepare.labels
-    train = read_split(DATA_DIR / "train.csv", params.train.limit_train)
-    splits = {split: read_split(DATA_DIR / f"{split}.csv", params.evaluate.limit_items) for split in SCORED_SPLITS}
+    train = read_split("train", params.train.limit_train)
+    splits = {split: read_split(split, params.evaluate.limit_items) for split in SCORED_SPLITS}
     model_params = dataclasses.replace(params.model, max_length=params.references.few_shot_max_length)
     backbone = load_backbone(model_params, "base", params.peft, labels, seed=params.train.seed,
                              device=params.train.device)
@@ -121,13 +126,13 @@ def main(args: list[str]) -> None:
 
     def write_outputs(folder: Path) -> None:
         for split, (preds, metrics) in outputs.items():
-            write_csv_atomic(folder / f"preds_{split}.csv", preds)
-            write_json_atomic(folder / f"metrics_{split}.json", metrics)
+            FEW_SHOT_PREDS.write(preds, into=folder, split=split)
+            FEW_SHOT_METRICS.write(metrics, into=folder, split=split)
         for draw, (preds, _) in enumerate(val_scored, start=1):
-            write_csv_atomic(folder / f"preds_val_draw{draw}.csv", preds)
-        write_json_atomic(folder / "choices.json", choices)
+            FEW_SHOT_DRAW.write(preds, into=folder, draw=draw)
+        FEW_SHOT_CHOICES.write(choices, into=folder)
 
-    replace_dir_atomic(write_outputs, FEW_SHOT_DIR)
+    replace_dir_atomic(write_outputs, FEW_SHOT_CHOICES.folder_path())
 
 
 if __name__ == "__main__":

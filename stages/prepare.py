@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from peftqa.catalog import FOLDS, GROUND_TRUTH_JSON, PREPARE_METRICS, RAW_JSON, SPLIT, SPLIT_STATS
 from peftqa.data.dataset import (
     assign_folds,
     clean_items,
@@ -23,37 +24,33 @@ from peftqa.data.dataset import (
     validate_ground_truth,
     validate_records,
 )
-from peftqa.files import write_csv_atomic, write_json_atomic
 from peftqa.params import load_params
-from peftqa.paths import DATA_DIR, GROUND_TRUTH_JSON, RAW_JSON
 
 log = logging.getLogger("peftqa.prepare")
-
-SPLITS = ("train", "val", "test")
 
 
 def main(args: list[str]) -> None:
     params = load_params().prepare
-    raw = validate_records(parse_json(read_input(RAW_JSON), str(RAW_JSON)), str(RAW_JSON))
+    raw_json, truth_json = RAW_JSON.path(), GROUND_TRUTH_JSON.path()
+    raw = validate_records(parse_json(read_input(raw_json), str(raw_json)), str(raw_json))
     if params.limit:
         raw = raw[: params.limit]
-    items, dropped = clean_items(raw, params.labels, str(RAW_JSON))
+    items, dropped = clean_items(raw, params.labels, str(raw_json))
     log.info("read %d records; dropped %s; kept %d", len(raw), dropped, len(items))
     if params.protocol == "official":
-        truth = validate_ground_truth(parse_json(read_input(GROUND_TRUTH_JSON), str(GROUND_TRUTH_JSON)),
-                                      str(GROUND_TRUTH_JSON))
-        splits = split_official(items, truth, params, str(RAW_JSON), str(GROUND_TRUTH_JSON))
+        truth = validate_ground_truth(parse_json(read_input(truth_json), str(truth_json)), str(truth_json))
+        splits = split_official(items, truth, params, str(raw_json), str(truth_json))
     else:
-        splits = split_random(items, params, str(RAW_JSON))
+        splits = split_random(items, params, str(raw_json))
     stats = split_stats(splits, params.labels)
     log.info("splits:\n%s", stats.to_string(index=False))
-    folds = assign_folds(items, params.folds, params.seed, str(RAW_JSON))
+    folds = assign_folds(items, params.folds, params.seed, str(raw_json))
     # everything is validated above; only now is anything written
     for name, split in splits.items():
-        write_csv_atomic(DATA_DIR / f"{name}.csv", split_frame(split))
-    write_csv_atomic(DATA_DIR / "split_stats.csv", stats)
-    write_csv_atomic(DATA_DIR / "folds.csv", folds)
-    write_json_atomic(DATA_DIR / "prepare_metrics.json", {
+        SPLIT.write(split_frame(split), split=name)
+    SPLIT_STATS.write(stats)
+    FOLDS.write(folds)
+    PREPARE_METRICS.write({
         "protocol": params.protocol, "n_raw": len(raw), "dropped": dropped, "n_clean": len(items),
         "folds": params.folds,
         "splits": {row["split"]: {k: v for k, v in row.items() if k != "split" and not k.endswith("_pct")}

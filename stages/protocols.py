@@ -25,31 +25,42 @@ Usage:   python -m stages.protocols [--debug]
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 
 import pandas as pd
 
+from peftqa.catalog import (
+    CV_FOLDS,
+    CV_PRED_COLUMNS,
+    CV_PREDS,
+    CV_STATS,
+    FOLDS,
+    PARENT_RUNS,
+    PROTOCOLS_METRICS,
+    SEED_COLUMNS,
+    SEEDS_SUMMARY,
+    SEEDS_TEST,
+    SPLIT,
+    SPLITS,
+    STATS_COLUMNS,
+    read_split,
+)
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.protocols import (
-    PRED_COLUMNS,
-    SEED_COLUMNS,
     ParentRuns,
     cv_fold_metrics,
     metrics_json,
     plan,
     run_units,
     seeds_summary,
+    unit_dir,
 )
-from peftqa.evaluation.stats import STATS_COLUMNS, compare_methods
-from peftqa.files import read_split, sha256_file, write_csv_atomic, write_json_atomic
+from peftqa.evaluation.stats import compare_methods
+from peftqa.files import sha256_file
 from peftqa.params import load_params
-from peftqa.paths import DATA_DIR, PROTOCOLS_DIR, PROTOCOLS_METRICS_JSON
 
 log = logging.getLogger("peftqa.evaluation.protocols")
-
-PARENTS_JSON = PROTOCOLS_DIR / "parent_runs.json"  # {protocol: MLflow parent run id}, for the report's provenance
 
 
 def main(args: list[str]) -> None:
@@ -57,41 +68,42 @@ def main(args: list[str]) -> None:
         raise PeftqaError(f"stages.protocols takes no arguments (it reads params.yaml), got {args}")
     params = load_params()
     units = plan(params)
-    names = ["train.csv", "val.csv", "test.csv", "folds.csv"]
-    hashes = {name: sha256_file(DATA_DIR / name) for name in names if (DATA_DIR / name).exists()}
-    if units and "folds.csv" not in hashes:
-        raise PeftqaError(f"{DATA_DIR / 'folds.csv'} not found: run `dvc repro prepare` first")
-    splits = {name: read_split(DATA_DIR / f"{name}.csv") for name in ("train", "val", "test")} if units else {}
+    files = [*(SPLIT.path(split=split) for split in SPLITS), FOLDS.path()]  # the units' stamps name them
+    hashes = {path.name: sha256_file(path) for path in files if path.exists()}
+    if units and not FOLDS.exists():
+        raise PeftqaError(f"{FOLDS.path()} not found: run `dvc repro prepare` first")
+    splits = {split: read_split(split) for split in SPLITS} if units else {}
     log.info("protocols: %d trainings (seeds %s, folds %d, methods %s)", len(units), list(params.seeds),
              params.prepare.folds, list(params.methods))
 
-    parents = ParentRuns(params, json.loads(PARENTS_JSON.read_text()) if PARENTS_JSON.exists() else {})
+    parents = ParentRuns(params, PARENT_RUNS.read() if PARENT_RUNS.exists() else {})
     try:
         seed_rows, cv_preds = run_units(params, units, splits, hashes, parents)
     except BaseException as err:
         parents.fail(err)
         raise
 
-    kept = {PROTOCOLS_DIR / "runs" / u.protocol / u.method / u.name for u in units}
-    for stale in sorted(PROTOCOLS_DIR.glob("runs/*/*/*")):  # runs of seeds, folds or methods no longer in params
+    kept = {unit_dir(unit) for unit in units}
+    # runs of seeds, folds or methods no longer in params
+    for stale in sorted(PARENT_RUNS.folder_path().glob("runs/*/*/*")):
         if stale not in kept:
             shutil.rmtree(stale)
     seeds = pd.DataFrame(seed_rows, columns=SEED_COLUMNS)
-    pooled = pd.concat(cv_preds, ignore_index=True) if cv_preds else pd.DataFrame(columns=PRED_COLUMNS)
+    pooled = pd.concat(cv_preds, ignore_index=True) if cv_preds else pd.DataFrame(columns=CV_PRED_COLUMNS)
     folds = cv_fold_metrics(pooled, params.prepare.labels)
     of = {m: pooled.loc[pooled["method"] == m] for m in (*params.methods, *params.references.per_fold)}
     stats = (compare_methods(of, params.methods, params.stats.baseline, params.prepare.labels, params.stats,
                              references={name: of[name] for name in params.references.per_fold})
              if cv_preds else pd.DataFrame(columns=STATS_COLUMNS))
     summary = seeds_summary(seeds, params.stats.baseline)
-    write_csv_atomic(PROTOCOLS_DIR / "seeds_test.csv", seeds)
-    write_csv_atomic(PROTOCOLS_DIR / "seeds_summary.csv", summary)
-    write_csv_atomic(PROTOCOLS_DIR / "cv_preds.csv", pooled)
-    write_csv_atomic(PROTOCOLS_DIR / "cv_folds.csv", folds)
-    write_csv_atomic(PROTOCOLS_DIR / "cv_stats.csv", stats)
+    SEEDS_TEST.write(seeds)
+    SEEDS_SUMMARY.write(summary)
+    CV_PREDS.write(pooled)
+    CV_FOLDS.write(folds)
+    CV_STATS.write(stats)
     protocol_metrics = metrics_json(summary, folds)
-    write_json_atomic(PROTOCOLS_METRICS_JSON, protocol_metrics)
-    write_json_atomic(PARENTS_JSON, parents.ids({u.protocol for u in units}))
+    PROTOCOLS_METRICS.write(protocol_metrics)
+    PARENT_RUNS.write(parents.ids({u.protocol for u in units}))
     parents.close("FINISHED", protocol_metrics)
     if units:
         log.info("protocols: done\n%s\n%s", summary.to_string(index=False),

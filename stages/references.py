@@ -25,39 +25,49 @@ Outputs: reports/references/<r>/preds_<split>.csv     pmid, gold, pred, p_yes, l
 """
 from __future__ import annotations
 
-import json
 import logging
 from functools import partial
 from pathlib import Path
-from typing import Callable, TypeVar
 
 import pandas as pd
 
+from peftqa.catalog import (
+    FEW_SHOT_CHOICES,
+    FEW_SHOT_PREDS,
+    PREDS,
+    REFERENCE_CHOICES,
+    REFERENCE_METRICS,
+    REFERENCE_PREDS,
+    REFERENCES_SUMMARY,
+    SCORED_SPLITS,
+    SPLIT,
+    TRAIN_SUMMARY,
+    Output,
+    read_split,
+)
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.references import (
-    SCORED_SPLITS,
     base_calibrated_undefined,
     check_split,
     predict_references,
     score_predictions,
 )
-from peftqa.files import read_split, replace_dir_atomic, write_csv_atomic, write_json_atomic
+from peftqa.files import replace_dir_atomic
 from peftqa.params import BASE_CALIBRATED, FEW_SHOT, Params, load_params
-from peftqa.paths import DATA_DIR, EVAL_DIR, FEW_SHOT_DIR, MODELS_DIR, REFERENCES_DIR, REFERENCES_METRICS_JSON
 from peftqa.stops import run_cli
 
 log = logging.getLogger("peftqa.evaluation.references")
 
 SPLITS = ("train", "val", "test")  # fitted on train, chosen on val, reported on val and test
-T = TypeVar("T")
 
 
-def read_base(path: Path, reader: Callable[[Path], T]) -> T:
+def read_base(output: Output, **fields: str) -> object:
     """One of train@base's or evaluate@base's outputs; a missing one names the stage that writes it."""
     try:
-        return reader(path)
+        return output.read(method="base", **fields)
     except FileNotFoundError:
-        raise PeftqaError(f"{path} not found: base_calibrated calibrates the zero-shot base's predictions; run "
+        raise PeftqaError(f"{output.path(method='base', **fields)} not found: base_calibrated calibrates the zero-shot "
+                          "base's predictions; run "
                           "`dvc repro evaluate@base` (it trains base first), or drop base_calibrated from "
                           "references.names") from None
 
@@ -70,13 +80,12 @@ def read_zero_shot_base(params: Params) -> tuple[dict[str, pd.DataFrame] | None,
     check = partial(base_calibrated_undefined, params.methods, params.prepare.labels, params.model.scoring)
     why = check()
     if why is None:
-        summary = read_base(MODELS_DIR / "base" / "train_summary.json", lambda path: json.loads(path.read_text()))
+        summary = read_base(TRAIN_SUMMARY)
         why = check(summary["family"])
     if why:
         log.info("%s: %s; no row is written", BASE_CALIBRATED, why)
         return None, why
-    return {split: read_base(EVAL_DIR / "base" / f"preds_{split}.csv",
-                             lambda path: pd.read_csv(path, dtype={"pmid": str})) for split in SCORED_SPLITS}, None
+    return {split: read_base(PREDS, split=split) for split in SCORED_SPLITS}, None
 
 
 def read_few_shot(params: Params) -> tuple[tuple[dict[str, pd.DataFrame], dict] | None, str | None]:
@@ -84,15 +93,14 @@ def read_few_shot(params: Params) -> tuple[tuple[dict[str, pd.DataFrame], dict] 
     when it is not asked for)."""
     if FEW_SHOT not in params.references.names:
         return None, None
-    path = FEW_SHOT_DIR / "choices.json"
     try:
-        choice = json.loads(path.read_text(encoding="utf-8"))
+        choice = FEW_SHOT_CHOICES.read()
     except FileNotFoundError:
-        raise PeftqaError(f"{path} not found: run `dvc repro few_shot`, or drop few_shot from "
+        raise PeftqaError(f"{FEW_SHOT_CHOICES.path()} not found: run `dvc repro few_shot`, or drop few_shot from "
                           "references.names") from None
     if "not_defined" in choice:
         return None, choice["not_defined"]
-    preds = {split: pd.read_csv(FEW_SHOT_DIR / f"preds_{split}.csv", dtype={"pmid": str}) for split in SCORED_SPLITS}
+    preds = {split: FEW_SHOT_PREDS.read(split=split) for split in SCORED_SPLITS}
     return (preds, choice), None
 
 
@@ -103,8 +111,8 @@ def main(args: list[str]) -> None:
     labels = params.prepare.labels
     log.info("references: %s", params.references)
     limits = {split: 0 if split == "train" else params.evaluate.limit_items for split in SPLITS}  # as the methods
-    splits = {split: check_split(read_split(DATA_DIR / f"{split}.csv", limits[split]), DATA_DIR / f"{split}.csv",
-                                 labels) for split in SPLITS}
+    splits = {split: check_split(read_split(split, limits[split]), SPLIT.path(split=split), labels)
+              for split in SPLITS}
     base_preds, not_defined = read_zero_shot_base(params)
     few_shot, few_shot_undefined = read_few_shot(params)
     preds, choices = predict_references(splits, params.references, labels, base_preds, few_shot)
@@ -118,16 +126,17 @@ def main(args: list[str]) -> None:
     def write_outputs(folder: Path) -> None:
         for name, frames in preds.items():
             for split in SCORED_SPLITS:
-                write_csv_atomic(folder / name / f"preds_{split}.csv", frames[split])
-                write_json_atomic(folder / name / f"metrics_{split}.json", metrics[name][split])
-        write_json_atomic(folder / "choices.json", choices)
+                REFERENCE_PREDS.write(frames[split], into=folder, reference=name, split=split)
+                REFERENCE_METRICS.write(metrics[name][split], into=folder, reference=name, split=split)
+        REFERENCE_CHOICES.write(choices, into=folder)
 
-    replace_dir_atomic(write_outputs, REFERENCES_DIR)  # a reference dropped from params leaves no stale folder
+    # a reference dropped from params leaves no stale folder
+    replace_dir_atomic(write_outputs, REFERENCE_CHOICES.folder_path())
     summary = {name: {split: {key: by_split[split][key] for key in ("accuracy", "macro_f1")} for split in SCORED_SPLITS}
                for name, by_split in metrics.items()}
     if BASE_CALIBRATED in summary:
         summary[BASE_CALIBRATED]["delta"] = choices[BASE_CALIBRATED]["delta"]
-    write_json_atomic(REFERENCES_METRICS_JSON, summary)
+    REFERENCES_SUMMARY.write(summary)
     for name, by_split in metrics.items():
         log.info("%s: val macro-F1 %.4f; test accuracy %.4f, macro-F1 %.4f", name, by_split["val"]["macro_f1"],
                  by_split["test"]["accuracy"], by_split["test"]["macro_f1"])

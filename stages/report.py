@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import logging
 
-from peftqa.files import atomic_path, write_json_atomic
+from peftqa.catalog import FIGURE, REPORT, SUBMISSION
 from peftqa.params import load_params
-from peftqa.paths import FIGURES_DIR, REPORTS_DIR, SUBMISSION_DIR
 from peftqa.report.build import build_report, build_submission
 from peftqa.report.figures import FIGURE_CAPTIONS, build_figures
 from peftqa.report.inputs import check_inputs_fresh, check_protocols_fresh, read_inputs
@@ -42,16 +41,15 @@ def main(args: list[str]) -> None:
     check_inputs_fresh(inputs, params.methods, params.stats.baseline, inputs.references)
     check_protocols_fresh(inputs.protocols, params, int(inputs.split_stats["n"].sum()))
     for name, figure in build_figures(inputs, params.prepare.labels, params.stats).items():
-        save_figure(figure, FIGURES_DIR / name)
+        save_figure(figure, FIGURE.path(figure=name))
     left_out = {}  # written under every protocol; a valid PubMedQA submission only under the official one
     for method in params.methods:
         submission, left_out[method] = build_submission(inputs.preds[method])
-        write_json_atomic(SUBMISSION_DIR / f"{method}.json", submission)
+        SUBMISSION.write(submission, method=method)
     columns = performance_columns(params.prepare.labels)
     markdown = build_report(inputs, params, columns, left_out if params.prepare.protocol == "official" else None)
-    with atomic_path(REPORTS_DIR / "report.md") as tmp:
-        tmp.write_text(markdown, encoding="utf-8")
-    log.info("wrote %s and %d figures", REPORTS_DIR / "report.md", len(FIGURE_CAPTIONS) + len(params.methods))
+    REPORT.write(markdown)
+    log.info("wrote %s and %d figures", REPORT.path(), len(FIGURE_CAPTIONS) + len(params.methods))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,9 @@ Usage:   python -m stages.train <method> [--debug]
 """
 from __future__ import annotations
 
+from peftqa.catalog import TRAIN_SUMMARY, read_split
 from peftqa.errors import PeftqaError
-from peftqa.files import read_split
 from peftqa.params import METHODS, load_params
-from peftqa.paths import DATA_DIR, MODELS_DIR
 from peftqa.training.distributed import end_processes
 from peftqa.training.run import train_method
 
@@ -23,9 +22,9 @@ def main(args: list[str]) -> None:
         raise PeftqaError(f"usage: python -m stages.train <method>, with <method> one of {list(METHODS)}; got {args}")
     method = args[0]
     params = load_params()
-    train = read_split(DATA_DIR / "train.csv", params.train.limit_train)
-    val = read_split(DATA_DIR / "val.csv", params.evaluate.limit_items)  # per-epoch val scores what evaluate scores
-    train_method(params, method, train, val, MODELS_DIR / method)
+    train = read_split("train", params.train.limit_train)
+    val = read_split("val", params.evaluate.limit_items)  # per-epoch val scores what evaluate scores
+    train_method(params, method, train, val, TRAIN_SUMMARY.folder_path(method=method))
     end_processes()
 
 

@@ -87,7 +87,8 @@ def test_the_table_marks_the_val_chosen_rate_and_flags_a_kept_start(tmp_path, fa
     pd.DataFrame({"pmid": ["1", "2", "3", "4", "5"], "gold": ["yes", "yes", "yes", "no", "no"],
                   "p_yes": [0.6, 0.2, 0.15, 0.05, 0.01]}).to_csv(evaluation / "preds_val.csv", index=False)
     (run_folder(tmp_path, 0) / "models/base").mkdir(parents=True)
-    (run_folder(tmp_path, 0) / "models/base/resolved_config.json").write_text(json.dumps({"family": family}))
+    (run_folder(tmp_path, 0) / "models/base/resolved_config.json").write_text(json.dumps(
+        {"family": family, "prepare.labels": "yes,no", "model.scoring": "verbalizer"}))
     table = pilot_table(grid, tmp_path)
     if family == "encoder":
         assert table["method"].tolist() == ["base", "lora", "lora"]
@@ -138,7 +139,8 @@ def write_phases(root: Path, context: list[float], lora: list[float], prefix: li
     pd.DataFrame({"pmid": ["1", "2"], "gold": ["yes", "no"], "p_yes": [0.6, 0.2]}).to_csv(
         evaluation / "preds_val.csv", index=False)
     (run_folder(root, 0) / "models/base").mkdir(parents=True)
-    (run_folder(root, 0) / "models/base/resolved_config.json").write_text(json.dumps({"family": "causal"}))
+    (run_folder(root, 0) / "models/base/resolved_config.json").write_text(json.dumps(
+        {"family": "causal", "prepare.labels": "yes,no", "model.scoring": "verbalizer"}))
 
 
 @pytest.mark.parametrize(("context", "variant", "length", "projection"), [

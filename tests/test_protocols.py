@@ -14,6 +14,7 @@ import pytest
 import yaml
 from test_train import mlflow_client
 
+from peftqa.catalog import SEED_COLUMNS
 from peftqa.cli import frontier_run as frontier_cli
 from peftqa.data import dataset
 from peftqa.errors import PeftqaError
@@ -69,7 +70,7 @@ def test_cv_fold_metrics_per_fold_and_pooled():
     assert table[["fold", "n", "accuracy"]].values.tolist() == [["0", 2, 1.0], ["1", 2, 0.5], ["pooled", 4, 0.75]]
     # pooled: yes P=1 R=.5 F1=2/3; no P=2/3 R=1 F1=.8; macro (2/3+.8)/2
     assert table.iloc[2]["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
-    no_seeds = protocols.seeds_summary(pd.DataFrame(columns=protocols.SEED_COLUMNS), "m")
+    no_seeds = protocols.seeds_summary(pd.DataFrame(columns=SEED_COLUMNS), "m")
     metrics = protocols.metrics_json(no_seeds, table)
     assert metrics == {"cv": {"m": {"n": 4, "pooled_accuracy": 0.75, "pooled_macro_f1": pytest.approx(0.7333333),
                                     "fold_macro_f1_std": pytest.approx(table.iloc[:2]["macro_f1"].std())}}}

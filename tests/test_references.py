@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from peftqa.catalog import PRED_COLUMNS
 from peftqa.errors import ParamsError, PeftqaError
 from peftqa.evaluation.metrics import classification_metrics
 from peftqa.evaluation.references import (
-    PRED_COLUMNS,
     TfidfSetting,
     base_calibrated_undefined,
     check_split,
@@ -266,14 +266,12 @@ def test_stale_base_predictions_name_the_file(edit, message):
 
 @pytest.mark.parametrize("name", ["majority", "tfidf_lr", "base_calibrated"])
 def test_predictions_have_evaluates_columns(name):
-    from peftqa.evaluation.predictions import (
-        predictions_frame as evaluate_predictions_frame,  # imports torch: only here
-    )
+    from peftqa.evaluation.predictions import scored_predictions  # imports torch: only here
 
     splits = make_splits()
     base = {split: base_preds(splits[split], np.linspace(0.1, 0.9, len(splits[split]))) for split in ("val", "test")}
     preds, _ = predict_references(splits, ReferencesParams(names=(name,)), LABELS, base)
-    evaluate_columns = list(evaluate_predictions_frame(splits["test"], ["yes"] * 6, None, LABELS, []).columns)
+    evaluate_columns = list(scored_predictions(splits["test"], ["yes"] * 6, None, LABELS, []).columns)
     for split in ("val", "test"):
         frame = preds[name][split]
         assert list(frame.columns) == PRED_COLUMNS == evaluate_columns

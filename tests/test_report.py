@@ -502,7 +502,7 @@ STALE_INPUTS = {  # failure mode -> (file, edit, expected message)
     "an upstream output missing": ("models/lora/train_summary.json", None,
                                    r"train_summary.json is missing; run `dvc repro`"),
     "a method's history missing": ("models/lora/history.csv", None,
-                                   r"models/lora/history.csv not found: train the method first"),
+                                   r"models/lora/history.csv not found; run `dvc repro train@lora`"),
     "reference preds of another split": ("reports/references/tfidf_lr/preds_test.csv", replace_first_pmid,
                                          r"reference 'tfidf_lr' is stale.*`dvc repro references`"),
     "stats without reference rows": ("reports/stats/stats_eval_test.csv",

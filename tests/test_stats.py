@@ -29,11 +29,12 @@ from peftqa.evaluation.stats import (
     mcnemar_exact,
     mcnemar_exact_power,
     paired_bootstrap,
+    preds_path,
     resample_metrics,
     resample_weights,
 )
 from peftqa.params import StatsParams, load_params
-from stages.stats import main, preds_path
+from stages.stats import main
 
 REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 METHODS = ("base", "prompt_tuning", "prefix_tuning", "lora")

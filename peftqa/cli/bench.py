@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from peftqa.catalog import read_split
 from peftqa.cli.bench_reference import describe_environment
 from peftqa.errors import PeftqaError, complaint
 from peftqa.evaluation.scoring import autocast, iterate_batches, score_frame, use_bf16
@@ -36,8 +37,6 @@ from peftqa.methods.attach import load_backbone
 from peftqa.params import Params, load_params
 from peftqa.studies.bench_tables import format_bench_table
 from peftqa.training.loop import set_seed
-
-DATA_DIR = Path("data/processed")
 
 
 def step_seconds(backbone: Backbone, batches: list[tuple[list[str], list[str], list[str]]], lr: float,
@@ -150,11 +149,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and how they were made here")
     args = parser.parse_args(argv)
     params = load_params(overrides=args.set)
-    for split in ("train", "test"):
-        if not (DATA_DIR / f"{split}.csv").exists():
-            raise PeftqaError(f"{DATA_DIR / split}.csv not found: run `dvc repro prepare` (or `make run`) first")
-    test = pd.read_csv(DATA_DIR / "test.csv", dtype={"pmid": str}).iloc[: args.items]
-    train = pd.read_csv(DATA_DIR / "train.csv", dtype={"pmid": str})
+    test, train = read_split("test", args.items), read_split("train")
     set_seed(params.train.seed)
     before = read_before(args.before)
     rows = bench_training(params, train, args.train_batches, before) + bench_inference(params, test, before)

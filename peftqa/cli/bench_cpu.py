@@ -33,9 +33,9 @@ import pandas as pd
 import torch
 
 from peftqa import compute
+from peftqa.catalog import read_split
 from peftqa.cli.bench import step_seconds
 from peftqa.cli.bench_reference import describe_environment
-from peftqa.errors import PeftqaError
 from peftqa.evaluation.metrics import classification_metrics
 from peftqa.evaluation.scoring import (
     autocast,
@@ -54,7 +54,6 @@ from peftqa.training.checkpoint import EpochPosition
 from peftqa.training.distributed import TrainingLoss, make_accelerator
 from peftqa.training.loop import class_weights, length_grouped, make_optimizer, set_seed, train_one_epoch
 
-DATA_DIR = Path("data/processed")
 STUDY_PARAMS = Path("reports/smollm2/params.yaml")  # SmolLM2's profile: template, label words, learning rates
 BENCH_DIR = Path("reports/bench")
 CHANGES = {"fp32": ("float32", False), "bf16": ("bf16_compute", False), "length_groups": ("float32", True),
@@ -66,15 +65,6 @@ SEED = 42
 def study_params(max_length: int, *overrides: str) -> Params:
     """The SmolLM2 study's profile at `max_length` tokens (it cut prompts at 256 and kept their start)."""
     return load_params(STUDY_PARAMS, overrides=[f"model.max_length={max_length}", *overrides])
-
-
-def read_split(split: str, limit: int = 0) -> pd.DataFrame:
-    """A split of the default profile, its first `limit` rows (0: all)."""
-    path = DATA_DIR / f"{split}.csv"
-    if not path.exists():
-        raise PeftqaError(f"{path} not found: run `dvc repro prepare` (or `make run`) first")
-    frame = pd.read_csv(path, dtype={"pmid": str})
-    return frame.iloc[:limit] if limit else frame
 
 
 def progress(message: str) -> None:

@@ -16,6 +16,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from peftqa.catalog import CV_FOLDS, CV_PREDS, CV_STATS, PROTOCOLS_METRICS, UNIT
 from peftqa.errors import PeftqaError, log
 from peftqa.files import project_root, replace_dir_atomic, write_csv_atomic, write_text_atomic
 from peftqa.report.palette import save_figure
@@ -30,14 +31,13 @@ from peftqa.studies.frontier import (
     reference_scores,
 )
 
-PROTOCOL_FILES = ("reports/protocols/cv_folds.csv", "reports/protocols/cv_preds.csv",
-                  "reports/protocols/cv_stats.csv", "reports/protocols_metrics.json", "params.yaml")
-WORKSPACE_UNITS = Path("reports/protocols/runs/cv")
+PROTOCOL_FILES = (*(str(output.path()) for output in (CV_FOLDS, CV_PREDS, CV_STATS, PROTOCOLS_METRICS)), "params.yaml")
+WORKSPACE_UNITS = UNIT.path(protocol="cv", method="-", unit="-").parent.parent.parent  # reports/protocols/runs/cv
 
 
 def finished_units(units: Path) -> dict[Path, Path]:
     """{<method>/fold_<k>: its folder} of every training under `units` with a unit.json (written last: finished)."""
-    return {done.parent.relative_to(units): done.parent for done in sorted(units.glob("*/fold_*/unit.json"))}
+    return {done.parent.relative_to(units): done.parent for done in sorted(units.glob(f"*/fold_*/{UNIT.file}"))}
 
 
 def copy_from(workspace: Path, folder: Path) -> None:
@@ -68,7 +68,7 @@ def restore_into(folder: Path, workspace: Path) -> None:
     restored = 0
     for relative, unit in units.items():
         target = workspace / WORKSPACE_UNITS / relative
-        if not (target / "unit.json").exists():  # absent, or a training that was cut short: the copy replaces it
+        if not UNIT.exists(into=target):  # absent, or a training that was cut short: the copy replaces it
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(unit, target)
             restored += 1

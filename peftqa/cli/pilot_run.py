@@ -105,21 +105,18 @@ def changed_paths(root: Path) -> list[str]:
 def score_base_on_val(root: Path, staging: Path) -> None:
     """evaluate@base's val predictions and metrics, from the workspace's params and train@base's output, written
     into the copy: val alone, so the pilot scores no test item (evaluate@base would score both splits)."""
+    from peftqa.catalog import ADAPTER, METRICS, PREDS, read_split
     from peftqa.compute import use_bf16
     from peftqa.evaluation.predictions import scored_split
-    from peftqa.files import read_split
     from peftqa.methods.attach import load_backbone
-    from peftqa.paths import DATA_DIR, MODELS_DIR
 
     params = load_params(root / "params.yaml")
-    frame = read_split(root / DATA_DIR / "val.csv", params.evaluate.limit_items)
+    frame = read_split("val", params.evaluate.limit_items, root)
     backbone = load_backbone(params.model, BASELINE, params.peft, params.prepare.labels, seed=params.train.seed,
-                             device=params.train.device, adapter_dir=root / MODELS_DIR / BASELINE / "adapter")
+                             device=params.train.device, adapter_dir=ADAPTER.path(root, method=BASELINE))
     pred_frame, metrics, _ = scored_split(backbone, frame, params, use_bf16(params.model.dtype, backbone.device))
-    folder = staging / "reports" / "eval" / BASELINE
-    folder.mkdir(parents=True, exist_ok=True)
-    pred_frame.to_csv(folder / "preds_val.csv", index=False)
-    (folder / "metrics_val.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    PREDS.write(pred_frame, staging, method=BASELINE, split="val")
+    METRICS.write(metrics, staging, method=BASELINE, split="val")
 
 
 def copy_outputs(run: PlannedRun, root: Path) -> None:

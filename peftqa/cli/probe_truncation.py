@@ -31,16 +31,14 @@ def compare_truncation(modes: tuple[str, ...] = ("start", "end", "both"),
     val macro-F1 per setting. Test is not read."""
     import dataclasses
 
-    import pandas as pd
-
+    from peftqa.catalog import read_split
     from peftqa.data.features import BATCH_SIZE, embed_frame
     from peftqa.methods.attach import load_backbone
     from peftqa.params import PeftParams, load_params
-    from peftqa.paths import DATA_DIR
 
     params = load_params()
     labels = params.prepare.labels
-    frames = {split: pd.read_csv(DATA_DIR / f"{split}.csv", dtype={"pmid": str}) for split in ("train", "val")}
+    frames = {split: read_split(split) for split in ("train", "val")}
     class_weight = "balanced" if params.train.class_weighting == "balanced" else None
     rows = []
     for mode, max_length in itertools.product(modes, max_lengths or (params.model.max_length,)):

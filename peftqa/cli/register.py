@@ -25,6 +25,7 @@ from typing import Sequence
 from mlflow.entities import LoggedModelStatus, Run
 from mlflow.exceptions import MlflowException
 
+from peftqa.catalog import RESOLVED_CONFIG
 from peftqa.errors import PeftqaError
 from peftqa.mlops import serving, tracking
 from peftqa.mlops.serving import SIGNATURE, PeftqaModel, model_params_from_config  # noqa: F401  (pyfunc_model/ pickles
@@ -78,10 +79,10 @@ def log_model_from_artifacts(client, run: Run, method: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             adapter = Path(client.download_artifacts(run_id, "adapter", tmp))
-            config = Path(client.download_artifacts(run_id, "resolved_config.json", tmp))
+            config = Path(client.download_artifacts(run_id, RESOLVED_CONFIG.file, tmp))
         except (MlflowException, OSError) as err:
             raise PeftqaError(f"run {run_id} ({method}) has no logged model and its artifacts adapter/ and "
-                              f"resolved_config.json cannot be read ({type(err).__name__}); retrain it "
+                              f"{RESOLVED_CONFIG.file} cannot be read ({type(err).__name__}); retrain it "
                               f"(`dvc repro train@{method}`)") from None
         model_id = serving.log_model(client, run_id, adapter, config, name=method)
     log.info("run %s had no logged model: logged %s from its artifacts", run_id, model_id)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from peftqa.catalog import RAW_JSON
 from peftqa.errors import PeftqaError
 from peftqa.params import KNOWN_LABELS, PrepareParams
 
@@ -62,7 +63,7 @@ def validate_records(data: object, source: str) -> list[Item]:
     """Check the PQA-L shape {pmid: {QUESTION: str, CONTEXTS: [str], final_decision: str}} and return raw items."""
     if not isinstance(data, dict):
         raise PeftqaError(f"{source}: the top level must be an object of records keyed by PMID, "
-                          f"got a JSON {type(data).__name__}; is this PubMedQA's ori_pqal.json?")
+                          f"got a JSON {type(data).__name__}; is this PubMedQA's {RAW_JSON.file}?")
     items = []
     for pmid, record in data.items():
         where = f"{source}: record PMID {pmid}"

@@ -9,15 +9,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from peftqa.catalog import GROUND_TRUTH_JSON, RAW_JSON
 from peftqa.errors import PeftqaError
 from peftqa.files import sha256_file
-from peftqa.paths import RAW_DIR
 
 log = logging.getLogger(__name__)
 
-HINT = ("To run offline, point PUBMEDQA_JSON at a local copy of ori_pqal.json, e.g. "
-        "`PUBMEDQA_JSON=../shared/data/pubmedqa/ori_pqal.json make run` (under prepare.protocol: official, "
-        "test_ground_truth.json is then read from the same folder, or from PUBMEDQA_GROUND_TRUTH_JSON).")
+HINT = (f"To run offline, point PUBMEDQA_JSON at a local copy of {RAW_JSON.file}, e.g. "
+        f"`PUBMEDQA_JSON=../shared/data/pubmedqa/{RAW_JSON.file} make run` (under prepare.protocol: official, "
+        f"{GROUND_TRUTH_JSON.file} is then read from the same folder, or from PUBMEDQA_GROUND_TRUTH_JSON).")
 
 
 def resolve_source(env_var: str, url: str, sibling_of: str | None = None) -> str:
@@ -51,5 +51,6 @@ def copy_verified(source: str, tmp: Path, sha256: str, timeout_s: float, hint: s
     actual = sha256_file(tmp)
     if actual != sha256:
         raise PeftqaError(f"fetch: sha256 mismatch for {source}: expected {sha256} (params.yaml fetch), got {actual}. "
-                          f"The file is not the pinned PubMedQA release; nothing was written to {RAW_DIR}. {hint}")
+                          f"The file is not the pinned PubMedQA release; nothing was written to "
+                          f"{RAW_JSON.folder_path()}. {hint}")
     log.info("fetched %s (sha256 ok)", source)

@@ -14,16 +14,17 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from peftqa.catalog import FEATURES, FEATURES_META, SPLITS
 from peftqa.errors import PeftqaError, reading
 from peftqa.evaluation.scoring import iterate_batches
 from peftqa.families import EncoderBackbone
 from peftqa.files import atomic_path
 from peftqa.params import ModelParams
-from peftqa.paths import FEATURES_DIR
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
+
+FEATURES_DIR = FEATURES.folder_path()  # data/features, stage embed's
 BATCH_SIZE = 32  # items per forward pass; features do not depend on it beyond float rounding
 
 
@@ -48,7 +49,7 @@ def save_features(path: Path, frame: pd.DataFrame, features: np.ndarray) -> None
 
 def load_features(split: str, folder: Path = FEATURES_DIR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(pmid (N,), label (N,), features (N, H)) of one split, as stage embed wrote them."""
-    path = folder / f"{split}.npz"
+    path = FEATURES.path(into=folder, split=split)
     if not path.is_file():
         raise PeftqaError(f"{path} not found; run `dvc repro embed` first (the probe is fitted on these features)")
     with reading(path, f"restore it with `dvc checkout {folder}` (or rebuild it: `dvc repro -f embed`)"):
@@ -69,7 +70,7 @@ def features_for(backbone: EncoderBackbone, frame: pd.DataFrame, model_params: M
                  folder: Path = FEATURES_DIR) -> np.ndarray:
     """(N, H) frozen-encoder features of the frame's items, by PMID from stage embed's cache when it was made with
     these model params; otherwise (another split, a test's tiny model) embedded now, any adapter switched off."""
-    meta_path = folder / "features.json"
+    meta_path = FEATURES_META.path(into=folder)
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if all(meta.get(key) == value for key, value in features_key(model_params).items()) and "shapes" in meta:

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from peftqa.catalog import SPLIT
 from peftqa.errors import PeftqaError
 from peftqa.params import FEW_SHOT
 from peftqa.params.traits import traits
@@ -42,7 +43,7 @@ def draw_examples(train: pd.DataFrame, labels: Sequence[str], seed: int) -> pd.D
     for label in labels:
         pool = np.flatnonzero(train["label"].astype(str).to_numpy() == label)
         if not len(pool):
-            raise PeftqaError(f"data/processed/train.csv: no item has the label '{label}', so few_shot has no "
+            raise PeftqaError(f"{SPLIT.path(split='train')}: no item has the label '{label}', so few_shot has no "
                               "example of it; run `dvc repro prepare`, or drop few_shot from references.names")
         rows.append(int(rng.choice(pool)))
     return train.iloc[[rows[i] for i in rng.permutation(len(rows))]]

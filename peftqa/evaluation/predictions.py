@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from peftqa.catalog import predictions_frame
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.metrics import classification_metrics, latency_summary, top_label_probability
 from peftqa.evaluation.scoring import (
@@ -63,13 +64,14 @@ def time_per_example(backbone: Backbone, frame: pd.DataFrame, scoring: str, bf16
     return latencies
 
 
-def predictions_frame(frame: pd.DataFrame, preds: list[str | None], log_probs: np.ndarray | None,
-                      labels: tuple[str, ...], latencies: list[float]) -> pd.DataFrame:
+def scored_predictions(frame: pd.DataFrame, preds: list[str | None], log_probs: np.ndarray | None,
+                       labels: tuple[str, ...], latencies: Sequence[float] = ()) -> pd.DataFrame:
+    """The catalog's predictions_frame of a model's scores: p_yes from the label log-probs (N, n_labels), NaN without
+    them or without a 'yes' label; `latencies` (seconds) of the first items timed alone, NaN for the rest."""
     p_yes = np.exp(log_probs[:, labels.index("yes")]) if log_probs is not None and "yes" in labels else np.nan
     latency = np.full(len(frame), np.nan)
     latency[: len(latencies)] = latencies
-    return pd.DataFrame({"pmid": frame["pmid"].values, "gold": frame["label"].values, "pred": preds,
-                         "p_yes": p_yes, "latency_s": latency})
+    return predictions_frame(frame, preds, p_yes, latency)
 
 
 def generation_metrics(backbone: Backbone, frame: pd.DataFrame, preds: list[str | None], scoring: str,
@@ -94,7 +96,7 @@ def scored_split(backbone: Backbone, frame: pd.DataFrame, params: Params, bf16: 
     labels = params.prepare.labels
     preds, log_probs, seconds = predict_batched(backbone, frame, params.evaluate.batch_size, params.model.scoring,
                                                 bf16, params.train.length_groups)
-    pred_frame = predictions_frame(frame, preds, log_probs, labels, [])
+    pred_frame = scored_predictions(frame, preds, log_probs, labels)
     metrics = classification_metrics(pred_frame["gold"].tolist(), [p if isinstance(p, str) else None for p in preds],
                                      labels)
     return pred_frame, metrics, seconds
@@ -137,7 +139,7 @@ def predict_frame(backbone: Backbone, items: pd.DataFrame, batch_size: int, scor
             raise PeftqaError("--abstain-below needs label probabilities, but model.scoring is 'generate'; "
                               "use model.scoring: verbalizer")
         preds = apply_abstention(preds, log_probs, abstain_below) if len(frame) else preds
-    out = predictions_frame(frame, preds, log_probs, backbone.labels, latencies.tolist())
+    out = scored_predictions(frame, preds, log_probs, backbone.labels, latencies.tolist())
     out["pmid"] = items["pmid"].values  # keep None where the input gave no pmid
     return out[["pmid", "pred", "p_yes", "latency_s"]]
 

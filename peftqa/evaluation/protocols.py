@@ -14,26 +14,30 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from peftqa.catalog import (
+    CV_PRED_COLUMNS,
+    FOLD_COLUMNS,
+    FOLDS,
+    SEEDS_SUMMARY_COLUMNS,
+    SPLIT,
+    UNIT,
+    UNIT_PRED_COLUMNS,
+    UNIT_PREDS,
+)
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.metrics import classification_metrics
-from peftqa.evaluation.predictions import predict_batched, predictions_frame
+from peftqa.evaluation.predictions import predict_batched, scored_predictions
 from peftqa.evaluation.references import predict_references
 from peftqa.evaluation.scoring import use_bf16
-from peftqa.files import read_split, write_csv_atomic, write_json_atomic
 from peftqa.methods.attach import load_backbone
 from peftqa.mlops import tracking
 from peftqa.params import Params, flatten
-from peftqa.paths import DATA_DIR, PROTOCOLS_DIR
 from peftqa.stops import shielded
 from peftqa.training.run import train_method
 
 log = logging.getLogger(__name__)
 
 SOURCE = "stages/protocols.py"
-SEED_COLUMNS = ["method", "seed", "n", "accuracy", "macro_f1", "best_epoch", "best_val_macro_f1", "train_seconds",
-                "mlflow_run_id"]
-PRED_COLUMNS = ["method", "fold", "pmid", "gold", "pred", "p_yes"]
-FOLD_COLUMNS = ["method", "fold", "n", "accuracy", "macro_f1"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,11 @@ class Unit:
     @property
     def name(self) -> str:
         return f"{'seed' if self.protocol == 'seeds' else 'fold'}_{self.index}"
+
+
+def unit_dir(unit: Unit) -> Path:
+    """The unit's folder under reports/protocols/runs/: what it trained, its predictions and unit.json."""
+    return UNIT.path(protocol=unit.protocol, method=unit.method, unit=unit.name).parent
 
 
 def plan(params: Params) -> list[Unit]:
@@ -61,7 +70,7 @@ def fold_frames(pool: pd.DataFrame, folds: pd.DataFrame, fold: int, val_fraction
     fold_of = folds.set_index("pmid")["fold"]
     missing = sorted(set(pool["pmid"]) ^ set(fold_of.index))
     if missing:
-        raise PeftqaError(f"{DATA_DIR / 'folds.csv'} and the splits in {DATA_DIR} cover different items (e.g. PMID "
+        raise PeftqaError(f"{FOLDS.path()} and the splits in {FOLDS.folder_path()} cover different items (e.g. PMID "
                           f"{missing[0]}); they come from different prepare runs: re-run `dvc repro prepare`")
     in_fold = pool["pmid"].map(fold_of).to_numpy() == fold
     rest = pool.loc[~in_fold]
@@ -91,8 +100,7 @@ def predict_items(params: Params, method: str, adapter_dir: Path, items: pd.Data
     bf16 = use_bf16(params.model.dtype, backbone.device)
     preds, log_probs, _ = predict_batched(backbone, items, params.evaluate.batch_size, params.model.scoring, bf16,
                                          params.train.length_groups)
-    frame = predictions_frame(items, preds, log_probs, params.prepare.labels, latencies=[])
-    return frame[["pmid", "gold", "pred", "p_yes"]]
+    return scored_predictions(items, preds, log_probs, params.prepare.labels)[UNIT_PRED_COLUMNS]
 
 
 class ParentRuns:
@@ -144,18 +152,17 @@ def unit_sources(unit: Unit) -> dict[str, str] | None:
     the main split: train_method's default sources."""
     if unit.protocol == "seeds":
         return None
-    return {split: f"{DATA_DIR / 'folds.csv'} (all but fold {unit.index}: {split})" for split in ("train", "val")}
+    return {split: f"{FOLDS.path()} (all but fold {unit.index}: {split})" for split in ("train", "val")}
 
 
 def run_unit(params: Params, unit: Unit, train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame,
              work: Path, stamp: dict, parents: ParentRuns) -> tuple[pd.DataFrame, dict]:
     """The unit's test predictions and summary, reusing a finished run with the same stamp."""
-    done = work / "unit.json"
-    if done.exists() and (work / "preds_test.csv").exists():
-        stored = json.loads(done.read_text())
+    if UNIT.exists(into=work) and UNIT_PREDS.exists(into=work):
+        stored = UNIT.read(into=work)
         if stored.get("stamp") == json.loads(json.dumps(stamp)):
             log.info("%s: reusing the finished run in %s", unit, work)
-            return read_split(work / "preds_test.csv"), stored["summary"]
+            return UNIT_PREDS.read(into=work), stored["summary"]
         shutil.rmtree(work)  # made by other params or data: start over
     summary = train_method(params, unit.method, train, val, work, run_name=f"{unit.method} {unit.name}",
                            extra_tags={"protocol": unit.protocol, "protocol_unit": unit.name},
@@ -163,24 +170,22 @@ def run_unit(params: Params, unit: Unit, train: pd.DataFrame, val: pd.DataFrame,
     preds = predict_items(params, unit.method, work / "adapter", test)
     metrics = classification_metrics(preds["gold"].tolist(), [p if isinstance(p, str) else None for p in preds["pred"]],
                                      params.prepare.labels)
-    test_source = (str(DATA_DIR / "test.csv") if unit.protocol == "seeds"
-                   else f"{DATA_DIR / 'folds.csv'} (fold {unit.index})")
+    test_source = (str(SPLIT.path(split="test")) if unit.protocol == "seeds" else f"{FOLDS.path()} (fold {unit.index})")
     test_set = tracking.split_dataset(test, "test", test_source)
     tracking.log_evaluation(tracking.make_client(), summary,
                             {"test": {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}},
                             {"test": test_set}, figures={})
     summary = {**summary, "n_test": len(preds), "test_accuracy": metrics["accuracy"],
                "test_macro_f1": metrics["macro_f1"]}
-    write_csv_atomic(work / "preds_test.csv", preds)
-    write_json_atomic(done, {"stamp": stamp, "summary": summary})  # written last: marks the unit finished
+    UNIT_PREDS.write(preds, into=work)
+    UNIT.write({"stamp": stamp, "summary": summary}, into=work)  # written last: marks the unit finished
     shutil.rmtree(work / "adapter")  # logged to MLflow with the run; keeps reports/ small
     return preds, summary
 
 
 def seeds_summary(runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Mean and sample std (ddof=1) per method over seeds, and the paired per-seed gain over the baseline."""
-    columns = ["method", "n_seeds", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
-               "delta_macro_f1_mean", "delta_macro_f1_std"]
+    columns = SEEDS_SUMMARY_COLUMNS
     if runs.empty:
         return pd.DataFrame(columns=columns)
     reference = runs.loc[runs["method"] == baseline].set_index("seed")["macro_f1"]
@@ -234,12 +239,12 @@ def run_units(params: Params, units: list[Unit], splits: dict[str, pd.DataFrame]
             train, val, test = splits["train"], splits["val"], splits["test"]
         else:
             pool = pd.concat(splits.values(), ignore_index=True)
-            train, val, test = fold_frames(pool, read_split(DATA_DIR / "folds.csv"), unit.index,
+            train, val, test = fold_frames(pool, FOLDS.read(), unit.index,
                                            params.prepare.val_fraction, params.prepare.seed)
         if params.train.limit_train:
             train = train.iloc[: params.train.limit_train]
         p = unit_params(params, unit)
-        work = PROTOCOLS_DIR / "runs" / unit.protocol / unit.method / unit.name
+        work = unit_dir(unit)
         preds, summary = run_unit(p, unit, train, val, test, work, unit_stamp(p, unit, hashes), parents)
         if unit.protocol == "seeds":
             seed_rows.append({"method": unit.method, "seed": unit.index, "n": summary["n_test"],
@@ -247,11 +252,11 @@ def run_units(params: Params, units: list[Unit], splits: dict[str, pd.DataFrame]
                               **{k: summary[k] for k in ("best_epoch", "best_val_macro_f1", "train_seconds",
                                                          "mlflow_run_id")}})
         else:
-            cv_preds.append(preds.assign(method=unit.method, fold=unit.index)[PRED_COLUMNS])
+            cv_preds.append(preds.assign(method=unit.method, fold=unit.index)[CV_PRED_COLUMNS])
             if unit.index not in fold_references:  # references.per_fold, fitted on this fold's train and val
                 fold_references.add(unit.index)
                 refs, _ = predict_references({"train": train, "val": val, "test": test}, params.references,
                                              params.prepare.labels)
-                cv_preds += [frames["test"].assign(method=name, fold=unit.index)[PRED_COLUMNS]
+                cv_preds += [frames["test"].assign(method=name, fold=unit.index)[CV_PRED_COLUMNS]
                              for name, frames in refs.items()]
     return seed_rows, cv_preds

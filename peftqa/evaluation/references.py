@@ -16,14 +16,20 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 
+from peftqa.catalog import (
+    FEW_SHOT_PREDS,
+    PREDS,
+    SCORED_SPLITS,
+    SPLIT,
+    SPLIT_COLUMNS,
+    TRAIN_SUMMARY,
+    predictions_frame,
+)
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.metrics import classification_metrics
 from peftqa.params import BASE_CALIBRATED, FEW_SHOT, ReferencesParams
 from peftqa.params.traits import traits
 
-SPLIT_COLUMNS = ("pmid", "question", "context", "label")  # what stages.prepare writes
-SCORED_SPLITS = ("val", "test")
-PRED_COLUMNS = ["pmid", "gold", "pred", "p_yes", "latency_s"]  # the columns of evaluate's preds_<split>.csv
 TFIDF_SUBLINEAR_TF = True  # 1 + log(tf): a word repeated in a long abstract does not swamp the question's words
 TFIDF_MIN_DF = 2  # drop terms seen in a single train item: with 712 items they are mostly noise (and PMID-like tokens)
 LR_MAX_ITER = 5000  # lbfgs iterations; enough to converge at the largest C of the grid
@@ -55,12 +61,6 @@ def check_split(frame: pd.DataFrame, path: Path, labels: Sequence[str]) -> pd.Da
 def input_texts(frame: pd.DataFrame) -> list[str]:
     """What tfidf_lr reads: the question, a space, the context (prepare joined the context paragraphs already)."""
     return (frame["question"].astype(str) + " " + frame["context"].astype(str)).tolist()
-
-
-def predictions_frame(frame: pd.DataFrame, pred: Sequence[str], p_yes: Sequence[float] | float) -> pd.DataFrame:
-    """Predictions in evaluate's format (PRED_COLUMNS); latency_s is NaN, as for an untimed item there."""
-    return pd.DataFrame({"pmid": frame["pmid"].astype(str).values, "gold": frame["label"].astype(str).values,
-                         "pred": list(pred), "p_yes": p_yes, "latency_s": np.nan}, columns=PRED_COLUMNS)
 
 
 def score_predictions(preds: pd.DataFrame, labels: Sequence[str]) -> dict[str, float]:
@@ -163,7 +163,7 @@ def base_calibrated_undefined(methods: Sequence[str], labels: Sequence[str], sco
         return "not defined: base is not in methods, so there is no zero-shot prediction to calibrate"
     if family is None:
         return None
-    if traits(family, "models/base/train_summary.json (run `dvc repro train@base`)").has_probe:
+    if traits(family, f"{TRAIN_SUMMARY.path(method='base')} (run `dvc repro train@base`)").has_probe:
         return f"not defined for the {family} family: its base is a trained probe, not a zero-shot model"
     if scoring == "generate":
         return "not defined under model.scoring: generate: the zero-shot base writes no p_yes to calibrate"
@@ -211,17 +211,17 @@ def aligned_rows(preds: pd.DataFrame, frame: pd.DataFrame, path: str, split: str
     by_pmid = preds.assign(pmid=preds["pmid"].astype(str)).drop_duplicates("pmid").set_index("pmid")
     pmids = frame["pmid"].astype(str)
     if len(preds) != len(frame) or set(by_pmid.index) != set(pmids):
-        raise PeftqaError(f"{path} scores other items than data/processed/{split}.csv ({len(preds)} rows, the split "
+        raise PeftqaError(f"{path} scores other items than {SPLIT.path(split=split)} ({len(preds)} rows, the split "
                           f"{len(frame)} items); it is stale: run `{fix}`")
     rows = by_pmid.loc[pmids]
     if (rows["gold"].astype(str).values != frame["label"].astype(str).values).any():
-        raise PeftqaError(f"{path}: gold labels differ from data/processed/{split}.csv; run `{fix}`")
+        raise PeftqaError(f"{path}: gold labels differ from {SPLIT.path(split=split)}; run `{fix}`")
     return rows
 
 
 def aligned_p_yes(base: pd.DataFrame, frame: pd.DataFrame, split: str) -> np.ndarray:
     """evaluate@base's p_yes in the split's item order; predictions of other items or gold labels are stale."""
-    path = f"reports/eval/base/preds_{split}.csv"
+    path = str(PREDS.path(method="base", split=split))
     p_yes = aligned_rows(base, frame, path, split, "dvc repro evaluate@base")["p_yes"].to_numpy(dtype=float)
     if np.isnan(p_yes).any():
         raise PeftqaError(f"{path}: {int(np.isnan(p_yes).sum())} of {len(p_yes)} items have no p_yes, which "
@@ -246,7 +246,7 @@ def predict_base_calibrated(splits: dict[str, pd.DataFrame], base_preds: dict[st
               "val_macro_f1_at_zero": offset["macro_f1_at_zero"], "candidates": offset["candidates"],
               "selected_on": "val macro_f1 over the offsets 0, and the midpoints between sorted distinct val margins "
                              "and one below and one above them all (ties: the smallest |delta|, then the smaller)",
-              "margin": "logit(p_yes) = log p(yes) - log p(no) of reports/eval/base/preds_<split>.csv",
+              "margin": f"logit(p_yes) = log p(yes) - log p(no) of {PREDS.path(method='base', split='<split>')}",
               "rule": "yes where margin + delta > 0; p_yes = sigmoid(margin + delta)"}
     return preds, choice
 
@@ -261,7 +261,7 @@ def predict_few_shot(splits: dict[str, pd.DataFrame], few_shot: dict[str, pd.Dat
     choice record as it wrote it."""
     preds = {}
     for split in SCORED_SPLITS:
-        rows = aligned_rows(few_shot[split], splits[split], f"reports/few_shot/preds_{split}.csv", split,
+        rows = aligned_rows(few_shot[split], splits[split], str(FEW_SHOT_PREDS.path(split=split)), split,
                             "dvc repro few_shot")
         preds[split] = predictions_frame(splits[split], rows["pred"].astype(str).tolist(),
                                          rows["p_yes"].to_numpy(dtype=float))

@@ -14,13 +14,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binom
 
+from peftqa.catalog import PREDS, REFERENCE_CHOICES, REFERENCE_PREDS, STATS_COLUMNS, Output
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.metrics import classification_metrics
 from peftqa.params import REFERENCES, StatsParams
-from peftqa.paths import REFERENCES_CHOICES_JSON
 
-STATS_COLUMNS = ["method", "reference", "test", "metric", "n", "effect", "ci_low", "ci_high", "p_value", "p_holm",
-                 "b", "c"]
 BOOTSTRAP_METRICS = ("accuracy", "macro_f1")  # what the paired bootstrap reports, in this row order
 UNMAPPED_CODE = -1  # label code of a prediction that is empty, NaN or not a label: never equal to a gold code
 
@@ -359,12 +357,18 @@ def summarize_comparisons(table: pd.DataFrame) -> dict[str, dict[str, float | in
     return summary
 
 
-def preds_path(method: str) -> Path:
-    """Where evaluate@<method>, or the references stage for a reference row, writes its test predictions; error
-    messages name this file. Reference names (params.REFERENCES) are never method names."""
-    if method in REFERENCES:
-        return Path("reports/references") / method / "preds_test.csv"
-    return Path("reports/eval") / method / "preds_test.csv"
+def preds_output(name: str) -> tuple[Output, dict[str, str]]:
+    """The catalog's output, and its fields, of the test predictions of a method (evaluate@<name>) or of a reference
+    row (the references stage). Reference names (params.REFERENCES) are never method names."""
+    if name in REFERENCES:
+        return REFERENCE_PREDS, {"reference": name, "split": "test"}
+    return PREDS, {"method": name, "split": "test"}
+
+
+def preds_path(name: str) -> Path:
+    """Where preds_output(name) is: error messages name this file."""
+    output, fields = preds_output(name)
+    return output.path(**fields)
 
 
 def producing_stage(name: str) -> str:
@@ -378,6 +382,6 @@ def defined_references(names: Sequence[str], choices: Mapping[str, dict]) -> lis
     it does not list is stale output."""
     missing = [name for name in names if name not in choices]
     if missing:
-        raise PeftqaError(f"{REFERENCES_CHOICES_JSON} lists no {missing} of references.names {list(names)}: it is "
+        raise PeftqaError(f"{REFERENCE_CHOICES.path()} lists no {missing} of references.names {list(names)}: it is "
                           "stale, run `dvc repro references`")
     return [name for name in names if "not_defined" not in choices[name]]

@@ -25,6 +25,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 
+from peftqa.catalog import RESOLVED_CONFIG
 from peftqa.data.items import TEXT_FIELDS, text_field_problem
 from peftqa.errors import PeftqaError
 from peftqa.mlops import environment, tracking
@@ -155,7 +156,7 @@ def log_model(client, run_id: str, adapter_dir: Path, config_path: Path, name: s
     adapter_dir, config_path = Path(adapter_dir), Path(config_path)
     if not adapter_dir.is_dir() or not config_path.is_file():
         raise PeftqaError(f"cannot log the model of run {run_id}: {adapter_dir} must be an adapter folder and "
-                          f"{config_path} its resolved_config.json")
+                          f"{config_path} its {RESOLVED_CONFIG.file}")
     run = client.get_run(run_id)
     status = run.info.status
     model = client.create_logged_model(experiment_id=run.info.experiment_id, name=name, source_run_id=run_id,

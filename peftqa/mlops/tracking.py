@@ -37,6 +37,7 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_SOURCE_TYPE,
 )
 
+from peftqa.catalog import ADAPTER, HISTORY, RESOLVED_CONFIG, TRAIN_SUMMARY
 from peftqa.errors import PeftqaError, complaint
 from peftqa.files import project_root
 from peftqa.mlops import environment
@@ -343,9 +344,9 @@ def log_outputs(client, run_id: str, out_dir: Path, summary: dict, probe: Probe 
         for step, row in enumerate(probe.grid):
             log_metrics(client, run_id, {"probe_c": row["c"], "probe_val_macro_f1": row["val_macro_f1"]},
                         step=step, timestamp_ms=int(time.time() * 1000))
-    log_folder(client, run_id, out_dir / "adapter", "adapter")
-    for name in ("history.csv", "train_summary.json", "resolved_config.json"):
-        client.log_artifact(run_id, str(out_dir / name))
+    log_folder(client, run_id, ADAPTER.path(into=out_dir), ADAPTER.file)
+    for output in (HISTORY, TRAIN_SUMMARY, RESOLVED_CONFIG):
+        client.log_artifact(run_id, str(output.path(into=out_dir)))
 
 
 @shielded()

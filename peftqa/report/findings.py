@@ -14,11 +14,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from peftqa.catalog import STATS
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.metrics import UNMAPPED
 from peftqa.evaluation.stats import mcnemar_detectable_difference
 from peftqa.params import BASE_CALIBRATED
-from peftqa.paths import STATS_CSV
 from peftqa.report.tables import comparison_name, format_p, p_clause, reference_label
 
 COLLAPSE_SHARE = 0.95  # a method giving one label to more than this share of test items has collapsed to it
@@ -31,8 +31,8 @@ def stats_row(stats: pd.DataFrame, method: str, reference: str, test: str, metri
     rows = stats[(stats["method"] == method) & (stats["reference"] == reference)
                  & (stats["test"] == test) & (stats["metric"] == metric)]
     if len(rows) != 1:
-        raise PeftqaError(f"report: {STATS_CSV} has {len(rows)} rows for {method} vs {reference} ({test}, {metric}), "
-                          "expected 1; it is stale. Run `dvc repro`.")
+        raise PeftqaError(f"report: {STATS.path()} has {len(rows)} rows for {method} vs {reference} ({test}, "
+                          f"{metric}), expected 1; it is stale. Run `dvc repro`.")
     return rows.iloc[0]
 
 

@@ -3,31 +3,37 @@ stats and the protocol results; and the freshness checks that refuse inputs made
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Sequence
 
 import pandas as pd
 
+from peftqa.catalog import (
+    CONFUSION,
+    CV_FOLDS,
+    CV_STATS,
+    METRICS,
+    PARENT_RUNS,
+    PREDS,
+    REFERENCE_CHOICES,
+    REFERENCE_METRICS,
+    REFERENCE_PREDS,
+    SEEDS_SUMMARY,
+    SEEDS_TEST,
+    SPLIT,
+    SPLIT_STATS,
+    STATS,
+    TRAIN_SUMMARY,
+    Output,
+)
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.stats import defined_references
 from peftqa.params import Params
-from peftqa.paths import (
-    DATA_DIR,
-    EVAL_DIR,
-    MODELS_DIR,
-    PROTOCOLS_DIR,
-    REFERENCES_CHOICES_JSON,
-    REFERENCES_DIR,
-    STATS_CSV,
-)
 from peftqa.report.findings import stats_row
 from peftqa.training.history import read_history
 
 REQUIRED_STATS = (("paired_bootstrap", "macro_f1"), ("mcnemar_exact", "accuracy"))  # per tuned method vs baseline
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,62 +75,54 @@ class ReportInputs:
         return list(self.reference_metrics)
 
 
-def read_input(path: Path, reader: Callable[[Path], T]) -> T:
+def read_input(output: Output, **fields: object) -> object:
     """Read one upstream output; a missing one means an upstream stage has not run, so say which file."""
     try:
-        return reader(path)
+        return output.read(**fields)
     except FileNotFoundError:
-        raise PeftqaError(f"report: {path} is missing; run `dvc repro` to produce it") from None
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def read_csv(path: Path) -> pd.DataFrame:
-    """CSV with PMIDs kept as strings (they are identifiers, and the submission keys)."""
-    return pd.read_csv(path, dtype={"pmid": str})
+        raise PeftqaError(f"report: {output.path(**fields)} is missing; run `dvc repro` to produce it") from None
 
 
 def read_inputs(methods: Sequence[str], references: Sequence[str] = (), limit_items: int = 0) -> ReportInputs:
     """Everything the report reads; the test items are test.csv's first `limit_items` when evaluate scored only
     those (evaluate.limit_items, a demo slice), so the freshness checks compare against what was scored. Of
     `references` (references.names), the rows are those choices.json does not mark not defined."""
-    def per_method(folder: Path, name: str, reader: Callable[[Path], T], names: Sequence[str] = methods
-                   ) -> dict[str, T]:
-        return {m: read_input(folder / m / name, reader) for m in names}
+    def per_method(output: Output, **fields: str) -> dict[str, object]:
+        return {m: read_input(output, method=m, **fields) for m in methods}
 
-    test = read_input(DATA_DIR / "test.csv", read_csv)
+    def per_reference(output: Output) -> dict[str, object]:
+        return {r: read_input(output, reference=r, split="test") for r in rows}
+
+    test = read_input(SPLIT, split="test")
     test = test.iloc[:limit_items] if limit_items else test
-    split_stats = read_input(DATA_DIR / "split_stats.csv", pd.read_csv)
+    split_stats = read_input(SPLIT_STATS)
     n_val = int(split_stats.set_index("split").loc["val", "n"])
-    choices = read_input(REFERENCES_CHOICES_JSON, read_json) if references else {}
+    choices = read_input(REFERENCE_CHOICES) if references else {}
     rows = defined_references(references, choices)
     return ReportInputs(
         split_stats=split_stats,
         test_pmids=frozenset(test["pmid"]),
         n_val=min(n_val, limit_items) if limit_items else n_val,
         history={m: read_history(m) for m in methods},  # the curves stage's reader: one message, columns checked
-        summary=per_method(MODELS_DIR, "train_summary.json", read_json),
-        metrics=per_method(EVAL_DIR, "metrics_test.json", read_json),
-        confusion=per_method(EVAL_DIR, "cm_test.csv", pd.read_csv),
-        preds=per_method(EVAL_DIR, "preds_test.csv", read_csv),
-        preds_val=per_method(EVAL_DIR, "preds_val.csv", read_csv),
-        stats=read_input(STATS_CSV, pd.read_csv),
+        summary=per_method(TRAIN_SUMMARY),
+        metrics=per_method(METRICS, split="test"),
+        confusion=per_method(CONFUSION, split="test"),
+        preds=per_method(PREDS, split="test"),
+        preds_val=per_method(PREDS, split="val"),
+        stats=read_input(STATS),
         protocols=read_protocols(),
-        reference_metrics=per_method(REFERENCES_DIR, "metrics_test.json", read_json, rows),
-        reference_preds=per_method(REFERENCES_DIR, "preds_test.csv", read_csv, rows),
+        reference_metrics=per_reference(REFERENCE_METRICS),
+        reference_preds=per_reference(REFERENCE_PREDS),
         reference_choices={name: choices[name] for name in references},
     )
 
 
 def read_protocols() -> ProtocolResults | None:
-    if not PROTOCOLS_DIR.exists():
+    if not PARENT_RUNS.folder_path().exists():
         return None
-    parents = PROTOCOLS_DIR / "parent_runs.json"
-    return ProtocolResults(**{name: read_input(PROTOCOLS_DIR / f"{name}.csv", pd.read_csv)
-                              for name in ("seeds_test", "seeds_summary", "cv_folds", "cv_stats")},
-                           parent_runs=read_input(parents, read_json) if parents.exists() else {})
+    return ProtocolResults(seeds_test=read_input(SEEDS_TEST), seeds_summary=read_input(SEEDS_SUMMARY),
+                           cv_folds=read_input(CV_FOLDS), cv_stats=read_input(CV_STATS),
+                           parent_runs=read_input(PARENT_RUNS) if PARENT_RUNS.exists() else {})
 
 
 def check_protocols_fresh(results: ProtocolResults | None, params: Params, n_items: int) -> None:
@@ -132,28 +130,28 @@ def check_protocols_fresh(results: ProtocolResults | None, params: Params, n_ite
     if results is None:
         return
 
-    def stale(name: str, why: str) -> PeftqaError:
-        return PeftqaError(f"report: {PROTOCOLS_DIR / name} is stale ({why}); run `dvc repro protocols`")
+    def stale(output: Output, why: str) -> PeftqaError:
+        return PeftqaError(f"report: {output.path()} is stale ({why}); run `dvc repro protocols`")
 
     runs, summary = results.seeds_test, results.seeds_summary
     want = {(m, s) for m in params.methods for s in params.seeds}
     if set(zip(runs["method"], runs["seed"])) != want or len(runs) != len(want):
-        raise stale("seeds_test.csv", f"it has {len(runs)} runs, params ask for seeds {list(params.seeds)} x "
+        raise stale(SEEDS_TEST, f"it has {len(runs)} runs, params ask for seeds {list(params.seeds)} x "
                                       f"methods {list(params.methods)}")
     for row in summary.to_dict("records"):
         of_method = runs.loc[runs["method"] == row["method"], "macro_f1"]
         if row["n_seeds"] != len(of_method) or not math.isclose(row["macro_f1_mean"], of_method.mean(), abs_tol=1e-9):
-            raise stale("seeds_summary.csv", f"its {row['method']} row disagrees with seeds_test.csv")
+            raise stale(SEEDS_SUMMARY, f"its {row['method']} row disagrees with {SEEDS_TEST.file}")
     folds = results.cv_folds
     per_fold = folds.loc[folds["fold"].astype(str) != "pooled"]
     rows_per_fold = len(params.methods) + len(params.references.per_fold)  # those references are refitted per fold
     if len(per_fold) != params.prepare.folds * rows_per_fold * (params.prepare.folds > 0):
-        raise stale("cv_folds.csv", f"it has {len(per_fold)} fold rows, params ask for prepare.folds "
+        raise stale(CV_FOLDS, f"it has {len(per_fold)} fold rows, params ask for prepare.folds "
                                     f"{params.prepare.folds} x ({len(params.methods)} methods + "
                                     f"{len(params.references.per_fold)} references)")
     pooled = folds.loc[folds["fold"].astype(str) == "pooled"]
     if len(pooled) and set(pooled["n"]) != {n_items}:
-        raise stale("cv_folds.csv", f"its pooled rows cover {sorted(set(pooled['n']))} items, the splits {n_items}")
+        raise stale(CV_FOLDS, f"its pooled rows cover {sorted(set(pooled['n']))} items, the splits {n_items}")
 
 
 def check_method_fresh(inputs: ReportInputs, method: str) -> None:
@@ -162,16 +160,17 @@ def check_method_fresh(inputs: ReportInputs, method: str) -> None:
     missing, extra = inputs.test_pmids - set(pmids), set(pmids) - inputs.test_pmids
     if missing or extra or len(pmids) != inputs.n_test:
         raise PeftqaError(
-            f"report: method '{method}' is stale: reports/eval/{method}/preds_test.csv has {len(pmids)} rows, "
-            f"{len(missing)} PMIDs of data/processed/test.csv missing and {len(extra)} not in it "
+            f"report: method '{method}' is stale: {PREDS.path(method=method, split='test')} has {len(pmids)} rows, "
+            f"{len(missing)} PMIDs of {SPLIT.path(split='test')} missing and {len(extra)} not in it "
             f"(e.g. {sorted(missing | extra)[:3]}). Run `dvc repro` to re-evaluate it.")
     if inputs.metrics[method]["n"] != inputs.n_test:
-        raise PeftqaError(f"report: method '{method}' is stale: its metrics_test.json has "
-                          f"n={inputs.metrics[method]['n']}, test.csv {inputs.n_test} items. Run `dvc repro`.")
+        raise PeftqaError(f"report: method '{method}' is stale: {METRICS.path(method=method, split='test')} has "
+                          f"n={inputs.metrics[method]['n']}, {SPLIT.path(split='test')} {inputs.n_test} items. "
+                          "Run `dvc repro`.")
     if len(inputs.preds_val[method]) != inputs.n_val:
-        raise PeftqaError(f"report: method '{method}' is stale: reports/eval/{method}/preds_val.csv has "
+        raise PeftqaError(f"report: method '{method}' is stale: {PREDS.path(method=method, split='val')} has "
                           f"{len(inputs.preds_val[method])} rows, and {inputs.n_val} val items were to be scored "
-                          "(split_stats.csv, evaluate.limit_items). Run `dvc repro`.")
+                          f"({SPLIT_STATS.path()}, evaluate.limit_items). Run `dvc repro`.")
 
 
 def check_reference_fresh(inputs: ReportInputs, reference: str) -> None:
@@ -180,9 +179,9 @@ def check_reference_fresh(inputs: ReportInputs, reference: str) -> None:
     unlike = set(pmids) ^ inputs.test_pmids
     if unlike or len(pmids) != inputs.n_test or inputs.reference_metrics[reference]["n"] != inputs.n_test:
         raise PeftqaError(
-            f"report: reference '{reference}' is stale: {REFERENCES_DIR / reference / 'preds_test.csv'} has "
-            f"{len(pmids)} rows and metrics_test.json n={inputs.reference_metrics[reference]['n']}, "
-            f"{len(unlike)} PMIDs differ from data/processed/test.csv ({inputs.n_test} items). "
+            f"report: reference '{reference}' is stale: {REFERENCE_PREDS.path(reference=reference, split='test')} "
+            f"has {len(pmids)} rows and its metrics n={inputs.reference_metrics[reference]['n']}, "
+            f"{len(unlike)} PMIDs differ from {SPLIT.path(split='test')} ({inputs.n_test} items). "
             "Run `dvc repro references`.")
 
 
@@ -201,5 +200,5 @@ def check_inputs_fresh(inputs: ReportInputs, methods: Sequence[str], baseline: s
     for method, reference in pairs:
         for test, metric in REQUIRED_STATS:
             if stats_row(inputs.stats, method, reference, test, metric)["n"] != inputs.n_test:
-                raise PeftqaError(f"report: {STATS_CSV} compares '{method}' on another test size than "
-                                  f"test.csv ({inputs.n_test}); it is stale. Run `dvc repro`.")
+                raise PeftqaError(f"report: {STATS.path()} compares '{method}' on another test size than "
+                                  f"{SPLIT.path(split='test')} ({inputs.n_test}); it is stale. Run `dvc repro`.")

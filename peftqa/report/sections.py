@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+from peftqa.catalog import REFERENCE_CHOICES
 from peftqa.params import BASE_CALIBRATED, FEW_SHOT, Params
 from peftqa.report.tables import markdown_table, mean_std, provenance_table, significance_table
 
@@ -94,7 +95,7 @@ def references_note(references: Sequence[str], choices: Mapping[str, dict]) -> s
     if references:
         text = (" Reference rows (stage `references`) are not trained methods: "
                 + "; ".join(f"`{r}` {REFERENCE_DESCRIPTIONS[r].format(**choices.get(r, {}))}" for r in references)
-                + " (choices in `reports/references/choices.json`). Their latency and trainable parameters are n/a.")
+                + f" (choices in `{REFERENCE_CHOICES.path()}`). Their latency and trainable parameters are n/a.")
     return text + "".join(f" `{name}`: {choice['not_defined']}." for name, choice in choices.items()
                           if "not_defined" in choice)
 

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from peftqa.catalog import METRICS  # noqa: E402
 from peftqa.errors import PeftqaError  # noqa: E402
 from peftqa.report.palette import method_color  # noqa: E402
 from peftqa.studies.experiments import ExpRecord  # noqa: E402
@@ -28,7 +29,7 @@ LOG_X_SPAN = 8  # positive numeric values spanning at least this ratio are plott
 
 def metrics_path(method: str, split: str) -> str:
     """Where evaluate@<method> writes a split's metrics, as `dvc exp show` names the file (relative to the root)."""
-    return f"reports/eval/{method}/metrics_{split}.json"
+    return str(METRICS.path(method=method, split=split))
 
 
 def metric_label(metric: str) -> str:

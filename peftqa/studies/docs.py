@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from peftqa.catalog import REFERENCE_CHOICES
 from peftqa.errors import PeftqaError
 from peftqa.params import BASE_CALIBRATED
 from peftqa.studies import frontier, results
@@ -37,7 +38,7 @@ def require_full_scale(study: Study, names: Sequence[str] = ("train.limit_train"
         raise PeftqaError(f"study {study.root}: params.yaml has {', '.join(short)}: a shortened run, not a result; "
                           "label it demo scale instead of rendering it as the study")
     if BASE_CALIBRATED not in study.references:
-        raise PeftqaError(f"study {study.root}: no {BASE_CALIBRATED} row (reports/references/choices.json): the "
+        raise PeftqaError(f"study {study.root}: no {BASE_CALIBRATED} row ({REFERENCE_CHOICES.path()}): the "
                           "verdict needs the calibrated zero-shot")
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from peftqa.catalog import CV_FOLDS, CV_PREDS, CV_STATS, UNIT, Output
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.stats import holm_adjust
 from peftqa.params import Params, load_params
@@ -51,7 +52,7 @@ class Frontier:
 def read_units(folder: Path) -> pd.DataFrame:
     """Each finished training's summary (unit.json, written last by the protocols stage, so its presence means done)."""
     rows = []
-    for path in sorted(folder.glob("*/fold_*/unit.json")):
+    for path in sorted(folder.glob(f"*/fold_*/{UNIT.file}")):
         summary = json.loads(path.read_text(encoding="utf-8"))["summary"]
         rows.append({"method": path.parent.parent.name, "fold": int(path.parent.name.removeprefix("fold_")),
                      **{key: summary.get(key) for key in UNIT_FIGURES}})
@@ -60,11 +61,13 @@ def read_units(folder: Path) -> pd.DataFrame:
 
 def read_frontier(root: Path) -> Frontier:
     """The copy in `root` (FRONTIER_DIR): its params, predictions, pooled scores, paired tests and trainings."""
-    folds = read_file(root, f"{CV_DIR}/cv_folds.csv", pd.read_csv)
-    return Frontier(root=root, params=read_file(root, f"{CV_DIR}/params.yaml", load_params),
-                    preds=read_file(root, f"{CV_DIR}/cv_preds.csv", lambda p: pd.read_csv(p, dtype={"pmid": str})),
+    def copied(output: Output) -> pd.DataFrame:  # the protocols stage's files, copied flat into CV_DIR
+        return read_file(root, f"{CV_DIR}/{output.file}", lambda path: output.read(into=path.parent))
+
+    folds = copied(CV_FOLDS)
+    return Frontier(root=root, params=read_file(root, f"{CV_DIR}/params.yaml", load_params), preds=copied(CV_PREDS),
                     pooled=folds[folds["fold"].astype(str) == "pooled"].set_index("method"),
-                    stats=read_file(root, f"{CV_DIR}/cv_stats.csv", pd.read_csv), units=read_units(root / UNITS_DIR))
+                    stats=copied(CV_STATS), units=read_units(root / UNITS_DIR))
 
 
 def tests_against_baseline(frontier: Frontier) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -75,7 +78,7 @@ def tests_against_baseline(frontier: Frontier) -> tuple[pd.DataFrame, pd.DataFra
     boot = against[(against["test"] == "paired_bootstrap") & (against["metric"] == "macro_f1")].set_index("method")
     mcnemar = against[against["test"] == "mcnemar_exact"].set_index("method")
     if sorted(boot.index) != sorted(mcnemar.index) or boot.index.has_duplicates:
-        raise PeftqaError(f"{frontier.root / CV_DIR / 'cv_stats.csv'}: expected one paired bootstrap (macro_f1) and "
+        raise PeftqaError(f"{CV_STATS.path(into=frontier.root / CV_DIR)}: expected one paired bootstrap (macro_f1) and "
                           f"one McNemar row per method against {baseline}, got {sorted(boot.index)} and "
                           f"{sorted(mcnemar.index)}; copy it again from the experiment")
     return (boot.assign(p_holm=holm_adjust(boot["p_value"].tolist())),
@@ -93,7 +96,7 @@ def frontier_table(frontier: Frontier) -> pd.DataFrame:
     methods = [baseline, *boot.index]
     missing = [m for m in methods if m not in frontier.pooled.index]
     if missing:
-        raise PeftqaError(f"{frontier.root / CV_DIR / 'cv_folds.csv'}: no pooled row of {missing}")
+        raise PeftqaError(f"{CV_FOLDS.path(into=frontier.root / CV_DIR)}: no pooled row of {missing}")
     intervals = performance_intervals({m: frontier.preds[frontier.preds["method"] == m] for m in methods},
                                       params.prepare.labels, params.stats)
     rows = []
@@ -186,7 +189,7 @@ class FrontierCopy:
 
 
 def read_copy(root: Path) -> FrontierCopy:
-    from peftqa.report.inputs import read_json
+    from peftqa.files import read_json
 
     return FrontierCopy(root=root, run=read_file(root, "run.json", read_json),
                         grid=read_file(root, "table.csv", pd.read_csv),

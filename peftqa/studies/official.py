@@ -11,16 +11,16 @@ from typing import Callable
 
 import yaml
 
+from peftqa.catalog import RESOLVED_CONFIG
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.stats import mcnemar_detectable_difference
+from peftqa.files import read_json
 from peftqa.params import YamlLoader
 from peftqa.report.findings import DETECT_ALPHA, DETECT_POWER, format_detectable, stats_row
-from peftqa.report.inputs import read_json
 from peftqa.report.tables import markdown_table
 from peftqa.studies.pilot import load_pilot_grid
 from peftqa.studies.study import (
     BLOCKS,
-    MODELS_DIR,
     RUN_JSON,
     SMOLLM2_DIR,
     Study,
@@ -28,6 +28,7 @@ from peftqa.studies.study import (
     effect_ci,
     load_study,
     read_file,
+    read_output,
     row_label,
     shell_lines,
 )
@@ -109,7 +110,7 @@ def primary(study: Study) -> str:
 def settings_row(study: Study) -> dict[str, str]:
     """What a study's run was, in the terms the two SmolLM2 studies differ in."""
     params, n = study.params, study.split_stats["n"]
-    config = read_file(study.root, MODELS_DIR / study.tuned[0] / "resolved_config.json", read_json)
+    config = read_output(study.root, RESOLVED_CONFIG, method=study.tuned[0])
     epochs = ", ".join(f"{m} {study.summary[m]['best_epoch']}" for m in study.tuned)
     protocol = ("PubMedQA's official test split (its 500 PMIDs), val drawn from the rest"
                 if params.prepare.protocol == "official" else f"random, stratified, seed {params.prepare.seed}")

@@ -22,10 +22,17 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from peftqa.catalog import HISTORY, METRICS, PREDS, RESOLVED_CONFIG, TRAIN_SUMMARY
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.metrics import classification_metrics
-from peftqa.evaluation.references import choose_offset, margins_from_p_yes, predict_with_offset
+from peftqa.evaluation.references import (
+    base_calibrated_undefined,
+    choose_offset,
+    margins_from_p_yes,
+    predict_with_offset,
+)
 from peftqa.params.knobs import METHODS
+from peftqa.params.traits import traits
 
 BASELINE = "base"  # trained by no run, evaluated once; for a language model, base_calibrated is its val-chosen offset
 CALIBRATED = "base_calibrated"
@@ -180,8 +187,7 @@ def variant_folder(root: Path, variant: int) -> Path:
 def copied_files(methods: list[str]) -> list[str]:
     """What is copied from the workspace after each run (paths relative to the repo root); base's val predictions
     and metrics are written by `peftqa pilot` itself."""
-    return [f"models/{m}/{name}" for m in methods for name in ("train_summary.json", "history.csv",
-                                                               "resolved_config.json")]
+    return [str(output.path(method=m)) for m in methods for output in (TRAIN_SUMMARY, HISTORY, RESOLVED_CONFIG)]
 
 
 def _read_json(path: Path) -> dict:
@@ -193,8 +199,8 @@ def _read_json(path: Path) -> dict:
 
 def training_row(folder: Path, method: str) -> dict:
     """One training's val figures: macro-F1 at the start (epoch 0), after the last epoch and at the best epoch."""
-    summary = _read_json(folder / "models" / method / "train_summary.json")
-    history = pd.read_csv(folder / "models" / method / "history.csv").set_index("epoch")
+    summary = _read_json(TRAIN_SUMMARY.path(folder, method=method))
+    history = pd.read_csv(HISTORY.path(folder, method=method)).set_index("epoch")  # the val columns alone
     best = int(summary["best_epoch"])
     return {"method": method, "val_macro_f1": summary["best_val_macro_f1"],
             "val_accuracy": float(history.loc[best, "val_accuracy"]), "best_epoch": best,
@@ -237,19 +243,18 @@ def method_rows(grid: PilotGrid, root: Path) -> list[dict]:
 
 
 def reference_rows(root: Path) -> list[dict]:
-    """The base on val, and for a language model base_calibrated: its zero-shot val margins plus the offset chosen on
-    those same val items (peftqa.evaluation.references, as the references stage chooses it), so its val figure is the
-    best the
-    prior alone reaches there, an optimistic one. The encoder's base is the trained linear probe, every method's
-    start, which no offset calibrates (the references stage defines no base_calibrated for it either). From the
-    first run: no run changes base."""
-    folder = run_folder(root, 0) / "reports" / "eval" / "base"
-    base = _read_json(folder / "metrics_val.json")
+    """The base on val, and where the references stage would define it, base_calibrated: base's zero-shot val
+    margins plus the offset chosen on those same val items (peftqa.evaluation.references, as that stage chooses it),
+    so its val figure is the best the prior alone reaches there, an optimistic one. The encoder's base is the trained
+    linear probe, every method's start, which no offset calibrates. From the first run: no run changes base."""
+    first = run_folder(root, 0)
+    base = _read_json(METRICS.path(first, method=BASELINE, split="val"))
     row = {"method": BASELINE, "val_macro_f1": base["macro_f1"], "val_accuracy": base["accuracy"]}
-    if _read_json(run_folder(root, 0) / "models" / BASELINE / "resolved_config.json")["family"] == "encoder":
-        return [{**row, "probe": True}]
-    preds = pd.read_csv(folder / "preds_val.csv", dtype={"pmid": str})
-    labels = ("yes", "no")
+    config = _read_json(RESOLVED_CONFIG.path(first, method=BASELINE))
+    labels = tuple(config["prepare.labels"].split(","))
+    if base_calibrated_undefined([BASELINE], labels, config["model.scoring"], config["family"]):
+        return [{**row, "probe": traits(config["family"]).has_probe}]
+    preds = PREDS.read(first, method=BASELINE, split="val")
     margins = margins_from_p_yes(preds["p_yes"])
     offset = choose_offset(margins, preds["gold"].astype(str).tolist(), labels)
     calibrated = classification_metrics(preds["gold"].astype(str).tolist(),

@@ -7,8 +7,7 @@ Each source is a folder of committed outputs, read once per rendering (peftqa.st
 - `ablation`: reports/ablation/, the sweeps' tables and the `dvc exp show --json` they were made from;
 - `pilot`: reports/smollm2-pilot/, the SmolLM2 recipe pilot's table;
 - `official-pilot`: reports/smollm2-official-pilot/, the decisive study's pilot: its phases' tables and choices;
-- `bench`: reports/bench/*.json and reports/probe/truncation.json, written by `peftqa bench --json`,
-  `peftqa bench-reference --json` and `peftqa probe --compare-truncation --json`;
+- `bench`: reports/bench/*.json, reports/probe/truncation.json (`peftqa bench|bench-reference|probe ... --json`);
 - `matrix`: peftqa/methods/support.py, the family x method data test_learning runs, with the method registry.
 Every table is drawn by the code that prints it elsewhere (the report's sections, the study's blocks, the bench's and
 the pilot's formatters), so a docs table and its command's output cannot drift apart.
@@ -25,9 +24,11 @@ from typing import Callable
 import pandas as pd
 import yaml
 
+from peftqa import catalog
+from peftqa.catalog import Output
+from peftqa.files import read_json
 from peftqa.params import Params, YamlLoader, parse_params
-from peftqa.paths import MODELS_DIR, REFERENCES_CHOICES_JSON
-from peftqa.report.inputs import ProtocolResults, read_json
+from peftqa.report.inputs import ProtocolResults
 from peftqa.report.sections import cv_section, seeds_section
 from peftqa.report.tables import markdown_table
 from peftqa.studies import study as studies
@@ -53,7 +54,7 @@ SWEPT = ("prompt_tuning", "prefix_tuning", "lora")  # the methods reports/ablati
 def default_provenance(study: Study) -> str:
     """What the default tables come from: the run dvc.lock records, its model and settings, and its lock."""
     params, base = study.params, study.summary[study.baseline]
-    config = read_json(study.root / MODELS_DIR / study.baseline / "resolved_config.json")
+    config = catalog.RESOLVED_CONFIG.read(study.root, method=study.baseline)
     recipes = ", ".join([f"{study.baseline} C = {base['probe_c']:g}"]
                         + [f"{m} lr {params.peft[m].lr:g}" for m in study.tuned])
     size = f"{base['total_params'] / 1e6:.1f}M parameters"
@@ -63,7 +64,7 @@ def default_provenance(study: Study) -> str:
             f"{params.model.max_length}, truncation {params.model.truncation}, class weighting "
             f"{params.train.class_weighting}, {params.train.epochs} epoch(s) after the validated start; recipes "
             f"{recipes}; the environment of `requirements/{config['env.lock']}.txt` (sha256 "
-            f"`{config['env.lock_sha256'][:12]}…`, `env.lock_sha256` in each `resolved_config.json`).")
+            f"`{config['env.lock_sha256'][:12]}…`, `env.lock_sha256` in each `{catalog.RESOLVED_CONFIG.file}`).")
 
 
 def splits(study: Study) -> str:
@@ -73,7 +74,7 @@ def splits(study: Study) -> str:
 
 def references(study: Study) -> str:
     """Each reference row, what it chose on val, and its scores."""
-    choices = read_json(study.root / REFERENCES_CHOICES_JSON)
+    choices = catalog.REFERENCE_CHOICES.read(study.root)
 
     def chose(row: str) -> str:
         choice = choices[row]
@@ -129,13 +130,13 @@ def read_protocol_copy(root: Path) -> ProtocolCopy:
         data.pop("peft", None)
         return parse_params(data, str(path))
 
-    def table(name: str) -> pd.DataFrame:
-        return pd.read_csv(root / f"{name}.csv") if (root / f"{name}.csv").exists() else pd.DataFrame()
+    def table(output: Output) -> pd.DataFrame:  # the protocols stage's tables, copied flat into `root`
+        return pd.read_csv(output.path(into=root)) if output.exists(into=root) else pd.DataFrame()
 
     return ProtocolCopy(root=root, run=read_file(root, studies.RUN_JSON, read_json),
                         params=read_file(root, "params.yaml", params_of),
-                        results=ProtocolResults(**{name: table(name) for name in
-                                                   ("seeds_test", "seeds_summary", "cv_folds", "cv_stats")}))
+                        results=ProtocolResults(*map(table, (catalog.SEEDS_TEST, catalog.SEEDS_SUMMARY,
+                                                             catalog.CV_FOLDS, catalog.CV_STATS))))
 
 
 def protocol_provenance(copy: ProtocolCopy) -> str:
@@ -208,7 +209,7 @@ def sweep_table(sweeps: Sweeps, method: str) -> str:
     rows = []
     for row in table.sort_values(swept).to_dict("records"):
         rev = next(rev for rev in sweeps.summaries if rev.startswith(row["rev"]))
-        summary = sweeps.summaries[rev][f"{MODELS_DIR}/{method}/train_summary.json"]
+        summary = sweeps.summaries[rev][str(catalog.TRAIN_SUMMARY.path(method=method))]
         rows.append([*(format_value(row[column]) for column in swept), f"{row['val_macro_f1']:.3f}",
                      f"{row['test_accuracy']:.3f}", f"{row['test_macro_f1']:.3f}", summary["best_epoch"],
                      f"{summary['train_seconds']:.0f}", "yes" if row["chosen"] else ""])

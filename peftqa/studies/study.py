@@ -16,6 +16,8 @@ from typing import Callable
 
 import pandas as pd
 
+from peftqa import catalog
+from peftqa.catalog import Output
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.stats import (
     ADD_ONE_NOTE,
@@ -24,19 +26,10 @@ from peftqa.evaluation.stats import (
     mcnemar_exact_floor,
     with_add_one_bootstrap_p,
 )
+from peftqa.files import read_json
 from peftqa.params import FEW_SHOT, Params, load_params
-from peftqa.paths import (
-    DATA_DIR,
-    EVAL_DIR,
-    FEW_SHOT_DIR,
-    MODELS_DIR,
-    REFERENCES_CHOICES_JSON,
-    REFERENCES_DIR,
-    STATS_CSV,
-)
 from peftqa.report.figures import performance_intervals
 from peftqa.report.findings import DETECT_ALPHA, DETECT_POWER, dominant_prediction, format_detectable, stats_row
-from peftqa.report.inputs import read_csv, read_json
 from peftqa.report.tables import markdown_table, p_clause, reference_label
 
 SMOLLM2_DIR = Path("reports/smollm2")
@@ -99,30 +92,38 @@ def read_file(root: Path, relative: str | Path, reader: Callable[[Path], object]
                           f"(see {root / 'README.md'})") from None
 
 
+def read_output(root: Path, output: Output, **fields: object) -> object:
+    """One pipeline output of the study, read by the catalog; a missing one names the study and the file."""
+    return read_file(root, output.path(**fields), lambda path: output.read(root, **fields))
+
+
 def load_study(root: str | Path) -> Study:
     """Read a copied run: params.yaml, run.json (optional: the project root's own run has none; dvc.lock and git
     record it), and every method's and reference row's outputs."""
     root = Path(root)
     params = read_file(root, "params.yaml", load_params)
-    choices = read_file(root, REFERENCES_CHOICES_JSON, read_json)
-    references = tuple(defined_references(params.references.names, choices))
-    folders = {**{m: EVAL_DIR / m for m in params.methods}, **{r: REFERENCES_DIR / r for r in references}}
+    references = tuple(defined_references(params.references.names, read_output(root, catalog.REFERENCE_CHOICES)))
+    rows = [*params.methods, *references]
+    def of_row(row: str, output: Output, reference_output: Output, split: str) -> object:  # a method's or reference's
+        kind, output = ("reference", reference_output) if row in references else ("method", output)
+        return read_output(root, output, split=split, **{kind: row})
+
     return Study(
         root=root, run=read_file(root, RUN_JSON, read_json) if (root / RUN_JSON).exists() else {}, params=params,
-        metrics={split: {row: read_file(root, folder / f"metrics_{split}.json", read_json)
-                         for row, folder in folders.items()} for split in ("val", "test")},
-        preds={row: read_file(root, folder / "preds_test.csv", read_csv) for row, folder in folders.items()},
-        summary={m: read_file(root, MODELS_DIR / m / "train_summary.json", read_json) for m in params.methods},
-        history={m: read_file(root, MODELS_DIR / m / "history.csv", pd.read_csv) for m in params.methods},
+        metrics={split: {row: of_row(row, catalog.METRICS, catalog.REFERENCE_METRICS, split) for row in rows}
+                 for split in catalog.SCORED_SPLITS},
+        preds={row: of_row(row, catalog.PREDS, catalog.REFERENCE_PREDS, "test") for row in rows},
+        summary={m: read_output(root, catalog.TRAIN_SUMMARY, method=m) for m in params.methods},
+        history={m: read_output(root, catalog.HISTORY, method=m) for m in params.methods},
         stats=read_stats(root, params), references=references,
-        split_stats=read_file(root, DATA_DIR / "split_stats.csv", pd.read_csv).set_index("split"))
+        split_stats=read_output(root, catalog.SPLIT_STATS).set_index("split"))
 
 
 def read_stats(root: Path, params: Params) -> pd.DataFrame:
     """The stats stage's table; one written before the add-one mend of bootstrap p-values (its prose says so: the
     note is not in its markdown twin) gets them as the stage now computes them (with_add_one_bootstrap_p)."""
-    table = read_file(root, STATS_CSV, pd.read_csv)
-    if ADD_ONE_NOTE in read_file(root, STATS_CSV.with_suffix(".md"), lambda path: path.read_text(encoding="utf-8")):
+    table = read_output(root, catalog.STATS)
+    if ADD_ONE_NOTE in read_output(root, catalog.STATS_MD):
         return table
     return with_add_one_bootstrap_p(table, params.stats.n_bootstrap)
 
@@ -276,8 +277,8 @@ def scored_rows(study: Study) -> dict[str, dict[str, dict]]:
     with a stage of their own (few_shot's, with its throughput and greedy answers)."""
     rows = {m: {split: study.metrics[split][m] for split in ("val", "test")} for m in study.methods}
     if FEW_SHOT in study.references:
-        rows[FEW_SHOT] = {split: read_file(study.root, FEW_SHOT_DIR / f"metrics_{split}.json", read_json)
-                          for split in ("val", "test")}
+        rows[FEW_SHOT] = {split: read_output(study.root, catalog.FEW_SHOT_METRICS, split=split)
+                          for split in catalog.SCORED_SPLITS}
     return rows
 
 

@@ -3,12 +3,13 @@ these columns; the curves and report stages read it through read_history.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
-from peftqa.errors import PeftqaError
-from peftqa.paths import MODELS_DIR
+from peftqa.catalog import HISTORY, HISTORY_METRICS
 
-METRICS = ("val_macro_f1", "train_loss", "val_loss")  # what read_history requires, and the curves stage draws
+METRICS = HISTORY_METRICS  # what read_history requires, and the curves stage draws
 
 
 def history_columns(labels: tuple[str, ...]) -> list[str]:
@@ -16,18 +17,7 @@ def history_columns(labels: tuple[str, ...]) -> list[str]:
             *[f"val_f1_{label}" for label in labels], "seconds"]
 
 
-def read_history(method: str) -> pd.DataFrame:
+def read_history(method: str, root: str | Path = ".") -> pd.DataFrame:
     """models/<method>/history.csv with the columns METRICS need; the one reader of it (stage report uses it too), so
     a missing, empty or foreign history gets the same message whichever stage meets it."""
-    path = MODELS_DIR / method / "history.csv"
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise PeftqaError(f"{path} not found: train the method first (dvc repro train@{method})") from None
-    except pd.errors.EmptyDataError:
-        raise PeftqaError(f"{path}: empty file; retrain the method (dvc repro train@{method})") from None
-    missing = [column for column in ("epoch", *METRICS) if column not in frame.columns]
-    if missing:
-        raise PeftqaError(f"{path}: columns {missing} are missing (it has {list(frame.columns)}); it is not a "
-                          f"history written by stages/train.py: retrain the method (dvc repro train@{method})")
-    return frame
+    return HISTORY.read(root, method=method)

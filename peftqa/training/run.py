@@ -17,16 +17,16 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from peftqa import compute
+from peftqa.catalog import ADAPTER, HISTORY, RESOLVED_CONFIG, SPLIT, TRAIN_SUMMARY
 from peftqa.data.features import features_for
 from peftqa.errors import PeftqaError
 from peftqa.evaluation import scoring
 from peftqa.families import Backbone
-from peftqa.files import folder_bytes, replace_dir_atomic, write_csv_atomic, write_json_atomic
+from peftqa.files import folder_bytes
 from peftqa.methods.attach import load_backbone
 from peftqa.mlops import environment, serving, tracking
 from peftqa.mlops.tracking import log_metrics_row, log_outputs, mlflow_run
 from peftqa.params import Params, flatten
-from peftqa.paths import DATA_DIR
 from peftqa.training.checkpoint import resumed_seconds
 from peftqa.training.distributed import make_accelerator, rank_digests, shared_resume
 from peftqa.training.history import history_columns
@@ -86,18 +86,18 @@ def write_outputs(backbone: Backbone, out_dir: Path, config: dict, history: list
                   train_seconds: float, n_train: int, probe: Probe | None, run: dict[str, object]) -> dict[str, object]:
     """Save the adapter and its config, log it as an MLflow model, write history.csv and train_summary.json;
     returns the summary. `run` holds the MLflow ids and the per-rank digests."""
-    replace_dir_atomic(backbone.save, out_dir / "adapter")
-    write_json_atomic(out_dir / "resolved_config.json", config)
-    model_id = serving.log_model(run["client"], run["mlflow_run_id"], out_dir / "adapter",
-                                 out_dir / "resolved_config.json", name=backbone.method, step=best_epoch)
+    adapter = ADAPTER.write(backbone.save, into=out_dir)
+    config_path = RESOLVED_CONFIG.write(config, into=out_dir)
+    model_id = serving.log_model(run["client"], run["mlflow_run_id"], adapter, config_path, name=backbone.method,
+                                 step=best_epoch)
     history_frame = pd.DataFrame(history, columns=history_columns(backbone.labels))
-    write_csv_atomic(out_dir / "history.csv", history_frame)
+    HISTORY.write(history_frame, into=out_dir)
     best = history_frame.loc[history_frame["epoch"] == best_epoch].iloc[0]
     epochs_run = int((history_frame["epoch"] > 0).sum())
     trainable, total = backbone.count_parameters()
     summary = {
         "method": backbone.method, "family": backbone.family, "model": backbone.model_name,
-        "trainable_params": trainable, "total_params": total, "adapter_bytes": folder_bytes(out_dir / "adapter"),
+        "trainable_params": trainable, "total_params": total, "adapter_bytes": folder_bytes(adapter),
         "best_epoch": best_epoch, "best_val_macro_f1": float(best["val_macro_f1"]), "epochs_run": epochs_run,
         "train_seconds": round(train_seconds, 3),
         "examples_per_s": round(n_train * epochs_run / train_seconds, 3) if epochs_run else 0.0,
@@ -107,7 +107,7 @@ def write_outputs(backbone: Backbone, out_dir: Path, config: dict, history: list
     }
     if probe is not None:  # the head's starting point (base: its solution), C chosen on val
         summary["probe_c"], summary["probe_grid"] = probe.c, probe.grid
-    write_json_atomic(out_dir / "train_summary.json", summary)
+    TRAIN_SUMMARY.write(summary, into=out_dir)
     return summary
 
 
@@ -144,7 +144,7 @@ def train_method(params: Params, method: str, train: pd.DataFrame, val: pd.DataF
     config = resolved_config(params, method, backbone, accelerator.num_processes, extra_tags)
     checkpoint = out_dir / "checkpoint.pt" if cfg.checkpoint_every_epoch else None
     resume = shared_resume(checkpoint, config)
-    sources = sources or {split: str(DATA_DIR / f"{split}.csv") for split in ("train", "val")}
+    sources = sources or {split: str(SPLIT.path(split=split)) for split in ("train", "val")}
     datasets = {"training": tracking.split_dataset(train, "train", sources["train"]),
                 "validation": tracking.split_dataset(val, "val", sources["val"])}
     tags = {**tracking.run_tags(f"train@{method}", backbone.model_name, backbone.family, method, SOURCE),
