@@ -34,6 +34,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_prepare import SOURCE, good_data, processed, record, stage_dir  # noqa: F401 (stage_dir: a fixture)
 
+from peftqa.catalog import SPLITS
 from peftqa.data import dataset
 from peftqa.errors import PeftqaError
 from peftqa.methods.attach import load_backbone
@@ -107,7 +108,7 @@ def test_a_1mb_context_paragraph_passes_prepare_and_is_truncated_to_max_length(s
     result = cli(["stages.prepare"])
     assert result.returncode == 0, result.stderr[-3000:]
     splits = pd.concat([pd.read_csv(stage_dir / f"data/processed/{name}.csv", dtype={"pmid": str})
-                        for name in prepare.SPLITS])
+                        for name in SPLITS])
     [row] = splits.loc[splits["pmid"] == "999"].to_dict("records")
     assert row["context"] == "A short first paragraph. " + BIG_TEXT.strip()  # kept whole: truncation is the model's
 

@@ -149,7 +149,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows and how they were made here")
     args = parser.parse_args(argv)
     params = load_params(overrides=args.set)
-    test, train = read_split("test", args.items), read_split("train")
+    train, test = read_split("train"), read_split("test", args.items)  # train first: its absence is the usual one
     set_seed(params.train.seed)
     before = read_before(args.before)
     rows = bench_training(params, train, args.train_batches, before) + bench_inference(params, test, before)
