@@ -288,9 +288,3 @@ def test_the_answer_is_read_off_the_ci_alone(low: float, high: float, p_holm: fl
     row = pd.Series({"ci_low": low, "ci_high": high, "p_holm": p_holm, "n": 89})
     assert study.answer(row, 0.95) == expected
     assert study.answer(row, 0.95, short=True) == expected.replace(" at this size (n=89)", "")
-
-
-def test_the_exact_mcnemar_floor():
-    assert study.mcnemar_exact_floor(0.05) == 6  # 2 * 0.5**5 = 0.0625 > 0.05 >= 2 * 0.5**6
-    assert study.mcnemar_exact_floor(0.0625) == 5
-    assert study.mcnemar_exact_floor(0.01) == 8

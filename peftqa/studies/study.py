@@ -22,6 +22,7 @@ from peftqa.errors import PeftqaError
 from peftqa.evaluation.stats import (
     ADD_ONE_NOTE,
     defined_references,
+    holm_family_size,
     mcnemar_detectable_difference,
     mcnemar_exact_floor,
     with_add_one_bootstrap_p,
@@ -128,11 +129,6 @@ def read_stats(root: Path, params: Params) -> pd.DataFrame:
     return with_add_one_bootstrap_p(table, params.stats.n_bootstrap)
 
 
-def family_size(study: Study) -> int:
-    """How many comparisons one Holm family holds: those of one test on one metric (all the same size)."""
-    return int(len(study.stats[(study.stats["test"] == "mcnemar_exact") & (study.stats["metric"] == "accuracy")]))
-
-
 # -----------------------------------------------------------------------------
 # the blocks: each a function of the study, returning markdown
 
@@ -232,8 +228,8 @@ def verdict_detail(study: Study) -> str:
                             "answer, on macro-F1", f"Δ accuracy [{level} CI]", "accuracy: b / c",
                             "accuracy: McNemar exact p (Holm)"], rows)
     return (f"{table}\n\nThe answer is decided on macro-F1: the paired bootstrap's {level} CI, and its Holm p. Holm "
-            f"adjusts within each (test, metric) family: the {family_size(study)} comparisons of one test on one "
-            "metric that the stats stage made (this table shows the tuned methods' rows of them).")
+            f"adjusts within each (test, metric) family: the {holm_family_size(study.stats)} comparisons of one test "
+            "on one metric that the stats stage made (this table shows the tuned methods' rows of them).")
 
 
 def detectable(study: Study) -> str:
@@ -241,7 +237,7 @@ def detectable(study: Study) -> str:
     the exact test finds with 80% power at its observed discordance, alone and at Holm's strictest step, on this test
     split and on all items under k-fold CV."""
     n, n_all = study.n_test, int(study.split_stats["n"].sum())  # k-fold CV tests every item once
-    floor, family = mcnemar_exact_floor(DETECT_ALPHA), family_size(study)
+    floor, family = mcnemar_exact_floor(DETECT_ALPHA), holm_family_size(study.stats)
     strictest = DETECT_ALPHA / family
 
     def smallest(items: int, rate: float, alpha: float) -> str:
