@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from peftqa.errors import PeftqaError
-from peftqa.studies import docs, study
-from peftqa.studies.study import SMOLLM2_DIR
+from peftqa.studies import docs, run_copy, smollm2
+from peftqa.studies.smollm2 import SMOLLM2_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,7 +126,7 @@ def test_committed_blocks_match_their_outputs(project: Path):
     stale = docs.stale_files(project)
     assert not stale, "run `peftqa docs`, then stage the docs:\n" + "".join(diff for _, diff in stale.values())
     texts = [path.read_text(encoding="utf-8") for path in docs.doc_files(project)]
-    assert sum(text.count("<!-- peftqa:begin smollm2:") for text in texts) >= len(docs.BLOCKS)
+    assert sum(text.count("<!-- peftqa:begin smollm2:") for text in texts) >= len(smollm2.SMOLLM2.renderers())
 
 
 def test_a_user_s_own_run_does_not_fail_the_committed_check_but_a_committed_edit_does(tmp_path: Path):
@@ -222,12 +222,13 @@ def test_the_smollm2_demo_is_the_study_s_own_command_cut_and_its_record_must_tim
     run = json.loads((project / SMOLLM2_DIR / "run.json").read_text(encoding="utf-8"))
     rendered = docs.render_text("<!-- peftqa:begin smollm2:commands -->\n<!-- peftqa:end smollm2:commands -->\n",
                                 project, "p.md")
-    demo = study.demo_command(run["command"])
-    assert demo.startswith(f"dvc exp run -n {study.DEMO_NAME} ") and demo.endswith(
-        " ".join(f"-S {setting}" for setting in study.DEMO_SETTINGS))
+    demo = smollm2.demo_command(run["command"])
+    assert demo.startswith(f"dvc exp run -n {smollm2.DEMO_NAME} ") and demo.endswith(
+        " ".join(f"-S {setting}" for setting in smollm2.DEMO_SETTINGS))
     flat = rendered.replace(" \\\n  ", " ")
     assert demo in flat and run["command"] in flat
-    edit_json(project / SMOLLM2_DIR / study.DEMO_JSON, lambda d: d.update(command=d["command"] + " -S train.epochs=2"))
+    edit_json(project / SMOLLM2_DIR / smollm2.DEMO_JSON,
+              lambda d: d.update(command=d["command"] + " -S train.epochs=2"))
     with pytest.raises(PeftqaError, match=r"reports/smollm2/demo.json records .*, not the demo of the study's command"):
         docs.render_text("<!-- peftqa:begin smollm2:commands -->\n<!-- peftqa:end smollm2:commands -->\n", project,
                          "p.md")
@@ -286,11 +287,5 @@ def test_a_missing_study_file_is_named(project: Path):
 ])
 def test_the_answer_is_read_off_the_ci_alone(low: float, high: float, p_holm: float, expected: str):
     row = pd.Series({"ci_low": low, "ci_high": high, "p_holm": p_holm, "n": 89})
-    assert study.answer(row, 0.95) == expected
-    assert study.answer(row, 0.95, short=True) == expected.replace(" at this size (n=89)", "")
-
-
-def test_the_exact_mcnemar_floor():
-    assert study.mcnemar_exact_floor(0.05) == 6  # 2 * 0.5**5 = 0.0625 > 0.05 >= 2 * 0.5**6
-    assert study.mcnemar_exact_floor(0.0625) == 5
-    assert study.mcnemar_exact_floor(0.01) == 8
+    assert run_copy.answer(row, 0.95) == expected
+    assert run_copy.answer(row, 0.95, short=True) == expected.replace(" at this size (n=89)", "")

@@ -20,6 +20,7 @@ from peftqa.data import dataset
 from peftqa.errors import PeftqaError
 from peftqa.evaluation import protocols
 from peftqa.params import load_params
+from peftqa.studies.frontier import FRONTIER
 from stages import protocols as protocols_stage
 
 from tiny_models import tiny_frame
@@ -165,7 +166,7 @@ def test_protocols_stage_runs_seeds_and_folds_end_to_end(stage_dir):  # noqa: F8
 
     # the methods frontier's copy of the 5-fold outputs, and its table and figure from that copy alone
     frontier_dir = root / "frontier"
-    frontier_cli.copy_from(root, frontier_dir)
+    FRONTIER.copy_in(root, frontier_dir)
     assert sorted(p.relative_to(frontier_dir / "cv/units").as_posix()
                   for p in (frontier_dir / "cv/units").glob("*/*")) == ["base/fold_0", "base/fold_1",
                                                                         "lora/fold_0", "lora/fold_1"]
@@ -190,7 +191,7 @@ def test_protocols_stage_runs_seeds_and_folds_end_to_end(stage_dir):  # noqa: F8
     # it holds is refused; restore replaces the unfinished folder, and the stage then reuses every training
     (out / "runs/cv/lora/fold_1/unit.json").unlink()
     with pytest.raises(PeftqaError, match=r"holds finished trainings that .* lacks \(e.g. lora/fold_1\).*restore"):
-        frontier_cli.copy_from(root, frontier_dir)
+        FRONTIER.copy_in(root, frontier_dir)
     frontier_cli.restore_into(frontier_dir, root)
     assert (out / "runs/cv/lora/fold_1/unit.json").exists()
     runs_before = len(client.search_runs([experiment_id]))

@@ -25,8 +25,10 @@ from peftqa.evaluation.stats import (
     defined_references,
     encode_labels,
     holm_adjust,
+    holm_family_size,
     mcnemar_detectable_difference,
     mcnemar_exact,
+    mcnemar_exact_floor,
     mcnemar_exact_power,
     paired_bootstrap,
     preds_path,
@@ -213,6 +215,19 @@ def test_holm_matches_a_hand_computed_example():
 def test_holm_is_capped_at_one_and_handles_empty_input():
     assert holm_adjust([0.3, 0.6, 0.9]) == pytest.approx([0.9, 1.0, 1.0])
     assert holm_adjust([]) == []
+
+
+def test_a_holm_family_is_one_test_on_one_metric():
+    table = pd.DataFrame({"test": ["mcnemar_exact", "paired_bootstrap", "paired_bootstrap"] * 2,
+                          "metric": ["accuracy", "accuracy", "macro_f1"] * 2})
+    assert holm_family_size(table) == 2
+    assert holm_family_size(table.iloc[:0]) == 0
+
+
+def test_the_exact_mcnemar_floor():
+    assert mcnemar_exact_floor(0.05) == 6  # 2 * 0.5**5 = 0.0625 > 0.05 >= 2 * 0.5**6
+    assert mcnemar_exact_floor(0.0625) == 5
+    assert mcnemar_exact_floor(0.01) == 8
 
 
 # -----------------------------------------------------------------------------

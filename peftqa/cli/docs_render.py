@@ -1,10 +1,9 @@
 """Render the generated blocks of README.md and docs/*.md from the committed outputs they cite (--check: only compare).
 
-Every block between `<!-- peftqa:begin <source>:<block> -->` and `<!-- peftqa:end <source>:<block> -->` is rendered
-from its source folder (peftqa.studies.docs.SOURCES; e.g. smollm2 -> reports/smollm2/). Without --check the files whose
-blocks
-changed are rewritten (atomically) and listed; with --check nothing is written, and a difference prints its diff and
-exits 1. Run it from anywhere inside the project.
+Every block between `<!-- peftqa:begin <study>:<block> -->` and `<!-- peftqa:end <study>:<block> -->` is rendered
+from its study's folder (peftqa.studies.docs.STUDIES; e.g. smollm2 -> reports/smollm2/). Without --check the files
+whose blocks changed are rewritten (atomically) and listed; with --check nothing is written, and a difference prints
+its diff and exits 1. Run it from anywhere inside the project.
 
 Usage: peftqa docs [--check]
 """

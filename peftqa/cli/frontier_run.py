@@ -16,49 +16,22 @@ import argparse
 import shutil
 from pathlib import Path
 
-from peftqa.catalog import CV_FOLDS, CV_PREDS, CV_STATS, PROTOCOLS_METRICS, UNIT
+from peftqa.catalog import UNIT
 from peftqa.errors import PeftqaError, log
-from peftqa.files import project_root, replace_dir_atomic, write_csv_atomic, write_text_atomic
+from peftqa.files import project_root, write_csv_atomic, write_text_atomic
 from peftqa.report.palette import save_figure
 from peftqa.studies.frontier import (
-    CV_DIR,
+    FRONTIER,
     FRONTIER_DIR,
     UNITS_DIR,
+    WORKSPACE_UNITS,
+    finished_units,
     format_frontier,
     frontier_table,
     plot_frontier,
     read_frontier,
     reference_scores,
 )
-
-PROTOCOL_FILES = (*(str(output.path()) for output in (CV_FOLDS, CV_PREDS, CV_STATS, PROTOCOLS_METRICS)), "params.yaml")
-WORKSPACE_UNITS = UNIT.path(protocol="cv", method="-", unit="-").parent.parent.parent  # reports/protocols/runs/cv
-
-
-def finished_units(units: Path) -> dict[Path, Path]:
-    """{<method>/fold_<k>: its folder} of every training under `units` with a unit.json (written last: finished)."""
-    return {done.parent.relative_to(units): done.parent for done in sorted(units.glob(f"*/fold_*/{UNIT.file}"))}
-
-
-def copy_from(workspace: Path, folder: Path) -> None:
-    units = finished_units(workspace / WORKSPACE_UNITS)
-    if not units:
-        raise PeftqaError(f"{workspace / WORKSPACE_UNITS}: no finished trainings of the 5-fold run here; run it in "
-                          f"{workspace} first")
-    lost = sorted(set(finished_units(folder / UNITS_DIR)) - set(units))
-    if lost:
-        raise PeftqaError(f"{folder / UNITS_DIR} holds finished trainings that {workspace} lacks (e.g. {lost[0]}); "
-                          f"`peftqa frontier restore --workspace {workspace}` first, so the copy loses none")
-
-    def build(staging: Path) -> None:
-        for name in PROTOCOL_FILES:
-            if (workspace / name).exists():  # an interrupted run wrote the trainings, not yet the tables
-                shutil.copy2(workspace / name, staging / Path(name).name)
-        for relative, unit in units.items():
-            shutil.copytree(unit, staging / Path(UNITS_DIR).relative_to(CV_DIR) / relative)
-
-    replace_dir_atomic(build, folder / CV_DIR)
-    log.info("copied %d finished trainings into %s", len(units), folder / CV_DIR)
 
 
 def restore_into(folder: Path, workspace: Path) -> None:
@@ -98,7 +71,7 @@ def main(argv: list[str]) -> None:
     if args.action in ("copy", "restore") and args.workspace is None:
         parser.error(f"{args.action} needs --workspace")
     if args.action == "copy":
-        copy_from(args.workspace.resolve(), folder)
+        FRONTIER.copy_in(args.workspace.resolve(), folder)
     elif args.action == "restore":
         restore_into(folder, args.workspace.resolve())
     else:

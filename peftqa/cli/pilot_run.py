@@ -21,13 +21,12 @@ import argparse
 import dataclasses
 import json
 import shlex
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 from peftqa.errors import PeftqaError, log
-from peftqa.files import project_root, replace_dir_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
+from peftqa.files import project_root, write_csv_atomic, write_json_atomic, write_text_atomic
 from peftqa.params import load_params
 from peftqa.studies.pilot import (
     BASELINE,
@@ -45,6 +44,7 @@ from peftqa.studies.pilot import (
     variant_folder,
     variant_rows,
 )
+from peftqa.studies.shape import copy_run
 
 GRID_FILE = Path("reports/smollm2-official-pilot/grid.yaml")
 
@@ -120,19 +120,13 @@ def score_base_on_val(root: Path, staging: Path) -> None:
 
 
 def copy_outputs(run: PlannedRun, root: Path) -> None:
-    """The run's outputs into its folder, whole or not at all."""
-    def build(staging: Path) -> None:
-        for name in copied_files(run.methods):
-            source = root / name
-            if not source.exists():
-                raise PeftqaError(f"{source}: the run wrote no such file; see the log of `dvc exp run` above")
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, staging / name)
+    """The run's outputs into its folder, whole or not at all, with its settings (and base's val scores)."""
+    def then(staging: Path) -> None:
         (staging / "settings.json").write_text(json.dumps(run.settings, indent=2) + "\n", encoding="utf-8")
         if run.score_base:
             score_base_on_val(root, staging)
 
-    replace_dir_atomic(build, run.folder)
+    copy_run({name: root / name for name in copied_files(run.methods)}, run.folder, then=then)
 
 
 def check_settings(run: PlannedRun, root: Path) -> None:

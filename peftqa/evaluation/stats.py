@@ -53,6 +53,12 @@ def mcnemar_exact_floor(alpha: float) -> int:
     return k
 
 
+def holm_family_size(table: pd.DataFrame) -> int:
+    """How many comparisons one Holm family of a stats table holds: those of one test on one metric (every family the
+    same size), counted on McNemar's rows."""
+    return int(((table["test"] == "mcnemar_exact") & (table["metric"] == "accuracy")).sum())
+
+
 def mcnemar_exact_power(n_items: int, discordance: float, delta: float, alpha: float = 0.05) -> float:
     """The power of the two-sided exact McNemar test (mcnemar_exact) at `alpha`, on n_items paired items, of which
     the discordant ones number D ~ Bin(n, ψ), ψ = `discordance`, and among them the fixes b ~ Bin(D, (ψ + δ) / 2ψ):

@@ -121,7 +121,7 @@ def plot_performance(metrics: dict[str, dict], n_test: int, reference_metrics: d
 def performance_intervals(preds: Mapping[str, pd.DataFrame], labels: Sequence[str], stats_params: StatsParams
                           ) -> dict[str, dict[str, tuple[float, float]]]:
     """Each row's (method's or reference row's) percentile bootstrap interval on its test predictions, by name
-    (stats' resamples and seed). The report's bars and peftqa.studies.study's tables both draw them here."""
+    (stats' resamples and seed). The report's bars and peftqa.studies.run_copy's tables both draw them here."""
     return {name: bootstrap_interval(frame["gold"].astype(str).tolist(),
                                      [p if isinstance(p, str) else None for p in frame["pred"]], labels,
                                      stats_params.n_bootstrap, stats_params.seed, stats_params.confidence)

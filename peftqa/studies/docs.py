@@ -6,8 +6,8 @@ A block is a region of README.md or of a page under docs/ between two marker lin
     ...rendered markdown...
     <!-- peftqa:end smollm2:performance -->
 
-Its name is `<source>:<block>`: a folder of committed outputs (SOURCES: its reader and the blocks it renders) and
-one of those blocks.
+Its name is `<study>:<block>`: a committed study (STUDIES, each a peftqa.studies.shape.Study: its folder, its reader
+and the blocks it renders) and one of its blocks.
 `peftqa docs` rewrites every block from its study; `peftqa docs --check` renders them and fails, naming the file, the
 line and the block, where a committed block differs from what its outputs give. The prose around a block may read it,
 but quotes no number of its own.
@@ -17,67 +17,23 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
-from peftqa.catalog import REFERENCE_CHOICES
 from peftqa.errors import PeftqaError
-from peftqa.params import BASE_CALIBRATED
-from peftqa.studies import frontier, results
-from peftqa.studies.official import OFFICIAL_BLOCKS, OFFICIAL_DIR, require_pilot_choices
-from peftqa.studies.study import BLOCKS, SMOLLM2_DIR, Study, load_study
+from peftqa.studies.benches import MEASURED
+from peftqa.studies.default_run import DEFAULT
+from peftqa.studies.frontier import FRONTIER
+from peftqa.studies.matrix import MATRIX
+from peftqa.studies.official import OFFICIAL
+from peftqa.studies.protocol_copies import CV5, SEEDS3
+from peftqa.studies.recipe_pilots import OFFICIAL_PILOT, PILOT
+from peftqa.studies.shape import Study
+from peftqa.studies.smollm2 import SMOLLM2
+from peftqa.studies.sweeps import ABLATION
 
-
-def require_full_scale(study: Study, names: Sequence[str] = ("train.limit_train", "evaluate.limit_items")) -> None:
-    """A study rendered as a result must be full scale: a shortened run has no place in these blocks' titles."""
-    limits = {"train.limit_train": study.params.train.limit_train,
-              "evaluate.limit_items": study.params.evaluate.limit_items}
-    short = [f"{name} {limits[name]}" for name in names if limits[name]]
-    if short:
-        raise PeftqaError(f"study {study.root}: params.yaml has {', '.join(short)}: a shortened run, not a result; "
-                          "label it demo scale instead of rendering it as the study")
-    if BASE_CALIBRATED not in study.references:
-        raise PeftqaError(f"study {study.root}: no {BASE_CALIBRATED} row ({REFERENCE_CHOICES.path()}): the "
-                          "verdict needs the calibrated zero-shot")
-
-
-def load_result_study(folder: Path) -> Study:
-    """A study rendered as a result: full scale, with the calibrated zero-shot."""
-    study = load_study(folder)
-    require_full_scale(study)
-    return study
-
-
-def load_official_study(folder: Path) -> Study:
-    """The decisive study: a result, whose params are what its pilot chose on val."""
-    study = load_result_study(folder)
-    require_pilot_choices(study)
-    return study
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where a block's numbers come from: a folder (relative to the project root), how it is read (once per
-    rendering), and the blocks rendered from what was read."""
-    folder: Path
-    read: Callable[[Path], object]
-    blocks: Mapping[str, Callable[[object], str]]
-
-
-SOURCES = {  # by a block name's prefix
-    "smollm2": Source(SMOLLM2_DIR, load_result_study, BLOCKS),
-    "default": Source(results.DEFAULT_DIR, load_study, results.DEFAULT_BLOCKS),
-    "cv5": Source(results.CV5_DIR, results.read_protocol_copy, results.PROTOCOL_BLOCKS),
-    "seeds3": Source(results.SEEDS3_DIR, results.read_protocol_copy, results.PROTOCOL_BLOCKS),
-    "ablation": Source(results.ABLATION_DIR, results.read_sweeps, results.ABLATION_BLOCKS),
-    "pilot": Source(results.PILOT_DIR, results.read_pilot, {"table": results.pilot_table}),
-    "official-pilot": Source(results.OFFICIAL_PILOT_DIR, results.read_official_pilot, results.OFFICIAL_PILOT_BLOCKS),
-    "official": Source(OFFICIAL_DIR, load_official_study, OFFICIAL_BLOCKS),
-    "measured": Source(results.BENCH_DIR, Path, results.MEASURED_BLOCKS),
-    "matrix": Source(results.MATRIX_DIR, results.read_matrix, results.MATRIX_BLOCKS),
-    "methods-cv5": Source(frontier.FRONTIER_DIR, frontier.read_copy, frontier.BLOCKS),
-}
+# every committed study, by its name (a block name's prefix): a new study is its module, and one entry here
+STUDIES: dict[str, Study] = {study.name: study for study in (
+    SMOLLM2, DEFAULT, CV5, SEEDS3, ABLATION, PILOT, OFFICIAL_PILOT, OFFICIAL, MEASURED, MATRIX, FRONTIER)}
 DOC_FILES = ("README.md", "docs/*.md")  # where blocks may sit, relative to the project root
 MARKER = re.compile(r"^<!-- peftqa:(?P<kind>begin|end) (?P<name>\S+) -->$")
 # a result as the pipeline prints it (0.643, 1.000): typed outside a block, it is a number no check keeps true
@@ -92,18 +48,19 @@ def doc_files(root: Path) -> list[Path]:
 
 
 @functools.lru_cache(maxsize=None)
-def _read(prefix: str, folder: Path) -> object:
-    return SOURCES[prefix].read(folder)
+def _read(name: str, folder: Path) -> object:
+    return STUDIES[name].read(folder)
 
 
 def render_block(root: Path, name: str, where: str) -> str:
-    """The markdown of block `name` (`<source>:<block>`); `where` (file:line) names the marker in any error."""
+    """The markdown of block `name` (`<study>:<block>`); `where` (file:line) names the marker in any error."""
     prefix, _, block = name.partition(":")
-    source = SOURCES.get(prefix)
-    if source is None or block not in source.blocks:
-        known = sorted(source.blocks) if source else sorted(f"{p}:…" for p in SOURCES)
-        raise PeftqaError(f"{where}: unknown block '{name}'; a block is <source>:<block>, one of {known}")
-    return source.blocks[block](_read(prefix, (root / source.folder).resolve())).strip("\n")
+    study = STUDIES.get(prefix)
+    renderers = study.renderers() if study else {}
+    if block not in renderers:
+        known = sorted(renderers) if study else sorted(f"{p}:…" for p in STUDIES)
+        raise PeftqaError(f"{where}: unknown block '{name}'; a block is <study>:<block>, one of {known}")
+    return renderers[block](_read(prefix, (root / study.folder).resolve())).strip("\n")
 
 
 def render_text(text: str, root: Path, source: str) -> str:

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from peftqa.catalog import CV_FOLDS, CV_PREDS, CV_STATS, UNIT, Output
-from peftqa.errors import PeftqaError
+from peftqa.catalog import CV_FOLDS, CV_PREDS, CV_STATS, PROTOCOLS_METRICS, UNIT, Output
+from peftqa.errors import PeftqaError, log
 from peftqa.evaluation.stats import holm_adjust
 from peftqa.params import Params, load_params
 from peftqa.report.tables import markdown_table
-from peftqa.studies.study import read_file
+from peftqa.studies.run_copy import duration, read_file
+from peftqa.studies.shape import Study, copy_run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -37,6 +38,8 @@ UNIT_FIGURES = ("trainable_params", "adapter_bytes", "train_seconds", "best_epoc
 COLUMNS = ["method", "folds", "trainable_params", "adapter_bytes", "train_seconds_per_fold", "n", "accuracy",
            "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high", "delta_macro_f1", "delta_ci_low", "delta_ci_high",
            "p_bootstrap_holm", "mcnemar_b", "mcnemar_c", "p_mcnemar_holm", "kept_start"]
+PROTOCOL_FILES = (*(str(output.path()) for output in (CV_FOLDS, CV_PREDS, CV_STATS, PROTOCOLS_METRICS)), "params.yaml")
+WORKSPACE_UNITS = UNIT.path(protocol="cv", method="-", unit="-").parent.parent.parent  # reports/protocols/runs/cv
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,35 @@ def plot_frontier(table: pd.DataFrame, references: dict[str, float], baseline: s
 
 
 # -----------------------------------------------------------------------------
-# docs blocks (peftqa.studies.docs.SOURCES["methods-cv5"]): from the committed copy, never recomputed
+# the copy of the 5-fold experiment out of its workspace (`peftqa frontier copy`)
+
+
+def finished_units(units: Path) -> dict[Path, Path]:
+    """{<method>/fold_<k>: its folder} of every training under `units` with a unit.json (written last: finished)."""
+    return {done.parent.relative_to(units): done.parent for done in sorted(units.glob(f"*/fold_*/{UNIT.file}"))}
+
+
+def copy_from(workspace: Path, folder: Path) -> None:
+    """The protocols stage's outputs in `workspace` into `folder`/cv/, flat, with every finished training under
+    units/; an interrupted run copies the trainings it finished. A copy that would lose a finished training the
+    folder holds is refused (restore it into the workspace first)."""
+    units = finished_units(workspace / WORKSPACE_UNITS)
+    if not units:
+        raise PeftqaError(f"{workspace / WORKSPACE_UNITS}: no finished trainings of the 5-fold run here; run it in "
+                          f"{workspace} first")
+    lost = sorted(set(finished_units(folder / UNITS_DIR)) - set(units))
+    if lost:
+        raise PeftqaError(f"{folder / UNITS_DIR} holds finished trainings that {workspace} lacks (e.g. {lost[0]}); "
+                          f"`peftqa frontier restore --workspace {workspace}` first, so the copy loses none")
+    tables = {Path(name).name: workspace / name for name in PROTOCOL_FILES
+              if (workspace / name).exists()}  # an interrupted run wrote the trainings, not yet the tables
+    copy_run({**tables, **{Path(UNITS_DIR).relative_to(CV_DIR) / relative: unit for relative, unit in units.items()}},
+             folder / CV_DIR)
+    log.info("copied %d finished trainings into %s", len(units), folder / CV_DIR)
+
+
+# -----------------------------------------------------------------------------
+# docs blocks (the study `methods-cv5`): from the committed copy, never recomputed
 
 
 @dataclass(frozen=True)
@@ -204,8 +235,6 @@ def time_span(started: str, finished: str) -> str:
 
 
 def provenance(copy: FrontierCopy) -> str:
-    from peftqa.studies.study import duration
-
     run = copy.run
     steps = "\n".join(f"{step['command']}   # {time_span(step['started'], step['finished'])}, "
                       f"{duration(step['wall_s'])}" for step in run["steps"])
@@ -220,5 +249,6 @@ def grid_table(copy: FrontierCopy) -> str:
     return format_table(copy.grid)
 
 
-BLOCKS = {"provenance": provenance, "grid": grid_table,
-          "frontier": lambda copy: format_frontier(copy.table, copy.params)}
+FRONTIER = Study(name="methods-cv5", folder=FRONTIER_DIR, read=read_copy, provenance=provenance,
+                 blocks={"grid": grid_table, "frontier": lambda copy: format_frontier(copy.table, copy.params)},
+                 copy_in=copy_from)

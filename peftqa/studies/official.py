@@ -1,13 +1,11 @@
 """The decisive SmolLM2 study (reports/smollm2-official/): PubMedQA's official test split, its recipe pilot's
 choices, its primary comparison, and what changed since the first study (reports/smollm2/). Its other blocks are
-peftqa.studies.study's; `peftqa docs` renders them all (source `official`) and refuses a study whose params are not
-what its
-pilot chose on val.
+peftqa.studies.run_copy's; `peftqa docs` renders them all (study `official`) and refuses a study whose params are not
+what its pilot chose on val.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -19,30 +17,32 @@ from peftqa.params import YamlLoader
 from peftqa.report.findings import DETECT_ALPHA, DETECT_POWER, format_detectable, stats_row
 from peftqa.report.tables import markdown_table
 from peftqa.studies.pilot import load_pilot_grid
-from peftqa.studies.study import (
-    BLOCKS,
+from peftqa.studies.run_copy import (
+    RUN_BLOCKS,
     RUN_JSON,
-    SMOLLM2_DIR,
-    Study,
+    RunCopy,
     duration,
     effect_ci,
-    load_study,
+    provenance,
     read_file,
     read_output,
+    read_run_copy,
     row_label,
     shell_lines,
 )
+from peftqa.studies.shape import Study, copy_whole_run
+from peftqa.studies.smollm2 import SMOLLM2_DIR, read_result
 
 OFFICIAL_DIR = Path("reports/smollm2-official")  # the decisive study: PubMedQA's official test split, 445 items
 METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy"}  # as the tables write them
 
 
-def project_root_of(study: Study) -> Path:
+def project_root_of(study: RunCopy) -> Path:
     """The checkout a committed study sits in (studies live at reports/<name>/)."""
     return study.root.parents[1]
 
 
-def pilot_folder(study: Study) -> Path:
+def pilot_folder(study: RunCopy) -> Path:
     if "pilot" not in study.run:
         raise PeftqaError(f"study {study.root}: {RUN_JSON} names no pilot (key 'pilot': the grid's folder)")
     return project_root_of(study) / study.run["pilot"]
@@ -54,7 +54,7 @@ def dotted(data: dict, key: str) -> object:
     return data
 
 
-def require_pilot_choices(study: Study) -> None:
+def require_pilot_choices(study: RunCopy) -> None:
     """The study's params.yaml must hold every setting the pilot's choices give the full run
     (reports/<pilot>/choices.json, written by `peftqa pilot table` from its runs): what ran is what val chose."""
     wanted = read_file(pilot_folder(study), "choices.json", read_json)["full_run"]
@@ -67,12 +67,12 @@ def require_pilot_choices(study: Study) -> None:
                           f"{study.run['pilot']}/grid.yaml`")
 
 
-def best_val_method(study: Study) -> str:
+def best_val_method(study: RunCopy) -> str:
     """The tuned method with the best val macro-F1 at its kept epoch (ties: the earlier in methods)."""
     return max(study.tuned, key=lambda m: (study.summary[m]["best_val_macro_f1"], -study.tuned.index(m)))
 
 
-def primary(study: Study) -> str:
+def primary(study: RunCopy) -> str:
     """The primary comparison, as the pilot's grid named it before any run: the effect, its interval and unadjusted
     bootstrap p, the answer, and what the test split can detect at that comparison's discordance."""
     spec = load_pilot_grid(pilot_folder(study) / "grid.yaml").primary
@@ -107,7 +107,7 @@ def primary(study: Study) -> str:
             f"{DETECT_POWER:.0%} power at n = {n}.")
 
 
-def settings_row(study: Study) -> dict[str, str]:
+def settings_row(study: RunCopy) -> dict[str, str]:
     """What a study's run was, in the terms the two SmolLM2 studies differ in."""
     params, n = study.params, study.split_stats["n"]
     config = read_output(study.root, RESOLVED_CONFIG, method=study.tuned[0])
@@ -126,15 +126,15 @@ def settings_row(study: Study) -> dict[str, str]:
             "wall time": duration(study.run["wall_s"]) if "wall_s" in study.run else "n/a"}
 
 
-def changes(study: Study) -> str:
+def changes(study: RunCopy) -> str:
     """The first SmolLM2 study beside this one: what changed between them."""
-    first = load_study(project_root_of(study) / SMOLLM2_DIR)
+    first = read_run_copy(project_root_of(study) / SMOLLM2_DIR)
     before, after = settings_row(first), settings_row(study)
     return markdown_table(["", f"first study (`{SMOLLM2_DIR}/`)", f"this study (`{OFFICIAL_DIR}/`)"],
                           [[key, before[key], after[key]] for key in before])
 
 
-def official_commands(study: Study) -> str:
+def official_commands(study: RunCopy) -> str:
     """The pilot's command and the study's, with the study's wall time."""
     pilot, run = study.run["pilot"], study.run
     lines = [f"The recipe pilot, from its committed grid (demo scale: 128 train items, 1 epoch; "
@@ -145,7 +145,13 @@ def official_commands(study: Study) -> str:
     return "\n".join(lines)
 
 
-OFFICIAL_BLOCKS: dict[str, Callable[[Study], str]] = {  # the decisive study's: no demo, no reference study beside it
-    **{name: block for name, block in BLOCKS.items() if name not in ("commands", "beside-reference")},
-    "primary": primary, "changes": changes, "commands": official_commands,
-}
+def read_official(folder: Path) -> RunCopy:
+    """The decisive study: a result, whose params are what its pilot chose on val."""
+    study = read_result(folder)
+    require_pilot_choices(study)
+    return study
+
+
+OFFICIAL = Study(name="official", folder=OFFICIAL_DIR, read=read_official, provenance=provenance,
+                 blocks={**RUN_BLOCKS, "primary": primary, "changes": changes, "commands": official_commands},
+                 copy_in=copy_whole_run)  # the decisive study's blocks: no demo, no reference study beside it

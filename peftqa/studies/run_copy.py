@@ -1,15 +1,14 @@
-"""A committed study, and the tables and verdict that `peftqa docs` renders from it.
+"""A copied run (`RunCopy`), and the tables and verdict that `peftqa docs` renders from it.
 
-A study is one whole pipeline run copied out of its DVC experiment into a folder laid out like the project root
-(reports/smollm2/: params.yaml, dvc.lock, run.json, models/<method>/..., reports/...), so that its numbers outlive the
-workspace that made them. This module reads such a folder and renders its tables; it never recomputes what the
-pipeline wrote, except each row's own bootstrap interval, drawn as the report's performance bars draw it (the stats
-stage's resamples and seed).
+A whole pipeline run copied out of its DVC experiment into a folder laid out like the project root (reports/smollm2/:
+params.yaml, dvc.lock, run.json, models/<method>/..., reports/...; peftqa.studies.shape.copy_whole_run), so that its
+numbers outlive the workspace that made them. This module reads such a folder and renders the tables every study of a
+whole run shares (smollm2, official, default); it never recomputes what the pipeline wrote, except each row's own
+bootstrap interval, drawn as the report's performance bars draw it (the stats stage's resamples and seed).
 """
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,6 +21,7 @@ from peftqa.errors import PeftqaError
 from peftqa.evaluation.stats import (
     ADD_ONE_NOTE,
     defined_references,
+    holm_family_size,
     mcnemar_detectable_difference,
     mcnemar_exact_floor,
     with_add_one_bootstrap_p,
@@ -32,24 +32,12 @@ from peftqa.report.figures import performance_intervals
 from peftqa.report.findings import DETECT_ALPHA, DETECT_POWER, dominant_prediction, format_detectable, stats_row
 from peftqa.report.tables import markdown_table, p_clause, reference_label
 
-SMOLLM2_DIR = Path("reports/smollm2")
 RUN_JSON = "run.json"  # what made the study: the command, the commit, the machine, when and how long
-# The reference study's table as it publishes it (test split of 89 items): accuracy, macro-F1, trainable params.
-# Not a peftqa output: shown beside ours, never compared with a test.
-REFERENCE_STUDY = {"model": "FLAN-T5-XL (2.78B parameters, seq2seq)",
-                   "rows": {"base": (0.449, 0.389, 0), "prompt_tuning": (0.719, 0.648, 204_800),
-                            "prefix_tuning": (0.742, 0.703, 4_915_200)},
-                   # what differs, the reference's side: what our sources say of it, and where they are silent, what
-                   # peftqa's flan-t5-xl profile (docs/gpu.md) runs
-                   "setup": {"weights": "the released checkpoint", "hardware": "not stated in our sources (a GPU "
-                             "for 2.78B parameters)", "epochs": "not stated in our sources; peftqa's flan-t5-xl "
-                             "profile runs 5", "max_length": "not stated; the profile uses 512",
-                             "virtual tokens": "50 (what gives its 204,800 and 4,915,200 parameters)"}}
 CV_FOLDS = 5  # what would decide: the k-fold protocol tests every one of the 890 items once
 
 
 @dataclass(frozen=True)
-class Study:
+class RunCopy:
     """One copied run: its params and run record, and per row (method or reference row) what the pipeline wrote."""
     root: Path
     run: dict  # run.json; {} where there is none
@@ -97,7 +85,7 @@ def read_output(root: Path, output: Output, **fields: object) -> object:
     return read_file(root, output.path(**fields), lambda path: output.read(root, **fields))
 
 
-def load_study(root: str | Path) -> Study:
+def read_run_copy(root: str | Path) -> RunCopy:
     """Read a copied run: params.yaml, run.json (optional: the project root's own run has none; dvc.lock and git
     record it), and every method's and reference row's outputs."""
     root = Path(root)
@@ -108,7 +96,7 @@ def load_study(root: str | Path) -> Study:
         kind, output = ("reference", reference_output) if row in references else ("method", output)
         return read_output(root, output, split=split, **{kind: row})
 
-    return Study(
+    return RunCopy(
         root=root, run=read_file(root, RUN_JSON, read_json) if (root / RUN_JSON).exists() else {}, params=params,
         metrics={split: {row: of_row(row, catalog.METRICS, catalog.REFERENCE_METRICS, split) for row in rows}
                  for split in catalog.SCORED_SPLITS},
@@ -128,16 +116,11 @@ def read_stats(root: Path, params: Params) -> pd.DataFrame:
     return with_add_one_bootstrap_p(table, params.stats.n_bootstrap)
 
 
-def family_size(study: Study) -> int:
-    """How many comparisons one Holm family holds: those of one test on one metric (all the same size)."""
-    return int(len(study.stats[(study.stats["test"] == "mcnemar_exact") & (study.stats["metric"] == "accuracy")]))
-
-
 # -----------------------------------------------------------------------------
 # the blocks: each a function of the study, returning markdown
 
 
-def row_label(study: Study, row: str) -> str:
+def row_label(study: RunCopy, row: str) -> str:
     if row in study.references:
         return reference_label(row)
     return f"{row} (zero-shot)" if row == study.baseline and not study.summary[row]["trainable_params"] else row
@@ -148,7 +131,7 @@ def duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def provenance(study: Study) -> str:
+def provenance(study: RunCopy) -> str:
     """Which run the tables come from, and its settings that a reader must know to read them."""
     run, params = study.run, study.params
     lrs = ", ".join(f"{m} {params.peft[m].lr:g}" for m in study.tuned)
@@ -162,7 +145,7 @@ def provenance(study: Study) -> str:
             f"batch {params.train.batch_size}, learning rates {lrs}. Command:\n\n```bash\n{run['command']}\n```")
 
 
-def performance(study: Study) -> str:
+def performance(study: RunCopy) -> str:
     """Test accuracy and macro-F1 with each row's bootstrap interval, val macro-F1, and what each method trained."""
     intervals = performance_intervals(study.preds, study.params.prepare.labels, study.params.stats)
     level = f"{study.params.stats.confidence:.0%}"
@@ -191,11 +174,11 @@ def answer(boot: pd.Series, confidence: float, short: bool = False) -> str:
     return word + (" (suggestive only after Holm)" if boot.p_holm >= 1 - confidence else "")
 
 
-def comparators(study: Study) -> list[str]:
+def comparators(study: RunCopy) -> list[str]:
     return [study.baseline, *study.references]
 
 
-def verdict_summary(study: Study) -> str:
+def verdict_summary(study: RunCopy) -> str:
     """One row per tuned method, one column per comparator: the answer on macro-F1, then on accuracy."""
     confidence = study.params.stats.confidence
 
@@ -213,7 +196,7 @@ def effect_ci(row: pd.Series) -> str:
     return f"{row.effect:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
 
 
-def verdict_detail(study: Study) -> str:
+def verdict_detail(study: RunCopy) -> str:
     """Every tuned method against the baseline and each reference row. The answer is decided on macro-F1 by the
     paired bootstrap (its CI, and its Holm p for the caveat), so that p stands beside it; accuracy's columns, with
     McNemar's p, follow, each column naming its metric."""
@@ -232,16 +215,16 @@ def verdict_detail(study: Study) -> str:
                             "answer, on macro-F1", f"Δ accuracy [{level} CI]", "accuracy: b / c",
                             "accuracy: McNemar exact p (Holm)"], rows)
     return (f"{table}\n\nThe answer is decided on macro-F1: the paired bootstrap's {level} CI, and its Holm p. Holm "
-            f"adjusts within each (test, metric) family: the {family_size(study)} comparisons of one test on one "
-            "metric that the stats stage made (this table shows the tuned methods' rows of them).")
+            f"adjusts within each (test, metric) family: the {holm_family_size(study.stats)} comparisons of one test "
+            "on one metric that the stats stage made (this table shows the tuned methods' rows of them).")
 
 
-def detectable(study: Study) -> str:
+def detectable(study: RunCopy) -> str:
     """What the test items can decide: the exact McNemar floor, and per comparison the smallest accuracy difference
     the exact test finds with 80% power at its observed discordance, alone and at Holm's strictest step, on this test
     split and on all items under k-fold CV."""
     n, n_all = study.n_test, int(study.split_stats["n"].sum())  # k-fold CV tests every item once
-    floor, family = mcnemar_exact_floor(DETECT_ALPHA), family_size(study)
+    floor, family = mcnemar_exact_floor(DETECT_ALPHA), holm_family_size(study.stats)
     strictest = DETECT_ALPHA / family
 
     def smallest(items: int, rate: float, alpha: float) -> str:
@@ -272,7 +255,7 @@ def detectable(study: Study) -> str:
             f"{CV_FOLDS}-fold cross-validation (`prepare.folds: {CV_FOLDS}`) tests all {n_all} items once{cost}.")
 
 
-def scored_rows(study: Study) -> dict[str, dict[str, dict]]:
+def scored_rows(study: RunCopy) -> dict[str, dict[str, dict]]:
     """{row: {split: metrics}} of every row a model scored: the methods (evaluate's metrics) and the reference rows
     with a stage of their own (few_shot's, with its throughput and greedy answers)."""
     rows = {m: {split: study.metrics[split][m] for split in ("val", "test")} for m in study.methods}
@@ -282,7 +265,7 @@ def scored_rows(study: Study) -> dict[str, dict[str, dict]]:
     return rows
 
 
-def generate(study: Study) -> str:
+def generate(study: RunCopy) -> str:
     """The greedy answers: the share that map to a label, and the share that agree with the verbalizer."""
     def share(metrics: dict, key: str) -> str:
         value = metrics.get(key)
@@ -294,7 +277,7 @@ def generate(study: Study) -> str:
     return markdown_table(["row", "val parse rate", "val agreement", "test parse rate", "test agreement"], rows)
 
 
-def training(study: Study) -> str:
+def training(study: RunCopy) -> str:
     """Per method: val macro-F1 at the start and at the kept epoch, a flag where the start was kept, and time. An
     epoch's seconds in history.csv include its val pass; epoch 0's are that pass alone, so the training itself is
     the difference, per item of the train split."""
@@ -314,7 +297,7 @@ def training(study: Study) -> str:
                            "note", "train seconds", "one val pass (s)", "s per trained item"], rows)
 
 
-def speed(study: Study) -> str:
+def speed(study: RunCopy) -> str:
     """Seconds per item scored: batched (the whole split) and one at a time (the timed first items; few_shot times
     none)."""
     def latency(metrics: dict, key: str) -> str:
@@ -327,49 +310,6 @@ def speed(study: Study) -> str:
                            "p95 (s)"], rows)
 
 
-def beside_reference(study: Study) -> str:
-    """The reference study's published rows beside this study's, method by method (no test between them), then
-    what differs between the two setups."""
-    rows = []
-    for method in study.methods:
-        published = REFERENCE_STUDY["rows"].get(method)
-        ours = study.metrics["test"][method]
-        rows.append([method, f"{published[0]:.3f} / {published[1]:.3f}" if published else "—",
-                     f"{published[2]:,}" if published else "—", f"{ours['accuracy']:.3f} / {ours['macro_f1']:.3f}",
-                     f"{study.summary[method]['trainable_params']:,}"])
-    params, setup = study.params, REFERENCE_STUDY["setup"]
-    tokens = sorted({params.peft[m].num_virtual_tokens for m in study.tuned if hasattr(params.peft[m],
-                                                                                        "num_virtual_tokens")})
-    total = study.summary[study.baseline]["total_params"]
-    differs = [["model", REFERENCE_STUDY["model"], f"{params.model.name_or_path} ({total / 1e6:.1f}M parameters, "
-                f"{study.summary[study.baseline]['family']})"],
-               ["weights", setup["weights"], study.run["weights"]],
-               ["hardware", setup["hardware"], study.run["machine"]],
-               ["epochs", setup["epochs"], str(params.train.epochs)],
-               ["max_length", setup["max_length"], str(params.model.max_length)],
-               ["virtual tokens", setup["virtual tokens"], ", ".join(map(str, tokens))]]
-    return "\n\n".join([
-        markdown_table(["method", f"reference: {REFERENCE_STUDY['model']}, accuracy / macro-F1",
-                        "its trainable params", f"here: {params.model.name_or_path}, accuracy / macro-F1",
-                        "trainable params here"], rows),
-        markdown_table(["", "the reference", "here"], differs)])
-
-
-# The study's command cut to a demo, for a first look at SmolLM2 here: renamed, so that its name says it is not the
-# study, and sliced (train items; val and test items) to a fraction of the study's hour on 2 cores;
-# reports/smollm2/demo.json records a run of it, with its time
-DEMO_NAME = "smollm2-demo"
-DEMO_SETTINGS = ("train.limit_train=64", "evaluate.limit_items=32")
-DEMO_JSON = "demo.json"
-
-
-def demo_command(command: str) -> str:
-    """The study's `dvc exp run -n <name> -S ...` command as the demo: named DEMO_NAME, with DEMO_SETTINGS added."""
-    words = shlex.split(command)
-    words[words.index("-n") + 1] = DEMO_NAME
-    return shlex.join([*words, *(word for setting in DEMO_SETTINGS for word in ("-S", setting))])
-
-
 def shell_lines(command: str) -> str:
     """A long command as a bash code block, continued before each `-S` that would pass the README's width."""
     lines = [""]
@@ -380,21 +320,9 @@ def shell_lines(command: str) -> str:
     return "```bash\n" + " \\\n".join(lines) + "\n```"
 
 
-def commands(study: Study) -> str:
-    """How to run SmolLM2 here: the demo (its recorded run and time), then the study's own command (its time)."""
-    run, demo = study.run, read_file(study.root, DEMO_JSON, read_json)
-    expected = demo_command(run["command"])
-    if demo["command"] != expected:
-        raise PeftqaError(f"{study.root / DEMO_JSON} records `{demo['command']}`, not the demo of the study's "
-                          f"command (`{expected}`): run the demo again and record it there")
-    return (f"A demo-scale slice, `{DEMO_NAME}` ({', '.join(DEMO_SETTINGS)}), a first look and not a result: "
-            f"{duration(demo['wall_s'])} on {demo['finished'][:10]}, from commit `{demo['commit'][:7]}`, on "
-            f"{demo['machine']}.\n\n{shell_lines(expected)}\n\nThe whole study, as it made `{SMOLLM2_DIR}/`: "
-            f"{duration(run['wall_s'])} on {run['machine']}.\n\n{shell_lines(run['command'])}")
 
 
-BLOCKS: dict[str, Callable[[Study], str]] = {  # the blocks a study renders, by the name after the study's prefix
-    "commands": commands, "provenance": provenance, "performance": performance, "verdict": verdict_summary,
-    "verdict-detail": verdict_detail, "detectable": detectable, "generate": generate, "training": training,
-    "speed": speed, "beside-reference": beside_reference,
+RUN_BLOCKS: dict[str, Callable[[RunCopy], str]] = {  # a whole run's blocks, by the name after its study's prefix
+    "performance": performance, "verdict": verdict_summary, "verdict-detail": verdict_detail,
+    "detectable": detectable, "generate": generate, "training": training, "speed": speed,
 }
