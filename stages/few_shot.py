@@ -2,13 +2,12 @@
 stage makes it the reference row `few_shot`.
 
 Each of references.few_shot_draws draws one train item per label (seed train.seed + 1000 + k,
-peftqa.evaluation.few_shot), puts
-them whole before every prompt (earlier chat turns under a chat template) and scores val with the verbalizer. The
-draw with the best val macro-F1 (ties: the earlier) is the row: val and test are scored with it, greedy answers too
-(generate_parse_rate, generate_agreement), and its batched test throughput is its cost. Test is scored once, with the
-chosen draw alone. Prompts are cut to references.few_shot_max_length tokens (the item's context alone is cut, as
-model.truncation says; items_cut counts them). Not defined (no model is loaded) for the encoder family or when
-few_shot is not in references.names: choices.json says why.
+peftqa.evaluation.few_shot), puts them whole before every prompt (earlier chat turns under a chat template) and scores
+val with the verbalizer. The draw with the best val macro-F1 (ties: the earlier) is the row: val and test are scored
+with it, greedy answers too (generate_parse_rate, generate_agreement), and its batched test throughput is its cost. Test
+is scored once, with the chosen draw alone. Prompts are cut to references.few_shot_max_length tokens (the item's context
+alone is cut, as model.truncation says; items_cut counts them). Not defined (no model is loaded) for the encoder family
+or when few_shot is not in references.names: choices.json says why.
 
 Inputs:  data/processed/{train,val,test}.csv; params: model, references, prepare.labels, train.seed, train.device,
          train.limit_train (the examples come from the items training reads), train.length_groups, evaluate.

@@ -35,6 +35,10 @@ IGNORED_KEYS = {  # JSON keys deleted at any depth before comparing -> why (and 
     "cpu_bf16": "the CPU's bf16 instructions (resolved_config.json): the machine, not the run",
     "date_utc": "a date (no pipeline output has one today)", "timestamp_ms": "a timestamp (none today either)",
 }
+UNORDERED_KEYS = {  # JSON lists compared as sets (sorted first) -> why
+    "target_modules": "peft holds them as a set and writes them in string-hash order, which changes from process to "
+                      "process (adapter_config.json): the same modules in another order are the same adapter",
+}
 IGNORED_VALUES = {  # a JSON string or a report.md word that matches -> masked wherever it stands, why
     "MLflow model id": re.compile(r"\bm-[0-9a-f]{32}\b"),  # first: a model id's digits also look like a run id
     "MLflow run id": re.compile(r"\b[0-9a-f]{32}\b"),  # parent_runs.json's values, report.md's provenance table
@@ -72,6 +76,9 @@ def json_units(value, where: str, units: Units, ignored: Ignored) -> None:
         for key, item in value.items():
             if ignored_key(key):
                 ignored.add((f"{where}.{key}", key, json.dumps(item)))
+            elif key in UNORDERED_KEYS and isinstance(item, list):  # its members compared, their order ignored
+                ignored.add((f"{where}.{key}", key, json.dumps(item)))
+                json_units(sorted(item, key=json.dumps), f"{where}.{key}", units, ignored)
             else:
                 json_units(item, f"{where}.{key}", units, ignored)
     elif isinstance(value, list) and value:

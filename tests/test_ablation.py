@@ -1,7 +1,6 @@
 """Tests for `peftqa ablation` (peftqa/studies/experiments.py, peftqa/studies/ablation.py,
-peftqa/cli/ablation_table.py): pure tests on a
-hand-made `dvc exp show --json` (the DVC 3.67 shape), one error-path test per failure mode, and one run against a real
-throwaway git + DVC repo with three `dvc exp run -S peft.lora.r=...`."""
+peftqa/cli/ablation_table.py): pure tests on a hand-made `dvc exp show --json` (the DVC 3.67 shape), one error-path test
+per failure mode, and one run against a real throwaway git + DVC repo with three `dvc exp run -S peft.lora.r=...`."""
 from __future__ import annotations
 
 import copy

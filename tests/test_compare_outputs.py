@@ -28,6 +28,7 @@ FILES = {  # a tiny run's outputs, one of each kind the script reads
     "models/lora/train_summary.json": json.dumps({"method": "lora", "best_epoch": 1, "train_seconds": 68.2,
                                                   "examples_per_s": 10.4, "mlflow_run_id": RUN_ID,
                                                   "probe_grid": [{"c": 1.0, "val_macro_f1": 0.56}]}, indent=2),
+    "models/lora/adapter/adapter_config.json": json.dumps({"r": 8, "target_modules": ["query", "value"]}),
     "reports/eval/lora/preds_test.csv": "pmid,gold,pred,p_yes,latency_s\n1,no,no,0.09,0.0394\n2,no,yes,0.94,0.0398\n",
     "reports/eval/lora/metrics_test.json": json.dumps({"macro_f1": 0.6368, "latency_p95_s": 0.041}, indent=2),
     "reports/protocols/parent_runs.json": json.dumps({"seeds": RUN_ID}),
@@ -80,6 +81,7 @@ def test_only_the_outs_of_dvc_lock_are_compared(tmp_path, capsys):
     (("reports/report.md", "0.0394 / 0.0412", "0.1 / 0.2"), "Latency mean / p95 (s)"),
     (("reports/report.md", RUN_ID, OTHER_RUN_ID), "MLflow run id"),
     (("reports/figures/latency_bar_test.png", "the", "other"), "the whole figure (bars of the measured latencies)"),
+    (("models/lora/adapter/adapter_config.json", '"query", "value"', '"value", "query"'), "target_modules"),
 ])
 def test_a_difference_in_an_ignored_field_is_the_same(tmp_path, capsys, edit, fields):
     code, verdicts = compare(tmp_path, edit, capsys)
@@ -100,6 +102,7 @@ def test_a_difference_in_an_ignored_field_is_the_same(tmp_path, capsys, edit, fi
     (("reports/report.md", "| 1 | 68.2", "| 2 | 68.2"), "line 11: "),
     (("reports/figures/cm_lora_test.png", "confusion", "Confusion"), "byte 6 (sizes 22 and 22)"),
     (("reports/eval/lora/metrics_test.json", '": ', '":  '), "formatting only"),
+    (("models/lora/adapter/adapter_config.json", '"query"', '"key"'), ".target_modules[0]: '\"query\"' vs '\"key\"'"),
 ])
 def test_a_difference_in_any_other_field_is_different(tmp_path, capsys, edit, first_difference):
     code, verdicts = compare(tmp_path, edit, capsys)
@@ -115,7 +118,7 @@ def test_a_file_on_one_side_only_is_different(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "reports/eval/lora/cm_test.csv: only in NEW\n" in out
     assert "reports/report.md: only in NEW\n" in out
-    assert out.splitlines()[-1] == "10 files: 8 same, 0 same apart from ignored fields, 0 different, 2 on one side only"
+    assert out.splitlines()[-1] == "11 files: 9 same, 0 same apart from ignored fields, 0 different, 2 on one side only"
 
 
 def test_two_roots_without_outputs_are_not_the_same(tmp_path, capsys):

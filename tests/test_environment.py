@@ -1,7 +1,6 @@
 """The locked environment (peftqa/mlops/environment.py, requirements/): .venv holds exactly the lock's packages at the
-lock's
-versions, the lock was made from this pyproject.toml's dependencies, the two variants differ only in torch's build,
-and a run names the lock it was made with."""
+lock's versions, the lock was made from this pyproject.toml's dependencies, the two variants differ only in torch's
+build, and a run names the lock it was made with."""
 from __future__ import annotations
 
 import subprocess
@@ -107,8 +106,7 @@ def test_the_stamp_replaces_the_digest_line(tmp_path):
 
 def test_environment_check_passes_in_the_venv_and_fails_against_the_other_lock():
     """`python -m peftqa.mlops.environment check` (what a user runs to ask "is my venv the lock?"): it passes for the
-    cpu
-    lock `make install` installed, and fails against the cuda lock, naming torch's build and a missing package."""
+    cpu lock `make install` installed, and fails against the cuda lock, naming torch's build and a missing package."""
     ok = subprocess.run([sys.executable, "-m", "peftqa.mlops.environment", "check", "cpu"], cwd=REPO_ROOT,
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "matches" in ok.stdout, ok.stderr

@@ -1,8 +1,7 @@
 """The few_shot reference row (peftqa/evaluation/few_shot.py, stages/few_shot.py, the references stage's few_shot row):
-the
-examples are one per label, drawn with a seed; they go whole into the prompt, as earlier chat turns under a chat
-template, and only the item's own context is ever cut; the stage chooses its draw on val and scores test with it
-alone; the references stage takes its predictions in the split's order and refuses stale ones."""
+the examples are one per label, drawn with a seed; they go whole into the prompt, as earlier chat turns under a chat
+template, and only the item's own context is ever cut; the stage chooses its draw on val and scores test with it alone;
+the references stage takes its predictions in the split's order and refuses stale ones."""
 from __future__ import annotations
 
 import json

@@ -1,9 +1,8 @@
 """The model registry and what a served model is (peftqa/cli/register.py, peftqa/mlops/serving.py): which run is
-registered,
-the logged model of the training run as the registered version's source, the alias champion, a run's status left
-alone by log_model, what a served model's requirements are, the rows it refuses, and the champion served over REST by
-`mlflow models serve`. The registered model loaded and scored in a fresh virtualenv is in tests/test_pipeline.py, on
-the pipeline slice's LoRA."""
+registered, the logged model of the training run as the registered version's source, the alias champion, a run's status
+left alone by log_model, what a served model's requirements are, the rows it refuses, and the champion served over REST
+by `mlflow models serve`. The registered model loaded and scored in a fresh virtualenv is in tests/test_pipeline.py,
+on the pipeline slice's LoRA."""
 from __future__ import annotations
 
 import json

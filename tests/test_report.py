@@ -1,9 +1,7 @@
 """Stage report on a tiny, consistent set of upstream files: figures exist, tables equal their sources, prose is honest.
 
 The inputs are written in the formats the upstream stages write, with metrics computed by peftqa.evaluation.metrics so
-they
-agree with the preds; the stats CSV is written by hand (the stats stage is not imported).
-"""
+they agree with the preds; the stats CSV is written by hand (the stats stage is not imported)."""
 from __future__ import annotations
 
 import io

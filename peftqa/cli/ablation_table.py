@@ -8,8 +8,7 @@ flagged in `other_changes`, because its difference from the others is then not d
 that changes only other methods' peft.<method> sections is left out (it belongs to another method's sweep, and this
 method's metrics there are the baseline's). Not a dvc.yaml stage: its input is the experiments themselves.
 peftqa.studies.experiments parses the experiments and peftqa.studies.ablation builds the table, its markdown and its
-figure; this
-module runs `dvc exp show` and writes the files.
+figure; this module runs `dvc exp show` and writes the files.
 
 Inputs:  `dvc exp show --json`, run in the repo root (or --json-file PATH, a saved dump of it).
 Outputs: reports/ablation/<name>.csv, reports/ablation/<name>.md (also printed), reports/ablation/<name>.png; <name>

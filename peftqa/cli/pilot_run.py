@@ -1,12 +1,11 @@
 """Run a committed recipe pilot as DVC experiments in this workspace, and render its table.
 
-`run`: the grid's phases in order (peftqa.studies.pilot): the context runs, then the lr runs at the chosen context,
-then the
-variants at the chosen rates. Each run is one `dvc exp run -S ...` of its trainings, then a copy of their outputs
+`run`: the grid's phases in order (peftqa.studies.pilot): the context runs, then the lr runs at the chosen context, then
+the variants at the chosen rates. Each run is one `dvc exp run -S ...` of its trainings, then a copy of their outputs
 into <grid folder>/runs/<run>/ (written whole, or not at all); the first lr run's copy also holds base's zero-shot val
 predictions, scored here (val alone: the pilot scores no test item). A run whose copy exists is skipped, so a killed
-pilot resumes where it stopped (DVC's run cache restores stages that finished). The workspace must be clean;
-afterwards its tracked files are put back as HEAD has them (`git checkout` of what the runs changed, then
+pilot resumes where it stopped (DVC's run cache restores stages that finished). The workspace must be clean; afterwards
+its tracked files are put back as HEAD has them (`git checkout` of what the runs changed, then
 `dvc checkout`). Long: start it with nohup.
 `table`: <grid folder>/table.md and table.csv from the copies (and context.csv, variants.csv, choices.json).
 `command`: the full study's `dvc exp run`, from the grid's profile, the pilot's choices and its `full_run`.

@@ -2,8 +2,7 @@
 
 For every mode (start, end, both) and max_length, embeds train and val with params.yaml's base model, solves the
 linear probe as train@base does (peftqa.training.probe.solve_probe, C chosen on val) and prints one row per setting;
-test is
-not read. Not a dvc.yaml stage: in the pipeline, train@base fits the probe for params.yaml's one setting.
+test is not read. Not a dvc.yaml stage: in the pipeline, train@base fits the probe for params.yaml's one setting.
 
 Inputs:  data/processed/{train,val}.csv; params: model, prepare.labels, train.seed, train.device,
          train.class_weighting, peft.base.c_grid.

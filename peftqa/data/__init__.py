@@ -1,4 +1,2 @@
 """Data in: PubMedQA's raw files fetched and verified (download), parsed into items, cleaned and split (dataset), and
-the
-frozen encoder's features of every split (features).
-"""
+the frozen encoder's features of every split (features)."""

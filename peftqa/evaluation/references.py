@@ -1,9 +1,7 @@
 """Reference rows that involve no model training: the majority class, TF-IDF + logistic regression with its
 setting chosen on val, base_calibrated: the zero-shot base's scores with one offset chosen on val, and few_shot: the
 zero-shot base with solved train examples in its prompt (scored by stage few_shot, peftqa.evaluation.few_shot). Scored
-on the
-same items, in evaluate's prediction format, so stats and report treat them like methods.
-"""
+on the same items, in evaluate's prediction format, so stats and report treat them like methods."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

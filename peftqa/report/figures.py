@@ -2,9 +2,7 @@
 
 One helper per kind of drawing (grouped bars, per-epoch lines, labelled points), shared by the figures that use it;
 methods keep their colours (peftqa.report.palette.method_color) and reference rows are grey. build_figures maps each
-file
-name under reports/figures/ to its figure; FIGURE_CAPTIONS gives the fixed ones their captions in the report.
-"""
+file name under reports/figures/ to its figure; FIGURE_CAPTIONS gives the fixed ones their captions in the report."""
 from __future__ import annotations
 
 import textwrap

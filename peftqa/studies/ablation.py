@@ -1,6 +1,5 @@
 """The ablation table of a sweep, from parsed DVC experiments (peftqa.studies.experiments): one row per experiment with
-the
-swept params' values and the val and test metrics evaluate@<method> wrote, the row with the best val metric marked
+the swept params' values and the val and test metrics evaluate@<method> wrote, the row with the best val metric marked
 `chosen`, rows whose other params differ from the majority flagged; then its markdown and its figure. Pure functions
 of the records: `peftqa ablation` reads the experiments and writes the files."""
 from __future__ import annotations
