@@ -26,7 +26,7 @@ from peftqa.catalog import (
 )
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.metrics import classification_metrics
-from peftqa.evaluation.predictions import predict_batched, scored_predictions
+from peftqa.evaluation.predictions import scored_split
 from peftqa.evaluation.references import predict_references
 from peftqa.evaluation.scoring import use_bf16
 from peftqa.methods.attach import load_backbone
@@ -93,14 +93,14 @@ def unit_stamp(params: Params, unit: Unit, data_hashes: dict[str, str]) -> dict[
             "prepare.seed": params.prepare.seed, "evaluate.batch_size": params.evaluate.batch_size}
 
 
-def predict_items(params: Params, method: str, adapter_dir: Path, items: pd.DataFrame) -> pd.DataFrame:
-    """pmid, gold, pred, p_yes for `items`, batched (no latency pass: the main evaluate stage measures that)."""
+def predict_items(params: Params, method: str, adapter_dir: Path, items: pd.DataFrame
+                  ) -> tuple[pd.DataFrame, dict[str, float]]:
+    """pmid, gold, pred, p_yes for `items`, batched as evaluate batches (no latency pass: the main evaluate stage
+    measures that), and their classification metrics."""
     backbone = load_backbone(params.model, method, params.peft, params.prepare.labels, seed=params.train.seed,
                              device=params.train.device, adapter_dir=adapter_dir)
-    bf16 = use_bf16(params.model.dtype, backbone.device)
-    preds, log_probs, _ = predict_batched(backbone, items, params.evaluate.batch_size, params.model.scoring, bf16,
-                                         params.train.length_groups)
-    return scored_predictions(items, preds, log_probs, params.prepare.labels)[UNIT_PRED_COLUMNS]
+    preds, metrics, _ = scored_split(backbone, items, params, use_bf16(params.model.dtype, backbone.device))
+    return preds[UNIT_PRED_COLUMNS], metrics
 
 
 class ParentRuns:
@@ -167,9 +167,7 @@ def run_unit(params: Params, unit: Unit, train: pd.DataFrame, val: pd.DataFrame,
     summary = train_method(params, unit.method, train, val, work, run_name=f"{unit.method} {unit.name}",
                            extra_tags={"protocol": unit.protocol, "protocol_unit": unit.name},
                            parent_run_id=parents.get(unit.protocol), sources=unit_sources(unit))
-    preds = predict_items(params, unit.method, work / "adapter", test)
-    metrics = classification_metrics(preds["gold"].tolist(), [p if isinstance(p, str) else None for p in preds["pred"]],
-                                     params.prepare.labels)
+    preds, metrics = predict_items(params, unit.method, work / "adapter", test)
     test_source = (str(SPLIT.path(split="test")) if unit.protocol == "seeds" else f"{FOLDS.path()} (fold {unit.index})")
     test_set = tracking.split_dataset(test, "test", test_source)
     tracking.log_evaluation(tracking.make_client(), summary,
