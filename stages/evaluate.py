@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from peftqa.catalog import ADAPTER, CONFUSION, METRICS, PREDS, SPLIT, TRAIN_SUMMARY, read_split
+from peftqa.catalog import ADAPTER, CONFUSION, METRICS, PREDS, SCORED_SPLITS, SPLIT, TRAIN_SUMMARY, read_split
 from peftqa.errors import PeftqaError
 from peftqa.evaluation.metrics import confusion_frame
 from peftqa.evaluation.predictions import (
@@ -30,8 +30,6 @@ from peftqa.params import METHODS, load_params
 from peftqa.report.palette import close_figure, plot_confusion
 
 log = logging.getLogger("peftqa.evaluate")
-
-SPLITS = ("val", "test")
 
 
 def main(args: list[str]) -> None:
@@ -54,7 +52,7 @@ def main(args: list[str]) -> None:
     scoring = params.model.scoring
 
     metrics_by_split, figures, datasets = {}, {}, {}
-    for split in SPLITS:
+    for split in SCORED_SPLITS:
         frame = read_split(split, params.evaluate.limit_items)
         datasets[split] = tracking.split_dataset(frame, split, str(SPLIT.path(split=split)))
         preds, log_probs, seconds = predict_batched(backbone, frame, params.evaluate.batch_size, scoring, bf16,

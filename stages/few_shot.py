@@ -54,7 +54,7 @@ from peftqa.methods.attach import load_backbone
 from peftqa.params import Params, load_params
 from peftqa.stops import run_cli
 
-log = logging.getLogger("peftqa.evaluation.few_shot")
+log = logging.getLogger("peftqa.few_shot")
 
 
 def prompt_tokens(backbone: Backbone, frame: pd.DataFrame) -> dict[str, float]:

@@ -60,7 +60,7 @@ from peftqa.evaluation.stats import compare_methods
 from peftqa.files import sha256_file
 from peftqa.params import load_params
 
-log = logging.getLogger("peftqa.evaluation.protocols")
+log = logging.getLogger("peftqa.protocols")
 
 
 def main(args: list[str]) -> None:

@@ -41,6 +41,7 @@ from peftqa.catalog import (
     REFERENCES_SUMMARY,
     SCORED_SPLITS,
     SPLIT,
+    SPLITS,
     TRAIN_SUMMARY,
     Output,
     read_split,
@@ -56,9 +57,7 @@ from peftqa.files import replace_dir_atomic
 from peftqa.params import BASE_CALIBRATED, FEW_SHOT, Params, load_params
 from peftqa.stops import run_cli
 
-log = logging.getLogger("peftqa.evaluation.references")
-
-SPLITS = ("train", "val", "test")  # fitted on train, chosen on val, reported on val and test
+log = logging.getLogger("peftqa.references")
 
 
 def read_base(output: Output, **fields: str) -> object:
