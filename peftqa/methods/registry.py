@@ -62,11 +62,6 @@ class Method:
     # raises PeftqaError, naming the family and the reason, for a model the method cannot serve (model, knobs, family)
     refuse: Callable[[torch.nn.Module, Any, Family], None] | None = None
 
-    @property
-    def gradient_checkpointing(self) -> bool:
-        """Whether it can train under train.gradient_checkpointing: its knobs say (peftqa.params.knobs)."""
-        return self.knobs.gradient_checkpointing
-
     def peft_config(self, knobs: object, family: Family, model: ResolvedModel, *,
                     gradient_checkpointing: bool = False) -> PeftConfig | None:
         """Its peft config on `family` (None: not an adapter, or written here), after the checks peft itself would only

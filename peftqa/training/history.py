@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from peftqa.catalog import HISTORY, HISTORY_METRICS
-
-METRICS = HISTORY_METRICS  # what read_history requires, and the curves stage draws
+from peftqa.catalog import HISTORY
 
 
 def history_columns(labels: tuple[str, ...]) -> list[str]:
@@ -18,6 +16,6 @@ def history_columns(labels: tuple[str, ...]) -> list[str]:
 
 
 def read_history(method: str, root: str | Path = ".") -> pd.DataFrame:
-    """models/<method>/history.csv with the columns METRICS need; the one reader of it (stage report uses it too), so
-    a missing, empty or foreign history gets the same message whichever stage meets it."""
+    """models/<method>/history.csv with the columns the catalog's HISTORY requires; the one reader of it (stage report
+    uses it too), so a missing, empty or foreign history gets the same message whichever stage meets it."""
     return HISTORY.read(root, method=method)
