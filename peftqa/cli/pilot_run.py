@@ -29,6 +29,7 @@ from peftqa.files import project_root, write_csv_atomic, write_json_atomic, writ
 from peftqa.params import load_params
 from peftqa.studies.pilot import (
     BASELINE,
+    CHOICES_JSON,
     PilotGrid,
     chosen_context,
     chosen_rates,
@@ -184,7 +185,7 @@ def write_table(grid: PilotGrid, grid_dir: Path) -> str:
     if grid.variants:
         write_csv_atomic(grid_dir / "variants.csv", variant_rows(grid, grid_dir))
     if grid.context is not None or grid.variants or grid.full_run:
-        write_json_atomic(grid_dir / "choices.json", {"full_run": full_run_settings(grid, grid_dir)})
+        write_json_atomic(grid_dir / CHOICES_JSON, {"full_run": full_run_settings(grid, grid_dir)})
     markdown = pilot_markdown(grid, grid_dir)
     write_text_atomic(grid_dir / "table.md", markdown)
     return markdown

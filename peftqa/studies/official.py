@@ -16,7 +16,7 @@ from peftqa.files import read_json
 from peftqa.params import YamlLoader
 from peftqa.report.findings import DETECT_ALPHA, DETECT_POWER, format_detectable, stats_row
 from peftqa.report.tables import markdown_table
-from peftqa.studies.pilot import load_pilot_grid
+from peftqa.studies.pilot import CHOICES_JSON, load_pilot_grid
 from peftqa.studies.run_copy import (
     RUN_BLOCKS,
     RUN_JSON,
@@ -57,7 +57,7 @@ def dotted(data: dict, key: str) -> object:
 def require_pilot_choices(study: RunCopy) -> None:
     """The study's params.yaml must hold every setting the pilot's choices give the full run
     (reports/<pilot>/choices.json, written by `peftqa pilot table` from its runs): what ran is what val chose."""
-    wanted = read_file(pilot_folder(study), "choices.json", read_json)["full_run"]
+    wanted = read_file(pilot_folder(study), CHOICES_JSON, read_json)["full_run"]
     held = yaml.load((study.root / "params.yaml").read_text(encoding="utf-8"), Loader=YamlLoader)
     differ = {key: (dotted(held, key), value) for key, value in wanted.items() if dotted(held, key) != value}
     if differ:

@@ -36,6 +36,7 @@ from peftqa.params.traits import traits
 
 BASELINE = "base"  # trained by no run, evaluated once; for a language model, base_calibrated is its val-chosen offset
 CALIBRATED = "base_calibrated"
+CHOICES_JSON = "choices.json"  # the full run's settings, as `peftqa pilot table` writes them: not a pipeline output
 GRID_KEYS = {"profile", "lr"}
 OPTIONAL_KEYS = {"primary", "context", "variants", "full_run"}
 PRIMARY_KEYS = {"method", "against", "metric", "split", "alpha"}
