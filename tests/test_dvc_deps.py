@@ -18,6 +18,7 @@ stage's own module first and the rest sorted, indented to paste under the stage'
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 from typing import Iterator
@@ -101,7 +102,8 @@ def with_packages(name: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def import_closure(module: str, root: Path = ROOT) -> set[str]:
+@functools.lru_cache(maxsize=None)  # the same closures come back for every stage and method checked
+def import_closure(module: str, root: Path = ROOT) -> frozenset[str]:
     """The files under root that importing `module` and calling into it can run (its package faces included; imports
     inside functions too, those under `if TYPE_CHECKING:` not), as paths relative to root."""
     seen: set[Path] = set()
@@ -113,9 +115,10 @@ def import_closure(module: str, root: Path = ROOT) -> set[str]:
         seen.add(path)
         for target in import_targets(path, root, module_level_only=False, type_checking=False):
             todo.extend(module_file(name, root) for name in with_packages(target))
-    return {path.relative_to(root).as_posix() for path in seen}
+    return frozenset(path.relative_to(root).as_posix() for path in seen)
 
 
+@functools.lru_cache(maxsize=None)  # read once: every stage and method case asks for it
 def stage_commands(root: Path = ROOT) -> dict[str, tuple[str, list[str], bool]]:
     """{stage: (its stages module, its deps, whether it is a foreach stage)} for every stage whose command runs a
     stages module."""
